@@ -1,0 +1,1 @@
+"""Upstream transports (stdio processes the gateway supervises, remote streamable HTTP servers)."""

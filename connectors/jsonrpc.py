@@ -1,0 +1,183 @@
+"""The JSON-RPC half of an upstream connection, shared by every transport.
+
+Results stay raw dicts end to end (orjson in, orjson out): the gateway forwards what the upstream said and
+never pays for model validation on the hot path. A transport supplies ``_send``; incoming messages go through
+``_dispatch``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+log = logging.getLogger("gateway.upstream")
+
+PROTOCOL_VERSION = "2025-11-25"
+CLIENT_INFO = {"name": "mcp-containment-gateway", "version": "0.1.0"}
+
+ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
+NotificationFn = Callable[[str, dict[str, Any]], Awaitable[None]]
+RequestFn = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class UpstreamError(Exception):
+    """The upstream could not answer: ``kind`` is a bounded label (unavailable, timeout, crashed, protocol)."""
+
+    def __init__(self, server: str, kind: str, detail: str):
+        super().__init__(f"upstream {server!r} {detail}")
+        self.server = server
+        self.kind = kind
+        self.detail = detail
+
+
+class RemoteError(Exception):
+    """The upstream answered with a JSON-RPC error: passed to the agent as it is."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class _Pending:
+    __slots__ = ("done", "error", "response")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.response: dict[str, Any] | None = None
+        self.error: UpstreamError | None = None
+
+
+class JsonRpcPeer:
+    """Request/response bookkeeping over one upstream session."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._progress: dict[str, ProgressFn] = {}
+        self.on_notification: NotificationFn | None = None
+        self.on_request: RequestFn | None = None
+        self.server_info: dict[str, Any] = {}
+        self.capabilities: dict[str, Any] = {}
+        self.protocol_version = PROTOCOL_VERSION
+        self._spawn: Callable[..., None] | None = None
+        """Starts a background task; server-to-client requests run there so they never block the reader."""
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        rid = next(self._ids)
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+        token = None
+        if on_progress is not None:
+            token = f"gw-{rid}"
+            params = dict(params or {})
+            params["_meta"] = {**(params.get("_meta") or {}), "progressToken": token}
+            self._progress[token] = on_progress
+        if params is not None:
+            msg["params"] = params
+        pending = self._pending[rid] = _Pending()
+        try:
+            with anyio.fail_after(timeout):
+                await self._send(msg)
+                await pending.done.wait()
+        except TimeoutError:
+            await self._cancel(rid, f"timed out after {timeout:g} s")
+            raise UpstreamError(self.name, "timeout", f"did not answer {method} within {timeout:g} s") from None
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._cancel(rid, "the agent cancelled the request")
+            raise
+        finally:
+            self._pending.pop(rid, None)
+            if token is not None:
+                self._progress.pop(token, None)
+        if pending.error is not None:
+            raise pending.error
+        resp = pending.response or {}
+        if "error" in resp:
+            err = resp["error"] if isinstance(resp["error"], dict) else {}
+            raise RemoteError(int(err.get("code", -32603)), str(err.get("message", "upstream error")), err.get("data"))
+        result = resp.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamError(self.name, "protocol", "sent a response without a result object")
+        return result
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        await self._send(msg)
+
+    async def _cancel(self, rid: int, reason: str) -> None:
+        try:
+            with anyio.move_on_after(1):
+                await self.notify("notifications/cancelled", {"requestId": rid, "reason": reason})
+        except Exception:  # the connection may already be gone; the caller gets its error either way
+            pass
+
+    def _fail_all(self, error: UpstreamError) -> None:
+        for pending in list(self._pending.values()):
+            pending.error = error
+            pending.done.set()
+
+    async def _dispatch(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            log.warning("upstream %s sent a non-object message; ignored", self.name)
+            return
+        if "method" not in msg:
+            rid = msg.get("id")
+            pending = self._pending.get(rid) if isinstance(rid, int) else None
+            if pending is not None:
+                pending.response = msg
+                pending.done.set()
+            return
+        method = msg["method"]
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        if "id" in msg:
+            if self._spawn is not None:
+                self._spawn(self._answer, msg["id"], method, params)
+            else:
+                await self._answer(msg["id"], method, params)
+            return
+        if method == "notifications/progress":
+            cb = self._progress.get(str(params.get("progressToken")))
+            if cb is not None:
+                await cb(params)
+            return
+        if self.on_notification is not None:
+            await self.on_notification(method, params)
+
+    async def _answer(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
+        try:
+            if self.on_request is not None:
+                reply["result"] = await self.on_request(method, params)
+            elif method == "ping":
+                reply["result"] = {}
+            elif method == "roots/list":
+                reply["result"] = {"roots": []}
+            else:
+                reply["error"] = {"code": -32601, "message": f"{method} is not relayed by the gateway"}
+        except RemoteError as exc:
+            reply["error"] = {"code": exc.code, "message": exc.message}
+        except Exception as exc:
+            reply["error"] = {"code": -32603, "message": f"gateway could not relay {method}: {exc}"}
+        await self._send(reply)
+
+    def _initialize_params(self) -> dict[str, Any]:
+        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": {"roots": {}}, "clientInfo": CLIENT_INFO}
+
+    def _adopt(self, result: dict[str, Any]) -> None:
+        self.server_info = result.get("serverInfo") or {}
+        self.capabilities = result.get("capabilities") or {}
+        self.protocol_version = str(result.get("protocolVersion") or PROTOCOL_VERSION)

@@ -1,0 +1,208 @@
+"""Upstream MCP servers the gateway launches and supervises as child processes over stdio.
+
+The child gets only the configured environment, runs in its own session (process group), is restarted with
+backoff when it dies, and is killed with the gateway. Messages are newline-delimited JSON, parsed with orjson.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+
+from connectors.jsonrpc import JsonRpcPeer, UpstreamError
+
+log = logging.getLogger("gateway.upstream")
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class StdioConnector(JsonRpcPeer):
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        start_timeout: float = 30.0,
+        on_state: Any = None,
+    ):
+        super().__init__(name)
+        self.command = list(command)
+        # A clean environment: only what the config names, plus a PATH so the command can be found.
+        self.env = {"PATH": os.environ.get("PATH", _BASE_PATH), **(env or {})}
+        self.cwd = cwd
+        self.start_timeout = start_timeout
+        self.on_state = on_state
+        self._proc: anyio.abc.Process | None = None
+        self._ready = anyio.Event()
+        self._stopping = False
+        self._write_lock = anyio.Lock()
+        self.restarts = 0
+        self.last_error = "not started"
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._ready.is_set()
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        tg.start_soon(self._supervise)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+        return self._ready.is_set()
+
+    async def request(self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: Any = None):
+        if not self._ready.is_set():
+            if self._stopping or not await self.wait_ready(min(timeout, self.start_timeout)):
+                raise UpstreamError(self.name, "unavailable", f"is not running ({self.last_error})")
+        return await super().request(method, params, timeout, on_progress)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise UpstreamError(self.name, "unavailable", "is not running")
+        data = orjson.dumps(message) + b"\n"
+        try:
+            async with self._write_lock:
+                await proc.stdin.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise UpstreamError(self.name, "crashed", "closed its input") from None
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            started = anyio.current_time()
+            try:
+                await self._run_once()
+            except Exception as exc:
+                self.last_error = str(exc)
+                log.warning("upstream %s: %s", self.name, exc)
+            self._ready = anyio.Event()
+            if self.on_state:
+                self.on_state(self, False)
+            if self._stopping:
+                return
+            self.restarts += 1
+            if anyio.current_time() - started > 10:
+                backoff = 0.1
+            log.warning("upstream %s stopped (%s); restarting in %.1f s", self.name, self.last_error, backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _run_once(self) -> None:
+        proc = await anyio.open_process(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        self._proc = proc
+        try:
+            async with anyio.create_task_group() as tg:
+                self._spawn = tg.start_soon
+                tg.start_soon(self._read_stdout, proc)
+                tg.start_soon(self._drain_stderr, proc)
+                try:
+                    with anyio.fail_after(self.start_timeout):
+                        result = await JsonRpcPeer.request(self, "initialize", self._initialize_params(), self.start_timeout)
+                    self._adopt(result)
+                    await self.notify("notifications/initialized")
+                except TimeoutError:
+                    raise UpstreamError(self.name, "unavailable", "did not initialize in time") from None
+                self._ready.set()
+                self.last_error = ""
+                if self.on_state:
+                    self.on_state(self, True)
+                code = await proc.wait()
+                self.last_error = f"exited with code {code}"
+                tg.cancel_scope.cancel()
+        finally:
+            self._spawn = None
+            self._fail_all(UpstreamError(self.name, "crashed", f"stopped while the call was in flight ({self.last_error})"))
+            with anyio.CancelScope(shield=True):
+                await self._kill(proc)
+            self._proc = None
+
+    async def _read_stdout(self, proc: anyio.abc.Process) -> None:
+        assert proc.stdout is not None
+        buf = bytearray()
+        try:
+            async for chunk in proc.stdout:
+                scan = len(buf)
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n", scan)
+                    if nl < 0:
+                        break
+                    line = bytes(buf[:nl])
+                    del buf[: nl + 1]
+                    scan = 0
+                    if not line.strip():
+                        continue
+                    try:
+                        msg = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        log.warning("upstream %s wrote a line that is not JSON; ignored", self.name)
+                        continue
+                    await self._dispatch(msg)
+                if len(buf) > MAX_LINE_BYTES:
+                    log.error("upstream %s sent a message over %d bytes; killing it", self.name, MAX_LINE_BYTES)
+                    self.last_error = "sent an oversized message"
+                    await self._kill(proc)
+                    return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def _drain_stderr(self, proc: anyio.abc.Process) -> None:
+        assert proc.stderr is not None
+        try:
+            async for chunk in proc.stderr:
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    if line.strip():
+                        log.debug("upstream %s stderr: %s", self.name, line[:2000])
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def _kill(self, proc: anyio.abc.Process) -> None:
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            with anyio.move_on_after(2):
+                await proc.wait()
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+        else:
+            try:  # the leader is gone; take any children it left in its group with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is not None:
+            await self._kill(proc)

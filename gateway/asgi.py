@@ -1,0 +1,225 @@
+"""The gateway's HTTP face: a pure ASGI app.
+
+In order, for ``/mcp`` and ``/mcp/<upstream>``: Host/Origin check (DNS rebinding), body-size limit,
+authentication, session ownership (a session id is usable only by the agent that opened it), then the SDK's
+streamable-HTTP transport. Everything is configured once in ``__init__``; ``__call__`` stays lean.
+Also serves ``/healthz``, ``/readyz``, ``/metrics`` and the OAuth protected-resource metadata (RFC 9728).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.frontend import AGENT_KEY
+from gateway.identity import AuthError
+from gateway.service import Gateway
+
+log = logging.getLogger("gateway.http")
+
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _respond(send: Send, status: int, body: bytes, ctype: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _jsonrpc_error(send: Send, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
+    await _respond(send, status, body, b"application/json", headers)
+
+
+class GatewayApp:
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+        server = gateway.config.server
+        self._limit = server.max_request_bytes
+        port = server.port
+        if server.allowed_hosts is not None:
+            hosts = set(server.allowed_hosts)
+        elif _is_loopback(server.host):
+            hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {"127.0.0.1", "localhost"}
+        else:
+            hosts = set()  # bound to a routable address without allowed_hosts: Host is not checked (logged)
+            log.warning("server.allowed_hosts is not set and the gateway listens on %s: Host headers are not checked",
+                        server.host)
+        self._hosts = frozenset(h.lower() for h in hosts)
+        if server.allowed_origins is not None:
+            self._origins = frozenset(server.allowed_origins)
+        else:
+            self._origins = frozenset(f"http://{h}" for h in hosts) | frozenset(f"https://{h}" for h in hosts)
+        self._apps = {view: m.handle_request for view, m in gateway.session_managers.items()}
+        self._public = (server.public_url or f"http://{server.listen}").rstrip("/")
+        self._resource_metadata_url = f"{self._public}{WELL_KNOWN}/mcp"
+        self._jwt = gateway.auth.jwt_issuer is not None
+        self._sessions: dict[str, tuple[tuple[str, str, str], float]] = {}
+        self._idle = server.session_idle_timeout_s
+        self._last_prune = time.monotonic()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path == "/mcp" or path.startswith("/mcp/"):
+                await self._mcp(scope, receive, send, path)
+            elif path == "/metrics":
+                await _respond(send, 200, generate_latest(self.gw.metrics.registry), CONTENT_TYPE_LATEST.encode())
+            elif path == "/healthz":
+                await _respond(send, 200, b'{"status":"ok"}', b"application/json")
+            elif path == "/readyz":
+                ok, detail = self.gw.readiness()
+                await _respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
+            elif path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/"):
+                await self._resource_metadata(send, path)
+            else:
+                await _respond(send, 404, b'{"error":"not found"}', b"application/json")
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        msg = await receive()
+        assert msg["type"] == "lifespan.startup"
+        try:
+            async with self.gw.running():
+                await send({"type": "lifespan.startup.complete"})
+                msg = await receive()
+                # lifespan.shutdown: leaving the block stops upstreams and session managers
+        except Exception as exc:
+            log.exception("gateway failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _header(self, scope: Scope, name: bytes) -> str | None:
+        for k, v in scope["headers"]:
+            if k == name:
+                return str(v.decode("latin-1"))
+        return None
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        headers = dict(scope["headers"])
+        if self._hosts:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            if host not in self._hosts:
+                await _respond(send, 421, b"Invalid Host header", b"text/plain")
+                return
+            origin = headers.get(b"origin")
+            if origin is not None and origin.decode("latin-1") not in self._origins:
+                await _respond(send, 403, b"Invalid Origin header", b"text/plain")
+                return
+        view: str | None = None
+        if path != "/mcp":
+            view = path[5:].rstrip("/")
+            if view not in self._apps:
+                await _jsonrpc_error(send, 404, -32601, f"no upstream named {view!r} on this gateway")
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self._limit):
+            await _jsonrpc_error(
+                send, 413, -32600, f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
+            )
+            return
+        client = scope.get("client")
+        remote = client[0] if client else None
+        auth = headers.get(b"authorization")
+        try:
+            agent = self.gw.auth.authenticate(auth.decode("latin-1") if auth is not None else None)
+        except AuthError as exc:
+            self.gw.metrics.auth_failures.labels(exc.reason).inc()
+            self.gw.recorder.auth_failure(exc.reason, remote, path)
+            await self._unauthorized(send, exc)
+            return
+        sid_raw = headers.get(b"mcp-session-id")
+        owner_key = (agent.id, agent.auth, agent.team)
+        if sid_raw is not None:
+            bound = self._sessions.get(sid_raw.decode("latin-1"))
+            if bound is not None and bound[0] != owner_key:
+                # Never usable across agents: answered exactly like an unknown session.
+                await _jsonrpc_error(send, 404, -32001, "Session not found")
+                return
+        scope.setdefault("state", {})[AGENT_KEY] = agent
+        method = scope["method"]
+        if method == "POST" and sid_raw is None:
+            send = self._binding_send(send, owner_key)
+        elif method == "DELETE" and sid_raw is not None:
+            send = self._unbinding_send(send, sid_raw.decode("latin-1"))
+        elif sid_raw is not None:
+            self._touch(sid_raw.decode("latin-1"), owner_key)
+        await self._apps[view](scope, receive, send)
+
+    def _touch(self, sid: str, owner: tuple[str, str, str]) -> None:
+        if sid in self._sessions:
+            self._sessions[sid] = (owner, time.monotonic())
+
+    def _binding_send(self, send: Send, owner: tuple[str, str, str]) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for k, v in message.get("headers", []):
+                    if k.lower() == b"mcp-session-id":
+                        self._sessions[v.decode("latin-1")] = (owner, time.monotonic())
+                        self._prune()
+                        break
+            await send(message)
+
+        return wrapped
+
+    def _unbinding_send(self, send: Send, sid: str) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 300:
+                self._sessions.pop(sid, None)
+                self.gw.metrics.sessions.set(len(self._sessions))
+            await send(message)
+
+        return wrapped
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune > 5:
+            self._last_prune = now
+            cutoff = now - self._idle
+            for sid in [s for s, (_, seen) in self._sessions.items() if seen < cutoff]:
+                del self._sessions[sid]
+        self.gw.metrics.sessions.set(len(self._sessions))
+
+    async def _unauthorized(self, send: Send, exc: AuthError) -> None:
+        desc = exc.detail.replace('"', "'")
+        challenge = f'Bearer realm="mcp-gateway", error="invalid_token", error_description="{desc}"'
+        if exc.reason == "missing":
+            challenge = 'Bearer realm="mcp-gateway"'
+        if self._jwt:
+            challenge += f', resource_metadata="{self._resource_metadata_url}"'
+        await _jsonrpc_error(send, 401, -32001, exc.detail, [(b"www-authenticate", challenge.encode())])
+
+    async def _resource_metadata(self, send: Send, path: str) -> None:
+        if not self._jwt:
+            await _respond(send, 404, b'{"error":"no identity provider is configured"}', b"application/json")
+            return
+        resource = self._public + (path[len(WELL_KNOWN) :] or "/mcp")
+        doc = {
+            "resource": resource,
+            "authorization_servers": [self.gw.auth.jwt_issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "MCP containment gateway",
+        }
+        await _respond(send, 200, orjson.dumps(doc), b"application/json")
+

@@ -1,0 +1,203 @@
+"""The upstreams and what they offer: tools, prompts, resources, and how agent-facing names route back.
+
+The aggregate endpoint names tools and prompts ``<upstream>__<name>``; resources keep their URIs and route to
+the upstream that listed them. When two upstreams list the same resource URI, the upstream declared first in
+the configuration wins (the later one's copy is not reachable through ``/mcp``, only through its own
+``/mcp/<upstream>``). Lists are fetched when an upstream connects and again when it says they changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from connectors.http import HttpConnector
+from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
+from connectors.stdio import StdioConnector
+from gateway.config import UpstreamConfig
+
+log = logging.getLogger("gateway.catalog")
+
+SEP = "__"
+SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
+
+_LISTS = {
+    "tools": ("tools/list", "tools"),
+    "prompts": ("prompts/list", "prompts"),
+    "resources": ("resources/list", "resources"),
+    "templates": ("resources/templates/list", "resourceTemplates"),
+}
+_CHANGED = {
+    "notifications/tools/list_changed": "tools",
+    "notifications/prompts/list_changed": "prompts",
+    "notifications/resources/list_changed": "resources",
+}
+
+
+@dataclass
+class Upstream:
+    config: UpstreamConfig
+    conn: StdioConnector | HttpConnector
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    templates: list[dict[str, Any]] = field(default_factory=list)
+    generation: int = 0
+    """Bumped whenever a list changes, so caches keyed on it go stale."""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def timeout_for(self, tool: str | None) -> float:
+        if tool is not None and tool in self.config.tool_timeouts_s:
+            return self.config.tool_timeouts_s[tool]
+        return self.config.timeout_s
+
+
+def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None]) -> Any:
+    if cfg.transport == "stdio":
+        assert cfg.command is not None
+        cwd = str(base_dir / cfg.cwd) if cfg.cwd else None
+        return StdioConnector(cfg.name, cfg.command, cfg.env, cwd, cfg.start_timeout_s, on_state)
+    assert cfg.url is not None
+    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state)
+
+
+class Catalog:
+    def __init__(self, configs: list[UpstreamConfig], base_dir: Any, on_state: Callable[[str, bool], None]):
+        self._on_state = on_state
+        self.upstreams: dict[str, Upstream] = {}
+        for cfg in configs:
+            conn = make_connector(cfg, base_dir, self._state_changed)
+            up = Upstream(cfg, conn)
+            conn.on_notification = self._notification_handler(up)
+            self.upstreams[cfg.name] = up
+        self._resource_owner: dict[str, str] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.on_list_changed: Callable[[str, str], Any] | None = None
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        for up in self.upstreams.values():
+            await up.conn.start(tg)
+
+    async def wait_ready(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+                for up in self.upstreams.values():
+                    tg.start_soon(up.conn.wait_ready, timeout)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for up in self.upstreams.values():
+                await up.conn.aclose()
+
+    def _state_changed(self, conn: JsonRpcPeer, up: bool) -> None:
+        self._on_state(conn.name, up)
+        if up and self._tg is not None:
+            self._tg.start_soon(self.refresh, self.upstreams[conn.name], None)
+
+    def _notification_handler(self, up: Upstream) -> Callable[[str, dict[str, Any]], Any]:
+        async def handle(method: str, params: dict[str, Any]) -> None:
+            kind = _CHANGED.get(method)
+            if kind is not None:
+                await self.refresh(up, kind)
+                if self.on_list_changed is not None:
+                    await self.on_list_changed(up.name, method)
+
+        return handle
+
+    async def refresh(self, up: Upstream, only: str | None) -> None:
+        """Fetch the upstream's lists (following pagination); a list it does not offer stays empty."""
+        caps = up.conn.capabilities
+        for kind, (method, key) in _LISTS.items():
+            if only is not None and kind != only and not (only == "resources" and kind == "templates"):
+                continue
+            cap = "resources" if kind == "templates" else kind
+            if cap not in caps:
+                continue
+            items: list[dict[str, Any]] = []
+            cursor = None
+            try:
+                for _ in range(100):
+                    params = {"cursor": cursor} if cursor else {}
+                    result = await up.conn.request(method, params, up.config.timeout_s)
+                    items.extend(i for i in result.get(key, []) if isinstance(i, dict))
+                    cursor = result.get("nextCursor")
+                    if not cursor:
+                        break
+            except (UpstreamError, RemoteError) as exc:
+                log.warning("upstream %s: cannot list %s: %s", up.name, kind, exc)
+                continue
+            if kind == "templates":
+                up.templates = items
+            else:
+                ident = "uri" if kind == "resources" else "name"
+                setattr(up, kind, {str(i.get(ident)): i for i in items if i.get(ident)})
+        up.generation += 1
+        self._reindex_resources()
+
+    def _reindex_resources(self) -> None:
+        owner: dict[str, str] = {}
+        for up in self.upstreams.values():  # config order: the first upstream to list a URI owns it
+            for uri in up.resources:
+                owner.setdefault(uri, up.name)
+        self._resource_owner = owner
+
+    # --- routing -------------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Upstream | None:
+        return self.upstreams.get(name)
+
+    def split(self, public_name: str, view: str | None) -> tuple[Upstream | None, str]:
+        """Map an agent-facing tool or prompt name to (upstream, upstream's own name)."""
+        if view is not None:
+            return self.upstreams.get(view), public_name
+        server, sep, name = public_name.partition(SEP)
+        if not sep:
+            return None, public_name
+        return self.upstreams.get(server), name
+
+    def resource_owner(self, uri: str, view: str | None) -> Upstream | None:
+        if view is not None:
+            return self.upstreams.get(view)
+        name = self._resource_owner.get(uri)
+        if name is not None:
+            return self.upstreams[name]
+        # A URI produced from a template is routed to the only upstream with templates, if there is exactly one.
+        with_templates = [u for u in self.upstreams.values() if u.templates]
+        return with_templates[0] if len(with_templates) == 1 else None
+
+    def in_view(self, view: str | None) -> list[Upstream]:
+        if view is not None:
+            up = self.upstreams.get(view)
+            return [up] if up is not None else []
+        return list(self.upstreams.values())
+
+    def ready(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"up": up.conn.up, "error": up.conn.last_error or None, "tools": len(up.tools)}
+            for name, up in self.upstreams.items()
+        }
+
+
+def public_name(server: str, name: str, view: str | None) -> str:
+    return name if view is not None else f"{server}{SEP}{name}"
+
+
+def strip_server_meta(result: dict[str, Any]) -> dict[str, Any]:
+    """Remove the upstream's identity from a forwarded result: the agent sees the gateway, not what is behind it."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META in meta:
+        meta = {k: v for k, v in meta.items() if k != SERVER_INFO_META}
+        if meta:
+            result["_meta"] = meta
+        else:
+            del result["_meta"]
+    return result

@@ -1,0 +1,114 @@
+"""The ``mcp-gateway`` command: serve, check a config, hash a key, verify the audit chain."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+import click
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.policy import PolicyError
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(line, err=True)
+        sys.exit(2)
+
+
+def _check_policy(cfg: Config) -> list[str]:
+    if cfg.policy.engine != "embedded":
+        return []
+    from gateway.policy.embedded import compile_policy
+
+    try:
+        compile_policy(cfg.resolve(cfg.policy.path), cfg.policy.decision)
+    except PolicyError as exc:
+        return exc.errors
+    return []
+
+
+@click.group()
+@click.version_option(package_name="mcp-containment-gateway")
+def main() -> None:
+    """MCP containment gateway: every agent tool call authenticated, decided by Rego, contained and audited."""
+
+
+@main.command()
+@click.option("--config", "config_path", default="gateway.toml", show_default=True, help="Gateway TOML config.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(config_path: str, log_level: str) -> None:
+    """Run the gateway."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = _load(config_path)
+    import uvicorn
+
+    from gateway.asgi import GatewayApp
+    from gateway.service import Gateway
+
+    try:
+        gw = Gateway(cfg)
+    except PolicyError as exc:
+        for line in exc.errors:
+            click.echo(f"policy: {line}", err=True)
+        sys.exit(2)
+    except (OSError, ValueError) as exc:
+        click.echo(f"{config_path}: cannot start: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"mcp-gateway: agents connect to http://{cfg.server.listen}/mcp", err=True)
+    uvicorn.run(
+        GatewayApp(gw),
+        host=cfg.server.host,
+        port=cfg.server.port,
+        log_level="warning" if log_level != "debug" else "debug",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.command("check-config")
+@click.argument("config_path", default="gateway.toml")
+def check_config(config_path: str) -> None:
+    """Validate a config (and compile its policy); print every error as file: key: what is wrong."""
+    cfg = _load(config_path)
+    errors = [f"{config_path}: policy.path: {e}" for e in _check_policy(cfg)]
+    for line in errors:
+        click.echo(line, err=True)
+    if errors:
+        sys.exit(2)
+    click.echo(f"{config_path}: ok ({len(cfg.upstreams)} upstreams, {len(cfg.identity.api_keys)} api keys)")
+
+
+@main.command("hash-key")
+@click.argument("key", required=False)
+def hash_key(key: str | None) -> None:
+    """Print the sha256 to put in [[identity.api_keys]]; with no KEY, make a new random key."""
+    if key is None:
+        key = "mcpgw_" + secrets.token_urlsafe(32)
+        click.echo(f"key:    {key}")
+    click.echo(f"sha256: {hashlib.sha256(key.encode()).hexdigest()}")
+
+
+@main.group()
+def audit() -> None:
+    """Audit log tools."""
+
+
+@audit.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def audit_verify(files: tuple[Path, ...]) -> None:
+    """Check the hash chain across FILES (oldest first); report the first broken link."""
+    from gateway.audit import verify_chain
+
+    result = verify_chain(files)
+    click.echo(result.message)
+    if not result.ok:
+        sys.exit(1)

@@ -1,0 +1,242 @@
+"""The gateway's TOML configuration, validated once at start.
+
+Every model forbids unknown keys: a misspelt key is an error, never a silently ignored setting.
+Errors are reported all at once as ``file: key: what is wrong`` lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    listen: str = "127.0.0.1:8080"
+    max_request_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 4 * 1024 * 1024
+    allowed_hosts: list[str] | None = None
+    """Host headers accepted (DNS-rebinding protection); default: the listen address and localhost."""
+    allowed_origins: list[str] | None = None
+    session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    max_sessions: Annotated[int, Field(gt=0)] = 10000
+    public_url: str | None = None
+    """The URL agents use, when it differs from http://listen (used in OAuth resource metadata)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class ApiKeyConfig(_Model):
+    agent: Annotated[str, Field(pattern=_NAME)]
+    team: Annotated[str, Field(pattern=_NAME)]
+    roles: list[str] = []
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class AnonymousConfig(_Model):
+    agent: Annotated[str, Field(pattern=_NAME)] = "anonymous"
+    team: Annotated[str, Field(pattern=_NAME)] = "public"
+    roles: list[str] = []
+
+
+class JwtConfig(_Model):
+    issuer: str
+    audience: str
+    jwks_file: str | None = None
+    hs256_secret_env: str | None = None
+    agent_claim: str = "sub"
+    team_claim: str = "team"
+    roles_claim: str = "roles"
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if (self.jwks_file is None) == (self.hs256_secret_env is None):
+            raise ValueError("set exactly one of jwks_file or hs256_secret_env")
+        return self
+
+
+class IdentityConfig(_Model):
+    api_keys: list[ApiKeyConfig] = []
+    anonymous: AnonymousConfig | None = None
+    jwt: JwtConfig | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> IdentityConfig:
+        seen: set[str] = set()
+        for k in self.api_keys:
+            if k.sha256.lower() in seen:
+                raise ValueError(f"api key of agent {k.agent!r} has the same sha256 as another key")
+            seen.add(k.sha256.lower())
+        return self
+
+
+class PolicyConfig(_Model):
+    engine: Literal["embedded", "opa"] = "embedded"
+    path: str = "rego"
+    decision: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")] = "gateway/decision"
+    opa_url: str | None = None
+    timeout_ms: Annotated[int, Field(gt=0, le=60000)] = 200
+    max_argument_bytes: Annotated[int, Field(gt=0)] = 16384
+    """Argument strings longer than this are trimmed before they reach policy (policies need paths, not payloads)."""
+
+
+class AuditConfig(_Model):
+    path: str = "var/audit.jsonl"
+    fsync: bool = False
+    record_arguments: bool = False
+    """When true, argument values are recorded (for replay); by default only their digest and keys are."""
+
+
+class MetricsConfig(_Model):
+    max_agents: Annotated[int, Field(gt=0, le=100000)] = 200
+    """Agents beyond this many fold into the label value "other", so label cardinality stays bounded."""
+
+
+class UpstreamConfig(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")]
+    transport: Literal["stdio", "http"]
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    tool_timeouts_s: dict[str, Annotated[float, Field(gt=0, le=3600)]] = {}
+    start_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("name")
+    @classmethod
+    def _no_separator(cls, v: str) -> str:
+        if "__" in v:
+            raise ValueError("must not contain '__' (it separates upstream and tool names)")
+        return v
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> UpstreamConfig:
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("stdio upstreams need command = [program, args...]")
+            if self.url is not None or self.headers:
+                raise ValueError("url and headers are for http upstreams")
+        else:
+            if not self.url or not re.match(r"^https?://", self.url):
+                raise ValueError("http upstreams need url = 'http(s)://host:port/path'")
+            if self.command is not None or self.env:
+                raise ValueError("command and env are for stdio upstreams")
+        return self
+
+    def resolved_headers(self) -> dict[str, str]:
+        """Header values with ``${VAR}`` replaced from the environment, at connect time (never logged)."""
+        return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), v) for k, v in self.headers.items()}
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    identity: IdentityConfig = IdentityConfig()
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    upstreams: list[UpstreamConfig] = []
+    base_dir: Path = Path(".")
+    """Directory of the config file: relative paths in it are resolved against it."""
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> Config:
+        names = [u.name for u in self.upstreams]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"upstream names must be unique: {', '.join(dupes)}")
+        return self
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``errors`` holds one ``file: key: what is wrong`` line each."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: dict[str, Any], source: str, base_dir: Path) -> Config:
+    if "base_dir" in data:
+        raise ConfigError([f"{source}: base_dir: unknown key"])
+    try:
+        cfg = Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            errors.append(f"{source}: {_loc(err['loc'])}: {msg}")
+        raise ConfigError(errors) from None
+    errors = _check_files(cfg, source)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _check_files(cfg: Config, source: str) -> list[str]:
+    errors = []
+    if cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
+        errors.append(f"{source}: policy.path: {cfg.resolve(cfg.policy.path)} does not exist")
+    if cfg.policy.engine == "opa" and not cfg.policy.opa_url:
+        errors.append(f"{source}: policy.opa_url: required when engine = 'opa'")
+    jwt = cfg.identity.jwt
+    if jwt and jwt.jwks_file and not cfg.resolve(jwt.jwks_file).is_file():
+        errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} does not exist")
+    if jwt and jwt.hs256_secret_env and not os.environ.get(jwt.hs256_secret_env):
+        errors.append(f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set")
+    return errors
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{source}: (file): cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: (syntax): {exc}"]) from None
+    return parse_config(data, source, path.parent.resolve())

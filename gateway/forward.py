@@ -1,0 +1,45 @@
+"""The forward stage: send a decided request to its upstream and turn every failure into a clear error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
+from gateway.catalog import Upstream, strip_server_meta
+from gateway.metrics import Metrics
+
+
+class GatewayError(Exception):
+    """An error the agent receives as a JSON-RPC error (code, message)."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+UNKNOWN_TOOL = -32602
+RESOURCE_NOT_FOUND = -32002
+DENIED = -32001
+UPSTREAM_FAILED = -32603
+
+
+async def forward(
+    metrics: Metrics,
+    up: Upstream,
+    method: str,
+    params: dict[str, Any],
+    timeout: float,
+    on_progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Raises RemoteError (the upstream's own JSON-RPC error) or UpstreamError (it could not answer)."""
+    try:
+        result = await up.conn.request(method, params, timeout, on_progress)
+    except UpstreamError as exc:
+        metrics.upstream_errors.labels(up.name, exc.kind).inc()
+        raise
+    except RemoteError:
+        metrics.upstream_errors.labels(up.name, "remote_error").inc()
+        raise
+    return strip_server_meta(result)

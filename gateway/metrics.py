@@ -1,0 +1,104 @@
+"""Prometheus metrics with bounded label values.
+
+Each gateway owns a registry (several can live in one process, as in tests). Agent label values are capped:
+past ``max_agents`` distinct agents, new ones fold into ``other`` so a flood of JWT subjects cannot blow up a
+scrape. Label children are cached so the hot path does a dict lookup, not a ``labels()`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class LabelCap:
+    """Admits the first ``limit`` distinct values; the rest read as ``other``."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return "other"
+
+
+class Metrics:
+    def __init__(self, max_agents: int = 200, max_tools: int = 2000):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.agent_label = LabelCap(max_agents)
+        self.team_label = LabelCap(max_agents)
+        self.tool_label = LabelCap(max_tools)
+        self.tool_calls = Counter(
+            "mcp_gateway_tool_calls_total",
+            "Tool calls by decision (allow, deny, error).",
+            ["server", "tool", "team", "agent", "decision"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "mcp_gateway_requests_total",
+            "Policy-checked MCP requests other than tools/call, by action and decision.",
+            ["action", "server", "team", "decision"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "mcp_gateway_policy_decision_seconds", "Time to evaluate one policy decision.",
+            buckets=_DECISION_BUCKETS, registry=r,
+        )
+        self.call_seconds = Histogram(
+            "mcp_gateway_tool_call_seconds", "Time of an allowed tool call, gateway in to gateway out.", ["server"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.auth_failures = Counter(
+            "mcp_gateway_auth_failures_total", "Requests refused before identity was established.", ["reason"],
+            registry=r,
+        )
+        self.sessions = Gauge("mcp_gateway_sessions", "Open MCP sessions of agents.", registry=r)
+        self.upstream_errors = Counter(
+            "mcp_gateway_upstream_errors_total", "Upstream failures by kind.", ["server", "kind"], registry=r,
+        )
+        self.upstream_up = Gauge("mcp_gateway_upstream_up", "1 when the upstream is connected.", ["server"], registry=r)
+        self.upstream_restarts = Counter(
+            "mcp_gateway_upstream_restarts_total", "Upstream processes restarted after they died.", ["server"],
+            registry=r,
+        )
+        self.policy_errors = Counter(
+            "mcp_gateway_policy_errors_total", "Decisions that failed closed because the engine failed.", registry=r,
+        )
+        self.policy_revision = Info("mcp_gateway_policy_revision", "The policy revision in force.", registry=r)
+        self.audit_failures = Counter(
+            "mcp_gateway_audit_write_failures_total", "Calls refused because their audit record could not be written.",
+            registry=r,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def count_call(self, server: str, tool: str, team: str, agent: str, decision: str) -> None:
+        tool = tool if self.tool_label(f"{server}/{tool}") != "other" else "other"
+        key = ("c", server, tool, self.team_label(team), self.agent_label(agent), decision)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.tool_calls.labels(*key[1:])
+        child.inc()
+
+    def count_request(self, action: str, server: str, team: str, decision: str) -> None:
+        key = ("r", action, server, self.team_label(team), decision)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(action, server, team, decision)
+        child.inc()
+
+    def observe_call(self, server: str, seconds: float) -> None:
+        key = ("s", server)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.call_seconds.labels(server)
+        child.observe(seconds)

@@ -1,0 +1,135 @@
+"""The embedded engine: regopy (rego-cpp) in-process.
+
+A policy revision is compiled once into a bundle; each worker thread keeps its own evaluator (sharing one
+between threads crashes rego-cpp) and evaluates the shared bundle with strict built-in errors, so a failing
+built-in denies instead of quietly making a deny rule undefined.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+from regopy import Interpreter
+from regopy.rego_shared import RegoError
+
+from gateway.policy.decision import Decision, PolicyError
+from gateway.policy.loader import PolicySource, load_policy_dir
+
+_ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
+
+
+def _locate(source: str, offset: int) -> tuple[int, int]:
+    line = source.count("\n", 0, offset) + 1
+    col = offset - (source.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def _format_rego_error(exc: RegoError, modules: dict[str, str], root: Path) -> list[str]:
+    out = []
+    for name, offset, _length, msg in _ERR.findall(str(exc)):
+        src = modules.get(name)
+        if src is not None:
+            line, col = _locate(src, int(offset))
+            out.append(f"{root / name}:{line}:{col}: {msg.strip()}")
+        else:
+            out.append(f"{root}: {msg.strip()}")
+    return out or [f"{root}: {str(exc).strip()}"]
+
+
+class CompiledPolicy:
+    """One revision of the policy, compiled; immutable and shared by every evaluator thread."""
+
+    def __init__(self, source: PolicySource, decision_path: str):
+        self.source = source
+        self.revision = source.revision
+        self.decision_path = decision_path
+        builder = Interpreter()
+        name = "(data)"
+        try:
+            for name, text in source.modules.items():
+                builder.add_module(name, text)
+            name = "data.json"
+            builder.add_data_json(orjson.dumps(source.data).decode())
+            query = "x := data." + decision_path.replace("/", ".")
+            self.bundle = builder.build(query, [decision_path])
+        except RegoError as exc:
+            raise PolicyError(_format_rego_error(exc, source.modules, source.root)) from None
+        except Exception as exc:  # regopy raises plain errors for some build failures
+            raise PolicyError([f"{source.root / name}: {exc}"]) from None
+
+    def evaluate(self, evaluator: Interpreter, input_json: str) -> Decision:
+        try:
+            evaluator.set_input_term(input_json)
+            out = evaluator.query_bundle(self.bundle)
+            if not out.ok():
+                return Decision.failed(f"evaluation error: {str(out).strip()[:500]}", self.revision)
+            try:
+                result = out[0]["x"]
+            except (IndexError, KeyError, TypeError):
+                result = None
+        except Exception as exc:
+            return Decision.failed(f"evaluation error: {exc}", self.revision)
+        return Decision.from_result(result, self.revision)
+
+
+def compile_policy(path: Path, decision_path: str) -> CompiledPolicy:
+    return CompiledPolicy(load_policy_dir(path), decision_path)
+
+
+class EmbeddedEngine:
+    """Evaluates on worker threads (regopy releases the GIL), bounded by a limiter sized to the cores."""
+
+    def __init__(self, path: Path, decision_path: str, timeout_ms: int, threads: int = 4):
+        self._path = path
+        self._decision_path = decision_path
+        self._timeout = timeout_ms / 1000.0
+        self._policy = compile_policy(path, decision_path)
+        self._local = threading.local()
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    @property
+    def revision(self) -> str:
+        return self._policy.revision
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    def swap(self, policy: CompiledPolicy) -> None:
+        """Install a new revision atomically; decisions already running finish on the one they started with."""
+        self._policy = policy
+
+    def _evaluator(self) -> Interpreter:
+        ev = getattr(self._local, "ev", None)
+        if ev is None:
+            ev = Interpreter()
+            ev.strict_built_in_errors = True
+            self._local.ev = ev
+        return ev
+
+    def decide_sync(self, input: dict[str, Any]) -> Decision:
+        policy = self._policy
+        try:
+            input_json = orjson.dumps(input).decode()
+        except TypeError as exc:
+            return Decision.failed(f"input not serialisable: {exc}", policy.revision)
+        return policy.evaluate(self._evaluator(), input_json)
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        policy = self._policy
+        try:
+            with anyio.fail_after(self._timeout):
+                return await anyio.to_thread.run_sync(
+                    self.decide_sync, input, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            return Decision.failed(f"policy timed out after {self._timeout * 1000:.0f} ms", policy.revision)
+
+    async def aclose(self) -> None:
+        return None

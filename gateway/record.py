@@ -1,0 +1,92 @@
+"""The record stage: audit records of decisions and outcomes, in OPA decision-log shape where it fits.
+
+A decision's record is written before its call is forwarded; if it cannot be written the call is refused,
+so nothing reaches an upstream without its record. The outcome follows under the same ``decision_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.audit import AuditLog, now_iso
+from gateway.decide import Request, digest
+from gateway.metrics import Metrics
+from gateway.policy import Decision
+
+log = logging.getLogger("gateway.audit")
+
+
+class Recorder:
+    def __init__(self, audit: AuditLog, metrics: Metrics, record_arguments: bool):
+        self._audit = audit
+        self._metrics = metrics
+        self._record_arguments = record_arguments
+
+    def _write(self, record: dict[str, Any]) -> bool:
+        try:
+            self._audit.append(record)
+            return True
+        except OSError as exc:
+            self._metrics.audit_failures.inc()
+            log.error("audit write failed: %s", exc)
+            return False
+
+    def decision(
+        self, req: Request, input: dict[str, Any], decision: Decision, server: str | None, tool: str | None
+    ) -> bool:
+        """Write the decision record; False means it is not on record and the call must not go ahead."""
+        args = req.arguments
+        recorded_input = dict(input)
+        if not self._record_arguments and args is not None:
+            recorded_input["arguments"] = {"digest": digest(args), "keys": sorted(args)}
+        record: dict[str, Any] = {
+            "type": "decision",
+            "decision_id": req.decision_id,
+            "timestamp": now_iso(req.time_ns),
+            "path": "gateway/decision",
+            "agent": req.agent.id,
+            "team": req.agent.team,
+            "auth": req.agent.auth,
+            "session": req.session_id,
+            "action": req.action,
+            "server": server,
+            "tool": tool,
+            "resource": req.uri,
+            "arguments_digest": digest(args) if args is not None else None,
+            "allow": decision.allow,
+            "reasons": list(decision.reasons),
+            "error": decision.error,
+            "input": recorded_input,
+            "result": decision.result or None,
+            "bundles": {"gateway": {"revision": decision.revision}},
+        }
+        if decision.engine_decision_id:
+            record["engine_decision_id"] = decision.engine_decision_id
+        return self._write(record)
+
+    def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
+        record: dict[str, Any] = {
+            "type": "outcome",
+            "decision_id": req.decision_id,
+            "timestamp": now_iso(),
+            "agent": req.agent.id,
+            "outcome": outcome,
+            "duration_ms": round(duration_s * 1000, 3),
+        }
+        if error is not None:
+            record["error"] = error
+        record.update(extra)
+        self._write(record)
+
+    def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
+        self._write(
+            {
+                "type": "auth_failure",
+                "timestamp": now_iso(),
+                "reason": reason,
+                "remote_addr": remote_addr,
+                "path": path,
+                "allow": False,
+            }
+        )

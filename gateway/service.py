@@ -1,0 +1,101 @@
+"""Builds a gateway from its configuration and runs its lifecycle (upstreams, MCP session managers)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+
+from gateway.audit import AuditLog
+from gateway.catalog import Catalog
+from gateway.config import Config, PolicyConfig
+from gateway.decide import Decider
+from gateway.frontend import build_server
+from gateway.identity import Authenticator
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.policy import PolicyEngine
+from gateway.policy.embedded import EmbeddedEngine
+from gateway.record import Recorder
+
+log = logging.getLogger("gateway")
+
+
+def make_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:
+    if cfg.engine == "embedded":
+        return EmbeddedEngine(config.resolve(cfg.path), cfg.decision, cfg.timeout_ms)
+    from gateway.policy.opa import OpaEngine  # imported lazily: aiohttp is only needed for this engine
+
+    return OpaEngine(cfg)
+
+
+class Gateway:
+    def __init__(self, config: Config):
+        self.config = config
+        self.metrics = Metrics(config.metrics.max_agents)
+        self.auth = Authenticator(config.identity, config.base_dir)
+        self.engine = make_engine(config.policy, config)
+        self.metrics.policy_revision.info({"revision": self.engine.revision})
+        self.audit = AuditLog(config.resolve(config.audit.path), config.audit.fsync)
+        self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state)
+        self.decider = Decider(self.engine, self.metrics, config.policy.max_argument_bytes)
+        self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
+        self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
+        self.servers: dict[str | None, Server[Any]] = {None: build_server(self.pipeline, None)}
+        for up in config.upstreams:
+            self.servers[up.name] = build_server(self.pipeline, up.name)
+        # Host/Origin checks are done once, in the gateway's HTTP layer, before authentication.
+        no_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        self.session_managers: dict[str | None, StreamableHTTPSessionManager] = {
+            view: StreamableHTTPSessionManager(
+                app=server,
+                security_settings=no_check,
+                max_request_body_size=config.server.max_request_bytes,
+                session_idle_timeout=config.server.session_idle_timeout_s,
+                max_sessions=config.server.max_sessions,
+            )
+            for view, server in self.servers.items()
+        }
+        for view, server in self.servers.items():
+            server._session_manager = self.session_managers[view]
+        self.started = False
+
+    def _upstream_state(self, name: str, up: bool) -> None:
+        self.metrics.upstream_up.labels(name).set(1 if up else 0)
+        if not up:
+            self.metrics.upstream_restarts.labels(name).inc()
+        log.info("upstream %s is %s", name, "up" if up else "down")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            for manager in self.session_managers.values():
+                await stack.enter_async_context(manager.run())
+            await self.catalog.start(tg)
+            await self.catalog.wait_ready(max((u.start_timeout_s for u in self.config.upstreams), default=0))
+            # Lists are fetched when an upstream comes up; give the first fetch a moment to land.
+            with anyio.move_on_after(5):
+                while any(u.conn.up and u.generation == 0 for u in self.catalog.upstreams.values()):
+                    await anyio.sleep(0.02)
+            self.started = True
+            log.info("gateway ready: policy revision %s, upstreams %s", self.engine.revision, self.catalog.ready())
+            try:
+                yield
+            finally:
+                self.started = False
+                await self.catalog.aclose()
+                await self.engine.aclose()
+                tg.cancel_scope.cancel()
+        self.audit.close()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ups = self.catalog.ready()
+        ok = self.started and all(u["up"] for u in ups.values())
+        return ok, {"ready": ok, "policy_revision": self.engine.revision, "upstreams": ups}
