@@ -1,0 +1,163 @@
+"""Shared test helpers: start a real gateway process on a free port, connect the real MCP SDK client to it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+REPO = Path(__file__).resolve().parent.parent
+ECHO = [sys.executable, str(REPO / "tests" / "fixtures" / "echo_server.py")]
+
+KEYS = {
+    "ci-bot": ("platform", ["ci"], "key-ci-bot"),
+    "admin": ("platform", ["admin"], "key-admin"),
+    "researcher": ("research", [], "key-researcher"),
+}
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_keys_toml() -> str:
+    out = []
+    for agent, (team, roles, key) in KEYS.items():
+        out.append(f'[[identity.api_keys]]\nagent = "{agent}"\nteam = "{team}"\nroles = {roles!r}\nsha256 = "{sha(key)}"\n')
+    return "\n".join(out).replace("'", '"')
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "]"
+
+
+def stdio_upstream(name: str, command: list[str], extra: str = "") -> str:
+    return f'[[upstreams]]\nname = "{name}"\ntransport = "stdio"\ncommand = {toml_list(command)}\n{extra}\n'
+
+
+def default_config(port: int, workdir: Path, upstreams: str, extra: str = "", policy: Path | None = None) -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+
+{api_keys_toml()}
+
+[policy]
+path = "{policy or REPO / 'rego'}"
+
+[audit]
+path = "{workdir / 'audit.jsonl'}"
+
+{extra}
+
+{upstreams}
+"""
+
+
+@dataclass
+class RunningGateway:
+    proc: subprocess.Popen[bytes]
+    port: int
+    config: Path
+    workdir: Path
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + "/mcp"
+
+    @property
+    def audit(self) -> Path:
+        return self.workdir / "audit.jsonl"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def audit_records(self) -> list[dict]:
+        import orjson
+
+        if not self.audit.exists():
+            return []
+        return [orjson.loads(line) for line in self.audit.read_bytes().splitlines() if line.strip()]
+
+
+def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: float = 40.0,
+                  env: dict[str, str] | None = None, wait_ready: bool = True) -> RunningGateway:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "gateway.toml"
+    config.write_text(config_text)
+    log = workdir / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    gw = RunningGateway(proc, port, config, workdir, log)
+    deadline = time.monotonic() + ready_timeout
+    path = "/readyz" if wait_ready else "/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            r = httpx2.get(gw.base + path, timeout=1)
+            if r.status_code == 200:
+                return gw
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.1)
+    gw.stop()
+    raise RuntimeError(f"gateway not ready in {ready_timeout}s:\n{log.read_text()}")
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str | None, mode: str = "legacy",
+                     headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
+    h = dict(headers or {})
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    http = httpx2.AsyncClient(headers=h, timeout=30)
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as c:  # type: ignore[arg-type]
+        yield c
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def core_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway in front of the real mcp-server-time and our echo fixture, with the shipped policies."""
+    workdir = tmp_path_factory.mktemp("gw")
+    port = free_port()
+    upstreams = stdio_upstream("time", ["mcp-server-time", "--local-timezone", "UTC"]) + stdio_upstream("echo", ECHO)
+    gw = start_gateway(workdir, default_config(port, workdir, upstreams), port)
+    yield gw
+    gw.stop()
