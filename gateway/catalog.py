@@ -54,6 +54,14 @@ class Upstream:
     def name(self) -> str:
         return self.config.name
 
+    def connector_for(self, agent: Any, session_id: str | None) -> Any:
+        """The connection that serves this agent's request.
+
+        One shared connection today; contained upstreams (a worker per agent and profile) and per-session upstream
+        sessions (for server-to-client relaying) plug in here.
+        """
+        return self.conn
+
     def timeout_for(self, tool: str | None) -> float:
         if tool is not None and tool in self.config.tool_timeouts_s:
             return self.config.tool_timeouts_s[tool]

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
 from gateway.catalog import Upstream, strip_server_meta
+from gateway.decide import Request
 from gateway.metrics import Metrics
 
 
@@ -28,6 +29,7 @@ UPSTREAM_FAILED = -32603
 async def forward(
     metrics: Metrics,
     up: Upstream,
+    req: Request,
     method: str,
     params: dict[str, Any],
     timeout: float,
@@ -35,7 +37,7 @@ async def forward(
 ) -> dict[str, Any]:
     """Raises RemoteError (the upstream's own JSON-RPC error) or UpstreamError (it could not answer)."""
     try:
-        result = await up.conn.request(method, params, timeout, on_progress)
+        result = await up.connector_for(req.agent, req.session_id).request(method, params, timeout, on_progress)
     except UpstreamError as exc:
         metrics.upstream_errors.labels(up.name, exc.kind).inc()
         raise

@@ -77,7 +77,7 @@ class Pipeline:
         self.metrics.count_call(up.name, tool_name, team, agent, "allow")
         params = {"name": tool_name, "arguments": req.arguments or {}}
         try:
-            result = await forward(self.metrics, up, "tools/call", params, up.timeout_for(tool_name), on_progress)
+            result = await forward(self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), on_progress)
         except UpstreamError as exc:
             self._done(req, up, t0, "upstream_error", exc.kind, str(exc))
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
@@ -182,7 +182,7 @@ class Pipeline:
     async def _forward_simple(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            result = await forward(self.metrics, up, method, params, up.config.timeout_s)
+            result = await forward(self.metrics, up, req, method, params, up.config.timeout_s)
         except UpstreamError as exc:
             self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
