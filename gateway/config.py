@@ -110,11 +110,36 @@ class AuditConfig(_Model):
     fsync: bool = False
     record_arguments: bool = False
     """When true, argument values are recorded (for replay); by default only their digest and keys are."""
+    max_file_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
+    """Rotate the log when it would grow past this size (0: never). The new file continues the hash chain."""
+    keep_files: Annotated[int, Field(ge=0)] = 0
+    """Rotated files kept (the oldest beyond this are deleted); 0 keeps them all."""
 
 
 class MetricsConfig(_Model):
     max_agents: Annotated[int, Field(gt=0, le=100000)] = 200
     """Agents beyond this many fold into the label value "other", so label cardinality stays bounded."""
+    max_reasons: Annotated[int, Field(gt=0, le=10000)] = 100
+    """Distinct deny reasons counted by name; later ones fold into "other"."""
+
+
+class LoggingConfig(_Model):
+    format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line, with ``decision_id`` on every line about a call."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    calls: bool = True
+    """One line per finished request (at info; upstream failures at warning)."""
+
+
+class TracingConfig(_Model):
+    exporter: Literal["none", "otlp", "file"] = "none"
+    """``otlp``: OTLP/HTTP (protobuf) to ``endpoint``; ``file``: JSON lines to ``path`` (for debugging)."""
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    headers: dict[str, str] = {}
+    """Sent with every export; values may use ``${VAR}`` (read from the environment, never logged)."""
+    path: str = "var/traces.jsonl"
+    service_name: str = "mcp-gateway"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
 
 
 class UpstreamConfig(_Model):
@@ -161,6 +186,8 @@ class Config(_Model):
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     upstreams: list[UpstreamConfig] = []
     base_dir: Path = Path(".")
     """Directory of the config file: relative paths in it are resolved against it."""
