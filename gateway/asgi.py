@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send

@@ -12,9 +12,9 @@ from typing import Any
 
 from mcp.server import Server
 from mcp.server.caching import CacheHint
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.decide import Request
 from gateway.forward import GatewayError

@@ -10,7 +10,16 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import verify_chain
-from tests.conftest import ECHO, KEYS, RunningGateway, default_config, free_port, mcp_client, start_gateway, stdio_upstream
+from tests.conftest import (
+    ECHO,
+    KEYS,
+    RunningGateway,
+    default_config,
+    free_port,
+    mcp_client,
+    start_gateway,
+    stdio_upstream,
+)
 
 pytestmark = pytest.mark.anyio
 
