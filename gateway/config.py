@@ -132,14 +132,16 @@ class LoggingConfig(_Model):
 
 
 class TracingConfig(_Model):
-    exporter: Literal["none", "otlp", "file"] = "none"
-    """``otlp``: OTLP/HTTP (protobuf) to ``endpoint``; ``file``: JSON lines to ``path`` (for debugging)."""
+    exporter: Literal["none", "otlp"] = "none"
+    """``otlp``: spans go to ``endpoint`` over OTLP/HTTP (protobuf); ``none``: no spans are made at all."""
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
     headers: dict[str, str] = {}
     """Sent with every export; values may use ``${VAR}`` (read from the environment, never logged)."""
-    path: str = "var/traces.jsonl"
     service_name: str = "mcp-gateway"
     sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    def resolved_headers(self) -> dict[str, str]:
+        return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), v) for k, v in self.headers.items()}
 
 
 class UpstreamConfig(_Model):
