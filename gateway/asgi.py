@@ -11,11 +11,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.fastpath import FastPath, parse_tool_call
 from gateway.frontend import AGENT_KEY
 from gateway.identity import AuthError
 from gateway.service import Gateway
@@ -50,6 +52,54 @@ async def _jsonrpc_error(send: Send, status: int, code: int, message: str, heade
     await _respond(send, status, body, b"application/json", headers)
 
 
+_Session = tuple[tuple[str, str, str], float, dict[str, Any], str | None]
+"""A session the SDK opened: (owner agent, last seen, client info, protocol version)."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it grows past the limit (chunked bodies have no Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _client_of(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """clientInfo and protocol version of an initialize request, kept for the session's policy input."""
+    if b'"initialize"' not in body:
+        return {}, None
+    try:
+        msg = orjson.loads(body)
+        params = msg["params"]
+        info = params.get("clientInfo") or {}
+        return {"name": info.get("name"), "version": info.get("version")}, params.get("protocolVersion")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return {}, None
+
+
 class GatewayApp:
     def __init__(self, gateway: Gateway):
         self.gw = gateway
@@ -73,7 +123,8 @@ class GatewayApp:
         self._public = (server.public_url or f"http://{server.listen}").rstrip("/")
         self._resource_metadata_url = f"{self._public}{WELL_KNOWN}/mcp"
         self._jwt = gateway.auth.jwt_issuer is not None
-        self._sessions: dict[str, tuple[tuple[str, str, str], float]] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._fast = FastPath(gateway.pipeline, gateway.session_managers)
         self._idle = server.session_idle_timeout_s
         self._last_prune = time.monotonic()
 
@@ -160,24 +211,42 @@ class GatewayApp:
                 return
         scope.setdefault("state", {})[AGENT_KEY] = agent
         method = scope["method"]
-        if method == "POST" and sid_raw is None:
-            send = self._binding_send(send, owner_key)
+        if method == "POST":
+            body = await _read_body(receive, self._limit)
+            if body is None:
+                await _jsonrpc_error(
+                    send, 413, -32600, f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
+                )
+                return
+            receive = _replay(body, receive)
+            if sid_raw is None:
+                send = self._binding_send(send, owner_key, _client_of(body))
+            else:
+                sid = sid_raw.decode("latin-1")
+                info = self._touch(sid, owner_key)
+                msg = parse_tool_call(body)
+                if msg is not None and info is not None and await self._fast.handle(
+                    msg, agent, view, sid, info[2], info[3], remote, send
+                ):
+                    return
         elif method == "DELETE" and sid_raw is not None:
             send = self._unbinding_send(send, sid_raw.decode("latin-1"))
         elif sid_raw is not None:
             self._touch(sid_raw.decode("latin-1"), owner_key)
         await self._apps[view](scope, receive, send)
 
-    def _touch(self, sid: str, owner: tuple[str, str, str]) -> None:
-        if sid in self._sessions:
-            self._sessions[sid] = (owner, time.monotonic())
+    def _touch(self, sid: str, owner: tuple[str, str, str]) -> _Session | None:
+        info = self._sessions.get(sid)
+        if info is not None:
+            info = self._sessions[sid] = (owner, time.monotonic(), info[2], info[3])
+        return info
 
-    def _binding_send(self, send: Send, owner: tuple[str, str, str]) -> Send:
+    def _binding_send(self, send: Send, owner: tuple[str, str, str], client: tuple[dict[str, Any], str | None]) -> Send:
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 for k, v in message.get("headers", []):
                     if k.lower() == b"mcp-session-id":
-                        self._sessions[v.decode("latin-1")] = (owner, time.monotonic())
+                        self._sessions[v.decode("latin-1")] = (owner, time.monotonic(), client[0], client[1])
                         self._prune()
                         break
             await send(message)
@@ -198,7 +267,7 @@ class GatewayApp:
         if now - self._last_prune > 5:
             self._last_prune = now
             cutoff = now - self._idle
-            for sid in [s for s, (_, seen) in self._sessions.items() if seen < cutoff]:
+            for sid in [s for s, info in self._sessions.items() if info[1] < cutoff]:
                 del self._sessions[sid]
         self.gw.metrics.sessions.set(len(self._sessions))
 

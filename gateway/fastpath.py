@@ -1,0 +1,117 @@
+"""A lean front end for the hottest request: ``tools/call`` on an established 2025-era session.
+
+The SDK's server path costs milliseconds per message (model validation both ways, per-request task and stream
+plumbing). For a plain ``tools/call`` — a single JSON-RPC request on a session the SDK opened for this agent,
+with no progress token — the gateway answers itself: orjson on the raw body, the same pipeline (decide,
+record, forward, record), a JSON response. Anything else (initialize, lists, notifications, batches, progress,
+the stateless 2026 era, malformed input) goes to the SDK unchanged, which stays the reference for the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import orjson
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.types import Send
+
+from gateway.decide import Request
+from gateway.forward import GatewayError
+from gateway.identity import Agent
+from gateway.pipeline import Pipeline
+
+log = logging.getLogger("gateway.fastpath")
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+def parse_tool_call(body: bytes) -> dict[str, Any] | None:
+    """The message, if it is exactly one well-formed tools/call request the fast path may answer; else None."""
+    if b'"tools/call"' not in body:
+        return None
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or msg.get("method") != "tools/call":
+        return None
+    rid = msg.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        return None
+    params = msg.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        return None
+    args = params.get("arguments")
+    if args is not None and not isinstance(args, dict):
+        return None
+    meta = params.get("_meta")
+    if meta is not None and (not isinstance(meta, dict) or "progressToken" in meta):
+        return None  # progress needs an SSE stream: the SDK path relays it
+    return msg
+
+
+class FastPath:
+    def __init__(self, pipeline: Pipeline, managers: dict[str | None, StreamableHTTPSessionManager]):
+        self._pipeline = pipeline
+        self._managers = managers
+
+    def _live_transport(self, view: str | None, session_id: str) -> Any:
+        # The SDK keeps its sessions in a private map; reading it lets the fast path answer only on sessions
+        # the SDK opened and still holds (an unknown or expired id falls through to the SDK's 404).
+        transport = getattr(self._managers[view], "_server_instances", {}).get(session_id)
+        if transport is None or getattr(transport, "_terminated", False):
+            return None
+        return transport
+
+    async def handle(
+        self,
+        msg: dict[str, Any],
+        agent: Agent,
+        view: str | None,
+        session_id: str,
+        client: dict[str, Any],
+        protocol_version: str | None,
+        remote_addr: str | None,
+        send: Send,
+    ) -> bool:
+        transport = self._live_transport(view, session_id)
+        if transport is None:
+            return False
+        params = msg["params"]
+        req = Request(
+            agent=agent,
+            action="tools/call",
+            view=view,
+            name=params["name"],
+            arguments=params.get("arguments") or {},
+            session_id=session_id,
+            client=client,
+            protocol_version=protocol_version,
+            request_id=msg["id"],
+            remote_addr=remote_addr,
+        )
+        idle_scope = getattr(transport, "idle_scope", None)
+        try:
+            result = await self._pipeline.call_tool(req)
+            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+        except GatewayError as exc:
+            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.data is not None:
+                error["data"] = exc.data
+            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error})
+        except Exception:
+            log.exception("tools/call failed (decision id %s)", req.decision_id)
+            body = orjson.dumps(
+                {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "internal gateway error"}}
+            )
+        finally:
+            # Activity keeps the SDK's session alive exactly as a request through the SDK would.
+            timeout = getattr(transport, "_idle_timeout", None)
+            if idle_scope is not None and timeout and not getattr(transport, "_requests_in_flight", 0):
+                idle_scope.deadline = anyio.current_time() + timeout
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return True
