@@ -127,3 +127,39 @@ async def test_prompts_and_resources_are_routed(core_gateway: RunningGateway) ->
         assert read.contents[0].text == "contents of echo://readme"  # type: ignore[union-attr]
         with pytest.raises(MCPError):
             await c.read_resource("nowhere://x")
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_progress_is_relayed_from_the_upstream(core_gateway: RunningGateway, mode: str) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with mcp_client(core_gateway.url, key("ci-bot"), mode) as c:
+        result = await c.call_tool("echo__slow", {"seconds": 0.2}, progress_callback=on_progress)
+        assert result.content[0].text == "slept 0.2"  # type: ignore[union-attr]
+    assert [p for p, _, _ in seen] == [1, 2, 3, 4]
+    assert seen[-1][1] == 4 and seen[-1][2] == "step 4"
+
+
+async def test_fast_path_and_sdk_path_answer_alike(core_gateway: RunningGateway) -> None:
+    """Plain calls take the gateway's fast path; calls with a progress token take the SDK's. Same answers."""
+
+    async def ignore(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    async with mcp_client(core_gateway.url, key("ci-bot")) as c:
+        fast = await c.call_tool("echo__echo", {"text": "same"})
+        slow = await c.call_tool("echo__echo", {"text": "same"}, progress_callback=ignore)
+        assert fast.content == slow.content and fast.is_error == slow.is_error
+        fast_denied = await c.call_tool("echo__delete_everything", {"path": "/x"})
+        slow_denied = await c.call_tool("echo__delete_everything", {"path": "/x"}, progress_callback=ignore)
+        assert fast_denied.is_error and slow_denied.is_error
+        strip = lambda r: r.content[0].text.split("(decision id")[0]  # noqa: E731
+        assert strip(fast_denied) == strip(slow_denied)
+        with pytest.raises(MCPError) as e1:
+            await c.call_tool("echo__nope", {})
+        with pytest.raises(MCPError) as e2:
+            await c.call_tool("echo__nope", {}, progress_callback=ignore)
+        assert (e1.value.code, e1.value.message) == (e2.value.code, e2.value.message)
