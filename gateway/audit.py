@@ -1,17 +1,25 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained audit log, rotated by size.
 
-One JSON line per event. Each line carries ``prev``, the SHA-256 of the line before it (the first line of a
-file carries the last hash of the file it continues, or zeros), so a deleted or edited line breaks the chain
-and ``mcp-gateway audit verify`` finds it. A decision's line is in the kernel before its call is forwarded;
-with ``fsync = true`` it is on disk.
+One JSON line per event. Each line carries ``prev``, the SHA-256 of the line before it; the first line of a
+file carries the last hash of the file it continues (the rotated file before it, or zeros for the very first),
+so a deleted, edited or reordered line breaks the chain and ``mcp-gateway audit verify`` names it. A
+decision's line is in the kernel before its call is forwarded, so a crash of the gateway loses no record of a
+forwarded call; with ``fsync = true`` it is on disk too (a crash of the machine loses none either).
+
+Rotation renames the active file to ``<path>.<seq>`` (zero-padded, so names sort oldest first) and starts a new
+active file at ``<path>``. The chain runs on across files; a gateway restarted after a crash between the
+rename and the first new record continues from the newest rotated file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,53 +27,219 @@ from typing import Any
 import orjson
 
 GENESIS = "0" * 64
+_SEQ_DIGITS = 6
+
+log = logging.getLogger("gateway.audit")
 
 
-def _last_hash(path: Path) -> str:
-    """The chain hash to continue from: the digest of the file's last complete line."""
+def rotated_name(path: Path, seq: int) -> Path:
+    return path.with_name(f"{path.name}.{seq:0{_SEQ_DIGITS}d}")
+
+
+def rotated_files(path: Path) -> list[tuple[int, Path]]:
+    """The rotated files of the active log ``path``, oldest first, with their sequence numbers."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)$")
+    found = []
+    try:
+        entries = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m and entry.is_file():
+            found.append((int(m.group(1)), entry))
+    return sorted(found)
+
+
+def audit_set(path: Path) -> list[Path]:
+    """Every file of the log ``path`` in chain order: rotated files oldest first, then the active one."""
+    files = [p for _, p in rotated_files(path)]
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The file's last non-empty line (read backwards, so a big file costs one block), or None if it has none."""
     try:
         with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            if end == 0:
-                return GENESIS
-            block = min(end, 1 << 20)
-            f.seek(end - block)
-            tail = f.read(block)
+            end = f.seek(0, os.SEEK_END)
+            block = 1 << 16
+            tail = b""
+            pos = end
+            while pos > 0:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                tail = f.read(step) + tail
+                stripped = tail.rstrip(b"\n")
+                if b"\n" in stripped or (pos == 0 and stripped):
+                    return stripped.rsplit(b"\n", 1)[-1]
+                block *= 2
     except FileNotFoundError:
-        return GENESIS
-    lines = tail.rstrip(b"\n").split(b"\n")
-    return hashlib.sha256(lines[-1]).hexdigest()
+        return None
+    return None
+
+
+def _ends_torn(path: Path) -> bool:
+    """True when the file's last byte is not a newline: a crash cut its last record short."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def chain_head(path: Path) -> str:
+    """The hash a new record of the log ``path`` links to: the last line of the newest file that has one."""
+    for candidate in reversed(audit_set(path)):
+        line = _last_line(candidate)
+        if line is not None:
+            return hashlib.sha256(line).hexdigest()
+    return GENESIS
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 class AuditLog:
-    def __init__(self, path: Path, fsync: bool = False):
+    """Appends records to ``path``; single writer per path (one gateway process), any thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        fsync: bool = False,
+        max_file_bytes: int = 0,
+        keep_files: int = 0,
+        on_rotate: Callable[[], None] | None = None,
+    ):
         self.path = path
+        self._on_rotate = on_rotate
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._prev = _last_hash(path)
-        if path.exists() and path.stat().st_size and not path.read_bytes()[-1:] == b"\n":
-            # A crash mid-line left a torn record: terminate it so the next record starts clean.
+        if _ends_torn(path):
+            # A crash mid-line left a torn record: terminate it so the next record starts clean. The torn
+            # line stays (it is evidence); the chain links over it and verify reports it as torn.
             with path.open("ab") as f:
                 f.write(b"\n")
-            self._prev = _last_hash(path)
+        self._prev = chain_head(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
         self._fsync = fsync
+        self._max = max_file_bytes
+        self._keep = keep_files
+        existing = rotated_files(path)
+        self._seq = existing[-1][0] if existing else 0
+        self._lock = threading.Lock()
         self.records = 0
+        self.rotations = 0
+
+    @property
+    def head(self) -> str:
+        """The hash of the last record written: an anchor worth keeping outside the log."""
+        return self._prev
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record synchronously; raises OSError when the record could not be written."""
-        record["prev"] = self._prev
-        line = orjson.dumps(record)
-        os.write(self._fd, line + b"\n")
+        """Write one record synchronously; raises OSError when the record could not be written (then nothing is)."""
+        with self._lock:
+            if self._fd < 0:
+                raise OSError("the audit log is closed")
+            record["prev"] = self._prev
+            line = orjson.dumps(record)
+            data = line + b"\n"
+            if self._max and self._size and self._size + len(data) > self._max:
+                self._rotate()
+            try:
+                _write_all(self._fd, data)
+                if self._fsync:
+                    os.fdatasync(self._fd)
+            except OSError:
+                self._undo_partial()
+                raise
+            self._size += len(data)
+            self._prev = hashlib.sha256(line).hexdigest()
+            self.records += 1
+
+    def _undo_partial(self) -> None:
+        """Cut a partly written record off again, so a failed write leaves no torn line behind."""
+        try:
+            if os.fstat(self._fd).st_size != self._size:
+                os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            log.error("audit log %s: cannot remove a partly written record: %s", self.path, exc)
+
+    def _rotate(self) -> None:
+        """Start a new active file; on failure keep writing the current one (availability over file size)."""
+        target = rotated_name(self.path, self._seq + 1)
+        try:
+            if self._fsync:
+                os.fsync(self._fd)
+            os.rename(self.path, target)
+        except OSError as exc:
+            log.error("audit log %s: rotation failed, still writing the current file: %s", self.path, exc)
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.error("audit log %s: cannot open a new file, still writing %s: %s", self.path, target, exc)
+            try:
+                os.rename(target, self.path)
+            except OSError:
+                pass
+            return
+        os.close(self._fd)
+        self._fd = fd
+        self._seq += 1
+        self._size = 0
+        self.rotations += 1
         if self._fsync:
-            os.fsync(self._fd)
-        self._prev = hashlib.sha256(line).hexdigest()
-        self.records += 1
+            _fsync_dir(self.path.parent)
+        # The chain's head at the cut, in the gateway's log: an anchor outside the audit files themselves.
+        log.info("audit log rotated to %s; chain head %s", target.name, self._prev)
+        self._prune()
+        if self._on_rotate is not None:
+            self._on_rotate()
+
+    def _prune(self) -> None:
+        if not self._keep:
+            return
+        old = rotated_files(self.path)
+        for _, p in old[: max(0, len(old) - self._keep)]:
+            try:
+                p.unlink()
+                log.info("audit log: deleted %s (keep_files = %d)", p.name, self._keep)
+            except OSError as exc:
+                log.error("audit log: cannot delete %s: %s", p, exc)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                if self._fsync:
+                    try:
+                        os.fsync(self._fd)
+                    except OSError:
+                        pass
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -73,32 +247,89 @@ class VerifyResult:
     ok: bool
     records: int
     message: str
+    head: str | None = None
+    """Hash of the last record: compare it with an anchor kept elsewhere to detect a cut-off tail."""
+    start: str | None = None
+    """The ``prev`` of the first record: zeros when the chain starts at the very first record ever written."""
+    torn: list[str] | None = None
+    """``file:line`` of records a crash cut short (the chain links over them)."""
 
 
-def verify_chain(paths: Iterable[Path]) -> VerifyResult:
-    """Check the hash chain across files given in order; report the first broken link."""
-    prev: str | None = None
+def chain_order(paths: Iterable[Path]) -> list[Path]:
+    """Put files of rotated sets in chain order: ``X.000001`` .. ``X.00000N``, then the active ``X``."""
+
+    def key(p: Path) -> tuple[str, str, int]:
+        m = re.match(r"^(.*)\.(\d+)$", p.name)
+        if m and len(m.group(2)) >= _SEQ_DIGITS:
+            return (str(p.parent), m.group(1), int(m.group(2)))
+        return (str(p.parent), p.name, 1 << 62)
+
+    return sorted(paths, key=key)
+
+
+def verify_chain(paths: Iterable[Path], start: str | None = None, head: str | None = None) -> VerifyResult:
+    """Check the hash chain across files given in chain order; report the first broken link.
+
+    ``start``: the ``prev`` the first record must carry (``GENESIS`` when the set must begin the chain);
+    ``head``: the hash the last record must have (an anchor kept outside the log, which finds a cut-off tail).
+    """
+    prev: str | None = start
+    first: str | None = None
     count = 0
+    torn: list[str] = []
+    pending_torn: tuple[str, str] | None = None  # (where, its hash) of an unparseable line awaiting its successor
     for path in paths:
         with path.open("rb") as f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.rstrip(b"\n")
                 if not line:
                     continue
+                where = f"{path}:{lineno}"
                 try:
                     rec = orjson.loads(line)
                     link = rec["prev"]
+                    if not isinstance(link, str):
+                        raise TypeError
                 except (orjson.JSONDecodeError, KeyError, TypeError):
-                    return VerifyResult(False, count, f"{path}:{lineno}: not an audit record")
-                if prev is None:
-                    prev = link  # the first file may continue an older one we were not given
+                    if pending_torn is not None:
+                        return VerifyResult(False, count, f"{pending_torn[0]}: not an audit record", prev, first)
+                    pending_torn = (where, hashlib.sha256(line).hexdigest())
+                    continue
+                if pending_torn is not None:
+                    # A line that is not a record is accepted only as a crash's torn record the chain links over.
+                    if link != pending_torn[1]:
+                        return VerifyResult(False, count, f"{pending_torn[0]}: not an audit record", prev, first)
+                    torn.append(pending_torn[0])
+                    prev = link
+                    pending_torn = None
+                if first is None:
+                    first = link
+                    if prev is None:
+                        prev = link  # the first file may continue an older one we were not given
                 if link != prev:
+                    what = "the start given" if count == 0 else "the record before it"
                     return VerifyResult(
-                        False, count, f"{path}:{lineno}: chain broken (a record before it was removed or edited)"
+                        False,
+                        count,
+                        f"{where}: chain broken: prev does not match {what} "
+                        f"(a record before it was removed, edited or reordered)",
+                        prev,
+                        first,
                     )
                 prev = hashlib.sha256(line).hexdigest()
                 count += 1
-    return VerifyResult(True, count, f"{count} records, chain intact")
+    if pending_torn is not None:
+        torn.append(pending_torn[0])  # a crash's torn last line, not yet linked over
+    if head is not None and prev != head:
+        return VerifyResult(
+            False, count, f"chain ends at {prev}, not at the expected head {head} (records after it are missing)",
+            prev, first,
+        )
+    origin = "from the first record ever written" if first in (None, GENESIS) else f"continuing from {first}"
+    msg = f"{count} records, chain intact {origin}; head {prev or GENESIS}"
+    if torn:
+        msg += f"; {len(torn)} torn by a crash: {', '.join(torn)}"
+    return VerifyResult(True, count, msg, prev, first, torn)
 
 
 def now_iso(ns: int | None = None) -> str:

@@ -43,16 +43,20 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", default="gateway.toml", show_default=True, help="Gateway TOML config.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
-def serve(config_path: str, log_level: str) -> None:
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Overrides [logging] level.")
+def serve(config_path: str, log_level: str | None) -> None:
     """Run the gateway."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
     import uvicorn
 
+    from gateway import logs, tracing
     from gateway.asgi import GatewayApp
     from gateway.service import Gateway
 
+    logs.setup(cfg.logging, log_level)
+    log_level = log_level or cfg.logging.level
     try:
         gw = Gateway(cfg)
     except PolicyError as exc:
@@ -62,16 +66,19 @@ def serve(config_path: str, log_level: str) -> None:
     except (OSError, ValueError) as exc:
         click.echo(f"{config_path}: cannot start: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"mcp-gateway: agents connect to http://{cfg.server.listen}/mcp", err=True)
+    logging.getLogger("gateway").info("agents connect to http://%s/mcp", cfg.server.listen)
+    app = GatewayApp(gw)
     uvicorn.run(
-        GatewayApp(gw),
+        tracing.TracingMiddleware(app) if tracing.enabled() else app,
         host=cfg.server.host,
         port=cfg.server.port,
         log_level="warning" if log_level != "debug" else "debug",
+        log_config=None,  # uvicorn's lines go through the gateway's handler (JSON when configured)
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    tracing.shutdown()
 
 
 @main.command("check-config")
@@ -103,12 +110,31 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def audit_verify(files: tuple[Path, ...]) -> None:
-    """Check the hash chain across FILES (oldest first); report the first broken link."""
-    from gateway.audit import verify_chain
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--as-given", is_flag=True, help="Check FILES in the order given (default: rotated sets in chain order).")
+@click.option("--genesis", is_flag=True, help="The first file must begin the chain (catches deleted oldest records).")
+@click.option("--head", "head", default=None, metavar="SHA256",
+              help="The hash the last record must have (an anchor kept elsewhere: catches a cut-off tail).")
+def audit_verify(files: tuple[Path, ...], as_given: bool, genesis: bool, head: str | None) -> None:
+    """Check the hash chain across FILES; report the first broken link.
 
-    result = verify_chain(files)
+    A FILE may be an active log (its rotated files <FILE>.NNNNNN are added) or one file of a set;
+    rotated files are put in chain order (oldest first, the active file last) unless --as-given.
+    """
+    from gateway.audit import GENESIS, audit_set, chain_order, verify_chain
+
+    paths: list[Path] = []
+    for f in files:
+        if f.is_dir():
+            click.echo(f"{f}: is a directory; give the audit log file (its rotated files are found beside it)",
+                       err=True)
+            sys.exit(2)
+        for p in audit_set(f) if not as_given else [f]:
+            if p not in paths:
+                paths.append(p)
+    if not as_given:
+        paths = chain_order(paths)
+    result = verify_chain(paths, start=GENESIS if genesis else None, head=head)
     click.echo(result.message)
     if not result.ok:
         sys.exit(1)

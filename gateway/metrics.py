@@ -32,12 +32,13 @@ class LabelCap:
 
 
 class Metrics:
-    def __init__(self, max_agents: int = 200, max_tools: int = 2000):
+    def __init__(self, max_agents: int = 200, max_tools: int = 2000, max_reasons: int = 100):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.agent_label = LabelCap(max_agents)
         self.team_label = LabelCap(max_agents)
         self.tool_label = LabelCap(max_tools)
+        self.reason_label = LabelCap(max_reasons)
         self.tool_calls = Counter(
             "mcp_gateway_tool_calls_total",
             "Tool calls by decision (allow, deny, error).",
@@ -79,6 +80,18 @@ class Metrics:
             "mcp_gateway_audit_write_failures_total", "Calls refused because their audit record could not be written.",
             registry=r,
         )
+        self.denials = Counter(
+            "mcp_gateway_denials_total",
+            "Denied or failed decisions of recorded requests, one count per reason the policy gave.",
+            ["server", "team", "reason"],
+            registry=r,
+        )
+        self.audit_records = Counter(
+            "mcp_gateway_audit_records_total", "Records written to the audit log, by type.", ["type"], registry=r,
+        )
+        self.audit_rotations = Counter(
+            "mcp_gateway_audit_rotations_total", "Audit log files rotated by size.", registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_call(self, server: str, tool: str, team: str, agent: str, decision: str) -> None:
@@ -93,7 +106,7 @@ class Metrics:
         key = ("r", action, server, self.team_label(team), decision)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.requests.labels(action, server, team, decision)
+            child = self._children[key] = self.requests.labels(*key[1:])
         child.inc()
 
     def observe_call(self, server: str, seconds: float) -> None:
@@ -102,3 +115,20 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.call_seconds.labels(server)
         child.observe(seconds)
+
+    def count_denial(self, server: str, team: str, reasons: tuple[str, ...] | list[str]) -> None:
+        """Count a denial under each of its reasons; reasons are capped like agents (policies may interpolate)."""
+        team = self.team_label(team)
+        for reason in reasons or ("no reason given",):
+            key = ("d", server, team, self.reason_label(reason[:200]))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.denials.labels(*key[1:])
+            child.inc()
+
+    def count_audit(self, record_type: str) -> None:
+        key = ("a", record_type)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.audit_records.labels(record_type)
+        child.inc()

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
+from gateway import tracing
 from gateway.catalog import Catalog, Upstream, public_name
 from gateway.decide import Decider, Request
 from gateway.forward import DENIED, RESOURCE_NOT_FOUND, UNKNOWN_TOOL, UPSTREAM_FAILED, GatewayError, forward
@@ -56,7 +57,8 @@ class Pipeline:
             self.recorder.decision(req, inp, decision, server, tool_name)
             self.metrics.count_call(server or "unknown", "unknown", team, agent, "deny")
             raise GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}")
-        decision = await self.decider.decide(inp)
+        with tracing.span("policy.decision"):
+            decision = await self.decider.decide(inp)
         if not self.recorder.decision(req, inp, decision, up.name, tool_name):
             decision = Decision.failed("audit record could not be written", decision.revision)
             self.metrics.count_call(up.name, tool_name, team, agent, "error")
@@ -77,7 +79,10 @@ class Pipeline:
         self.metrics.count_call(up.name, tool_name, team, agent, "allow")
         params = {"name": tool_name, "arguments": req.arguments or {}}
         try:
-            result = await forward(self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), on_progress)
+            with tracing.forward_span(up.name, "tools/call"):
+                result = await forward(
+                    self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), on_progress
+                )
         except UpstreamError as exc:
             self._done(req, up, t0, "upstream_error", exc.kind, str(exc))
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
@@ -160,7 +165,8 @@ class Pipeline:
     ) -> Decision:
         """Decide and record a non-tool request; unknown targets are recorded as denials without asking policy."""
         if known:
-            decision = await self.decider.decide(inp)
+            with tracing.span("policy.decision"):
+                decision = await self.decider.decide(inp)
         else:
             decision = Decision(False, ("unknown target",), self.decider.engine.revision)
         written = self.recorder.decision(req, inp, decision, server, tool)
@@ -182,7 +188,8 @@ class Pipeline:
     async def _forward_simple(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            result = await forward(self.metrics, up, req, method, params, up.config.timeout_s)
+            with tracing.forward_span(up.name, method):
+                result = await forward(self.metrics, up, req, method, params, up.config.timeout_s)
         except UpstreamError as exc:
             self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None

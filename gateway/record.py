@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gateway import logs, tracing
 from gateway.audit import AuditLog, now_iso
 from gateway.decide import Request, digest
 from gateway.metrics import Metrics
 from gateway.policy import Decision
 
 log = logging.getLogger("gateway.audit")
+call_log = logging.getLogger(logs.CALL_LOGGER)
 
 
 class Recorder:
@@ -26,6 +28,7 @@ class Recorder:
     def _write(self, record: dict[str, Any]) -> bool:
         try:
             self._audit.append(record)
+            self._metrics.count_audit(record["type"])
             return True
         except OSError as exc:
             self._metrics.audit_failures.inc()
@@ -36,6 +39,8 @@ class Recorder:
         self, req: Request, input: dict[str, Any], decision: Decision, server: str | None, tool: str | None
     ) -> bool:
         """Write the decision record; False means it is not on record and the call must not go ahead."""
+        logs.bind(req.decision_id)
+        tracing.annotate_call(req, decision, server, tool)
         args = req.arguments
         recorded_input = dict(input)
         if not self._record_arguments and args is not None:
@@ -63,6 +68,16 @@ class Recorder:
         }
         if decision.engine_decision_id:
             record["engine_decision_id"] = decision.engine_decision_id
+        record["labels"] = {"app": "mcp-gateway"}
+        record["requested_by"] = req.remote_addr
+        if not self._record_arguments and args is not None:
+            record["masked"] = ["/input/arguments"]
+        if not decision.allow:
+            self._metrics.count_denial(server or "unknown", req.agent.team, decision.reasons)
+            call_log.info(
+                "denied %s %s for %s: %s", req.action, req.name or req.uri or "", req.agent.id,
+                "; ".join(decision.reasons) or "no reason given", extra={"agent": req.agent.id, "action": req.action},
+            )
         return self._write(record)
 
     def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
@@ -78,6 +93,13 @@ class Recorder:
             record["error"] = error
         record.update(extra)
         self._write(record)
+        call_log.log(
+            logging.WARNING if outcome == "upstream_error" else logging.INFO,
+            "%s %s by %s: %s in %.2f ms%s", req.action, req.name or req.uri or "", req.agent.id, outcome,
+            duration_s * 1000, f" ({error})" if error else "",
+            extra={"agent": req.agent.id, "action": req.action, "outcome": outcome,
+                   "duration_ms": record["duration_ms"]},
+        )
 
     def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
         self._write(

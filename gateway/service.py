@@ -12,6 +12,7 @@ from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
+from gateway import tracing
 from gateway.audit import AuditLog
 from gateway.catalog import Catalog
 from gateway.config import Config, PolicyConfig
@@ -38,11 +39,18 @@ def make_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:
 class Gateway:
     def __init__(self, config: Config):
         self.config = config
-        self.metrics = Metrics(config.metrics.max_agents)
-        self.auth = Authenticator(config.identity, config.base_dir)
+        self.metrics = Metrics(config.metrics.max_agents, max_reasons=config.metrics.max_reasons)
+        tracing.configure(config.tracing)
+        self.auth = tracing.trace_auth(Authenticator(config.identity, config.base_dir))
         self.engine = make_engine(config.policy, config)
         self.metrics.policy_revision.info({"revision": self.engine.revision})
-        self.audit = AuditLog(config.resolve(config.audit.path), config.audit.fsync)
+        self.audit = AuditLog(
+            config.resolve(config.audit.path),
+            config.audit.fsync,
+            config.audit.max_file_bytes,
+            config.audit.keep_files,
+            on_rotate=self.metrics.audit_rotations.inc,
+        )
         self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state)
         self.decider = Decider(self.engine, self.metrics, config.policy.max_argument_bytes)
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
@@ -64,6 +72,8 @@ class Gateway:
         }
         for view, server in self.servers.items():
             server._session_manager = self.session_managers[view]
+            if tracing.enabled():
+                tracing.drop_sdk_spans(server)
         self.started = False
 
     def _upstream_state(self, name: str, up: bool) -> None:
@@ -94,6 +104,7 @@ class Gateway:
                 await self.engine.aclose()
                 tg.cancel_scope.cancel()
         self.audit.close()
+        tracing.shutdown()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         ups = self.catalog.ready()
