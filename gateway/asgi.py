@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.fastpath import FastPath, parse_tool_call
+from gateway.fastpath import FastPath, modern_client, parse_tool_call
 from gateway.frontend import AGENT_KEY
 from gateway.identity import AuthError
 from gateway.service import Gateway
@@ -220,6 +220,13 @@ class GatewayApp:
                 return
             receive = _replay(body, receive)
             if sid_raw is None:
+                msg = parse_tool_call(body)
+                if msg is not None:
+                    client_info = modern_client(msg, headers)
+                    if client_info is not None and await self._fast.handle(
+                        msg, agent, view, None, client_info, headers[b"mcp-protocol-version"].decode(), remote, send
+                    ):
+                        return
                 send = self._binding_send(send, owner_key, _client_of(body))
             else:
                 sid = sid_raw.decode("latin-1")

@@ -4,7 +4,11 @@ The SDK's server path costs milliseconds per message (model validation both ways
 plumbing). For a plain ``tools/call`` — a single JSON-RPC request on a session the SDK opened for this agent,
 with no progress token — the gateway answers itself: orjson on the raw body, the same pipeline (decide,
 record, forward, record), a JSON response. Anything else (initialize, lists, notifications, batches, progress,
-the stateless 2026 era, malformed input) goes to the SDK unchanged, which stays the reference for the protocol.
+malformed input) goes to the SDK unchanged, which stays the reference for the protocol.
+
+The stateless 2026-07-28 era takes the fast path too when the request is self-consistent: its
+``MCP-Protocol-Version``, ``Mcp-Method`` and ``Mcp-Name`` headers match the body (a mismatch goes to the SDK, which
+answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's server identity as the SDK would.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import anyio
 import orjson
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Send
+
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.decide import Request
 from gateway.forward import GatewayError
@@ -52,10 +58,40 @@ def parse_tool_call(body: bytes) -> dict[str, Any] | None:
     return msg
 
 
+_PROTOCOL_META = "io.modelcontextprotocol/protocolVersion"
+_CLIENT_META = "io.modelcontextprotocol/clientInfo"
+_SERVER_META = "io.modelcontextprotocol/serverInfo"
+
+
+def modern_client(msg: dict[str, Any], headers: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """clientInfo of a 2026-era request whose headers agree with its body; None sends it to the SDK."""
+    version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        return None
+    meta = msg["params"].get("_meta") or {}
+    if meta.get(_PROTOCOL_META) != version:
+        return None
+    if headers.get(b"mcp-method") != b"tools/call":
+        return None
+    if headers.get(b"mcp-name", b"").decode("utf-8", "replace") != msg["params"]["name"]:
+        return None
+    if any(k.startswith(b"mcp-param-") for k in headers):
+        return None
+    info = meta.get(_CLIENT_META)
+    if not isinstance(info, dict):
+        return None
+    return {"name": info.get("name"), "version": info.get("version")}
+
+
 class FastPath:
     def __init__(self, pipeline: Pipeline, managers: dict[str | None, StreamableHTTPSessionManager]):
         self._pipeline = pipeline
         self._managers = managers
+        self._stamps = {
+            view: {"name": "mcp-gateway" if view is None else view, "version": version}
+            for view in managers
+            for version in [getattr(managers[view].app, "version", "")]
+        }
 
     def _live_transport(self, view: str | None, session_id: str) -> Any:
         # The SDK keeps its sessions in a private map; reading it lets the fast path answer only on sessions
@@ -70,15 +106,19 @@ class FastPath:
         msg: dict[str, Any],
         agent: Agent,
         view: str | None,
-        session_id: str,
+        session_id: str | None,
         client: dict[str, Any],
         protocol_version: str | None,
         remote_addr: str | None,
         send: Send,
     ) -> bool:
-        transport = self._live_transport(view, session_id)
-        if transport is None:
-            return False
+        """Answer the call; False when it must go to the SDK (a session the SDK does not hold)."""
+        transport = None
+        modern = session_id is None
+        if not modern:
+            transport = self._live_transport(view, session_id or "")
+            if transport is None:
+                return False
         params = msg["params"]
         req = Request(
             agent=agent,
@@ -95,6 +135,9 @@ class FastPath:
         idle_scope = getattr(transport, "idle_scope", None)
         try:
             result = await self._pipeline.call_tool(req)
+            if modern:
+                result.setdefault("resultType", "complete")
+                result["_meta"] = {**(result.get("_meta") or {}), _SERVER_META: self._stamps[view]}
             body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result})
         except GatewayError as exc:
             error: dict[str, Any] = {"code": exc.code, "message": exc.message}
