@@ -66,6 +66,8 @@ class JsonRpcPeer:
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.protocol_version = PROTOCOL_VERSION
+        self.client_capabilities: dict[str, Any] = {"roots": {}}
+        """What the gateway declares to the upstream; a per-session connection declares what its agent declared."""
         self._spawn: Callable[..., None] | None = None
         """Starts a background task; server-to-client requests run there so they never block the reader."""
 
@@ -167,7 +169,11 @@ class JsonRpcPeer:
             elif method == "roots/list":
                 reply["result"] = {"roots": []}
             else:
-                reply["error"] = {"code": -32601, "message": f"{method} is not relayed by the gateway"}
+                reply["error"] = {
+                    "code": -32601,
+                    "message": f"{method} is not relayed to agents on a shared upstream session "
+                    "(set session_mode = \"per_session\" on this upstream)",
+                }
         except RemoteError as exc:
             reply["error"] = {"code": exc.code, "message": exc.message}
         except Exception as exc:
@@ -175,7 +181,8 @@ class JsonRpcPeer:
         await self._send(reply)
 
     def _initialize_params(self) -> dict[str, Any]:
-        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": {"roots": {}}, "clientInfo": CLIENT_INFO}
+        caps = self.client_capabilities
+        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": caps, "clientInfo": CLIENT_INFO}
 
     def _adopt(self, result: dict[str, Any]) -> None:
         self.server_info = result.get("serverInfo") or {}

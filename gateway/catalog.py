@@ -20,6 +20,7 @@ from connectors.http import HttpConnector
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
 from connectors.stdio import StdioConnector
 from gateway.config import UpstreamConfig
+from gateway.upstream_sessions import SessionUpstreams
 
 log = logging.getLogger("gateway.catalog")
 
@@ -49,6 +50,8 @@ class Upstream:
     templates: list[dict[str, Any]] = field(default_factory=list)
     generation: int = 0
     """Bumped whenever a list changes, so caches keyed on it go stale."""
+    sessions: SessionUpstreams | None = None
+    """Set when the upstream runs with ``session_mode = "per_session"``."""
 
     @property
     def name(self) -> str:
@@ -60,6 +63,8 @@ class Upstream:
         One shared connection today; contained upstreams (a worker per agent and profile) and per-session upstream
         sessions (for server-to-client relaying) plug in here.
         """
+        if self.sessions is not None and session_id is not None:
+            return self.sessions.connector(self, agent, session_id)
         return self.conn
 
     def timeout_for(self, tool: str | None) -> float:
@@ -81,17 +86,23 @@ class Catalog:
     def __init__(self, configs: list[UpstreamConfig], base_dir: Any, on_state: Callable[[str, bool], None]):
         self._on_state = on_state
         self.upstreams: dict[str, Upstream] = {}
+        self.session_upstreams = SessionUpstreams(base_dir)
         for cfg in configs:
             conn = make_connector(cfg, base_dir, self._state_changed)
             up = Upstream(cfg, conn)
+            if cfg.session_mode == "per_session":
+                up.sessions = self.session_upstreams
             conn.on_notification = self._notification_handler(up)
             self.upstreams[cfg.name] = up
         self._resource_owner: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self.on_list_changed: Callable[[str, str], Any] | None = None
+        self.on_notification: Callable[[str, str, dict[str, Any]], Any] | None = None
+        """Other notifications of shared upstream sessions (resource updates, log messages), for the relay."""
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        self.session_upstreams.bind(tg)
         for up in self.upstreams.values():
             await up.conn.start(tg)
 
@@ -103,6 +114,7 @@ class Catalog:
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
+            await self.session_upstreams.aclose()
             for up in self.upstreams.values():
                 await up.conn.aclose()
 
@@ -118,6 +130,8 @@ class Catalog:
                 await self.refresh(up, kind)
                 if self.on_list_changed is not None:
                     await self.on_list_changed(up.name, method)
+            elif self.on_notification is not None:
+                await self.on_notification(up.name, method, params)
 
         return handle
 

@@ -155,6 +155,9 @@ class UpstreamConfig(_Model):
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     tool_timeouts_s: dict[str, Annotated[float, Field(gt=0, le=3600)]] = {}
     start_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    session_mode: Literal["shared", "per_session"] = "shared"
+    """``per_session``: each agent session (2025 era) gets its own upstream session, so the upstream's sampling,
+    elicitation, roots and log messages can be relayed to exactly that agent; ``shared``: one for all agents."""
 
     @field_validator("name")
     @classmethod

@@ -7,19 +7,27 @@ are not re-validated.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import mcp_types as types
 from mcp.server import Server
 from mcp.server.caching import CacheHint
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from connectors.jsonrpc import RemoteError
 from gateway.decide import Request
 from gateway.forward import GatewayError
 from gateway.identity import Agent
 from gateway.pipeline import Pipeline
+from gateway.relay import AgentSession
+
+log = logging.getLogger("gateway.frontend")
 
 AGENT_KEY = "gateway.agent"
 VERSION = "0.1.0"
@@ -121,7 +129,7 @@ def build_server(pipeline: Pipeline, view: str | None) -> Server[Any]:
     # Lists are filtered per agent: a client may cache them, but never share them across identities.
     private = CacheHint(ttl_ms=0, scope="private")
     hints = {m: private for m in ("tools/list", "prompts/list", "resources/list", "resources/templates/list")}
-    return Server(
+    server: Server[Any] = Server(
         "mcp-gateway" if view is None else view,
         version=VERSION,
         cache_hints=hints,  # type: ignore[arg-type]
@@ -132,4 +140,134 @@ def build_server(pipeline: Pipeline, view: str | None) -> Server[Any]:
         on_list_resources=_guard(list_resources),  # type: ignore[arg-type]
         on_list_resource_templates=_guard(list_templates),  # type: ignore[arg-type]
         on_read_resource=_guard(read_resource),  # type: ignore[arg-type]
+    )
+    install_relay(server, pipeline, view)
+    return server
+
+
+# --- server-to-client relaying (see gateway/relay.py) ------------------------------------------------------
+
+_TRACKED = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
+
+
+class _Outlet:
+    """A session's ways to its agent: the streams of its calls in flight, else its standalone stream.
+
+    Reads the SDK's per-connection and per-request channels (``ServerSession._connection`` and
+    ``_request_outbound``): raw dicts both ways, so relayed messages are not re-validated or reshaped.
+    """
+
+    def __init__(self, connection: Any):
+        self.connection = connection
+        self.inflight: list[tuple[str | None, Any]] = []
+
+    def _channel(self, upstream: str | None) -> Any:
+        for name, channel in reversed(self.inflight):
+            if (upstream is None or name is None or name == upstream) and channel.can_send_request:
+                return channel
+        return None
+
+    async def request(self, upstream: str, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        channel = self._channel(upstream) or self.connection.outbound
+        try:
+            return dict(await channel.send_raw_request(method, params, {"timeout": timeout}))
+        except MCPError as exc:
+            raise RemoteError(exc.code, exc.message, exc.data) from None
+
+    async def notify(self, upstream: str | None, method: str, params: dict[str, Any]) -> None:
+        channel = self._channel(upstream) if upstream is not None else None
+        try:
+            if channel is not None:
+                await channel.notify(method, params)
+            else:
+                await self.connection.notify(method, params)
+        except Exception as exc:  # a notification to a client that went away is dropped, never raised
+            log.debug("dropped %s to an agent session: %s", method, exc)
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True) if model is not None else {}
+
+
+def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> None:
+    """Handlers for logging, subscriptions and completion, and a middleware that registers each 2025-era agent
+    session with the relay (closing its upstream sessions when it ends) and tracks its calls in flight."""
+    relay, catalog = pipeline.relay, pipeline.catalog
+
+    def session_of(ctx: ServerRequestContext[Any, Any]) -> AgentSession | None:
+        connection = getattr(ctx.session, "_connection", None)
+        sid = getattr(connection, "session_id", None)
+        if sid is None or ctx.method == "initialize":
+            return None
+        session = relay.sessions.get(sid)
+        if session is None:
+            request = ctx.request
+            agent = request.scope.get("state", {}).get(AGENT_KEY) if request is not None else None
+            if not isinstance(agent, Agent):
+                return None
+            info = ctx.session.client_params.client_info if ctx.session.client_params is not None else None
+            session = relay.open(AgentSession(
+                sid, agent, view, _Outlet(connection),
+                capabilities=_dump(ctx.session.client_capabilities),
+                client={"name": info.name, "version": info.version} if info is not None else {},
+                protocol_version=ctx.protocol_version,
+            ))
+            connection.exit_stack.push_async_callback(relay.close, sid)
+        return session
+
+    def upstream_of(method: str, params: Any) -> str | None:
+        if view is not None:
+            return view
+        up = None
+        if method in ("tools/call", "prompts/get"):
+            up = catalog.split(str(params.get("name", "")), None)[0]
+        elif method == "resources/read":
+            up = catalog.resource_owner(str(params.get("uri", "")), None)
+        return up.name if up is not None else None
+
+    async def middleware(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        session = session_of(ctx)
+        if session is None:
+            return await call_next(ctx)
+        if ctx.request_id is None:
+            if ctx.method == "notifications/roots/list_changed":
+                await pipeline.roots_changed(session)
+            return await call_next(ctx)
+        if ctx.method not in _TRACKED:
+            return await call_next(ctx)
+        outlet = session.outlet
+        assert isinstance(outlet, _Outlet)
+        entry = (upstream_of(ctx.method, ctx.params or {}), getattr(ctx.session, "_request_outbound", None))
+        if entry[1] is None:
+            return await call_next(ctx)
+        outlet.inflight.append(entry)
+        try:
+            return await call_next(ctx)
+        finally:
+            outlet.inflight.remove(entry)
+
+    async def complete(ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        return await pipeline.complete(make_request(ctx, "completion/complete", view), dict(ctx.params or {}))
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        uri = str((ctx.params or {}).get("uri", ""))
+        return await pipeline.subscribe(make_request(ctx, "resources/subscribe", view, uri=uri))
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        uri = str((ctx.params or {}).get("uri", ""))
+        return await pipeline.unsubscribe(make_request(ctx, "resources/unsubscribe", view, uri=uri))
+
+    async def set_level(ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        level = str((ctx.params or {}).get("level", ""))
+        return await pipeline.set_log_level(make_request(ctx, "logging/setLevel", view), level)
+
+    server.middleware.append(middleware)
+    server.add_request_handler("completion/complete", types.CompleteRequestParams, _guard(complete))  # type: ignore[arg-type]
+    server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, _guard(subscribe))  # type: ignore[arg-type]
+    server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, _guard(unsubscribe))  # type: ignore[arg-type]
+    # Registered directly: the constructor keyword warns that logging is deprecated in the newest era.
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _guard(set_level))  # type: ignore[arg-type]
+    # Upstream lists change and the gateway says so (notifications/*/list_changed go to every session).
+    server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+        server.create_initialization_options, NotificationOptions(True, True, True)
     )

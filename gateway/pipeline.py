@@ -17,6 +17,7 @@ from gateway.forward import DENIED, RESOURCE_NOT_FOUND, UNKNOWN_TOOL, UPSTREAM_F
 from gateway.metrics import Metrics
 from gateway.policy import Decision
 from gateway.record import Recorder
+from gateway.relay import AgentSession, Relay
 
 
 def denial_text(decision: Decision, decision_id: str) -> str:
@@ -30,6 +31,7 @@ class Pipeline:
         self.decider = decider
         self.recorder = recorder
         self.metrics = metrics
+        self.relay = Relay(catalog, decider, recorder, metrics)
 
     # --- tools ---------------------------------------------------------------------------------------------
 
@@ -198,3 +200,104 @@ class Pipeline:
             raise GatewayError(exc.code, exc.message, exc.data) from None
         self.recorder.outcome(req, "ok", time.perf_counter() - t0)
         return result
+
+    # --- relayed requests: logging level, subscriptions, completion ----------------------------------------
+
+    def session_of(self, req: Request) -> AgentSession | None:
+        return self.relay.sessions.get(req.session_id) if req.session_id else None
+
+    async def _simple_gate(self, req: Request, up: Upstream | None, server: str | None, **fields: Any) -> Upstream:
+        inp = self.decider.build_input(req, server, **fields)
+        decision = await self._gate(req, inp, server, None, up is not None)
+        if up is None:
+            code = RESOURCE_NOT_FOUND if req.uri is not None else UNKNOWN_TOOL
+            raise GatewayError(code, f"Unknown target of {req.action}")
+        if not decision.allow:
+            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        return up
+
+    async def set_log_level(self, req: Request, level: str) -> dict[str, Any]:
+        """Policy-checked; the level filters what the relay passes on and goes to this session's own upstreams."""
+        if req.view is not None and self.catalog.get(req.view) is None:
+            raise GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}")
+        inp = self.decider.build_input(req, req.view, arguments={"level": level})
+        decision = await self._gate(req, inp, req.view, None, True)
+        if not decision.allow:
+            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        session = self.session_of(req)
+        if session is not None:
+            await self.relay.set_level(session, level, self.catalog.in_view(req.view))
+        self.recorder.outcome(req, "ok", 0.0)
+        return {}
+
+    async def _subscription(self, req: Request, subscribe: bool) -> dict[str, Any]:
+        uri = req.uri or ""
+        owner = self.catalog.resource_owner(uri, req.view)
+        up = await self._simple_gate(req, owner, owner.name if owner else req.view)
+        if not (up.conn.capabilities.get("resources") or {}).get("subscribe"):
+            raise GatewayError(-32601, f"{req.action} is not supported by this server")
+        session = self.session_of(req)
+        if session is None:
+            raise GatewayError(-32600, f"{req.action} needs an MCP session (the 2025 protocol era)")
+        t0 = time.perf_counter()
+
+        async def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            return await self._forward_raw(req, up, method, params)
+
+        try:
+            if subscribe:
+                result = await self.relay.subscribe(session, up, uri, send)
+            else:
+                result = await self.relay.unsubscribe(session, up, uri, send)
+        except GatewayError as exc:
+            self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, exc.message)
+            raise
+        self.recorder.outcome(req, "ok", time.perf_counter() - t0)
+        return result
+
+    async def subscribe(self, req: Request) -> dict[str, Any]:
+        return await self._subscription(req, True)
+
+    async def unsubscribe(self, req: Request) -> dict[str, Any]:
+        return await self._subscription(req, False)
+
+    async def complete(self, req: Request, params: dict[str, Any]) -> dict[str, Any]:
+        """completion/complete for a prompt argument or a resource template, routed like the prompt or resource."""
+        ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
+        argument = params.get("argument") if isinstance(params.get("argument"), dict) else {}
+        if ref.get("type") == "ref/prompt":
+            up, name = self.catalog.split(str(ref.get("name", "")), req.view)
+            known = up if up is not None and name in up.prompts else None
+            target = await self._simple_gate(
+                req, known, up.name if up else req.view, prompt=name, arguments=argument
+            )
+            ref = {**ref, "name": name}
+        elif ref.get("type") == "ref/resource":
+            req.uri = str(ref.get("uri", ""))
+            up = self.catalog.resource_owner(req.uri, req.view)
+            target = await self._simple_gate(req, up, up.name if up else req.view, arguments=argument)
+        else:
+            raise GatewayError(UNKNOWN_TOOL, "completion/complete needs a ref of type ref/prompt or ref/resource")
+        if "completions" not in target.conn.capabilities:
+            self.recorder.outcome(req, "ok", 0.0)
+            return {"completion": {"values": [], "hasMore": False}}
+        return await self._forward_simple(req, target, "completion/complete", {**params, "ref": ref})
+
+    async def roots_changed(self, session: AgentSession) -> None:
+        """The agent's roots changed: tell the upstream sessions that serve it (shared ones never asked)."""
+        for name, conn in self.catalog.session_upstreams.connections(session.id):
+            if not (conn.up and "roots" in conn.client_capabilities):
+                continue
+            if await self.relay.notification_allowed(session, name, "notifications/roots/list_changed"):
+                try:
+                    await conn.notify("notifications/roots/list_changed")
+                except UpstreamError:
+                    pass
+
+    async def _forward_raw(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await forward(self.metrics, up, req, method, params, up.config.timeout_s)
+        except UpstreamError as exc:
+            raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
+        except RemoteError as exc:
+            raise GatewayError(exc.code, exc.message, exc.data) from None

@@ -1,0 +1,283 @@
+"""Server-to-client relaying: what upstream sessions send towards agents, and the agent-session state it needs.
+
+An agent's session receives only what its own upstream sessions sent, and only what policy allows:
+
+- requests (``sampling/createMessage``, ``elicitation/create``, ``roots/list``) come from per-session upstream
+  connections (see ``upstream_sessions``), are decided and audited one by one, and go to the agent on the
+  stream of the call in flight to that upstream (else the session's standalone stream);
+- log messages (``notifications/message``, filtered by the level the agent set) and resource updates of a
+  per-session connection go to its agent session; resource updates of a shared upstream go to the agent sessions
+  that subscribed to that URI; ``notifications/*/list_changed`` go to every session whose endpoint shows that
+  upstream. Notifications are decided once per session, upstream and kind, and the decision kept for a while,
+  so a chatty upstream costs one decision, not one per message.
+
+The relay knows nothing of the SDK: the front end gives each session an ``Outlet`` that sends on its channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connectors.jsonrpc import RemoteError, UpstreamError
+from gateway.decide import Decider, Request
+from gateway.identity import Agent
+from gateway.metrics import Metrics
+from gateway.policy import Decision
+from gateway.record import Recorder
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog, Upstream
+
+log = logging.getLogger("gateway.relay")
+
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LIST_CHANGED = frozenset(
+    {"notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/resources/list_changed"}
+)
+_CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+_RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")
+_NOTIFICATION_DECISION_TTL_S = 10.0
+DENIED = -32001
+
+
+class Outlet(Protocol):
+    """The agent end of one session: sends on the stream of a call in flight to ``upstream``, else standalone."""
+
+    async def request(self, upstream: str, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+
+    async def notify(self, upstream: str | None, method: str, params: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class AgentSession:
+    id: str
+    agent: Agent
+    view: str | None
+    outlet: Outlet
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    client: dict[str, Any] = field(default_factory=dict)
+    protocol_version: str | None = None
+    log_level: str | None = None
+    subscriptions: set[tuple[str, str]] = field(default_factory=set)
+    """(upstream, uri) pairs this session subscribed to."""
+    decisions: dict[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)
+
+    def sees(self, upstream: str) -> bool:
+        return self.view is None or self.view == upstream
+
+
+def level_passes(level: Any, threshold: str | None) -> bool:
+    if threshold is None or threshold not in LEVELS:
+        return True
+    return level in LEVELS and LEVELS.index(level) >= LEVELS.index(threshold)
+
+
+class Relay:
+    def __init__(self, catalog: Catalog, decider: Decider, recorder: Recorder, metrics: Metrics):
+        self.catalog = catalog
+        self.decider = decider
+        self.recorder = recorder
+        self.metrics = metrics
+        self.sessions: dict[str, AgentSession] = {}
+        self._shared_subs: dict[tuple[str, str], set[str]] = {}
+        """(upstream, uri) of shared upstreams -> agent sessions subscribed to it."""
+        catalog.session_upstreams.hooks = self
+        catalog.on_list_changed = self.list_changed
+        catalog.on_notification = self.shared_notification
+
+    # --- agent sessions ------------------------------------------------------------------------------------
+
+    def open(self, session: AgentSession) -> AgentSession:
+        return self.sessions.setdefault(session.id, session)
+
+    async def close(self, session_id: str) -> None:
+        """The agent session ended: close its upstream sessions, drop its subscriptions on shared upstreams."""
+        session = self.sessions.pop(session_id, None)
+        await self.catalog.session_upstreams.close_session(session_id)
+        if session is None:
+            return
+        for upstream, uri in list(session.subscriptions):
+            up = self.catalog.get(upstream)
+            if up is not None and up.sessions is None:
+                await self._shared_unsubscribe(up, uri, session_id)
+
+    # --- policy --------------------------------------------------------------------------------------------
+
+    def _request(self, session: AgentSession, action: str, arguments: Any = None, uri: str | None = None) -> Request:
+        return Request(
+            agent=session.agent,
+            action=action,
+            view=session.view,
+            arguments=arguments,
+            uri=uri,
+            session_id=session.id,
+            client=session.client,
+            protocol_version=session.protocol_version,
+        )
+
+    async def decide(self, req: Request, server: str | None, **input_fields: Any) -> Decision:
+        """Decide and record one relayed message; an audit record that cannot be written fails it closed."""
+        inp = self.decider.build_input(req, server, arguments=req.arguments, **input_fields)
+        decision = await self.decider.decide(inp)
+        if not self.recorder.decision(req, inp, decision, server, None):
+            decision = Decision.failed("audit record could not be written", decision.revision)
+        label = "allow" if decision.allow else ("error" if decision.error else "deny")
+        self.metrics.count_request(req.action, server or "unknown", req.agent.team, label)
+        return decision
+
+    async def notification_allowed(self, session: AgentSession, upstream: str, method: str) -> bool:
+        key = (upstream, method)
+        now = time.monotonic()
+        hit = session.decisions.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        decision = await self.decide(self._request(session, method), upstream)
+        session.decisions[key] = (now + _NOTIFICATION_DECISION_TTL_S, decision.allow)
+        return decision.allow
+
+    # --- upstream -> agent (SessionHooks for per-session connections) --------------------------------------
+
+    def capabilities_for(self, session_id: str) -> dict[str, Any]:
+        """The client capabilities a per-session connection declares upstream: exactly the agent's own."""
+        session = self.sessions.get(session_id)
+        caps = session.capabilities if session is not None else {}
+        return {k: caps[k] for k in _RELAYED_CAPABILITIES if k in caps}
+
+    def upstream_ready(self, upstream: str, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        up = self.catalog.get(upstream)
+        if session is None or up is None or session.log_level is None:
+            return
+        conns = dict(self.catalog.session_upstreams.connections(session_id))
+        conn = conns.get(upstream)
+        if conn is not None and "logging" in conn.capabilities:
+            self.catalog.session_upstreams.spawn(self._send_level, conn, up, session.log_level)
+
+    async def _send_level(self, conn: Any, up: Upstream, level: str) -> None:
+        try:
+            await conn.request("logging/setLevel", {"level": level}, up.config.timeout_s)
+        except (UpstreamError, RemoteError) as exc:
+            log.info("upstream %s: logging/setLevel not applied: %s", up.name, exc)
+
+    async def upstream_request(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> Any:
+        if method == "ping":
+            return {}
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise RemoteError(-32603, "the agent session this upstream session served has ended")
+        capability = _CAPABILITY_OF.get(method)
+        if capability is None:
+            raise RemoteError(-32601, f"{method} is not relayed by the gateway")
+        if capability not in session.capabilities:
+            raise RemoteError(-32601, f"the agent's client does not support {capability}")
+        req = self._request(session, method, arguments=params)
+        decision = await self.decide(req, upstream)
+        if not decision.allow:
+            self.recorder.outcome(req, "denied", 0.0)
+            reasons = "; ".join(decision.reasons) or "no rule allows this request"
+            raise RemoteError(DENIED, f"Denied by the gateway's policy: {reasons}. (decision id {req.decision_id})")
+        up = self.catalog.get(upstream)
+        timeout = up.config.timeout_s if up is not None else 60.0
+        t0 = time.perf_counter()
+        try:
+            result = await session.outlet.request(upstream, method, params, timeout)
+        except RemoteError as exc:
+            self.recorder.outcome(req, "agent_error", time.perf_counter() - t0, exc.message)
+            raise
+        except TimeoutError:
+            self.recorder.outcome(req, "agent_timeout", time.perf_counter() - t0)
+            raise RemoteError(-32603, f"the agent did not answer {method} within {timeout:g} s") from None
+        self.recorder.outcome(req, "ok", time.perf_counter() - t0)
+        return result
+
+    async def upstream_notification(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        if method == "notifications/message" and not level_passes(params.get("level"), session.log_level):
+            return
+        if method in LIST_CHANGED:
+            up = self.catalog.get(upstream)
+            if up is not None:
+                self.catalog.session_upstreams.spawn(self.catalog.refresh, up, _kind(method))
+        elif method not in ("notifications/message", "notifications/resources/updated"):
+            log.debug("upstream %s sent %s; not relayed", upstream, method)
+            return
+        if await self.notification_allowed(session, upstream, method):
+            await session.outlet.notify(upstream, method, params)
+
+    # --- shared upstream sessions --------------------------------------------------------------------------
+
+    async def list_changed(self, upstream: str, method: str) -> None:
+        for session in list(self.sessions.values()):
+            if session.sees(upstream) and await self.notification_allowed(session, upstream, method):
+                await session.outlet.notify(None, method, {})
+
+    async def shared_notification(self, upstream: str, method: str, params: dict[str, Any]) -> None:
+        if method != "notifications/resources/updated":
+            # A shared session cannot tell which agent a log message is about: it stays in the gateway's log.
+            log.debug("upstream %s (shared session) sent %s; not relayed", upstream, method)
+            return
+        uri = str(params.get("uri", ""))
+        for session_id in list(self._shared_subs.get((upstream, uri), ())):
+            session = self.sessions.get(session_id)
+            if session is not None and await self.notification_allowed(session, upstream, method):
+                await session.outlet.notify(None, method, params)
+
+    # --- agent -> upstream: state the relay keeps for the pipeline -----------------------------------------
+
+    async def set_level(self, session: AgentSession, level: str, upstreams: list[Upstream]) -> None:
+        """Remember the session's level (it filters what is relayed) and pass it to its per-session upstreams."""
+        session.log_level = level
+        conns = dict(self.catalog.session_upstreams.connections(session.id))
+        for up in upstreams:
+            conn = conns.get(up.name)
+            if conn is not None and conn.up and "logging" in conn.capabilities:
+                await self._send_level(conn, up, level)
+
+    async def subscribe(self, session: AgentSession, up: Upstream, uri: str, forward: Any) -> dict[str, Any]:
+        """Subscribe the session to ``uri``: per-session upstreams get the request; shared ones once per URI."""
+        if up.sessions is not None:
+            result = await forward("resources/subscribe", {"uri": uri})
+        else:
+            subscribers = self._shared_subs.setdefault((up.name, uri), set())
+            if not subscribers:
+                try:
+                    await forward("resources/subscribe", {"uri": uri})
+                except BaseException:
+                    self._shared_subs.pop((up.name, uri), None)
+                    raise
+            subscribers.add(session.id)
+            result = {}
+        session.subscriptions.add((up.name, uri))
+        return result
+
+    async def unsubscribe(self, session: AgentSession, up: Upstream, uri: str, forward: Any) -> dict[str, Any]:
+        session.subscriptions.discard((up.name, uri))
+        if up.sessions is not None:
+            return dict(await forward("resources/unsubscribe", {"uri": uri}))
+        await self._shared_unsubscribe(up, uri, session.id, forward)
+        return {}
+
+    async def _shared_unsubscribe(self, up: Upstream, uri: str, session_id: str, forward: Any = None) -> None:
+        subscribers = self._shared_subs.get((up.name, uri))
+        if subscribers is None:
+            return
+        subscribers.discard(session_id)
+        if subscribers:
+            return
+        del self._shared_subs[(up.name, uri)]
+        try:
+            if forward is not None:
+                await forward("resources/unsubscribe", {"uri": uri})
+            elif up.conn.up:
+                await up.conn.request("resources/unsubscribe", {"uri": uri}, up.config.timeout_s)
+        except (UpstreamError, RemoteError) as exc:
+            log.info("upstream %s: unsubscribe from %s failed: %s", up.name, uri, exc)
+
+
+def _kind(method: str) -> str:
+    return method.split("/")[1]

@@ -1,0 +1,144 @@
+"""Per-session upstream sessions: one upstream connection per agent session, for upstreams that ask for it.
+
+A shared upstream session cannot say which agent a server-to-client request (sampling, elicitation, roots) or a
+log message is meant for: over stdio nothing in the message names the call it belongs to. With
+``session_mode = "per_session"`` every 2025-era agent session that reaches the upstream gets its own connection
+(its own child process for stdio, its own MCP session for HTTP), declared with the agent's own client
+capabilities, so everything that connection sends belongs to exactly one agent session. It is opened on first
+use and closed when the agent session ends. The stateless 2026 era has no session and uses the shared
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from connectors.jsonrpc import JsonRpcPeer, UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.catalog import Upstream
+
+log = logging.getLogger("gateway.sessions")
+
+
+class SessionHooks(Protocol):
+    """What the relay supplies: where a per-session connection's messages go, and what it declares upstream."""
+
+    def capabilities_for(self, session_id: str) -> dict[str, Any]: ...
+
+    async def upstream_request(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> Any: ...
+
+    async def upstream_notification(
+        self, upstream: str, session_id: str, method: str, params: dict[str, Any]
+    ) -> None: ...
+
+    def upstream_ready(self, upstream: str, session_id: str) -> None: ...
+
+
+@dataclass
+class _Entry:
+    conn: Any
+    owner: tuple[str, str, str]
+    scope: anyio.CancelScope
+
+
+def _owner(agent: Any) -> tuple[str, str, str]:
+    return (str(agent.id), str(agent.auth), str(agent.team))
+
+
+class SessionUpstreams:
+    def __init__(self, base_dir: Path, max_connections: int = 1000):
+        self._base_dir = base_dir
+        self._max = max_connections
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._closing = False
+        self.hooks: SessionHooks | None = None
+
+    def bind(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def connections(self, session_id: str) -> list[tuple[str, Any]]:
+        """The (upstream name, connection) pairs this agent session has open."""
+        return [(up, e.conn) for (sid, up), e in self._entries.items() if sid == session_id]
+
+    def connector(self, up: Upstream, agent: Any, session_id: str) -> Any:
+        """This session's connection to ``up``, opened (and started in the background) on first use."""
+        key = (session_id, up.name)
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.owner != _owner(agent):
+                # The HTTP layer already binds session ids to agents; this is the second lock on the same door.
+                raise UpstreamError(up.name, "unavailable", "has no session for this agent")
+            return entry.conn
+        if self._tg is None or self._closing:
+            raise UpstreamError(up.name, "unavailable", "is not accepting new sessions (the gateway is stopping)")
+        if len(self._entries) >= self._max:
+            raise UpstreamError(up.name, "unavailable", f"has reached the limit of {self._max} per-session connections")
+        from gateway.catalog import make_connector  # the catalog imports this module; import at use, not at load
+
+        hooks = self.hooks
+        name = up.name
+
+        def on_state(conn: JsonRpcPeer, is_up: bool) -> None:
+            if is_up and hooks is not None:
+                hooks.upstream_ready(name, session_id)
+
+        conn = make_connector(up.config, self._base_dir, on_state)
+        if hooks is not None:
+            conn.client_capabilities = hooks.capabilities_for(session_id)
+
+            async def on_request(method: str, params: dict[str, Any]) -> Any:
+                return await hooks.upstream_request(name, session_id, method, params)
+
+            async def on_notification(method: str, params: dict[str, Any]) -> None:
+                await hooks.upstream_notification(name, session_id, method, params)
+
+            conn.on_request = on_request
+            conn.on_notification = on_notification
+        entry = _Entry(conn, _owner(agent), anyio.CancelScope())
+        self._entries[key] = entry
+        self._tg.start_soon(self._run, entry)
+        log.info("upstream %s: opened a session for agent session %s", name, session_id[:8])
+        return conn
+
+    async def _run(self, entry: _Entry) -> None:
+        with entry.scope:
+            async with anyio.create_task_group() as tg:
+                await entry.conn.start(tg)
+
+    async def close_session(self, session_id: str) -> None:
+        """The agent session ended: close every upstream connection it had."""
+        for key in [k for k in self._entries if k[0] == session_id]:
+            entry = self._entries.pop(key)
+            await self._close(entry)
+            log.info("upstream %s: closed the session of agent session %s", key[1], session_id[:8])
+
+    async def _close(self, entry: _Entry) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await entry.conn.aclose()
+            except Exception as exc:  # closing must go on for the others
+                log.warning("upstream %s: error while closing a per-session connection: %s", entry.conn.name, exc)
+        entry.scope.cancel()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            await self._close(entry)
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in the background (server-to-client work must never block an upstream's reader)."""
+        if self._tg is not None and not self._closing:
+            self._tg.start_soon(fn, *args)
