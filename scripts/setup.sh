@@ -23,9 +23,9 @@ if [ $want_test -eq 1 ] && command -v systemctl >/dev/null 2>&1; then $SUDO syst
 
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ $want_test -eq 1 ]; then
-  python3 -m pip install -q -e '.[demo,test]'
+  python3 -m pip install -q --no-warn-script-location -e '.[demo,test]'
 else
-  python3 -m pip install -q -e '.[demo]'
+  python3 -m pip install -q --no-warn-script-location -e '.[demo]'
 fi
 
 if [ $want_test -eq 1 ]; then
