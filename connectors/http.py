@@ -3,7 +3,10 @@
 The connector keeps one MCP session with the server, reconnects with backoff when the server is unreachable
 (the gateway starts anyway and reports the upstream as down), and re-initializes when the server forgets the
 session (HTTP 404). Responses may be plain JSON or an SSE stream; every message on the stream is dispatched,
-so progress notifications and server-to-client requests reach the gateway while the call runs.
+so progress notifications and server-to-client requests reach the gateway while the call runs. A stream that
+ends before its response is resumed with a GET and ``Last-Event-ID`` after the server's ``retry`` delay
+(SEP-1699), and a standalone GET stream carries what the server sends outside calls (list changes, resource
+updates), when the server offers one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import orjson
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 
 log = logging.getLogger("gateway.upstream")
+
+_DEFAULT_RETRY_S = 1.0
+_MAX_RESUMES = 5
 
 
 class HttpConnector(JsonRpcPeer):
@@ -44,6 +50,10 @@ class HttpConnector(JsonRpcPeer):
         self._ready = anyio.Event()
         self._reconnect = anyio.Event()
         self._stopping = False
+        self._attempted = anyio.Event()
+        """Set once the first connection attempt has ended, either way: until then a request waits for it."""
+        self._listener: anyio.CancelScope | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self.last_error = "not connected yet"
 
     @property
@@ -51,6 +61,8 @@ class HttpConnector(JsonRpcPeer):
         return self._ready.is_set()
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._spawn = tg.start_soon
         tg.start_soon(self._supervise)
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -64,12 +76,18 @@ class HttpConnector(JsonRpcPeer):
             try:
                 await self._connect()
                 backoff = 0.2
+                self._attempted.set()
                 if self.on_state:
                     self.on_state(self, True)
+                if self._tg is not None:
+                    self._tg.start_soon(self._listen)
                 await self._reconnect.wait()
                 self._reconnect = anyio.Event()
+                if self._listener is not None:
+                    self._listener.cancel()
             except UpstreamError as exc:
                 self.last_error = exc.detail
+                self._attempted.set()
                 log.warning("upstream %s: %s; retrying in %.1f s", self.name, exc.detail, backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -93,10 +111,22 @@ class HttpConnector(JsonRpcPeer):
 
     async def request(self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: Any = None):
         if not self._ready.is_set():
-            raise UpstreamError(self.name, "unavailable", f"is not reachable ({self.last_error})")
+            if not self._attempted.is_set():  # still connecting for the first time (a per-session connection)
+                with anyio.move_on_after(min(timeout, self.start_timeout)):
+                    await self._ready.wait()
+            if not self._ready.is_set():
+                raise UpstreamError(self.name, "unavailable", f"is not reachable ({self.last_error})")
         return await super().request(method, params, timeout, on_progress)
 
+    def _session_headers(self) -> dict[str, str]:
+        headers = dict(self._headers)
+        if self._session_id:
+            headers["Mcp-Session-Id"] = self._session_id
+        headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
     async def _send(self, message: dict[str, Any]) -> None:
+        resume: tuple[str, float] | None = None
         headers = dict(self._headers)
         if self._session_id:
             headers["Mcp-Session-Id"] = self._session_id
@@ -117,31 +147,93 @@ class HttpConnector(JsonRpcPeer):
                     return
                 ctype = resp.headers.get("content-type", "")
                 if ctype.startswith("text/event-stream"):
-                    await self._read_sse(resp)
+                    last_id, retry = await self._read_sse(resp)
+                    if last_id is not None and self._waiting(message["id"]):
+                        resume = (last_id, retry)
                 else:
                     await self._dispatch(orjson.loads(await resp.aread()))
+            if resume is not None:
+                await self._resume(message["id"], *resume)
         except httpx2.TransportError as exc:
             self._mark_down(f"connection failed: {exc.__class__.__name__}")
             raise UpstreamError(self.name, "unavailable", f"is not reachable: {exc.__class__.__name__}") from None
         except orjson.JSONDecodeError:
             raise UpstreamError(self.name, "protocol", "sent a body that is not JSON") from None
 
-    async def _read_sse(self, resp: httpx2.Response) -> None:
+    def _waiting(self, rid: Any) -> bool:
+        pending = self._pending.get(rid) if isinstance(rid, int) else None
+        return pending is not None and not pending.done.is_set()
+
+    async def _resume(self, rid: Any, last_id: str, retry: float) -> None:
+        """The server closed the call's stream before answering: reconnect with Last-Event-ID (SEP-1699)."""
+        for _ in range(_MAX_RESUMES):
+            await anyio.sleep(retry)
+            headers = {**self._session_headers(), "Accept": "text/event-stream", "Last-Event-ID": last_id}
+            async with self._client.stream("GET", self.url, headers=headers) as resp:
+                if resp.status_code >= 400 or not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise UpstreamError(self.name, "protocol", f"refused to resume a stream (HTTP {resp.status_code})")
+                new_id, retry = await self._read_sse(resp, until=rid)
+            if not self._waiting(rid):
+                return
+            last_id = new_id or last_id
+        raise UpstreamError(self.name, "protocol", f"closed a call's stream {_MAX_RESUMES} times without answering")
+
+    async def _listen(self) -> None:
+        """The standalone GET stream: what the server sends outside calls. Servers without one answer 405."""
+        with anyio.CancelScope() as scope:
+            self._listener = scope
+            last_id: str | None = None
+            retry = _DEFAULT_RETRY_S
+            failures = 0
+            while not self._stopping and self._ready.is_set() and failures < 5:
+                headers = {**self._session_headers(), "Accept": "text/event-stream"}
+                if last_id is not None:
+                    headers["Last-Event-ID"] = last_id
+                try:
+                    async with self._client.stream("GET", self.url, headers=headers) as resp:
+                        ctype = resp.headers.get("content-type", "")
+                        if resp.status_code >= 400 or not ctype.startswith("text/event-stream"):
+                            return  # no standalone stream offered (405) or not for us: nothing to listen to
+                        failures = 0
+                        new_id, retry = await self._read_sse(resp)
+                        last_id = new_id or last_id
+                except httpx2.TransportError:
+                    failures += 1
+                await anyio.sleep(retry * (1 + failures))
+
+    async def _read_sse(self, resp: httpx2.Response, until: Any = None) -> tuple[str | None, float]:
+        """Dispatch every event of a stream; returns its last event id and the server's retry delay (seconds).
+
+        With ``until``, stops as soon as that request has its answer (a resumed GET stream may stay open).
+        """
         data: list[str] = []
+        last_id: str | None = None
+        retry = _DEFAULT_RETRY_S
         async for line in resp.aiter_lines():
             if line.startswith("data:"):
                 data.append(line[5:].lstrip(" "))
-            elif line == "" and data:
-                payload = "\n".join(data)
+            elif line.startswith("id:"):
+                last_id = line[3:].strip() or last_id
+            elif line.startswith("retry:") and line[6:].strip().isdigit():
+                retry = min(int(line[6:].strip()) / 1000, 60.0)
+            elif line == "":
+                payload = "\n".join(data).strip()
                 data = []
+                if not payload:
+                    continue  # a priming event: an id and no data
                 try:
                     await self._dispatch(orjson.loads(payload))
                 except orjson.JSONDecodeError:
                     log.warning("upstream %s sent an SSE event that is not JSON; ignored", self.name)
+                if until is not None and not self._waiting(until):
+                    break
+        return last_id, retry
 
     async def aclose(self) -> None:
         self._stopping = True
         self._reconnect.set()
+        if self._listener is not None:
+            self._listener.cancel()
         if self._session_id:
             with anyio.move_on_after(1):
                 try:
