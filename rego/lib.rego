@@ -1,13 +1,22 @@
-# Helpers shared by the team policies.
+# Helpers shared by the team policies: identity and grants, list requests, arguments (paths, shell commands,
+# URLs), time windows, and the decision document every team returns.
+#
+# Stay inside the Rego subset the embedded engine supports (docs/policy.md): the gateway refuses to load a
+# policy that calls a built-in it lacks.
 package gateway.lib
 
 import rego.v1
 
+# --- identity and grants -----------------------------------------------------------------------------------
+
 has_role(role) if role in input.agent.roles
+
+is_call if input.action == "tools/call"
 
 is_list if input.action in {"tools/list", "prompts/list", "resources/list"}
 
-# Listing the whole catalogue (no particular tool yet): every team may ask; items are filtered one by one.
+# Listing the whole catalogue (no item yet): every known team may ask; the items are then decided one by one
+# (action tools/list with the tool set), and an agent sees only those it may use.
 catalogue_request if {
 	is_list
 	input.tool == null
@@ -15,20 +24,128 @@ catalogue_request if {
 	input.resource == null
 }
 
-# The hour of day (UTC) of the request, from the request time the gateway passes in.
-hour_utc := floor((input.request.time_ns / 1000000000) / 3600) % 24
+# grants[role][upstream] lists the tools a role may use on an upstream, "*" for all of them.
+tool_granted(grants) if {
+	some role in input.agent.roles
+	some name in grants[role][input.server]
+	name in {"*", input.tool}
+}
 
-# A path argument stays inside a directory: no parent references, and it starts with the prefix.
+# Any grant on an upstream lets a role use its prompts and resources.
+server_granted(grants) if {
+	some role in input.agent.roles
+	grants[role][input.server]
+}
+
+# Agents suspended across all teams (a leaked key, a misbehaving bot): denied before any team rule counts.
+global_deny contains msg if {
+	input.agent.id in data.global.suspended_agents
+	msg := sprintf("agent %v is suspended", [input.agent.id])
+}
+
+# --- paths -------------------------------------------------------------------------------------------------
+
+# A path argument inside the agent's workspace: relative, no "..", no home directory. Tools resolve relative
+# paths against the workspace; the containment profile enforces the same boundary again.
+in_workspace(path) if {
+	is_string(path)
+	path != ""
+	not startswith(path, "/")
+	not startswith(path, "~")
+	not ".." in split(path, "/")
+}
+
+# A path under a directory prefix (absolute paths, as tools such as git take them), with no ".." anywhere.
 path_within(path, prefix) if {
 	is_string(path)
 	not contains(path, "..")
 	startswith(path, prefix)
 }
 
-decision_from(reasons, grants) := {"allow": true, "reasons": []} if {
-	count(reasons) == 0
-	grants
+# The path without a leading "./", so "./papers/a.pdf" matches the glob "papers/**".
+clean_path(path) := trim_prefix(path, "./")
+
+path_matches(path, globs) if {
+	is_string(path)
+	some g in globs
+	glob.match(g, ["/"], clean_path(path))
+}
+
+# --- shell commands ----------------------------------------------------------------------------------------
+
+# Shell operators chain, redirect or substitute commands: with them an allow-list of programs means nothing.
+has_shell_operators(command) if {
+	is_string(command)
+	regex.match("[;&|<>$`\\\\(){}\n\r]", command)
+}
+
+command_words(command) := regex.split("\\s+", trim_space(command))
+
+# allowed[program] lists the first arguments a program may take, "*" for any.
+command_allowed(command, allowed) if {
+	words := command_words(command)
+	subcommands := allowed[words[0]]
+	some sub in subcommands
+	subcommand_ok(sub, words)
+}
+
+subcommand_ok("*", _) := true
+
+subcommand_ok(sub, words) if {
+	count(words) > 1
+	words[1] == sub
+}
+
+# --- URLs --------------------------------------------------------------------------------------------------
+
+# The scheme and host of an absolute URL. URLs with credentials (user@host) or an IP-literal host do not match,
+# so they are denied rather than guessed at.
+url_parts(url) := {"scheme": lower(m[1]), "host": lower(m[2])} if {
+	is_string(url)
+	some m in regex.find_all_string_submatch_n(`^([A-Za-z][A-Za-z0-9+.-]*)://([A-Za-z0-9.-]+)(:[0-9]+)?([/?#].*)?$`, url, 1)
+}
+
+# Host patterns are globs over dot-separated labels: "*.github.com" matches "api.github.com", not "github.com".
+host_allowed(host, patterns) if {
+	some p in patterns
+	glob.match(p, ["."], host)
+}
+
+# --- time --------------------------------------------------------------------------------------------------
+
+# The request time the gateway stamped (input.request.time_ns), never time.now_ns(): table tests pin it.
+clock := time.clock(input.request.time_ns)
+
+weekday := time.weekday(input.request.time_ns)
+
+# A weekly window {"days": [...], "from_hour": h1, "to_hour": h2}, hours in UTC, to_hour excluded.
+in_weekly_window(w) if {
+	weekday in w.days
+	clock[0] >= w.from_hour
+	clock[0] < w.to_hour
+}
+
+# A dated window {"from": RFC 3339, "until": RFC 3339} (write offsets as +00:00, not Z).
+in_dated_window(w) if {
+	input.request.time_ns >= time.parse_rfc3339_ns(w.from)
+	input.request.time_ns < time.parse_rfc3339_ns(w.until)
+}
+
+# --- the decision ------------------------------------------------------------------------------------------
+
+# Every team ends with decision := lib.decide(deny, grants, containment):
+# allowed when something grants the request and nothing denies it; the reasons are every deny message;
+# containment (only on allowed calls) narrows the worker's profile for this call, never widens it.
+decide(deny, grants, containment) := d if {
+	count(deny) == 0
+	count(global_deny) == 0
+	grants == true
+	d := allowed(containment)
 } else := {"allow": false, "reasons": r} if {
-	count(reasons) > 0
-	r := reasons
+	r := deny | global_deny
+	count(r) > 0
 } else := {"allow": false, "reasons": ["no rule allows this request"]}
+
+allowed(containment) := {"allow": true, "reasons": []} if count(containment) == 0
+
+allowed(containment) := {"allow": true, "reasons": [], "containment": containment} if count(containment) > 0

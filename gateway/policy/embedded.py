@@ -19,7 +19,8 @@ from regopy import Interpreter
 from regopy.rego_shared import RegoError
 
 from gateway.policy.decision import Decision, PolicyError
-from gateway.policy.loader import PolicySource, load_policy_dir
+from gateway.policy.lint import check as lint
+from gateway.policy.loader import PolicySource, load_policy
 
 _ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
 
@@ -30,16 +31,16 @@ def _locate(source: str, offset: int) -> tuple[int, int]:
     return line, col
 
 
-def _format_rego_error(exc: RegoError, modules: dict[str, str], root: Path) -> list[str]:
+def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
     out = []
     for name, offset, _length, msg in _ERR.findall(str(exc)):
-        src = modules.get(name)
+        src = source.modules.get(name)
         if src is not None:
             line, col = _locate(src, int(offset))
-            out.append(f"{root / name}:{line}:{col}: {msg.strip()}")
+            out.append(f"{source.where(name)}:{line}:{col}: {msg.strip()}")
         else:
-            out.append(f"{root}: {msg.strip()}")
-    return out or [f"{root}: {str(exc).strip()}"]
+            out.append(f"{source.root}: {msg.strip()}")
+    return out or [f"{source.root}: {str(exc).strip()}"]
 
 
 class CompiledPolicy:
@@ -59,9 +60,18 @@ class CompiledPolicy:
             query = "x := data." + decision_path.replace("/", ".")
             self.bundle = builder.build(query, [decision_path])
         except RegoError as exc:
-            raise PolicyError(_format_rego_error(exc, source.modules, source.root)) from None
+            raise PolicyError(_format_rego_error(exc, source)) from None
         except Exception as exc:  # regopy raises plain errors for some build failures
-            raise PolicyError([f"{source.root / name}: {exc}"]) from None
+            raise PolicyError([f"{source.where(name)}: {exc}"]) from None
+        # rego-cpp compiles calls to built-ins it lacks and fails only when one runs: refuse them now.
+        lint(source)
+
+    def decide(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
+        try:
+            input_json = orjson.dumps(input).decode()
+        except TypeError as exc:
+            return Decision.failed(f"input not serialisable: {exc}", self.revision)
+        return self.evaluate(evaluator, input_json)
 
     def evaluate(self, evaluator: Interpreter, input_json: str) -> Decision:
         try:
@@ -78,8 +88,16 @@ class CompiledPolicy:
         return Decision.from_result(result, self.revision)
 
 
+def new_evaluator() -> Interpreter:
+    """An evaluator for one thread. Strict: a failing built-in is an error (a denial), never an undefined."""
+    ev = Interpreter()
+    ev.strict_built_in_errors = True
+    return ev
+
+
 def compile_policy(path: Path, decision_path: str) -> CompiledPolicy:
-    return CompiledPolicy(load_policy_dir(path), decision_path)
+    """Load a policy directory or OPA bundle, compile it and lint it; PolicyError lists every problem."""
+    return CompiledPolicy(load_policy(path), decision_path)
 
 
 class EmbeddedEngine:
@@ -98,6 +116,14 @@ class EmbeddedEngine:
         return self._policy.revision
 
     @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def decision_path(self) -> str:
+        return self._decision_path
+
+    @property
     def policy(self) -> CompiledPolicy:
         return self._policy
 
@@ -108,18 +134,11 @@ class EmbeddedEngine:
     def _evaluator(self) -> Interpreter:
         ev = getattr(self._local, "ev", None)
         if ev is None:
-            ev = Interpreter()
-            ev.strict_built_in_errors = True
-            self._local.ev = ev
+            ev = self._local.ev = new_evaluator()
         return ev
 
     def decide_sync(self, input: dict[str, Any]) -> Decision:
-        policy = self._policy
-        try:
-            input_json = orjson.dumps(input).decode()
-        except TypeError as exc:
-            return Decision.failed(f"input not serialisable: {exc}", policy.revision)
-        return policy.evaluate(self._evaluator(), input_json)
+        return self._policy.decide(self._evaluator(), input)
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         policy = self._policy

@@ -1,67 +1,205 @@
-# Team "platform": CI bots and the platform engineers' agents.
+# Team "platform": CI bots (role ci) and the platform engineers' agents (role admin).
+#
+# What each role may reach is data (data.teams.platform.roles); the rules below add what data cannot say:
+# destructive tools, argument checks per upstream, a change freeze, and the containment of each call.
+# Every denial carries a reason an engineer can act on.
 package gateway.teams.platform
 
 import data.gateway.lib
 import rego.v1
 
-# Which upstream tools each role may use ("*" for all tools of an upstream).
-allowed_tool if {
-	some role in input.agent.roles
-	grants := data.teams.platform.roles[role][input.server]
-	some t in grants
-	t in {"*", input.tool}
-}
+team := data.teams.platform
 
-allowed_prompt if {
-	some role in input.agent.roles
-	data.teams.platform.roles[role][input.server]
-}
+# The call's arguments (an object on every tools/call the gateway decides; empty for lists).
+default args := {}
 
-allowed_resource if {
-	some role in input.agent.roles
-	data.teams.platform.roles[role][input.server]
-}
+args := input.arguments if is_object(input.arguments)
 
-# Tools marked destructive need the "admin" role.
-deny contains "destructive tools need the admin role" if {
-	input.action == "tools/call"
-	input.annotations.destructiveHint == true
-	not lib.has_role("admin")
-}
+# --- grants ------------------------------------------------------------------------------------------------
 
-# Time conversions are limited to the zones the team works in.
-deny contains msg if {
-	input.action == "tools/call"
-	input.server == "time"
-	tz := input.arguments.source_timezone
-	not tz in data.teams.platform.timezones
-	msg := sprintf("timezone %v is not in the team's list", [tz])
-}
-
-# The git tools only touch repositories under the team's workspace.
-deny contains msg if {
-	input.action == "tools/call"
-	input.server == "git"
-	path := input.arguments.repo_path
-	not lib.path_within(path, data.teams.platform.repo_root)
-	msg := sprintf("repo_path %v is outside %v", [path, data.teams.platform.repo_root])
-}
+default grants := false
 
 grants if lib.catalogue_request
 
 grants if {
 	input.action in {"tools/list", "tools/call"}
-	allowed_tool
+	lib.tool_granted(team.roles)
 }
 
 grants if {
-	input.action in {"prompts/list", "prompts/get"}
-	allowed_prompt
+	input.action in {"prompts/list", "prompts/get", "resources/list", "resources/read"}
+	lib.server_granted(team.roles)
 }
 
-grants if {
-	input.action in {"resources/list", "resources/read"}
-	allowed_resource
+# --- annotations -------------------------------------------------------------------------------------------
+
+deny contains "destructive tools need the admin role" if {
+	lib.is_call
+	input.annotations.destructiveHint == true
+	not lib.has_role("admin")
 }
 
-decision := lib.decision_from(deny, grants)
+# --- time: conversions only between the zones the team works in ----------------------------------------------
+
+deny contains msg if {
+	lib.is_call
+	input.server == "time"
+	tz := args.source_timezone
+	not tz in team.timezones
+	msg := sprintf("timezone %v is not in the team's list", [tz])
+}
+
+# --- git: repositories under the team's root; no writes during a change freeze --------------------------------
+
+deny contains msg if {
+	lib.is_call
+	input.server == "git"
+	path := args.repo_path
+	not lib.path_within(path, team.repo_root)
+	msg := sprintf("repo_path %v is outside %v", [path, team.repo_root])
+}
+
+deny contains msg if {
+	lib.is_call
+	input.server == "git"
+	input.tool in team.git_write_tools
+	some w in team.change_freezes
+	lib.in_dated_window(w)
+	msg := sprintf("%v is frozen until %v (%v)", [input.tool, w.until, w.why])
+}
+
+# --- shell (the built-in upstream "sh", tool run): single allow-listed commands for CI ------------------------
+
+deny contains msg if {
+	shell_call
+	not is_string(args.command)
+	msg := "run needs a command string"
+}
+
+deny contains "command uses shell operators (; & | < > $ ` ( ) { } \\ or a newline); only single allow-listed commands may run" if {
+	shell_call
+	not lib.has_role("admin")
+	lib.has_shell_operators(args.command)
+}
+
+deny contains msg if {
+	shell_call
+	not lib.has_role("admin")
+	is_string(args.command)
+	program := lib.command_words(args.command)[0]
+	not program_listed(program)
+	msg := concat("", ["command ", program, " is not in the allow-list of your roles"])
+}
+
+deny contains msg if {
+	shell_call
+	not lib.has_role("admin")
+	is_string(args.command)
+	words := lib.command_words(args.command)
+	program_listed(words[0])
+	not command_allowed(args.command)
+	msg := concat("", [
+		words[0], " may only run as: ", words[0], " ", concat(" | ", sort(subcommands(words[0]))),
+		" (not ", trim_space(args.command), ")",
+	])
+}
+
+deny contains msg if {
+	shell_call
+	cwd := args.cwd
+	not lib.in_workspace(cwd)
+	msg := sprintf("cwd %v is outside the workspace", [cwd])
+}
+
+deny contains msg if {
+	shell_call
+	args.timeout_s > team.max_shell_timeout_s
+	msg := sprintf("timeout_s %v is above the team's limit of %v s", [args.timeout_s, team.max_shell_timeout_s])
+}
+
+shell_call if {
+	lib.is_call
+	input.server == "sh"
+	input.tool == "run"
+}
+
+command_allowed(command) if {
+	some role in input.agent.roles
+	lib.command_allowed(command, team.commands[role])
+}
+
+program_listed(program) if {
+	some role in input.agent.roles
+	team.commands[role][program]
+}
+
+# (p := program: rego-cpp does not bind a function argument used as a key inside a comprehension.)
+subcommands(program) := {sub | some role in input.agent.roles; some sub in team.commands[role][p]} if p := program
+
+# --- files (the built-in upstream "files"): inside the workspace, secrets protected, writes to build dirs -----
+
+deny contains msg if {
+	files_call
+	path := object.get(args, "path", null)
+	not lib.in_workspace(path)
+	msg := sprintf("path %v is outside the workspace", [path])
+}
+
+deny contains msg if {
+	files_call
+	lib.path_matches(args.path, team.protected_paths)
+	msg := sprintf("path %v is protected", [args.path])
+}
+
+deny contains msg if {
+	files_call
+	input.tool == "write_file"
+	not lib.has_role("admin")
+	path := object.get(args, "path", null)
+	not lib.path_matches(path, team.writable_paths)
+	msg := concat("", ["path ", path, " is not writable (writable: ", concat(", ", team.writable_paths), ")"])
+}
+
+files_call if {
+	lib.is_call
+	input.server == "files"
+}
+
+# --- fetch: https to the team's hosts only -------------------------------------------------------------------
+
+deny contains msg if {
+	lib.is_call
+	input.server == "fetch"
+	not lib.url_parts(args.url)
+	msg := sprintf("url %v is not an absolute URL with a plain host name", [object.get(args, "url", null)])
+}
+
+deny contains msg if {
+	lib.is_call
+	input.server == "fetch"
+	url := lib.url_parts(args.url)
+	url.scheme != "https"
+	msg := concat("", ["url scheme ", url.scheme, " is not allowed (https only)"])
+}
+
+deny contains msg if {
+	lib.is_call
+	input.server == "fetch"
+	url := lib.url_parts(args.url)
+	not lib.host_allowed(url.host, team.fetch_hosts)
+	msg := concat("", ["host ", url.host, " is not in the team's fetch allow-list"])
+}
+
+# --- containment: CI's shell and file calls run without network; file reads read-only ------------------------
+
+containment := {"network": "none", "read_only": true} if {
+	files_call
+	input.tool != "write_file"
+	not lib.has_role("admin")
+} else := {"network": "none"} if {
+	input.server in {"sh", "files"}
+	lib.is_call
+	not lib.has_role("admin")
+} else := {}
+
+decision := lib.decide(deny, grants, containment)

@@ -1,0 +1,254 @@
+"""Checks a policy against the Rego subset the embedded engine (rego-cpp) supports, at load time.
+
+rego-cpp compiles a module that calls an unknown or unsupported built-in (``net.cidr_contains``, ``http.send``)
+and only fails when the call is evaluated: in production, on the first request that reaches it. This lint finds
+such calls before the policy is ever used, and also RE2-only regex syntax, which std::regex rejects or silently
+never matches. It is a scanner, not a parser: it masks comments and strings, tracks bracket depth to tell rule
+heads (function definitions) from calls, and resolves names through the module's imports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.policy.decision import PolicyError
+from gateway.policy.loader import PolicySource
+
+DOC = "docs/policy.md#the-supported-rego-subset"
+
+# Built-ins rego-cpp evaluates that its is_builtin() does not list.
+_SPECIAL = frozenset({"print", "set"})
+_KEYWORDS = frozenset(
+    {"package", "import", "as", "default", "else", "not", "some", "every", "with", "in", "if", "contains",
+     "true", "false", "null"}
+)
+_CALL = re.compile(r"(?<![\w.\]\)\"`])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
+_PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.M)
+_IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
+_REGEX_FUNCS = frozenset(
+    {"regex.match", "regex.is_valid", "regex.split", "regex.find_n", "regex.replace",
+     "regex.find_all_string_submatch_n", "regex.template_match", "regex.globs_match"}
+)
+_RE2_ONLY: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\(\?[imsU-]+[:)]"), "inline flags such as (?i)"),
+    (re.compile(r"\(\?P?<[A-Za-z_]"), "named groups (?P<name>...)"),
+    (re.compile(r"\\[pP]"), "Unicode classes \\p{..}"),
+    (re.compile(r"\\[Az]"), "\\A and \\z anchors (use ^ and $)"),
+    (re.compile(r"\\Q"), "\\Q...\\E quoting"),
+)
+
+
+@dataclass(frozen=True)
+class _Literal:
+    start: int
+    end: int
+    value: str | None
+
+
+def _mask(src: str) -> tuple[str, list[_Literal]]:
+    """Blank out comments and string contents (offsets preserved); return the string literals found."""
+    out = list(src)
+    lits: list[_Literal] = []
+    i, n = 0, len(src)
+    while i < n:
+        ch = src[i]
+        if ch == "#":
+            j = src.find("\n", i)
+            j = n if j < 0 else j
+            out[i:j] = " " * (j - i)
+            i = j
+        elif ch == '"':
+            j = i + 1
+            while j < n and src[j] != '"' and src[j] != "\n":
+                j += 2 if src[j] == "\\" else 1
+            try:
+                value: str | None = json.loads(src[i : j + 1])
+            except ValueError:
+                value = None
+            lits.append(_Literal(i, j + 1, value))
+            out[i + 1 : j] = " " * (j - i - 1)
+            i = j + 1
+        elif ch == "`":
+            j = src.find("`", i + 1)
+            j = n - 1 if j < 0 else j
+            lits.append(_Literal(i, j + 1, src[i + 1 : j]))
+            out[i + 1 : j] = [c if c == "\n" else " " for c in src[i + 1 : j]]
+            i = j + 1
+        else:
+            i += 1
+    return "".join(out), lits
+
+
+def _depths(masked: str) -> list[int]:
+    depth, out = 0, []
+    for ch in masked:
+        out.append(depth)
+        if ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth = max(0, depth - 1)
+    return out
+
+
+def _position(src: str, offset: int) -> tuple[int, int]:
+    return src.count("\n", 0, offset) + 1, offset - (src.rfind("\n", 0, offset) + 1) + 1
+
+
+_FUNC_HEAD = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(([^()]*)\)", re.M)
+_RULE_START = re.compile(r"^[ \t]*(?!else\b)[A-Za-z_]", re.M)
+
+
+def _matching(masked: str, start: int) -> int:
+    """The offset of the bracket closing the one at ``start`` (or the end of the text)."""
+    depth = 0
+    for i in range(start, len(masked)):
+        if masked[i] in "{[(":
+            depth += 1
+        elif masked[i] in "}])":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(masked)
+
+
+def _comprehension_args(masked: str, depth: list[int]) -> list[tuple[int, str]]:
+    """Function arguments used as a key inside a comprehension of the function's body.
+
+    rego-cpp 1.5.2 does not bind them there: ``f(p) := {x | some x in d[p]}`` iterates over every key of ``d``,
+    where OPA uses the argument. Binding it first (``q := p``) works on both engines.
+    """
+    found = []
+    starts = [m.start() for m in _RULE_START.finditer(masked) if depth[m.start()] == 0]
+    for head in _FUNC_HEAD.finditer(masked):
+        if depth[head.start()] != 0:
+            continue
+        params = {p.strip() for p in head.group(2).split(",") if re.fullmatch(r"\s*[A-Za-z]\w*\s*", p)}
+        if not params:
+            continue
+        end = next((s for s in starts if s > head.start()), len(masked))
+        key = re.compile(r"\[\s*(" + "|".join(sorted(params)) + r")\s*\]")
+        i = head.end()
+        while i < end:
+            if masked[i] in "{[":
+                close = _matching(masked, i)
+                inner = masked[i + 1 : close]
+                inner_depth = depth[i + 1]
+                if any(c == "|" and depth[i + 1 + k] == inner_depth for k, c in enumerate(inner)):
+                    found.extend((i + 1 + m.start(1), m.group(1)) for m in key.finditer(inner))
+                    i = close
+            i += 1
+    return found
+
+
+@dataclass
+class _Module:
+    name: str
+    src: str
+    masked: str
+    literals: list[_Literal]
+    package: str
+    aliases: set[str]
+    heads: set[str]
+    calls: list[tuple[str, int, int]]
+    """(name, offset of the name, offset after the opening parenthesis)."""
+    captured_args: list[tuple[int, str]]
+
+
+def _scan(name: str, src: str) -> _Module:
+    masked, lits = _mask(src)
+    depth = _depths(masked)
+    pkg = _PACKAGE.search(masked)
+    aliases = set()
+    for m in _IMPORT.finditer(masked):
+        path, alias = m.group(1), m.group(2)
+        if path.split(".")[0] in ("data", "input"):
+            aliases.add(alias or path.split(".")[-1])
+    heads, calls = set(), []
+    for m in _CALL.finditer(masked):
+        fn = m.group(1)
+        if fn in _KEYWORDS:
+            continue
+        line_start = masked.rfind("\n", 0, m.start()) + 1
+        if depth[m.start()] == 0 and not masked[line_start : m.start()].strip():
+            heads.add(fn)  # a rule head at the start of a line: a function definition
+        else:
+            calls.append((fn, m.start(), m.end()))
+    captured = _comprehension_args(masked, depth)
+    return _Module(name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured)
+
+
+def _literal_arg(mod: _Module, after_paren: int) -> _Literal | None:
+    """The string literal that is a call's first argument, if it is one."""
+    i = after_paren
+    while i < len(mod.masked) and mod.masked[i].isspace():
+        i += 1
+    for lit in mod.literals:
+        if lit.start == i:
+            end = lit.end
+            while end < len(mod.masked) and mod.masked[end].isspace():
+                end += 1
+            return lit if end < len(mod.masked) and mod.masked[end] in ",)" else None
+    return None
+
+
+def _check_literal(fn: str, lit: _Literal) -> str | None:
+    if lit.value is None:
+        return None
+    if fn in _REGEX_FUNCS:
+        for pattern, what in _RE2_ONLY:
+            if pattern.search(lit.value):
+                return (
+                    f"{fn}: the pattern uses {what}, RE2 syntax that the embedded engine's regex (ECMAScript) "
+                    "rejects or never matches"
+                )
+    if fn == "sprintf" and "%q" in lit.value:
+        return "sprintf: %q is not supported by the embedded engine (it prints %q literally); use %v"
+    if fn == "time.parse_rfc3339_ns" and lit.value.endswith(("Z", "z")):
+        return "time.parse_rfc3339_ns: the embedded engine rejects a trailing Z; write +00:00"
+    return None
+
+
+def lint_source(source: PolicySource, is_builtin: Callable[[str], bool] | None = None) -> list[str]:
+    """Every unsupported call in the policy, as ``file:line:col: message`` lines (empty when clean)."""
+    if is_builtin is None:
+        from regopy import Interpreter
+
+        is_builtin = Interpreter().is_builtin
+    mods = [_scan(name, src) for name, src in sorted(source.modules.items())]
+    defined: dict[str, set[str]] = {}
+    for mod in mods:
+        defined.setdefault(mod.package, set()).update(mod.heads)
+    cache: dict[str, bool] = {}
+    errors = []
+    for mod in mods:
+        for fn, start, after in mod.calls:
+            first = fn.split(".")[0]
+            message = None
+            if fn in defined.get(mod.package, ()) or first == "data" or first in mod.aliases or fn in _SPECIAL:
+                pass
+            elif cache.setdefault(fn, is_builtin(fn)):
+                lit = _literal_arg(mod, after)
+                message = _check_literal(fn, lit) if lit else None
+            elif "." in fn:
+                message = f"{fn} is not a built-in the embedded engine supports"
+            else:
+                message = f"{fn} is neither a function of package {mod.package} nor a supported built-in"
+            if message:
+                line, col = _position(mod.src, start)
+                errors.append(f"{source.where(mod.name)}:{line}:{col}: {message} (see {DOC})")
+        for offset, arg in mod.captured_args:
+            line, col = _position(mod.src, offset)
+            errors.append(
+                f"{source.where(mod.name)}:{line}:{col}: function argument {arg} used as a key inside a comprehension: "
+                f"the embedded engine ignores it there; bind it first ({arg}_ := {arg}) and use that (see {DOC})"
+            )
+    return errors
+
+
+def check(source: PolicySource) -> None:
+    errors = lint_source(source)
+    if errors:
+        raise PolicyError(errors)
