@@ -103,6 +103,11 @@ class PolicyConfig(_Model):
     timeout_ms: Annotated[int, Field(gt=0, le=60000)] = 200
     max_argument_bytes: Annotated[int, Field(gt=0)] = 16384
     """Argument strings longer than this are trimmed before they reach policy (policies need paths, not payloads)."""
+    opa_token_env: str | None = None
+    """Name of the environment variable holding the bearer token for OPA (the token never goes in the file)."""
+    watch: bool = True
+    """Reload the embedded policy when its files change (and on SIGHUP), after its table tests pass."""
+    watch_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
 
 
 class AuditConfig(_Model):
