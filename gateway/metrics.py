@@ -76,6 +76,10 @@ class Metrics:
             "mcp_gateway_policy_errors_total", "Decisions that failed closed because the engine failed.", registry=r,
         )
         self.policy_revision = Info("mcp_gateway_policy_revision", "The policy revision in force.", registry=r)
+        self.policy_reloads = Counter(
+            "mcp_gateway_policy_reloads_total",
+            "Policy reloads by result: success, unchanged, compile_error, test_failure.", ["result"], registry=r,
+        )
         self.audit_failures = Counter(
             "mcp_gateway_audit_write_failures_total", "Calls refused because their audit record could not be written.",
             registry=r,
