@@ -93,6 +93,7 @@ class Recorder:
             record["error"] = error
         record.update(extra)
         self._write(record)
+        tracing.annotate_outcome(outcome, error)
         call_log.log(
             logging.WARNING if outcome == "upstream_error" else logging.INFO,
             "%s %s by %s: %s in %.2f ms%s", req.action, req.name or req.uri or "", req.agent.id, outcome,

@@ -125,6 +125,18 @@ def annotate_call(req: Request, decision: Decision, server: str | None, target: 
     sp.set_attributes(attrs)
 
 
+def annotate_outcome(outcome: str, error: str | None) -> None:
+    """Mark the call span failed when the upstream failed (the agent still gets an answer over HTTP 200)."""
+    sp = _call_span.get()
+    if sp is None:
+        return
+    sp.set_attribute("gateway.outcome", outcome)
+    if outcome == "upstream_error":
+        from opentelemetry.trace import StatusCode
+
+        sp.set_status(StatusCode.ERROR, (error or outcome)[:200])
+
+
 def trace_auth(auth: Authenticator) -> Authenticator:
     """Wrap ``auth.authenticate`` in an ``auth`` span (a child of the call span); a no-op when tracing is off."""
     if _tracer is None:
@@ -137,6 +149,8 @@ def trace_auth(auth: Authenticator) -> Authenticator:
     tracer = _tracer
 
     def authenticate(authorization: str | None) -> Agent:
+        if _call_span.get() is None:
+            return inner(authorization)  # GET streams and DELETEs carry no call: no orphan auth spans
         with tracer.start_as_current_span("auth", record_exception=False, set_status_on_exception=False) as sp:
             try:
                 agent = inner(authorization)
