@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.embedded import EmbeddedEngine
+from gateway.policy.reload import PolicyWatcher
 from gateway.record import Recorder
 
 log = logging.getLogger("gateway")
@@ -86,6 +87,8 @@ class Gateway:
     async def running(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
+            # Reloads the policy on change and SIGHUP, and keeps the revision metric true.
+            tg.start_soon(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             await self.catalog.start(tg)

@@ -70,10 +70,10 @@ deny contains msg if {
 
 # --- shell (the built-in upstream "sh", tool run): single allow-listed commands for CI ------------------------
 
-deny contains msg if {
+# object.get, not args.command: OPA reads "not f(x)" with x undefined as undefined, rego-cpp as true.
+deny contains "run needs a command string" if {
 	shell_call
-	not is_string(args.command)
-	msg := "run needs a command string"
+	not is_string(object.get(args, "command", null))
 }
 
 deny contains "command uses shell operators (; & | < > $ ` ( ) { } \\ or a newline); only single allow-listed commands may run" if {
@@ -170,8 +170,9 @@ files_call if {
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
-	not lib.url_parts(args.url)
-	msg := sprintf("url %v is not an absolute URL with a plain host name", [object.get(args, "url", null)])
+	url := object.get(args, "url", null)
+	not lib.url_parts(url)
+	msg := sprintf("url %v is not an absolute URL with a plain host name", [url])
 }
 
 deny contains msg if {

@@ -69,8 +69,9 @@ deny contains msg if {
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
-	not lib.url_parts(args.url)
-	msg := sprintf("url %v is not an absolute URL with a plain host name", [object.get(args, "url", null)])
+	url := object.get(args, "url", null)
+	not lib.url_parts(url)
+	msg := sprintf("url %v is not an absolute URL with a plain host name", [url])
 }
 
 deny contains msg if {

@@ -1,0 +1,164 @@
+"""Live policy reload: watch the policy (directory or bundle file), and on change or SIGHUP compile the new
+revision, run its table tests, and swap it in only if both succeed.
+
+A refused revision is logged with every reason and the old one keeps serving; decisions already running
+finish on the revision they started with (the engine swaps one reference). Polling mtimes needs no inotify
+and works the same on bind mounts and config-map volumes, where file events are unreliable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from gateway.config import PolicyConfig
+from gateway.metrics import Metrics
+from gateway.policy.decision import PolicyError
+from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine, compile_policy
+from gateway.policy.loader import is_policy_file
+from gateway.policy.tables import report, run_policy_tables
+
+log = logging.getLogger("gateway.policy")
+
+_SETTLE_S = 0.2
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    result: str
+    """success, unchanged, compile_error or test_failure (the metric's label)."""
+    revision: str
+    """The revision serving after the attempt."""
+    details: tuple[str, ...] = ()
+
+
+def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, mtimes and sizes of the policy's files: any edit, addition or removal changes it."""
+    try:
+        if path.is_file():
+            st = path.stat()
+            return ((path.name, st.st_mtime_ns, st.st_size),)
+        out = []
+        for p in path.rglob("*"):
+            rel = p.relative_to(path).as_posix()
+            if is_policy_file(rel) and p.is_file():
+                st = p.stat()
+                out.append((rel, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(out))
+    except OSError:
+        return ()
+
+
+def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, ReloadResult | None]:
+    """Compile and test a candidate revision (in a worker thread: it takes a while)."""
+    try:
+        policy = compile_policy(path, decision_path)
+    except PolicyError as exc:
+        return None, ReloadResult("compile_error", "", tuple(exc.errors))
+    try:
+        results = run_policy_tables(policy)
+    except PolicyError as exc:  # a malformed table file is a failed test, not a crash
+        return None, ReloadResult("test_failure", "", tuple(exc.errors))
+    lines, failed = report(results, verbose=False)
+    if failed:
+        return None, ReloadResult("test_failure", "", tuple(lines))
+    return policy, None
+
+
+class PolicyWatcher:
+    """Keeps the engine's policy current and the revision metric true, for the gateway's lifetime."""
+
+    def __init__(self, engine: Any, metrics: Metrics, cfg: PolicyConfig):
+        self.engine = engine
+        self.metrics = metrics
+        self.interval = cfg.watch_interval_s
+        self.reloadable = isinstance(engine, EmbeddedEngine) and cfg.watch
+        self._lock = anyio.Lock()
+        self._published = ""
+        self._seen: tuple[tuple[str, int, int], ...] = ()
+
+    def publish_revision(self) -> None:
+        rev = self.engine.revision
+        if rev != self._published:
+            self.metrics.policy_revision.info({"revision": rev})
+            self._published = rev
+
+    async def reload(self, why: str) -> ReloadResult:
+        """Compile and test the policy on disk; swap it in if both pass. One reload at a time."""
+        engine: EmbeddedEngine = self.engine
+        async with self._lock:
+            self._seen = fingerprint(engine.path)
+            old = engine.revision
+            policy, failure = await anyio.to_thread.run_sync(prepare, engine.path, engine.decision_path)
+            if policy is None:
+                assert failure is not None
+                result = ReloadResult(failure.result, old, failure.details)
+                log.error(
+                    "policy reload (%s) refused, revision %s keeps serving: %s\n  %s",
+                    why, old, failure.result, "\n  ".join(failure.details[:50]),
+                )
+            elif policy.revision == old:
+                result = ReloadResult("unchanged", old)
+                log.info("policy reload (%s): revision %s unchanged", why, old)
+            else:
+                engine.swap(policy)
+                result = ReloadResult("success", policy.revision)
+                log.info("policy reload (%s): revision %s replaces %s", why, policy.revision, old)
+            self.metrics.policy_reloads.labels(result.result).inc()
+            self.publish_revision()
+            return result
+
+    async def run(self) -> None:
+        self.publish_revision()
+        if not self.reloadable:
+            while True:  # the OPA engine learns its revision from OPA's answers: keep the metric in step
+                await anyio.sleep(self.interval)
+                self.publish_revision()
+        await self._check_initial()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sighup)
+            await self._poll()
+
+    async def _check_initial(self) -> None:
+        """Say at start whether the serving revision passes its own tables (it serves either way)."""
+        engine: EmbeddedEngine = self.engine
+        try:
+            results = await anyio.to_thread.run_sync(run_policy_tables, engine.policy)
+        except PolicyError as exc:
+            log.warning("policy %s: its table tests cannot be read:\n  %s", engine.revision, "\n  ".join(exc.errors))
+            return
+        lines, failed = report(results, verbose=False)
+        if failed:
+            log.warning("policy %s fails %d of its table tests:\n  %s", engine.revision, failed, "\n  ".join(lines))
+        else:
+            log.info("policy %s: %s", engine.revision, lines[-1])
+
+    async def _poll(self) -> None:
+        path: Path = self.engine.path
+        self._seen = fingerprint(path)
+        while True:
+            await anyio.sleep(self.interval)
+            now = fingerprint(path)
+            if now == self._seen:
+                continue
+            while True:  # let an editor or a deploy finish writing before compiling
+                await anyio.sleep(_SETTLE_S)
+                settled = fingerprint(path)
+                if settled == now:
+                    break
+                now = settled
+            await self.reload("files changed")
+
+    async def _sighup(self) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    await self.reload("SIGHUP")
+        except (NotImplementedError, RuntimeError, ValueError) as exc:
+            log.warning("policy reload on SIGHUP is not available here: %s", exc)
