@@ -22,7 +22,7 @@ from gateway.identity import Authenticator
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
-from gateway.policy.embedded import EmbeddedEngine
+from gateway.policy.engines import open_engine
 from gateway.policy.reload import PolicyWatcher
 from gateway.record import Recorder
 
@@ -30,11 +30,7 @@ log = logging.getLogger("gateway")
 
 
 def make_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:
-    if cfg.engine == "embedded":
-        return EmbeddedEngine(config.resolve(cfg.path), cfg.decision, cfg.timeout_ms)
-    from gateway.policy.opa import OpaEngine  # imported lazily: aiohttp is only needed for this engine
-
-    return OpaEngine(cfg)
+    return open_engine(cfg, config)
 
 
 class Gateway:
@@ -52,7 +48,13 @@ class Gateway:
             config.audit.keep_files,
             on_rotate=self.metrics.audit_rotations.inc,
         )
-        self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state)
+        self.containment: Any = None
+        if config.containment is not None:
+            from gateway.containment.runtime import Containment  # probes the host (a throw-away sandbox)
+
+            self.containment = Containment(config.containment, config.base_dir, self.metrics)
+            self.containment.log_report()
+        self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state, self.containment)
         self.decider = Decider(self.engine, self.metrics, config.policy.max_argument_bytes)
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
         self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
@@ -104,6 +106,8 @@ class Gateway:
             finally:
                 self.started = False
                 await self.catalog.aclose()
+                if self.containment is not None:
+                    await self.containment.aclose()
                 await self.engine.aclose()
                 tg.cancel_scope.cancel()
         self.audit.close()
@@ -112,4 +116,7 @@ class Gateway:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         ups = self.catalog.ready()
         ok = self.started and all(u["up"] for u in ups.values())
-        return ok, {"ready": ok, "policy_revision": self.engine.revision, "upstreams": ups}
+        detail = {"ready": ok, "policy_revision": self.engine.revision, "upstreams": ups}
+        if self.containment is not None:
+            detail["containment"] = self.containment.report()
+        return ok, detail

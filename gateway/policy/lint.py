@@ -120,7 +120,7 @@ def _comprehension_args(masked: str, depth: list[int]) -> list[tuple[int, str]]:
     rego-cpp 1.5.2 does not bind them there: ``f(p) := {x | some x in d[p]}`` iterates over every key of ``d``,
     where OPA uses the argument. Binding it first (``q := p``) works on both engines.
     """
-    found = []
+    found: list[tuple[int, str]] = []
     starts = [m.start() for m in _RULE_START.finditer(masked) if depth[m.start()] == 0]
     for head in _FUNC_HEAD.finditer(masked):
         if depth[head.start()] != 0:

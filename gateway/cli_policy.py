@@ -1,0 +1,371 @@
+"""``mcp-gateway policy test|eval`` and ``mcp-gateway audit replay``: what a policy author runs before shipping.
+
+``policy test`` runs a policy's table tests; ``policy eval`` decides one request as the gateway would (same input
+document, same engine) and says how long it took; ``audit replay`` re-decides recorded requests against the
+current (or a candidate) policy and lists those that would now be decided differently.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import orjson
+
+from gateway.config import Config, ConfigError, PolicyConfig, load_config
+from gateway.policy.decision import Decision, PolicyEngine, PolicyError
+
+_WARM_RUNS = 20
+
+
+def _config(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(line, err=True)
+        sys.exit(2)
+
+
+def _fail(lines: list[str], code: int = 2) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _open_engine(cfg: Config, policy_path: str | None) -> PolicyEngine:
+    """The configured engine, or the embedded engine on ``policy_path`` (a candidate policy) when given."""
+    from gateway.policy.engines import open_engine
+
+    pcfg = cfg.policy
+    if policy_path is not None:
+        pcfg = PolicyConfig(**{**pcfg.model_dump(), "engine": "embedded", "path": str(Path(policy_path).resolve())})
+    try:
+        return open_engine(pcfg, cfg)
+    except PolicyError as exc:
+        _fail([f"policy: {e}" for e in exc.errors])
+        raise
+
+
+def _engine_label(cfg: Config, policy_path: str | None) -> str:
+    if policy_path is not None:
+        return f"embedded ({policy_path})"
+    if cfg.policy.engine == "opa":
+        return f"opa ({cfg.policy.opa_url})"
+    return f"embedded ({cfg.resolve(cfg.policy.path)})"
+
+
+def _parse_doc(text: str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:
+        _fail([f"{what}: neither JSON nor YAML: {exc}"])
+
+
+# --- policy ---------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def policy() -> None:
+    """Test and try out policies."""
+
+
+@policy.command("test")
+@click.argument("path", required=False)
+@click.option("--config", "config_path", default=None, help="Take the policy path (and decision) from this config.")
+@click.option("--opa-url", default=None, help="Decide the cases on this OPA server instead of the embedded engine.")
+@click.option("-q", "--quiet", is_flag=True, help="Print failures and the total only.")
+def policy_test(path: str | None, config_path: str | None, opa_url: str | None, quiet: bool) -> None:
+    """Run the table tests (**/*_test.yaml, *_test.json) of the policy at PATH (default: rego, or the config's).
+
+    Prints PASS or FAIL per case, a diff under each failure, and "N passed, M failed"; exits 1 on any failure,
+    2 when the policy or a table cannot be loaded.
+    """
+    from gateway.policy.embedded import compile_policy
+    from gateway.policy.loader import load_policy
+    from gateway.policy.tables import load_tables, report, run_cases_async, run_policy_tables
+
+    decision = "gateway/decision"
+    if config_path is not None:
+        cfg = _config(config_path)
+        decision = cfg.policy.decision
+        path = path or str(cfg.resolve(cfg.policy.path))
+    target = Path(path or "rego")
+    try:
+        if opa_url is None:
+            results = run_policy_tables(compile_policy(target, decision))
+        else:
+            from gateway.policy.opa import OpaEngine
+
+            cases = load_tables(load_policy(target))
+            engine = OpaEngine(PolicyConfig(engine="opa", opa_url=opa_url, decision=decision, timeout_ms=5000))
+
+            async def run() -> Any:
+                try:
+                    return await run_cases_async(cases, engine.decide)
+                finally:
+                    await engine.aclose()
+
+            results = anyio.run(run)
+    except PolicyError as exc:
+        _fail(exc.errors)
+    if not results:
+        _fail([f"{target}: no table tests found (files named *_test.yaml, *_test.yml or *_test.json)"])
+    lines, failed = report(results, verbose=not quiet)
+    for line in lines:
+        click.echo(line)
+    sys.exit(1 if failed else 0)
+
+
+@policy.command("eval")
+@click.option("--config", "config_path", default="gateway.toml", show_default=True)
+@click.option("--agent", "agent_id", default=None, help="Agent id; team and roles come from its API key entry.")
+@click.option("--team", default=None, help="Team (default: the agent's, from the config).")
+@click.option("--role", "roles", multiple=True, help="Role (repeatable; default: the agent's, from the config).")
+@click.option("--tool", default=None, metavar="SERVER__TOOL", help="The tool as agents name it.")
+@click.option("--args", "args_json", default=None, metavar="JSON", help="The call's arguments.")
+@click.option("--annotations", "annotations_json", default=None, metavar="JSON",
+              help='The tool\'s annotations, e.g. \'{"destructiveHint": true}\'.')
+@click.option("--action", default="tools/call", show_default=True)
+@click.option("--input", "input_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A whole input document (JSON or YAML) instead of the options above; missing fields are filled.")
+@click.option("--policy", "policy_path", default=None, help="Decide with the embedded engine on this policy instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def policy_eval(
+    config_path: str, agent_id: str | None, team: str | None, roles: tuple[str, ...], tool: str | None,
+    args_json: str | None, annotations_json: str | None, action: str, input_file: str | None,
+    policy_path: str | None, as_json: bool,
+) -> None:
+    """Decide one request against the configured engine, as the gateway would; print the decision, the reasons
+    and the time the decision took. Exits 0 when allowed, 1 when denied, 2 on bad input."""
+    from gateway.policy.tables import complete_input
+
+    cfg = _config(config_path)
+    t0 = time.perf_counter()
+    engine = _open_engine(cfg, policy_path)
+    compiled_ms = (time.perf_counter() - t0) * 1000
+    if input_file is not None:
+        doc = _parse_doc(Path(input_file).read_text(), input_file)
+        if not isinstance(doc, dict):
+            _fail([f"{input_file}: an input document must be an object"])
+        inp = complete_input(doc)
+    else:
+        if agent_id is None or tool is None:
+            _fail(["give --agent and --tool (or --input FILE)"])
+        assert agent_id is not None and tool is not None
+        inp = _build_input(cfg, engine, agent_id, team, roles, tool, args_json, annotations_json, action)
+
+    async def decide() -> tuple[Decision, float, float]:
+        """The decision, the first decision's time, and the median of warm ones (what the gateway pays)."""
+        try:
+            t1 = time.perf_counter()
+            d = await engine.decide(inp)
+            first = (time.perf_counter() - t1) * 1000
+            warm = []
+            for _ in range(_WARM_RUNS):
+                t1 = time.perf_counter()
+                await engine.decide(inp)
+                warm.append((time.perf_counter() - t1) * 1000)
+            return d, first, sorted(warm)[len(warm) // 2]
+        finally:
+            await engine.aclose()
+
+    decision, first_ms, took_ms = anyio.run(decide)
+    if as_json:
+        click.echo(orjson.dumps({
+            "allow": decision.allow, "reasons": list(decision.reasons), "result": decision.result,
+            "error": decision.error, "revision": decision.revision, "engine_decision_id": decision.engine_decision_id,
+            "decision_ms": round(took_ms, 3), "first_decision_ms": round(first_ms, 3), "input": inp,
+        }, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(f"decision:    {'allow' if decision.allow else 'deny'}")
+        if decision.reasons:
+            click.echo("reasons:")
+            for r in decision.reasons:
+                click.echo(f"  - {r}")
+        if decision.error:
+            click.echo(f"error:       {decision.error}")
+        if decision.result.get("containment"):
+            click.echo(f"containment: {orjson.dumps(decision.result['containment']).decode()}")
+        click.echo(f"revision:    {decision.revision} ({_engine_label(cfg, policy_path)})")
+        if decision.engine_decision_id:
+            click.echo(f"decision id: {decision.engine_decision_id}")
+        load = f", policy loaded in {compiled_ms:.1f} ms" if engine_is_embedded(engine) else ""
+        click.echo(f"time:        {took_ms:.3f} ms (median of {_WARM_RUNS}; the first took {first_ms:.3f} ms{load})")
+    sys.exit(0 if decision.allow else 1)
+
+
+def engine_is_embedded(engine: Any) -> bool:
+    from gateway.policy.embedded import EmbeddedEngine
+
+    return isinstance(engine, EmbeddedEngine)
+
+
+def _build_input(
+    cfg: Config, engine: PolicyEngine, agent_id: str, team: str | None, roles: tuple[str, ...], tool: str,
+    args_json: str | None, annotations_json: str | None, action: str,
+) -> dict[str, Any]:
+    """The input document the gateway would build for this call (gateway.decide.Decider.build_input)."""
+    from gateway.decide import Decider, Request
+    from gateway.identity import Agent
+    from gateway.metrics import Metrics
+
+    key = next((k for k in cfg.identity.api_keys if k.agent == agent_id), None)
+    if key is None and team is None:
+        _fail([f"agent {agent_id!r} has no [[identity.api_keys]] entry in the config: give --team (and --role)"])
+    agent = Agent(
+        agent_id, team or (key.team if key else ""), tuple(roles) if roles else tuple(key.roles if key else ()),
+        "api_key",
+    )
+    server, sep, tool_name = tool.partition("__")
+    if not sep or not server or not tool_name:
+        _fail([f"--tool {tool!r}: name it SERVER__TOOL, as agents see it (e.g. time__convert_time)"])
+    arguments = _parse_doc(args_json, "--args") if args_json is not None else {}
+    annotations = _parse_doc(annotations_json, "--annotations") if annotations_json is not None else {}
+    if not isinstance(arguments, dict) or not isinstance(annotations, dict):
+        _fail(["--args and --annotations must be JSON objects"])
+    req = Request(agent=agent, action=action, view=None, name=tool, arguments=arguments)
+    decider = Decider(engine, Metrics(), cfg.policy.max_argument_bytes)
+    return decider.build_input(req, server, tool=tool_name, annotations=annotations, arguments=arguments)
+
+
+# --- audit replay ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    where: str
+    rec: dict[str, Any]
+
+    @property
+    def redacted(self) -> bool:
+        """Argument values were not recorded (only their digest and keys): the policy saw more than we have."""
+        masked = self.rec.get("masked") or []
+        args = (self.rec.get("input") or {}).get("arguments")
+        shaped = isinstance(args, dict) and set(args) == {"digest", "keys"} and \
+            args.get("digest") == self.rec.get("arguments_digest")
+        return "/input/arguments" in masked or shaped
+
+    @property
+    def label(self) -> str:
+        r = self.rec
+        target = r.get("tool") or r.get("resource") or (r.get("input") or {}).get("prompt") or ""
+        target = f"{r.get('server')}__{target}" if r.get("server") and target else (r.get("server") or target or "-")
+        who = f"{r.get('timestamp', '?')} {r.get('decision_id', '?')} {r.get('agent', '?')}"
+        return f"{who} {r.get('action', '?')} {target}"
+
+
+def _audit_files(files: tuple[Path, ...], as_given: bool) -> list[Path]:
+    """As ``audit verify`` reads them: each FILE with its rotated files, in chain order, unless ``as_given``."""
+    from gateway.audit import audit_set, chain_order
+
+    if as_given:
+        return list(files)
+    paths: list[Path] = []
+    for f in files:
+        for p in audit_set(f) or [f]:
+            if p not in paths:
+                paths.append(p)
+    return chain_order(paths)
+
+
+def _records(files: list[Path]) -> Iterator[_Record | str]:
+    """The decision records of the files, in order; a string for each unreadable line."""
+    for path in files:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    yield f"{path}:{lineno}: not a JSON record"
+                    continue
+                if isinstance(rec, dict) and rec.get("type") == "decision":
+                    yield _Record(f"{path}:{lineno}", rec)
+
+
+def _summary(allow: Any, reasons: Any, result: Any) -> tuple[bool, tuple[str, ...], Any]:
+    containment = result.get("containment") if isinstance(result, dict) else None
+    return bool(allow), tuple(sorted(reasons or ())), containment
+
+
+def _describe(s: tuple[bool, tuple[str, ...], Any]) -> str:
+    allow, reasons, containment = s
+    text = "allow" if allow else "deny"
+    if reasons:
+        text += ": " + "; ".join(reasons)
+    if containment:
+        text += f" (containment {orjson.dumps(containment).decode()})"
+    return text
+
+
+@click.command("replay")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", default="gateway.toml", show_default=True)
+@click.option("--policy", "policy_path", default=None,
+              help="Replay against this candidate policy (directory or bundle) instead of the configured one.")
+@click.option("--as-given", is_flag=True, help="Read FILES only, in the order given (default: with rotated files).")
+def audit_replay(files: tuple[Path, ...], config_path: str, policy_path: str | None, as_given: bool) -> None:
+    """Re-decide the decision records in FILES against the current policy; list those decided differently now.
+
+    Records whose argument values were redacted ([audit] record_arguments = false, the default) cannot be
+    replayed faithfully: they are replayed with the digest and keys in place of the arguments and listed
+    separately. Exits 1 when a faithfully replayed record would now be decided differently.
+    """
+    cfg = _config(config_path)
+    engine = _open_engine(cfg, policy_path)
+    click.echo(f"replaying against {_engine_label(cfg, policy_path)}, revision {engine.revision}")
+
+    async def replay() -> tuple[int, int, int, int, int]:
+        replayed = differ = redacted = skipped = unreadable = 0
+        try:
+            for item in _records(_audit_files(files, as_given)):
+                if isinstance(item, str):
+                    unreadable += 1
+                    click.echo(f"UNREADABLE {item}")
+                    continue
+                rec = item.rec
+                inp = rec.get("input")
+                if not isinstance(inp, dict) or (rec.get("result") is None and rec.get("error") is None):
+                    skipped += 1  # decided without asking policy (an unknown tool or target)
+                    continue
+                decision = await engine.decide(inp)
+                replayed += 1
+                before = _summary(rec.get("allow"), rec.get("reasons"), rec.get("result"))
+                now = _summary(decision.allow, decision.reasons, decision.result)
+                old_rev = ((rec.get("bundles") or {}).get("gateway") or {}).get("revision", "?")
+                if item.redacted:
+                    redacted += 1
+                    verdict = "same" if before == now else f"differs: was {_describe(before)}; now {_describe(now)}"
+                    click.echo(f"REDACTED {item.label}: arguments not recorded, replayed without them: {verdict}")
+                elif before != now:
+                    differ += 1
+                    click.echo(f"DIFFERS  {item.label} (revision {old_rev} -> {decision.revision})")
+                    click.echo(f"    was: {_describe(before)}")
+                    click.echo(f"    now: {_describe(now)}")
+        finally:
+            await engine.aclose()
+        return replayed, differ, redacted, skipped, unreadable
+
+    replayed, differ, redacted, skipped, unreadable = anyio.run(replay)
+    tail = f"{replayed} decisions replayed: {differ} decided differently now"
+    tail += f", {redacted} not replayed faithfully (arguments redacted; set [audit] record_arguments = true)"
+    if skipped:
+        tail += f", {skipped} skipped (decided without policy: unknown tool or target)"
+    if unreadable:
+        tail += f", {unreadable} unreadable lines"
+    click.echo(tail)
+    sys.exit(1 if differ else 0)
