@@ -63,6 +63,9 @@ class Upstream:
         One shared connection today; contained upstreams (a worker per agent and profile) and per-session upstream
         sessions (for server-to-client relaying) plug in here.
         """
+        contained = getattr(self.conn, "connector_for", None)
+        if contained is not None:  # contained and built-in upstreams: the agent's own worker
+            return contained(agent, session_id)
         if self.sessions is not None and session_id is not None:
             return self.sessions.connector(self, agent, session_id)
         return self.conn
@@ -73,7 +76,18 @@ class Upstream:
         return self.config.timeout_s
 
 
-def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None]) -> Any:
+def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None],
+                   containment: Any = None) -> Any:
+    if cfg.transport == "builtin" or cfg.containment is not None:
+        if containment is None:
+            raise ValueError(f"upstream {cfg.name!r} is contained but the gateway has no [containment] section")
+        if cfg.transport == "builtin":
+            from connectors.builtin import BuiltinUpstream
+
+            return BuiltinUpstream(cfg, containment, on_state)
+        from gateway.containment.upstream import ContainedUpstream
+
+        return ContainedUpstream(cfg, base_dir, containment, on_state)
     if cfg.transport == "stdio":
         assert cfg.command is not None
         cwd = str(base_dir / cfg.cwd) if cfg.cwd else None
@@ -83,12 +97,13 @@ def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, 
 
 
 class Catalog:
-    def __init__(self, configs: list[UpstreamConfig], base_dir: Any, on_state: Callable[[str, bool], None]):
+    def __init__(self, configs: list[UpstreamConfig], base_dir: Any, on_state: Callable[[str, bool], None],
+                 containment: Any = None):
         self._on_state = on_state
         self.upstreams: dict[str, Upstream] = {}
         self.session_upstreams = SessionUpstreams(base_dir)
         for cfg in configs:
-            conn = make_connector(cfg, base_dir, self._state_changed)
+            conn = make_connector(cfg, base_dir, self._state_changed, containment)
             up = Upstream(cfg, conn)
             if cfg.session_mode == "per_session":
                 up.sessions = self.session_upstreams

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.containment.settings import ContainmentConfig
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -151,7 +153,7 @@ class TracingConfig(_Model):
 
 class UpstreamConfig(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")]
-    transport: Literal["stdio", "http"]
+    transport: Literal["stdio", "http", "builtin"]
     command: list[str] | None = None
     env: dict[str, str] = {}
     cwd: str | None = None
@@ -163,6 +165,10 @@ class UpstreamConfig(_Model):
     session_mode: Literal["shared", "per_session"] = "shared"
     """``per_session``: each agent session (2025 era) gets its own upstream session, so the upstream's sampling,
     elicitation, roots and log messages can be relayed to exactly that agent; ``shared``: one for all agents."""
+    containment: str | None = None
+    """A profile of [containment.profiles]: the server runs as contained workers, one per agent (stdio, builtin)."""
+    tools: Literal["shell", "files"] | None = None
+    """For transport = "builtin": which built-in tool set."""
 
     @field_validator("name")
     @classmethod
@@ -173,6 +179,16 @@ class UpstreamConfig(_Model):
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamConfig:
+        if self.transport == "builtin":
+            if self.tools is None or self.containment is None:
+                raise ValueError("builtin upstreams need tools = 'shell' | 'files' and containment = 'PROFILE'")
+            if self.command is not None or self.url is not None or self.headers:
+                raise ValueError("command, url and headers are not for builtin upstreams")
+            return self
+        if self.tools is not None:
+            raise ValueError("tools is for builtin upstreams")
+        if self.containment is not None and self.transport != "stdio":
+            raise ValueError("containment is for stdio and builtin upstreams")
         if self.transport == "stdio":
             if not self.command:
                 raise ValueError("stdio upstreams need command = [program, args...]")
@@ -199,6 +215,7 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     upstreams: list[UpstreamConfig] = []
+    containment: ContainmentConfig | None = None
     base_dir: Path = Path(".")
     """Directory of the config file: relative paths in it are resolved against it."""
 
@@ -208,6 +225,11 @@ class Config(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"upstream names must be unique: {', '.join(dupes)}")
+        profiles = self.containment.profiles if self.containment is not None else {}
+        for u in self.upstreams:
+            if u.containment is not None and u.containment not in profiles:
+                raise ValueError(f"upstream {u.name!r}: containment profile {u.containment!r} is not defined"
+                                 " in [containment.profiles]")
         return self
 
     def resolve(self, path: str) -> Path:
@@ -246,6 +268,10 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path) -> Config:
             errors.append(f"{source}: {_loc(err['loc'])}: {msg}")
         raise ConfigError(errors) from None
     errors = _check_files(cfg, source)
+    if cfg.containment is not None:
+        from gateway.containment.profile import config_errors
+
+        errors += config_errors(cfg.containment, cfg.base_dir, source)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -96,6 +96,22 @@ class Metrics:
         self.audit_rotations = Counter(
             "mcp_gateway_audit_rotations_total", "Audit log files rotated by size.", registry=r,
         )
+        # Contained workers (gateway/containment): label values are upstream names, tiers and a fixed reason set.
+        self.workers = Gauge("mcp_gateway_workers", "Contained workers running.", ["server", "tier"], registry=r)
+        self.worker_starts = Counter(
+            "mcp_gateway_worker_starts_total", "Contained workers started.", ["server", "tier"], registry=r,
+        )
+        self.worker_start_seconds = Histogram(
+            "mcp_gateway_worker_start_seconds", "Time to start a contained worker (stdio: until it initialized).",
+            ["tier"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.worker_kills = Counter(
+            "mcp_gateway_worker_kills_total", "Contained workers stopped by a limit (timeout, memory, pids, cpu, "
+            "output) or that crashed.", ["server", "reason"], registry=r,
+        )
+        self.egress_denied = Counter(
+            "mcp_gateway_egress_denied_total", "Connections the egress proxy refused.", ["server"], registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_call(self, server: str, tool: str, team: str, agent: str, decision: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
 from gateway import tracing
 from gateway.catalog import Catalog, Upstream, public_name
+from gateway.containment.scope import CallScope, is_contained
 from gateway.decide import Decider, Request
 from gateway.forward import DENIED, RESOURCE_NOT_FOUND, UNKNOWN_TOOL, UPSTREAM_FAILED, GatewayError, forward
 from gateway.metrics import Metrics
@@ -80,24 +81,33 @@ class Pipeline:
             }
         self.metrics.count_call(up.name, tool_name, team, agent, "allow")
         params = {"name": tool_name, "arguments": req.arguments or {}}
+        # The policy may narrow the worker's containment for this call (never widen it); a narrowing for an
+        # upstream that is not contained cannot be honoured, so the call is refused rather than run wider.
+        contained = CallScope(decision.result.get("containment"))
+        if contained.narrowing is not None and not is_contained(up.conn):
+            self._done(req, up, t0, "upstream_error", "containment", "policy narrowed containment of an uncontained"
+                       " upstream")
+            raise GatewayError(DENIED, f"the policy asks for containment, but {up.name} is not a contained upstream"
+                               f" (decision id {req.decision_id})")
         try:
-            with tracing.forward_span(up.name, "tools/call"):
+            with tracing.forward_span(up.name, "tools/call"), contained:
                 result = await forward(
                     self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), on_progress
                 )
         except UpstreamError as exc:
-            self._done(req, up, t0, "upstream_error", exc.kind, str(exc))
+            self._done(req, up, t0, "upstream_error", exc.kind, str(exc), **contained.audit())
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
         except RemoteError as exc:
-            self._done(req, up, t0, "upstream_error", "remote_error", exc.message)
+            self._done(req, up, t0, "upstream_error", "remote_error", exc.message, **contained.audit())
             raise GatewayError(exc.code, exc.message, exc.data) from None
-        self._done(req, up, t0, "tool_error" if result.get("isError") else "ok")
+        self._done(req, up, t0, "tool_error" if result.get("isError") else "ok", **contained.audit())
         return result
 
-    def _done(self, req: Request, up: Upstream, t0: float, outcome: str, kind: str | None = None, error: str | None = None):
+    def _done(self, req: Request, up: Upstream, t0: float, outcome: str, kind: str | None = None,
+              error: str | None = None, **extra: Any):
         elapsed = time.perf_counter() - t0
         self.metrics.observe_call(up.name, elapsed)
-        self.recorder.outcome(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}))
+        self.recorder.outcome(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
 
     # --- prompts -------------------------------------------------------------------------------------------
 

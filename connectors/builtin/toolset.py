@@ -1,0 +1,43 @@
+"""What a built-in tool set provides: its tool definitions and a way to run one call in a fresh worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.jsonrpc import RemoteError
+from gateway.containment.profile import Profile
+from gateway.containment.runtime import Containment, RunResult
+
+
+def text_result(text: str, structured: dict[str, Any] | None = None, error: bool = False) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if structured is not None:
+        result["structuredContent"] = structured
+    return result
+
+
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+    value = args.get(name)
+    if value is None:
+        if required:
+            raise RemoteError(-32602, f"argument {name!r} is required")
+        return None
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise RemoteError(-32602, f"argument {name!r} must be a number")
+    if not isinstance(value, kind):
+        raise RemoteError(-32602, f"argument {name!r} has the wrong type")
+    return value
+
+
+class Toolset:
+    def __init__(self, cfg: Any, runtime: Containment):
+        self.cfg = cfg
+        self.runtime = runtime
+        self.output_limit = runtime.cfg.max_output_bytes
+
+    def tools(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def call(self, name: str, args: dict[str, Any], agent: str, profile: Profile,
+                   timeout: float) -> tuple[dict[str, Any], RunResult | None]:
+        raise NotImplementedError

@@ -1,0 +1,151 @@
+"""A contained stdio upstream as the catalog sees it, and the per-agent connection a call goes through.
+
+The catalog needs the server's tool, prompt and resource lists before any agent calls: a worker under the
+reserved identity ``_catalog`` (its own workspace and uid, same profile) answers those, and is reaped when
+idle like any other. Calls go to the calling agent's own worker (``connector_for``), started on first use.
+When a worker is stopped by a limit during ``tools/call``, the agent gets a tool error naming the limit
+(the call happened and failed) rather than a protocol error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from connectors.jsonrpc import ProgressFn, UpstreamError
+from gateway.containment.launcher import LaunchRequest
+from gateway.containment.pool import WorkerKey
+from gateway.containment.profile import Profile, agent_key
+from gateway.containment.runtime import Containment
+from gateway.containment.scope import current_scope
+from gateway.containment.worker import limit_text
+
+log = logging.getLogger("gateway.containment")
+
+CATALOG_AGENT = "_catalog"
+"""Not a valid configured agent name (they start with a letter or digit), so no agent can be it."""
+
+
+def tool_error(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+class ContainedUpstream:
+    """Stands where a StdioConnector would: start/wait_ready/request/aclose, plus ``connector_for``."""
+
+    def __init__(self, cfg: Any, base_dir: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self.runtime = runtime
+        self.on_state = on_state
+        self.profile_name: str = cfg.containment
+        self.profile: Profile = runtime.profiles[self.profile_name]
+        self.cwd = str(base_dir / cfg.cwd) if cfg.cwd and not str(cfg.cwd).startswith("{") else cfg.cwd
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] = {}
+        self.on_notification: Any = None
+        self.on_request: Any = None
+        self.restarts = 0
+        self.last_error = "not started"
+        self._ready = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def tier(self) -> str:
+        return self.profile.tier
+
+    def launch_request(self, agent: str, profile: Profile) -> LaunchRequest:
+        assert self.cfg.command is not None
+        return LaunchRequest(self.name, agent, profile, list(self.cfg.command), dict(self.cfg.env), self.cwd)
+
+    async def _worker(self, agent: str, profile: Profile) -> Any:
+        key = WorkerKey(self.name, agent, profile.digest)
+        return await self.runtime.worker(key, self.launch_request(agent, profile), self.cfg.start_timeout_s,
+                                         self._notified)
+
+    async def _notified(self, method: str, params: dict[str, Any]) -> None:
+        if self.on_notification is not None:
+            await self.on_notification(method, params)
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        await self.runtime.start(tg)
+        need = self.runtime.missing(self.profile)
+        if need:
+            self.last_error = f"containment profile {self.profile_name!r} cannot be enforced here: {'; '.join(need)}"
+            log.error("upstream %s: %s", self.name, self.last_error)
+            return
+        tg.start_soon(self._first_contact)
+
+    async def _first_contact(self) -> None:
+        try:
+            w = await self._worker(CATALOG_AGENT, self.profile)
+        except UpstreamError as exc:
+            self.last_error = exc.detail
+            log.error("upstream %s: %s", self.name, exc.detail)
+            return
+        self.capabilities = w.capabilities
+        self.server_info = w.server_info
+        self.last_error = ""
+        self._ready.set()
+        self.on_state(self, True)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+        return self._ready.is_set()
+
+    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
+                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Catalog requests (lists), served by the catalog worker."""
+        w = await self._worker(CATALOG_AGENT, self.profile)
+        return await w.call(method, params, min(timeout, self.profile.timeout_s), on_progress)
+
+    async def aclose(self) -> None:
+        """Workers belong to the shared runtime, which the gateway closes after the catalog."""
+        self._ready = anyio.Event()
+
+    def connector_for(self, agent: Any, session_id: str | None) -> AgentConnection:
+        return AgentConnection(self, agent_key(agent.id, agent.auth))
+
+
+class AgentConnection:
+    """What ``Upstream.connector_for`` hands the forward stage for one contained call."""
+
+    def __init__(self, upstream: ContainedUpstream, agent: str):
+        self.upstream = upstream
+        self.agent = agent
+        self.name = upstream.name
+
+    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
+                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        up = self.upstream
+        scope = current_scope()
+        profile = up.runtime.effective(up.profile_name, scope.narrowing if scope is not None else None)
+        timeout = min(timeout, profile.timeout_s)
+        w = await up._worker(self.agent, profile)
+        if scope is not None:
+            scope.info.update({"tier": profile.tier, "profile": profile.name, "worker": w.id,
+                               "narrowed": profile.narrowed})
+        try:
+            return await w.call(method, params, timeout, on_progress)
+        except UpstreamError as exc:
+            reason = w.proc.kill_reason or (w.reason if w.done.is_set() else None)
+            if reason is None and exc.kind not in ("timeout", "killed", "crashed"):
+                raise
+            reason = reason or ("timeout" if exc.kind == "timeout" else "crash")
+            if scope is not None:
+                scope.info["killed"] = reason
+            text = limit_text(reason, w.proc, profile.name,
+                              {**profile.__dict__, "exit": f"exit code {w.exit_code}" if w.exit_code else ""})
+            if method != "tools/call":
+                raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
+            return tool_error(f"The tool's worker was stopped: {text}. A fresh worker serves the next call.")
