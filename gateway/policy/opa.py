@@ -90,6 +90,8 @@ class OpaEngine:
                 )
         except TimeoutError:
             return self._failed(f"OPA did not answer within {self._timeout * 1000:.0f} ms")
+        except aiohttp.ContentTypeError as exc:
+            return self._failed(f"OPA answer unusable: not JSON ({exc.message})"[:300])
         except aiohttp.ClientResponseError as exc:
             return self._failed(f"OPA answered HTTP {exc.status}: {exc.message}"[:300])
         except (aiohttp.ClientError, OSError) as exc:

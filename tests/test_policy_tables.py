@@ -1,0 +1,136 @@
+"""The shipped policies' table tests, case by case, through the compiled policy the gateway uses; and the table
+runner itself: it must catch a wrong expectation, show a diff, and refuse a malformed table."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.decide import Decider, Request
+from gateway.identity import Agent
+from gateway.metrics import Metrics
+from gateway.policy import PolicyError
+from gateway.policy.embedded import CompiledPolicy, compile_policy, new_evaluator
+from gateway.policy.loader import load_policy
+from gateway.policy.tables import INPUT_SKELETON, Case, load_tables, parse_table, report, run_policy_tables
+from tests.conftest import REPO
+
+SHIPPED = REPO / "rego"
+_POLICY = compile_policy(SHIPPED, "gateway/decision")
+_CASES = load_tables(_POLICY.source)
+_EVALUATOR = new_evaluator()
+
+
+def test_the_shipped_policies_come_with_at_least_60_cases_over_every_team() -> None:
+    assert len(_CASES) >= 60
+    files = {Path(c.file).name for c in _CASES}
+    assert {"gateway_test.yaml", "platform_test.yaml", "research_test.yaml"} <= files
+    assert len({c.label for c in _CASES}) == len(_CASES), "case names repeat within a file"
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[f"{Path(c.file).stem}: {c.name}" for c in _CASES])
+def test_shipped_case(case: Case) -> None:
+    from gateway.policy.tables import check
+
+    result = check(case, _POLICY.decide(_EVALUATOR, case.input))
+    assert result.ok, f"{'; '.join(result.problems)}\n{result.diff}"
+
+
+def test_every_denial_in_the_shipped_tables_gives_a_reason() -> None:
+    for case in _CASES:
+        decision = _POLICY.decide(_EVALUATOR, case.input)
+        assert decision.error is None, case.label
+        assert decision.allow or decision.reasons, case.label
+
+
+def test_the_table_skeleton_is_the_input_the_gateway_builds() -> None:
+    """Tables fill inputs from INPUT_SKELETON: it must have exactly the shape Decider.build_input produces."""
+    decider = Decider(object(), Metrics(), 100)  # type: ignore[arg-type]
+    req = Request(agent=Agent("a", "t", ("r",), "api_key"), action="tools/call", view=None, name="s__x")
+    built = decider.build_input(req, "s", tool="x", arguments={"k": "v"})
+
+    assert set(built) == set(INPUT_SKELETON)
+    for key in ("agent", "session", "request"):
+        assert set(built[key]) == set(INPUT_SKELETON[key]), key
+
+
+def _policy_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "rego"
+    shutil.copytree(SHIPPED, dst)
+    return dst
+
+
+def test_a_wrong_expectation_fails_with_a_diff(tmp_path: Path) -> None:
+    policy = _policy_copy(tmp_path)
+    (policy / "extra_test.yaml").write_text(
+        "cases:\n"
+        "  - name: research may convert (it may not)\n"
+        "    input: {agent: {id: r, team: research}, server: time, tool: convert_time, arguments: {}}\n"
+        "    allow: true\n"
+        "  - name: wrong reason\n"
+        "    input: {agent: {id: r, team: research}, server: echo, tool: echo}\n"
+        "    reasons: [some other reason]\n"
+        "  - name: missing reason\n"
+        "    input: {agent: {id: r, team: research}, server: echo, tool: echo}\n"
+        "    reasons_include: [no rule allows this request, another one]\n"
+        "  - name: containment differs\n"
+        "    input: {agent: {id: c, team: platform, roles: [ci]}, server: sh, tool: run, arguments: {command: ls}}\n"
+        "    result: {containment: {network: host}}\n"
+        "  - name: this one passes\n"
+        "    input: {agent: {id: c, team: platform, roles: [ci]}, server: sh, tool: run, arguments: {command: ls}}\n"
+        "    allow: true\n"
+        "    reasons_include: []\n"
+    )
+    results = [r for r in run_policy_tables(compile_policy(policy, "gateway/decision")) if "extra_test" in r.case.file]
+    lines, failed = report(results)
+    assert failed == 4
+    text = "\n".join(lines)
+    assert "FAIL" in text and "PASS" in text and text.endswith("1 passed, 4 failed")
+    assert "allow is false, expected true" in text
+    assert '-    "some other reason"' in text and '+    "no rule allows this request"' in text
+    assert "missing reasons: another one" in text
+    assert '-    "network": "host"' in text and '+    "network": "none"' in text
+
+
+def test_an_evaluation_error_fails_the_case(tmp_path: Path) -> None:
+    policy = _policy_copy(tmp_path)
+    (policy / "extra_test.yaml").write_text(
+        "cases:\n"
+        "  - name: research fetch with no request time cannot be decided\n"
+        "    input: {agent: {id: r, team: research}, server: fetch, tool: fetch,\n"
+        "            arguments: {url: 'https://arxiv.org/'}, request: {time_ns: not-a-time}}\n"
+        "    allow: false\n"
+    )
+    [result] = [r for r in run_policy_tables(compile_policy(policy, "gateway/decision")) if "extra_test" in r.case.file]
+    assert not result.ok
+    assert result.problems[0].startswith("evaluation failed")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cases: [{name: x, input: {}}]", "cases[0]: a case must expect something"),
+        ("cases: [{name: x, allow: maybe}]", "cases[0].allow: Input should be a valid boolean"),
+        ("cases: [{name: x, allow: true, alow: true}]", "cases[0].alow: unknown key"),
+        ("defaults: {}\n", "cases: Field required"),
+        ("cases: [unclosed", "cannot parse"),
+    ],
+)
+def test_a_malformed_table_is_refused_with_file_and_key(text: str, expected: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_table("rego/x_test.yaml", text)
+    assert any(e.startswith("rego/x_test.yaml: ") and expected in e for e in err.value.errors), err.value.errors
+
+
+def test_json_tables_work_too(tmp_path: Path) -> None:
+    policy = _policy_copy(tmp_path)
+    (policy / "more_test.json").write_text(
+        '{"cases": [{"name": "unknown team", "input": {"agent": {"team": "x"}}, "allow": false,'
+        ' "reasons": ["no policy for this agent\'s team"]}]}'
+    )
+    source = load_policy(policy)
+    compiled = CompiledPolicy(source, "gateway/decision")
+    results = [r for r in run_policy_tables(compiled) if r.case.file.endswith("more_test.json")]
+    assert len(results) == 1 and results[0].ok
