@@ -83,15 +83,16 @@ def micro() -> None:
               f"with fsync: {_per_op_us(lambda: synced.append(dict(record)), 300):7.1f} us  (filesystem of {REPO})")
         plain.close()
         synced.close()
-    handler = logs.setup(LoggingConfig(format="json"), stream=io.StringIO())
+    buffer = io.StringIO()
+    logs.setup(LoggingConfig(format="json"), stream=buffer)
     call_log = logging.getLogger(logs.CALL_LOGGER)
     logs.bind("6f1c2b1e-8d1a-4a57-9a53-2f8a1c0d9e11")
 
     def line() -> None:
         call_log.info("%s %s by %s: %s in %.2f ms", "tools/call", "echo__echo", "ci-bot", "ok", 1.234,
                       extra={"agent": "ci-bot", "action": "tools/call", "outcome": "ok", "duration_ms": 1.234})
-        handler.stream.seek(0)
-        handler.stream.truncate()
+        buffer.seek(0)
+        buffer.truncate()
 
     print(f"call log line (json):                {_per_op_us(line, 20000):7.1f} us")
     from opentelemetry.sdk.trace import TracerProvider
