@@ -108,7 +108,7 @@ class PolicyConfig(_Model):
     opa_token_env: str | None = None
     """Name of the environment variable holding the bearer token for OPA (the token never goes in the file)."""
     watch: bool = True
-    """Reload the embedded policy when its files change (and on SIGHUP), after its table tests pass."""
+    """Reload the embedded policy when its files change, after its table tests pass (SIGHUP reloads it either way)."""
     watch_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
 
 

@@ -78,7 +78,8 @@ class PolicyWatcher:
         self.engine = engine
         self.metrics = metrics
         self.interval = cfg.watch_interval_s
-        self.reloadable = isinstance(engine, EmbeddedEngine) and cfg.watch
+        self.reloadable = isinstance(engine, EmbeddedEngine)
+        self.watch = cfg.watch
         self._lock = anyio.Lock()
         self._published = ""
         self._seen: tuple[tuple[str, int, int], ...] = ()
@@ -123,7 +124,8 @@ class PolicyWatcher:
         await self._check_initial()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._sighup)
-            await self._poll()
+            if self.watch:
+                await self._poll()
 
     async def _check_initial(self) -> None:
         """Say at start whether the serving revision passes its own tables (it serves either way)."""
