@@ -200,7 +200,11 @@ def build() -> dict[str, Any]:
         (f"sum(rate(mcp_gateway_policy_errors_total{{{INST}}}[{RI}]))", "errors")))
     lay.add(bars("Policy revision in force", "The policy revision each gateway instance runs.",
                  f"count by (instance, revision) (mcp_gateway_policy_revision_info{{{INST}}})",
-                 "{{instance}} {{revision}}"), w=24, h=5)
+                 "{{instance}} {{revision}}"), h=6)
+    lay.add(bars("Policy reloads", "Reloads over the time range by result: success, unchanged, compile_error and "
+                 "test_failure (refused: the previous revision kept serving).",
+                 f"sum by (result) (increase(mcp_gateway_policy_reloads_total{{{INST}}}[$__range]))", "{{result}}"),
+            h=6)
 
     lay.row("Upstreams")
     lay.add(timeseries(
