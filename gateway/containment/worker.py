@@ -86,7 +86,7 @@ class StdioWorker(JsonRpcPeer):
         started = False
         try:
             async with anyio.create_task_group() as tg:
-                self._spawn = tg.start_soon
+                self._spawn = tg.start_soon  # type: ignore[assignment]
                 tg.start_soon(self._read_stdout)
                 tg.start_soon(self._drain_stderr)
                 try:
@@ -171,28 +171,31 @@ class StdioWorker(JsonRpcPeer):
         self.last_used = time.monotonic()
         cpu_start = self.proc.cpu_seconds()
         result: dict[str, Any] = {}
+        error: UpstreamError | None = None
+
+        async def watch() -> None:
+            while True:
+                await anyio.sleep(WATCH_INTERVAL)
+                reason = self.proc.breach(cpu_start)
+                if reason is not None:
+                    log.warning("worker %s of %s for %s: %s limit breached; killing it",
+                                self.id, self.name, self.proc.agent, reason)
+                    await self.proc.kill(reason)
+                    return
+
         try:
             async with anyio.create_task_group() as tg:
-
-                async def watch() -> None:
-                    while True:
-                        await anyio.sleep(WATCH_INTERVAL)
-                        reason = self.proc.breach(cpu_start)
-                        if reason is not None:
-                            log.warning("worker %s of %s for %s: %s limit breached; killing it",
-                                        self.id, self.name, self.proc.agent, reason)
-                            await self.proc.kill(reason)
-                            return
-
                 tg.start_soon(watch)
                 try:
                     result = await JsonRpcPeer.request(self, method, params, timeout, on_progress)
                 except UpstreamError as exc:
-                    if exc.kind == "timeout":
-                        await self.proc.kill("timeout")
-                    raise
+                    error = exc  # raised below, outside the task group (which would wrap it in a group)
                 finally:
                     tg.cancel_scope.cancel()
+            if error is not None:
+                if error.kind == "timeout":
+                    await self.proc.kill("timeout")
+                raise error
             # A limit hit during the call (say, an OOM kill of one of its children) stops the worker even when
             # the server still managed to answer: the agent is told which limit, and the next call starts clean.
             reason = self.proc.breach(cpu_start)
