@@ -52,11 +52,11 @@ def run(args):
     except subprocess.TimeoutExpired as exc:
         code, out, err = None, exc.stdout or b"", (exc.stderr or b"") + b"\n(timed out)"
     except OSError as exc:
-        code, out, err = None, b"", ("cannot run: %s" % exc).encode()
+        code, out, err = None, b"", (f"cannot run: {exc}").encode()
     s = {"exit_code": code, "stdout": out[:MAX_OUT].decode("utf-8", "replace"),
          "stderr": err[:MAX_OUT].decode("utf-8", "replace"), "stdout_truncated": len(out) > MAX_OUT,
          "stderr_truncated": len(err) > MAX_OUT, "killed": None}
-    body = "exit code: %s\n--- stdout ---\n%s\n--- stderr ---\n%s" % (code, s["stdout"], s["stderr"])
+    body = "exit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}".format(code, s["stdout"], s["stderr"])
     return text(body, s)
 
 
@@ -71,7 +71,7 @@ def call(name, args):
     if name == "sleep":
         time.sleep(float(args.get("seconds", 1)))
         return text("slept")
-    return text("Unknown tool: %s" % name, error=True)
+    return text(f"Unknown tool: {name}", error=True)
 
 
 def handle(msg):
@@ -88,7 +88,7 @@ def handle(msg):
         elif method == "tools/call":
             result = call(params.get("name"), params.get("arguments") or {})
         else:
-            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "no method %s" % method}})
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": f"no method {method}"}})
             return
         send({"jsonrpc": "2.0", "id": rid, "result": result})
     except Exception as exc:  # a tool failure is the caller's answer, never this server's death

@@ -83,8 +83,5 @@ class FilesTools(Toolset):
         if not answer.get("ok"):
             return text_result(f"{name}: {answer.get('error')}", error=True), run
         result = answer["result"]
-        if name == "read_file":
-            text = result["content"]
-        else:
-            text = json.dumps(result, indent=1)
+        text = result["content"] if name == "read_file" else json.dumps(result, indent=1)
         return text_result(text, result), run

@@ -60,7 +60,7 @@ def write_file(req, limit):
 
 def list_dir(req, limit):
     path = req.get("path") or "."
-    entries = []
+    entries: list = []
     truncated = False
     with os.scandir(path) as it:
         for entry in it:
@@ -81,7 +81,7 @@ def search(req, limit):
     pattern = re.compile(req["pattern"])
     glob = req.get("glob") or "*"
     max_results = min(int(req.get("max_results") or 100), MAX_ENTRIES)
-    matches = []
+    matches: list = []
     budget = limit
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -110,7 +110,7 @@ def search(req, limit):
 def stat_path(req, limit):
     path = req["path"]
     st = os.lstat(path)
-    out = {"path": path, "type": kind(st.st_mode), "size": st.st_size, "mode": "%04o" % stat.S_IMODE(st.st_mode),
+    out = {"path": path, "type": kind(st.st_mode), "size": st.st_size, "mode": f"{stat.S_IMODE(st.st_mode):04o}",
            "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)), "uid": st.st_uid}
     if stat.S_ISLNK(st.st_mode):
         out["target"] = os.readlink(path)
@@ -130,9 +130,9 @@ def main():
             answer = {"ok": True, "result": op(req, int(req.get("limit") or 65536))}
         except OSError as exc:
             where = exc.filename if exc.filename is not None else req.get("path")
-            answer = {"ok": False, "error": "%s: %s" % (where, exc.strerror or exc)}
+            answer = {"ok": False, "error": f"{where}: {exc.strerror or exc}"}
         except (ValueError, KeyError, TypeError, re.error) as exc:
-            answer = {"ok": False, "error": "bad request: %s" % exc}
+            answer = {"ok": False, "error": f"bad request: {exc}"}
     sys.stdout.write(json.dumps(answer))
     sys.stdout.flush()
 

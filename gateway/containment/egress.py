@@ -122,11 +122,10 @@ class EgressProxy:
 
         async def serve() -> None:
             with scope:
-                async with listener:
-                    async with anyio.create_task_group() as tg:
-                        while True:
-                            conn = await listener.accept()
-                            tg.start_soon(self._handle, conn, grant)
+                async with listener, anyio.create_task_group() as tg:
+                    while True:
+                        conn = await listener.accept()
+                        tg.start_soon(self._handle, conn, grant)
 
         self._tg.start_soon(serve)
 

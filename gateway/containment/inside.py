@@ -63,7 +63,7 @@ def die(msg):
 def check(ret, what):
     if ret < 0:
         err = ctypes.get_errno()
-        die("%s failed: %s" % (what, os.strerror(err)))
+        die(f"{what} failed: {os.strerror(err)}")
     return ret
 
 
@@ -90,11 +90,12 @@ def landlock(spec):
         attr.net = BIND_TCP | CONNECT_TCP
         size = 16
     elif net is not None:
-        die("Landlock ABI %d cannot restrict TCP ports" % abi)
+        die(f"Landlock ABI {abi} cannot restrict TCP ports")
     if abi >= 6:
         attr.scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL
         size = 24
-    fd = check(libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0), "landlock_create_ruleset")
+    fd = libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    check(fd, "landlock_create_ruleset")
     ro = EXECUTE | READ_FILE | READ_DIR
     dev = READ_FILE | WRITE_FILE | READ_DIR | (TRUNCATE & handled) | (IOCTL_DEV & handled)
     for path, kind in spec["paths"]:
@@ -111,8 +112,8 @@ def landlock(spec):
         finally:
             os.close(pfd)
     for port in (net or {}).get("connect", []):
-        rule = NetPort(CONNECT_TCP, port)
-        check(libc.syscall(SYS_ADD_RULE, fd, RULE_NET_PORT, ctypes.byref(rule), 0), "landlock port rule")
+        port_rule = NetPort(CONNECT_TCP, port)
+        check(libc.syscall(SYS_ADD_RULE, fd, RULE_NET_PORT, ctypes.byref(port_rule), 0), "landlock port rule")
     check(libc.syscall(SYS_RESTRICT_SELF, fd, 0), "landlock_restrict_self")
     os.close(fd)
 
@@ -173,7 +174,7 @@ def find(prog, env):
         cand = os.path.join(d or ".", prog)
         if os.access(cand, os.X_OK) and not os.path.isdir(cand):
             return cand
-    sys.stderr.write("mcpgw-helper: %s: command not found\n" % prog)
+    sys.stderr.write(f"mcpgw-helper: {prog}: command not found\n")
     os._exit(127)
 
 
@@ -208,14 +209,15 @@ def main():
         try:
             os.chdir(cwd)
         except OSError as exc:
-            sys.stderr.write("mcpgw-helper: cannot change to %s: %s\n" % (cwd, exc.strerror))
+            sys.stderr.write(f"mcpgw-helper: cannot change to {cwd}: {exc.strerror}\n")
             os._exit(126)
     env = spec.get("env", {})
     if spec.get("mode") == "script":
         os.environ.clear()
         os.environ.update(env)
         sys.argv = [spec["script"]]
-        code = compile(open(spec["script"]).read(), spec["script"], "exec")
+        with open(spec["script"]) as f:
+            code = compile(f.read(), spec["script"], "exec")
         exec(code, {"__name__": "__main__", "__file__": spec["script"]})
         sys.stdout.flush()
         os._exit(0)
@@ -224,7 +226,7 @@ def main():
     try:
         os.execve(find(argv[0], env), argv, env)
     except OSError as exc:
-        sys.stderr.write("mcpgw-helper: cannot execute %s: %s\n" % (argv[0], exc.strerror))
+        sys.stderr.write(f"mcpgw-helper: cannot execute {argv[0]}: {exc.strerror}\n")
         os._exit(126)
 
 

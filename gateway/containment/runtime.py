@@ -20,7 +20,7 @@ import anyio.abc
 
 from connectors.jsonrpc import UpstreamError
 from gateway.containment.egress import EgressGrant, EgressProxy
-from gateway.containment.launcher import LaunchError, Launcher, LaunchRequest, WorkerProcess
+from gateway.containment.launcher import Launcher, LaunchError, LaunchRequest, WorkerProcess
 from gateway.containment.pool import WorkerKey, WorkerPool
 from gateway.containment.probe import HostCapabilities, probe
 from gateway.containment.profile import NarrowingError, Profile, build_profile, narrow
@@ -152,8 +152,9 @@ class Containment:
             raise UpstreamError(name, "containment", f"refused: {exc}") from None
         need = self.missing(p)
         if need:
-            raise UpstreamError(name, "unavailable",
-                                f"cannot run: containment profile {name!r} needs what this host lacks: {'; '.join(need)}")
+            lacks = "; ".join(need)
+            raise UpstreamError(name, "unavailable", f"cannot run: profile {name!r} needs what this host lacks: "
+                                f"{lacks}")
         return p
 
     # --- metrics ---------------------------------------------------------------------------------------
