@@ -71,6 +71,7 @@ def test_unsupported_builtin_is_refused_at_load_naming_file_and_line(tmp_path: P
         ('x := sprintf("%q", [input.c])', "%q is not supported"),
         ('x := time.parse_rfc3339_ns("2026-01-01T00:00:00Z")', "rejects a trailing Z"),
         ("f(p) := {x | some x in data.d[p]}", "function argument p used as a key inside a comprehension"),
+        ('x := true if startswith(input.s, "a") with input as {"s": "abc"}', "'with' is not supported"),
     ],
 )
 def test_each_unsupported_construct_is_named(tmp_path: Path, line: str, fragment: str) -> None:

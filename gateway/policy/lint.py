@@ -97,6 +97,7 @@ def _position(src: str, offset: int) -> tuple[int, int]:
     return src.count("\n", 0, offset) + 1, offset - (src.rfind("\n", 0, offset) + 1) + 1
 
 
+_WITH = re.compile(r"\bwith\s+[\w.\[\]]+\s+as\b")
 _FUNC_HEAD = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(([^()]*)\)", re.M)
 _RULE_START = re.compile(r"^[ \t]*(?!else\b)[A-Za-z_]", re.M)
 
@@ -155,6 +156,7 @@ class _Module:
     calls: list[tuple[str, int, int]]
     """(name, offset of the name, offset after the opening parenthesis)."""
     captured_args: list[tuple[int, str]]
+    withs: list[int]
 
 
 def _scan(name: str, src: str) -> _Module:
@@ -177,7 +179,8 @@ def _scan(name: str, src: str) -> _Module:
         else:
             calls.append((fn, m.start(), m.end()))
     captured = _comprehension_args(masked, depth)
-    return _Module(name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured)
+    withs = [m.start() for m in _WITH.finditer(masked)]
+    return _Module(name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured, withs)
 
 
 def _literal_arg(mod: _Module, after_paren: int) -> _Literal | None:
@@ -239,6 +242,12 @@ def lint_source(source: PolicySource, is_builtin: Callable[[str], bool] | None =
             if message:
                 line, col = _position(mod.src, start)
                 errors.append(f"{source.where(mod.name)}:{line}:{col}: {message} (see {DOC})")
+        for offset in mod.withs:
+            line, col = _position(mod.src, offset)
+            errors.append(
+                f"{source.where(mod.name)}:{line}:{col}: 'with' is not supported by the embedded engine (it fails, or "
+                f"aborts the process, when the rule it applies to calls a built-in); test with tables (see {DOC})"
+            )
         for offset, arg in mod.captured_args:
             line, col = _position(mod.src, offset)
             errors.append(
