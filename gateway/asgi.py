@@ -205,9 +205,11 @@ class GatewayApp:
         owner_key = (agent.id, agent.auth, agent.team)
         if sid_raw is not None:
             bound = self._sessions.get(sid_raw.decode("latin-1"))
-            if bound is not None and bound[0] != owner_key:
-                # Never usable across agents: answered exactly like an unknown session.
-                await _jsonrpc_error(send, 404, -32001, "Session not found")
+            if bound is None or bound[0] != owner_key:
+                # Every session is bound to its agent when it is opened: an id without a binding is unknown (or
+                # forgotten), and another agent's id is never usable. Both get the SDK's own answer to an unknown
+                # session, byte for byte, so a probe cannot tell "someone else's" from "no such session".
+                await _jsonrpc_error(send, 404, -32600, "Session not found")
                 return
         scope.setdefault("state", {})[AGENT_KEY] = agent
         method = scope["method"]

@@ -107,6 +107,8 @@ class Catalog:
             up = Upstream(cfg, conn)
             if cfg.session_mode == "per_session":
                 up.sessions = self.session_upstreams
+                # The shared connection only lists: declare all that agents may bring, so nothing is left unlisted.
+                conn.client_capabilities = {"roots": {}, "sampling": {}, "elicitation": {}}
             conn.on_notification = self._notification_handler(up)
             self.upstreams[cfg.name] = up
         self._resource_owner: dict[str, str] = {}
@@ -122,10 +124,11 @@ class Catalog:
             await up.conn.start(tg)
 
     async def wait_ready(self, timeout: float) -> None:
+        """Each upstream gets its own start_timeout_s: one that is down does not hold the others' start up."""
         with anyio.move_on_after(timeout):
             async with anyio.create_task_group() as tg:
                 for up in self.upstreams.values():
-                    tg.start_soon(up.conn.wait_ready, timeout)
+                    tg.start_soon(up.conn.wait_ready, min(timeout, up.config.start_timeout_s))
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -141,14 +144,18 @@ class Catalog:
     def _notification_handler(self, up: Upstream) -> Callable[[str, dict[str, Any]], Any]:
         async def handle(method: str, params: dict[str, Any]) -> None:
             kind = _CHANGED.get(method)
-            if kind is not None:
-                await self.refresh(up, kind)
-                if self.on_list_changed is not None:
-                    await self.on_list_changed(up.name, method)
+            if kind is not None and self._tg is not None:
+                # Not inline: this runs in the connection's reader, which must stay free to read the list's answer.
+                self._tg.start_soon(self._list_changed, up, kind, method)
             elif self.on_notification is not None:
                 await self.on_notification(up.name, method, params)
 
         return handle
+
+    async def _list_changed(self, up: Upstream, kind: str, method: str) -> None:
+        await self.refresh(up, kind)
+        if self.on_list_changed is not None:
+            await self.on_list_changed(up.name, method)
 
     async def refresh(self, up: Upstream, only: str | None) -> None:
         """Fetch the upstream's lists (following pagination); a list it does not offer stays empty."""

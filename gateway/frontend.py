@@ -43,6 +43,13 @@ def agent_of(ctx: ServerRequestContext[Any, Any]) -> Agent:
     return agent
 
 
+def _recordable_id(rid: Any) -> Any:
+    """JSON-RPC allows integer ids of any size; the audit log and policy input take 64-bit ones, so text beyond."""
+    if isinstance(rid, int) and not -(2**63) <= rid < 2**64:
+        return str(rid)
+    return rid
+
+
 def make_request(ctx: ServerRequestContext[Any, Any], action: str, view: str | None, **fields: Any) -> Request:
     request = ctx.request
     client: dict[str, Any] = {}
@@ -56,7 +63,7 @@ def make_request(ctx: ServerRequestContext[Any, Any], action: str, view: str | N
         session_id=request.headers.get("mcp-session-id") if request is not None else None,
         client=client,
         protocol_version=ctx.protocol_version,
-        request_id=ctx.request_id,
+        request_id=_recordable_id(ctx.request_id),
         remote_addr=request.client.host if request is not None and request.client else None,
         **fields,
     )
