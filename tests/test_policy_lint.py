@@ -118,6 +118,16 @@ def test_check_config_reports_the_lint_error(tmp_path: Path) -> None:
     assert f"{root / 'gateway.rego'}:5:" in proc.stderr and "net.cidr_contains" in proc.stderr
 
 
+def test_a_policy_rego_cpp_cannot_build_is_refused_not_crashed_on(tmp_path: Path) -> None:
+    """rego-cpp returns a broken bundle for some errors instead of raising; evaluating it would crash the process."""
+    root = _policy(tmp_path, 'deny contains "x" if input.x\n\ndefault deny := set()\n\ndecision := {"allow": true}\n')
+    proc = subprocess.run([sys.executable, "-m", "gateway", "policy", "test", str(root)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert f"{root / 'gateway.rego'}:7:1: default deny: deny is a partial set" in proc.stderr
+    assert "Invalid rule body for set rule" in proc.stderr
+
+
 def test_a_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
     errors = _errors(tmp_path, 'decision := {"allow": true, "reasons": [] if {\n')
     assert errors and all(str(tmp_path / "policy" / "gateway.rego") in e for e in errors), errors

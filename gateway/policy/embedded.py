@@ -7,8 +7,14 @@ built-in denies instead of quietly making a deny rule undefined.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ from regopy.rego_shared import RegoError
 
 from gateway.policy.decision import Decision, PolicyError
 from gateway.policy.lint import check as lint
+from gateway.policy.lint import lint_source
 from gateway.policy.loader import PolicySource, load_policy
 
 _ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
@@ -43,6 +50,52 @@ def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
     return out or [f"{source.root}: {str(exc).strip()}"]
 
 
+_PRINTED_AT = re.compile(r"^-- (\S+?):(\d+):(\d+)\s*$", re.M)
+
+
+@contextmanager
+def _stdout_captured() -> Iterator[list[str]]:
+    """rego-cpp prints some compile errors on stdout and returns a broken bundle instead of raising (evaluating
+    that bundle crashes the process): capture what it prints so the error can be reported. Anything else written
+    to stdout meanwhile is passed on afterwards, not lost."""
+    captured: list[str] = []
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to capture, errors are reported without rego-cpp's words
+        yield captured
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield captured
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            captured.append(text)
+            if text and "Errors:" not in text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+
+def _printed_errors(text: str, source: PolicySource) -> list[str]:
+    out = []
+    for block in re.split(r"^-{8,}\s*$", text.replace("Errors:", "", 1), flags=re.M):
+        lines = [ln for ln in block.strip().splitlines() if ln.strip() and not set(ln.strip()) <= {"~", "-"}]
+        if not lines or lines[0].startswith("Pass "):
+            continue
+        where = _PRINTED_AT.search(block)
+        if where and where.group(1) in source.modules:
+            out.append(f"{source.where(where.group(1))}:{where.group(2)}:{where.group(3)}: {lines[0].strip()}")
+        else:
+            out.append(f"{source.root}: {lines[0].strip()} (the embedded engine gave no location)")
+    return list(dict.fromkeys(out)) or [f"{source.root}: the embedded engine could not compile this policy"]
+
+
 class CompiledPolicy:
     """One revision of the policy, compiled; immutable and shared by every evaluator thread."""
 
@@ -58,11 +111,14 @@ class CompiledPolicy:
             name = "data.json"
             builder.add_data_json(orjson.dumps(source.data).decode())
             query = "x := data." + decision_path.replace("/", ".")
-            self.bundle = builder.build(query, [decision_path])
+            with _stdout_captured() as printed:
+                self.bundle = builder.build(query, [decision_path])
         except RegoError as exc:
             raise PolicyError(_format_rego_error(exc, source)) from None
         except Exception as exc:  # regopy raises plain errors for some build failures
             raise PolicyError([f"{source.where(name)}: {exc}"]) from None
+        if not self.bundle.ok():  # the lint may know where: its findings first
+            raise PolicyError(lint_source(source) + _printed_errors("".join(printed), source))
         # rego-cpp compiles calls to built-ins it lacks and fails only when one runs: refuse them now.
         lint(source)
 

@@ -97,6 +97,8 @@ def _position(src: str, offset: int) -> tuple[int, int]:
     return src.count("\n", 0, offset) + 1, offset - (src.rfind("\n", 0, offset) + 1) + 1
 
 
+_DEFAULT = re.compile(r"^default\s+([A-Za-z_]\w*)", re.M)
+_PARTIAL_SET = re.compile(r"^([A-Za-z_]\w*)\s+contains\b", re.M)
 _WITH = re.compile(r"\bwith\s+[\w.\[\]]+\s+as\b")
 _FUNC_HEAD = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(([^()]*)\)", re.M)
 _RULE_START = re.compile(r"^[ \t]*(?!else\b)[A-Za-z_]", re.M)
@@ -157,6 +159,8 @@ class _Module:
     """(name, offset of the name, offset after the opening parenthesis)."""
     captured_args: list[tuple[int, str]]
     withs: list[int]
+    defaults: dict[str, int]
+    partial_sets: set[str]
 
 
 def _scan(name: str, src: str) -> _Module:
@@ -180,7 +184,12 @@ def _scan(name: str, src: str) -> _Module:
             calls.append((fn, m.start(), m.end()))
     captured = _comprehension_args(masked, depth)
     withs = [m.start() for m in _WITH.finditer(masked)]
-    return _Module(name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured, withs)
+    defaults = {m.group(1): m.start() for m in _DEFAULT.finditer(masked)}
+    partial_sets = {m.group(1) for m in _PARTIAL_SET.finditer(masked)}
+    return _Module(
+        name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured, withs, defaults,
+        partial_sets,
+    )
 
 
 def _literal_arg(mod: _Module, after_paren: int) -> _Literal | None:
@@ -222,8 +231,10 @@ def lint_source(source: PolicySource, is_builtin: Callable[[str], bool] | None =
         is_builtin = Interpreter().is_builtin
     mods = [_scan(name, src) for name, src in sorted(source.modules.items())]
     defined: dict[str, set[str]] = {}
+    partial_sets: dict[str, set[str]] = {}
     for mod in mods:
         defined.setdefault(mod.package, set()).update(mod.heads)
+        partial_sets.setdefault(mod.package, set()).update(mod.partial_sets)
     cache: dict[str, bool] = {}
     errors = []
     for mod in mods:
@@ -242,6 +253,13 @@ def lint_source(source: PolicySource, is_builtin: Callable[[str], bool] | None =
             if message:
                 line, col = _position(mod.src, start)
                 errors.append(f"{source.where(mod.name)}:{line}:{col}: {message} (see {DOC})")
+        for rule, offset in mod.defaults.items():
+            if rule in partial_sets.get(mod.package, ()):
+                line, col = _position(mod.src, offset)
+                errors.append(
+                    f"{source.where(mod.name)}:{line}:{col}: default {rule}: {rule} is a partial set (contains), "
+                    "which is always defined (empty when no rule adds to it); a default is an error"
+                )
         for offset in mod.withs:
             line, col = _position(mod.src, offset)
             errors.append(

@@ -1,0 +1,132 @@
+"""Decision time of the shipped policies on the embedded engine, for a ~1 KB input.
+
+Measures, in one process, interleaved in rounds so machine noise hits every variant alike:
+- ``decide``: one decision through the compiled policy on this thread's evaluator (what the gateway's worker
+  thread does: serialise the input, hand it to rego-cpp, evaluate, read the result);
+- ``decide (gateway path)``: the same through ``EmbeddedEngine.decide`` (the hop to a worker thread included);
+- ``list item``: a tools/list visibility decision (small input, no arguments);
+- ``trivial policy``: the same ~1 KB input through a policy that allows everything: the floor set by the input;
+- ``16 KB argument``: a call whose argument string is 16 KB, before and after the gateway trims it to 1 KB.
+Prints p50 and p99 per variant, the compile time, and the share of a decision spent on the input.
+
+    python bench/policy_bench.py [--decisions 3000] [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.decide import Decider, Request, trim  # noqa: E402
+from gateway.identity import Agent  # noqa: E402
+from gateway.metrics import Metrics  # noqa: E402
+from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine, compile_policy, new_evaluator  # noqa: E402
+from gateway.policy.loader import PolicySource  # noqa: E402
+
+
+def call_input(decider: Decider, command: str) -> dict[str, Any]:
+    """A realistic ~1 KB tools/call input, built by the gateway's own Decider."""
+    req = Request(
+        agent=Agent("ci-bot", "platform", ("ci",), "api_key"),
+        action="tools/call", view=None, name="sh__run",
+        arguments={"command": command, "cwd": "build", "timeout_s": 60, "stdin": "x" * 400},
+        session_id="5f0c2d1e9a8b4c7d8e9f0a1b2c3d4e5f",
+        client={"name": "claude-code", "version": "2.1.7", "title": "Claude Code"},
+        protocol_version="2025-11-25", request_id=17, remote_addr="127.0.0.1",
+    )
+    annotations = {"title": "Run a shell command", "readOnlyHint": False, "destructiveHint": False,
+                   "openWorldHint": False}
+    return decider.build_input(req, "sh", tool="run", annotations=annotations, arguments=req.arguments)
+
+
+def list_input(decider: Decider) -> dict[str, Any]:
+    req = Request(agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/list", view=None)
+    return decider.build_input(req, "time", tool="get_current_time", annotations={"readOnlyHint": True},
+                               action="tools/list")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    s = sorted(samples)
+    return s[len(s) // 2] * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--decisions", type=int, default=3000, help="decisions per variant")
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    policy = compile_policy(REPO / "rego", "gateway/decision")
+    compile_ms = (time.perf_counter() - t0) * 1000
+    trivial = CompiledPolicy(
+        PolicySource({"t.rego": 'package gateway\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": []}\n'},
+                     {}, "trivial", Path("trivial")), "gateway/decision")
+    engine = EmbeddedEngine(REPO / "rego", "gateway/decision", 1000, threads=1)
+    decider = Decider(engine, Metrics(), 16384)
+    call = call_input(decider, "pytest -q tests/test_policy_tables.py")
+    big = call_input(decider, "ls")
+    big["arguments"]["stdin"] = "y" * 16384
+    big_trimmed = {**big, "arguments": trim(big["arguments"], 1024)}
+    listing = list_input(decider)
+    size = len(orjson.dumps(call))
+    ev = new_evaluator()
+    first = policy.decide(ev, call)
+    assert first.allow and first.error is None, first
+
+    async def gateway_path(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await engine.decide(call)
+            out.append(time.perf_counter() - t)
+        return out
+
+    def timed(fn: Callable[[], object], n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return out
+
+    variants: dict[str, Callable[[int], list[float]]] = {
+        f"decide ({size} B input)": lambda n: timed(lambda: policy.decide(ev, call), n),
+        "decide (gateway path, thread hop)": lambda n: anyio.run(gateway_path, n),
+        f"list item ({len(orjson.dumps(listing))} B input)": lambda n: timed(lambda: policy.decide(ev, listing), n),
+        "trivial policy, same input": lambda n: timed(lambda: trivial.decide(ev, call), n),
+        f"16 KB argument, untrimmed ({len(orjson.dumps(big))} B)": lambda n: timed(lambda: policy.decide(ev, big), n),
+        f"16 KB argument, trimmed to 1 KB ({len(orjson.dumps(big_trimmed))} B)":
+            lambda n: timed(lambda: policy.decide(ev, big_trimmed), n),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    per_round = max(1, args.decisions // args.rounds)
+    for k, fn in variants.items():
+        fn(50)  # warm up
+    for _ in range(args.rounds):
+        for k, fn in variants.items():
+            samples[k].extend(fn(per_round))
+
+    print(f"shipped policy {policy.revision}: compiled in {compile_ms:.0f} ms; "
+          f"{per_round * args.rounds} decisions per variant")
+    print(f"{'variant':<52} {'p50 ms':>8} {'p99 ms':>8}")
+    for k, s in samples.items():
+        p50, p99 = percentiles(s)
+        print(f"{k:<52} {p50:>8.3f} {p99:>8.3f}")
+    floor = percentiles(samples["trivial policy, same input"])[0]
+    full = percentiles(samples[f"decide ({size} B input)"])[0]
+    print(f"input handling (the trivial policy's p50) is {floor / full:.0%} of a shipped-policy decision")
+
+
+if __name__ == "__main__":
+    main()
