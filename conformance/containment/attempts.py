@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (a table of shell programs: their lines read better unbroken)
 """The escape attempts of the containment battery.
 
 Each attempt is a small shell program (python3 heredocs where the shell cannot say it) that prints ESCAPED

@@ -16,6 +16,7 @@ import time
 PROTOCOL = "2025-11-25"
 MAX_OUT = 65536
 _write = threading.Lock()
+INSTANCE = os.urandom(6).hex()
 
 TOOLS = [
     {"name": "run", "description": "Run a command with /bin/sh -c inside this server's worker.",
@@ -64,7 +65,7 @@ def call(name, args):
     if name == "run":
         return run(args)
     if name == "whoami":
-        info = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}
+        info = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(), "instance": INSTANCE}
         return text(json.dumps(info), info)
     if name == "echo":
         return text(str(args.get("text", "")))

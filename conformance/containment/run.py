@@ -225,7 +225,7 @@ async def call(client: Any, tool: str, args: dict[str, Any]) -> RouteResult:
     s = r.structured_content
     if isinstance(s, dict) and "stdout" in s:
         return RouteResult(s.get("exit_code"), s.get("stdout", ""), s.get("stderr", ""), text if r.is_error else "")
-    return RouteResult(None, "", "", text if r.is_error else text)
+    return RouteResult(None, "", "", text)
 
 
 LIMIT_WORDS = {"pids": "process limit", "memory": "memory limit", "cpu": "CPU time limit", "timeout": "(timeout_s"}
@@ -265,8 +265,9 @@ async def prepare(ctx: Context, work: Path) -> None:
     gw = ctx.gw
     async with mcp_client(gw.url, KEYS[OTHER][2]) as c:
         for tool in ("sh__run", "box__run"):
-            r = await call(c, tool, {"command": f"echo {ctx.values['OTHER_MARK']} > secret.txt; "
-                                                f"echo {ctx.values['SHARED_MARK']} > /tmp/shared-{ctx.values['RAND']}; id -u"})
+            v = ctx.values
+            command = f"echo {v['OTHER_MARK']} > secret.txt; echo {v['SHARED_MARK']} > /tmp/shared-{v['RAND']}; id -u"
+            r = await call(c, tool, {"command": command})
             if r.exit_code != 0:
                 raise RuntimeError(f"preparing the other agent failed: {r}")
             ctx.other_uid = int(r.stdout.split()[-1])

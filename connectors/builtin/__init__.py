@@ -101,7 +101,7 @@ class BuiltinConnection:
         if not isinstance(args, dict):
             raise RemoteError(-32602, "arguments must be an object")
         scope = current_scope()
-        profile = up.runtime.effective(up.profile_name, scope.narrowing if scope is not None else None)
+        profile = up.runtime.effective(up.name, up.profile_name, scope.narrowing if scope is not None else None)
         try:
             result, run = await up.toolset.call(name, args, self.agent, profile, min(timeout, profile.timeout_s))
         except UpstreamError:

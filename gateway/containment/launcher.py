@@ -170,6 +170,7 @@ class Launcher:
         self.deny_file = str(runtime_dir / "denied")
         self.deny_dir = str(runtime_dir / "denied.d")
         self._prlimit = caps.prlimit or "/usr/bin/prlimit"
+        self._setpriv = caps.setpriv or "/usr/bin/setpriv"
 
     def prepare_runtime(self) -> None:
         """The masks' sources: an empty, mode-0000, root-owned file and directory (workers cannot open them)."""
@@ -230,7 +231,8 @@ class Launcher:
                 proc_env: dict[str, str] = {}
                 proc_cwd = "/"
             else:
-                command = argv
+                # Dies with the gateway (the sandbox tier gets this from bwrap), and never gains privileges.
+                command = [self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *argv]
                 proc_env = env
                 proc_cwd = cwd
             # The gate is the first line of the worker's stdin: the shell's `read` takes exactly that line.

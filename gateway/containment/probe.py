@@ -53,6 +53,7 @@ class HostCapabilities:
     seccomp_error: str
     helper_python: str | None
     prlimit: str | None
+    setpriv: str | None
     cgroups: CgroupSupport
     notes: list[str] = field(default_factory=list)
 
@@ -86,6 +87,8 @@ class HostCapabilities:
             return need
         if not self.prlimit:
             need.append("prlimit(1) from util-linux, which sets the worker's rlimits")
+        if p.tier == "process" and not self.setpriv:
+            need.append("setpriv(1) from util-linux (no_new_privs, die with the gateway)")
         if p.tier == "process" and not self.uid_drop:
             need.append("a dedicated uid per agent (run the gateway as root, or use tier 'sandbox')")
         if p.tier == "sandbox":
@@ -155,6 +158,7 @@ def probe(helper_python: str, probe_uid: int | None, cgroup_tag: str) -> HostCap
         seccomp_error=sec_err,
         helper_python=_check_helper(helper_python),
         prlimit=shutil.which("prlimit"),
+        setpriv=shutil.which("setpriv"),
         cgroups=probe_cgroups(cgroup_tag, root),
     )
     if not root:

@@ -92,6 +92,8 @@ class Containment:
         self.pool.on_removed = self._worker_removed
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
+        self._one_shots = anyio.CapacityLimiter(cfg.max_workers)
+        """One-shot workers (built-in tool calls) running at once; the same ceiling as long-lived workers."""
 
     # --- report ----------------------------------------------------------------------------------------
 
@@ -143,17 +145,17 @@ class Containment:
 
     # --- profiles per call -----------------------------------------------------------------------------
 
-    def effective(self, name: str, narrowing: Any) -> Profile:
+    def effective(self, server: str, name: str, narrowing: Any) -> Profile:
         """The profile a call runs under: the configured one, narrowed by the policy (never widened)."""
         base = self.profiles[name]
         try:
             p = narrow(base, narrowing, self.profiles)
         except NarrowingError as exc:
-            raise UpstreamError(name, "containment", f"refused: {exc}") from None
+            raise UpstreamError(server, "containment", f"refused the call: {exc}") from None
         need = self.missing(p)
         if need:
             lacks = "; ".join(need)
-            raise UpstreamError(name, "unavailable", f"cannot run: profile {name!r} needs what this host lacks: "
+            raise UpstreamError(server, "unavailable", f"cannot run: profile {name!r} needs what this host lacks: "
                                 f"{lacks}")
         return p
 
@@ -202,6 +204,18 @@ class Containment:
     # --- one-shot workers (built-in tools) -------------------------------------------------------------
 
     async def run_once(self, req: LaunchRequest, stdin: bytes, timeout: float, output_limit: int) -> RunResult:
+        try:
+            with anyio.fail_after(timeout):
+                await self._one_shots.acquire()
+        except TimeoutError:
+            raise UpstreamError(req.server, "unavailable", f"no room for another worker: {self.cfg.max_workers}"
+                                " are running (max_workers)") from None
+        try:
+            return await self._run_once(req, stdin, timeout, output_limit)
+        finally:
+            self._one_shots.release()
+
+    async def _run_once(self, req: LaunchRequest, stdin: bytes, timeout: float, output_limit: int) -> RunResult:
         p = req.profile
         t0 = time.perf_counter()
         try:

@@ -52,6 +52,7 @@ class ContainedUpstream:
         self.restarts = 0
         self.last_error = "not started"
         self._ready = anyio.Event()
+        self._refused = False
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -82,6 +83,7 @@ class ContainedUpstream:
         if need:
             self.last_error = f"containment profile {self.profile_name!r} cannot be enforced here: {'; '.join(need)}"
             log.error("upstream %s: %s", self.name, self.last_error)
+            self._refused = True
             return
         tg.start_soon(self._first_contact)
 
@@ -99,6 +101,8 @@ class ContainedUpstream:
         self.on_state(self, True)
 
     async def wait_ready(self, timeout: float) -> bool:
+        if self._refused:
+            return False
         with anyio.move_on_after(timeout):
             await self._ready.wait()
         return self._ready.is_set()
@@ -129,7 +133,7 @@ class AgentConnection:
                       on_progress: ProgressFn | None = None) -> dict[str, Any]:
         up = self.upstream
         scope = current_scope()
-        profile = up.runtime.effective(up.profile_name, scope.narrowing if scope is not None else None)
+        profile = up.runtime.effective(up.name, up.profile_name, scope.narrowing if scope is not None else None)
         timeout = min(timeout, profile.timeout_s)
         w = await up._worker(self.agent, profile)
         if scope is not None:
