@@ -63,10 +63,12 @@ def test_the_issue_example_config_loads() -> None:
     ("text", "expected"),
     [
         ('[[upstreams]]\nname = "sh"\ntransport = "builtin"\ntools = "shell"\n', "need tools"),
-        ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "nope"\n', "'nope' is not defined"),
+        ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "nope"\n',
+         "'nope' is not defined"),
         ('[[upstreams]]\nname = "x"\ntransport = "http"\nurl = "http://a/"\ncontainment = "strict"\n',
          "containment is for stdio and builtin"),
-        ('[containment.profiles.p]\ntier = "process"\ndeny = ["/x"]\nnetwork = "host"\n', "tier 'process' cannot enforce"),
+        ('[containment.profiles.p]\ntier = "process"\ndeny = ["/x"]\nnetwork = "host"\n',
+         "tier 'process' cannot enforce"),
         ('[containment.profiles.p]\ntier = "process"\n', "network = 'none'"),
         ('[containment.profiles.p]\ntier = "sandbox"\nread_only = ["relative/path"]\n', "must be an absolute path"),
         ('[containment.profiles.p]\ntier = "sandbox"\nread_write = ["{home}/x"]\n', "unknown placeholder"),
@@ -148,8 +150,8 @@ def test_bad_mxc_documents_are_refused(doc: object) -> None:
 
 
 def strict() -> Profile:
-    return build_profile("strict", ProfileConfig.model_validate(tomllib.loads(STRICT)["containment"]["profiles"]["strict"]),
-                         Path("."))
+    cfg = ProfileConfig.model_validate(tomllib.loads(STRICT)["containment"]["profiles"]["strict"])
+    return build_profile("strict", cfg, Path("."))
 
 
 def tiny() -> Profile:
