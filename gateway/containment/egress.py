@@ -10,6 +10,7 @@ to the address it checked, so a second lookup cannot swap it. Refusals are count
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -91,6 +92,13 @@ def parse_target(head: bytes) -> tuple[str, str, int, bytes]:
 
 
 class EgressProxy:
+    """Serves the per-worker Unix sockets on asyncio streams.
+
+    asyncio's own Unix server rather than anyio's: cancelling an anyio Unix socket stream while a read is
+    pending can race its readiness callback (``InvalidStateError``), and a worker's connections end when the
+    worker does (its end of the socket closes), so they are left to finish rather than cancelled.
+    """
+
     def __init__(
         self,
         directory: str,
@@ -100,37 +108,40 @@ class EgressProxy:
         self.directory = directory
         self._on_refused = on_refused
         self._address_ok = address_ok
-        self._tg: anyio.abc.TaskGroup | None = None
         self.refused = 0
+        self._connections: set[asyncio.Task[None]] = set()
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
-        self._tg = tg
+        """Kept for symmetry with the other runtime parts: the servers live on the running event loop."""
 
     async def open(self, grant: EgressGrant, uid: int | None) -> tuple[str, Callable[[], Awaitable[None]]]:
         """A socket for one worker: (host path, close function)."""
-        assert self._tg is not None, "EgressProxy.start first"
         path = os.path.join(self.directory, f"{grant.worker}.sock")
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        listener = await anyio.create_unix_listener(path)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._connections.add(task)
+            try:
+                await self._handle(reader, writer, grant)
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+                if task is not None:
+                    self._connections.discard(task)
+
+        server = await asyncio.start_unix_server(handle, path, limit=MAX_HEAD)
         os.chmod(path, 0o600)
         if uid is not None:
             os.chown(path, uid, uid)
-        scope = anyio.CancelScope()
-
-        async def serve() -> None:
-            with scope:
-                async with listener, anyio.create_task_group() as tg:
-                    while True:
-                        conn = await listener.accept()
-                        tg.start_soon(self._handle, conn, grant)
-
-        self._tg.start_soon(serve)
 
         async def close() -> None:
-            scope.cancel()
+            server.close()
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -167,65 +178,55 @@ class EgressProxy:
             raise Refused(f"{host} resolves to a private, loopback or reserved address ({bad[0]})")
         return addrs[0]
 
-    async def _handle(self, client: anyio.abc.SocketStream, grant: EgressGrant) -> None:
-        async with client:
-            head = b""
-            try:
-                with anyio.fail_after(30):
-                    while b"\r\n\r\n" not in head:
-                        chunk = await client.receive(4096)
-                        head += chunk
-                        if len(head) > MAX_HEAD:
-                            raise Refused("request head too large")
-            except (Refused, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
-                if isinstance(exc, Refused):
-                    await _send_quietly(client, self._refuse(grant, "?", str(exc)))
-                return
-            head, _, body = head.partition(b"\r\n\r\n")
-            head += b"\r\n\r\n"
-            dest = "?"
-            try:
-                method, host, port, upstream_head = parse_target(head)
-                dest = f"{host}:{port}"
-                if not host_allowed(host, port, grant.allow_hosts):
-                    raise Refused("not in the profile's allow_hosts")
-                addr = await self._resolve(host, port)
-                with anyio.fail_after(CONNECT_TIMEOUT):
-                    remote = await anyio.connect_tcp(str(addr), port)
-            except Refused as exc:
-                await _send_quietly(client, self._refuse(grant, dest, str(exc)))
-                return
-            except (OSError, TimeoutError) as exc:
-                await _send_quietly(client, b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"
-                                    + f"cannot connect to {dest}: {exc}\n".encode())
-                return
-            async with remote:
-                if method == "CONNECT":
-                    await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                else:
-                    await remote.send(upstream_head)
-                if body:
-                    await remote.send(body)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_relay, client, remote, tg.cancel_scope)
-                    tg.start_soon(_relay, remote, client, tg.cancel_scope)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, grant: EgressGrant) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        except (asyncio.LimitOverrunError, ValueError):
+            writer.write(self._refuse(grant, "?", "request head too large"))
+            await writer.drain()
+            return
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return
+        dest = "?"
+        try:
+            method, host, port, upstream_head = parse_target(head)
+            dest = f"{host}:{port}"
+            if not host_allowed(host, port, grant.allow_hosts):
+                raise Refused("not in the profile's allow_hosts")
+            addr = await self._resolve(host, port)
+            remote_r, remote_w = await asyncio.wait_for(asyncio.open_connection(str(addr), port), CONNECT_TIMEOUT)
+        except Refused as exc:
+            writer.write(self._refuse(grant, dest, str(exc)))
+            await writer.drain()
+            return
+        except (OSError, TimeoutError) as exc:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"
+                         + f"cannot connect to {dest}: {exc}\n".encode())
+            await writer.drain()
+            return
+        try:
+            if method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+            else:
+                remote_w.write(upstream_head)
+            await asyncio.gather(_relay(reader, remote_w), _relay(remote_r, writer))
+        finally:
+            remote_w.close()
 
 
-async def _send_quietly(stream: anyio.abc.SocketStream, data: bytes) -> None:
-    try:
-        await stream.send(data)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
-
-
-async def _relay(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, scope: anyio.CancelScope) -> None:
+async def _relay(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
     try:
         while True:
-            data = await src.receive(65536)
-            await dst.send(data)
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            data = await src.read(65536)
+            if not data:
+                break
+            dst.write(data)
+            await dst.drain()
+    except OSError:
         pass
     try:
-        await dst.send_eof()
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, NotImplementedError):
-        scope.cancel()
+        if dst.can_write_eof():
+            dst.write_eof()
+    except OSError:
+        pass
