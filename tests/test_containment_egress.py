@@ -111,11 +111,13 @@ async def test_proxy_relays_a_listed_destination(tmp_path: Path) -> None:
     async with http_server() as (port, seen), anyio.create_task_group() as tg:
         proxy.start(tg)
         path, close = await proxy.open(EgressGrant("srv", "alice", "w1", (f"127.0.0.1:{port}",)), None)
-        got = await ask(path, f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: a\r\nProxy-Connection: k\r\n\r\n".encode())
+        request = f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: a\r\nProxy-Connection: k\r\n\r\n"
+        got = await ask(path, request.encode())
         assert got.startswith(b"HTTP/1.1 200") and got.endswith(BODY)
         assert seen[-1].startswith(b"GET /x HTTP/1.1\r\n") and b"Proxy-" not in seen[-1]
         tunnel = await ask(path, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        assert tunnel.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK") and tunnel.endswith(BODY)
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK")
+        assert tunnel.endswith(BODY)
         await close()
         tg.cancel_scope.cancel()
 
