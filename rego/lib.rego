@@ -27,9 +27,12 @@ catalogue_request if {
 # grants[role][upstream] lists the tools a role may use on an upstream, "*" for all of them.
 tool_granted(grants) if {
 	some role in input.agent.roles
-	some name in grants[role][input.server]
-	name in {"*", input.tool}
+	names_match(grants[role][input.server])
 }
+
+names_match(names) if "*" in names
+
+names_match(names) if input.tool in names
 
 # Any grant on an upstream lets a role use its prompts and resources.
 server_granted(grants) if {
@@ -82,18 +85,11 @@ has_shell_operators(command) if {
 command_words(command) := regex.split("\\s+", trim_space(command))
 
 # allowed[program] lists the first arguments a program may take, "*" for any.
-command_allowed(command, allowed) if {
-	words := command_words(command)
-	subcommands := allowed[words[0]]
-	some sub in subcommands
-	subcommand_ok(sub, words)
-}
+words_allowed(words, allowed) if "*" in allowed[words[0]]
 
-subcommand_ok("*", _) := true
-
-subcommand_ok(sub, words) if {
+words_allowed(words, allowed) if {
 	count(words) > 1
-	words[1] == sub
+	words[1] in allowed[words[0]]
 }
 
 # --- URLs --------------------------------------------------------------------------------------------------
@@ -136,16 +132,12 @@ in_dated_window(w) if {
 # Every team ends with decision := lib.decide(deny, grants, containment):
 # allowed when something grants the request and nothing denies it; the reasons are every deny message;
 # containment (only on allowed calls) narrows the worker's profile for this call, never widens it.
-decide(deny, grants, containment) := d if {
-	count(deny) == 0
-	count(global_deny) == 0
-	grants == true
-	d := allowed(containment)
-} else := {"allow": false, "reasons": r} if {
+decide(deny, grants, containment) := {"allow": false, "reasons": r} if {
 	r := deny | global_deny
 	count(r) > 0
+} else := {"allow": true, "reasons": []} if {
+	grants
+	count(containment) == 0
+} else := {"allow": true, "reasons": [], "containment": containment} if {
+	grants
 } else := {"allow": false, "reasons": ["no rule allows this request"]}
-
-allowed(containment) := {"allow": true, "reasons": []} if count(containment) == 0
-
-allowed(containment) := {"allow": true, "reasons": [], "containment": containment} if count(containment) > 0

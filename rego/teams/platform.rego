@@ -36,7 +36,7 @@ grants if {
 deny contains "destructive tools need the admin role" if {
 	lib.is_call
 	input.annotations.destructiveHint == true
-	not lib.has_role("admin")
+	not is_admin
 }
 
 # --- time: conversions only between the zones the team works in ----------------------------------------------
@@ -78,26 +78,21 @@ deny contains "run needs a command string" if {
 
 deny contains "command uses shell operators (; & | < > $ ` ( ) { } \\ or a newline); only single allow-listed commands may run" if {
 	shell_call
-	not lib.has_role("admin")
+	not is_admin
 	lib.has_shell_operators(args.command)
 }
 
 deny contains msg if {
 	shell_call
-	not lib.has_role("admin")
-	is_string(args.command)
-	program := lib.command_words(args.command)[0]
-	not program_listed(program)
-	msg := concat("", ["command ", program, " is not in the allow-list of your roles"])
+	not is_admin
+	command_verdict == "program not listed"
+	msg := concat("", ["command ", words[0], " is not in the allow-list of your roles"])
 }
 
 deny contains msg if {
 	shell_call
-	not lib.has_role("admin")
-	is_string(args.command)
-	words := lib.command_words(args.command)
-	program_listed(words[0])
-	not command_allowed(args.command)
+	not is_admin
+	command_verdict == "form not listed"
 	msg := concat("", [
 		words[0], " may only run as: ", words[0], " ", concat(" | ", sort(subcommands(words[0]))),
 		" (not ", trim_space(args.command), ")",
@@ -123,10 +118,20 @@ shell_call if {
 	input.tool == "run"
 }
 
-command_allowed(command) if {
+# The command split into words, once per decision (a rule is computed once, a function at every call).
+words := lib.command_words(args.command) if is_string(args.command)
+
+# The allow-list's verdict on this call's command, computed once per decision.
+command_verdict := "allowed" if {
 	some role in input.agent.roles
-	lib.command_allowed(command, team.commands[role])
+	lib.words_allowed(words, team.commands[role])
+} else := "form not listed" if {
+	program_listed(words[0])
+} else := "program not listed" if {
+	is_string(args.command)
 }
+
+is_admin if lib.has_role("admin")
 
 program_listed(program) if {
 	some role in input.agent.roles
@@ -154,7 +159,7 @@ deny contains msg if {
 deny contains msg if {
 	files_call
 	input.tool == "write_file"
-	not lib.has_role("admin")
+	not is_admin
 	path := object.get(args, "path", null)
 	not lib.path_matches(path, team.writable_paths)
 	msg := concat("", ["path ", path, " is not writable (writable: ", concat(", ", team.writable_paths), ")"])
@@ -167,28 +172,29 @@ files_call if {
 
 # --- fetch: https to the team's hosts only -------------------------------------------------------------------
 
+# Parsed once per decision (a rule's value is computed once; a function call is evaluated at every use).
+url_parts := lib.url_parts(args.url)
+
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
 	url := object.get(args, "url", null)
-	not lib.url_parts(url)
+	not url_parts
 	msg := sprintf("url %v is not an absolute URL with a plain host name", [url])
 }
 
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
-	url := lib.url_parts(args.url)
-	url.scheme != "https"
-	msg := concat("", ["url scheme ", url.scheme, " is not allowed (https only)"])
+	url_parts.scheme != "https"
+	msg := concat("", ["url scheme ", url_parts.scheme, " is not allowed (https only)"])
 }
 
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
-	url := lib.url_parts(args.url)
-	not lib.host_allowed(url.host, team.fetch_hosts)
-	msg := concat("", ["host ", url.host, " is not in the team's fetch allow-list"])
+	not lib.host_allowed(url_parts.host, team.fetch_hosts)
+	msg := concat("", ["host ", url_parts.host, " is not in the team's fetch allow-list"])
 }
 
 # --- containment: CI's shell and file calls run without network; file reads read-only ------------------------
@@ -196,11 +202,11 @@ deny contains msg if {
 containment := {"network": "none", "read_only": true} if {
 	files_call
 	input.tool != "write_file"
-	not lib.has_role("admin")
+	not is_admin
 } else := {"network": "none"} if {
 	input.server in {"sh", "files"}
 	lib.is_call
-	not lib.has_role("admin")
+	not is_admin
 } else := {}
 
 decision := lib.decide(deny, grants, containment)

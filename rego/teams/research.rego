@@ -58,19 +58,20 @@ readable(path) if {
 	lib.path_matches(path, team.readable_paths)
 }
 
+url_parts := lib.url_parts(args.url)
+
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
-	url := lib.url_parts(args.url)
-	not lib.host_allowed(url.host, team.fetch_hosts)
-	msg := concat("", ["host ", url.host, " is not in the team's fetch allow-list"])
+	not lib.host_allowed(url_parts.host, team.fetch_hosts)
+	msg := concat("", ["host ", url_parts.host, " is not in the team's fetch allow-list"])
 }
 
 deny contains msg if {
 	lib.is_call
 	input.server == "fetch"
 	url := object.get(args, "url", null)
-	not lib.url_parts(url)
+	not url_parts
 	msg := sprintf("url %v is not an absolute URL with a plain host name", [url])
 }
 
