@@ -199,15 +199,41 @@ def _field(text: str, name: str) -> int:
 
 
 class WorkerCgroup:
-    """One worker's group in every usable controller."""
+    """One worker's group in every usable controller.
+
+    The counters read on every call (OOM kills, refused forks, CPU time) are kept open and read with pread:
+    a fresh open of a cgroup file costs ~20 us, a pread under 1 us.
+    """
 
     def __init__(self, support: CgroupSupport, name: str):
         self.support = support
         self.dirs: dict[str, Path] = {}
+        self._fds: dict[str, int] = {}
         for ctrl, base in support.bases.items():
             d = base / name
             d.mkdir(exist_ok=True)
             self.dirs[ctrl] = d
+
+    def _counter(self, ctrl: str, name: str) -> str:
+        key = f"{ctrl}/{name}"
+        fd = self._fds.get(key)
+        if fd is None:
+            d = self.dirs.get(ctrl)
+            if d is None:
+                return ""
+            try:
+                fd = self._fds[key] = os.open(d / name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return ""
+        try:
+            return os.pread(fd, 4096, 0).decode()
+        except OSError:
+            return ""
+
+    def close_counters(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def limit(self, memory_mb: int, pids: int) -> None:
         mem = memory_mb * 1024 * 1024
@@ -236,14 +262,14 @@ class WorkerCgroup:
 
     def oom_kills(self) -> int:
         if "unified" in self.dirs:
-            return _field(_read(self.dirs["unified"] / "memory.events"), "oom_kill")
+            return _field(self._counter("unified", "memory.events"), "oom_kill")
         if "memory" in self.dirs:
-            return _field(_read(self.dirs["memory"] / "memory.oom_control"), "oom_kill")
+            return _field(self._counter("memory", "memory.oom_control"), "oom_kill")
         return 0
 
     def pids_refused(self) -> int:
-        d = self.dirs.get("unified") or self.dirs.get("pids")
-        return _field(_read(d / "pids.events"), "max") if d is not None else 0
+        ctrl = "unified" if "unified" in self.dirs else "pids"
+        return _field(self._counter(ctrl, "pids.events"), "max") if ctrl in self.dirs else 0
 
     def memory_peak_mb(self) -> float:
         if "memory" in self.dirs:
@@ -265,9 +291,9 @@ class WorkerCgroup:
 
     def cpu_seconds(self) -> float | None:
         if "unified" in self.dirs:
-            return _field(_read(self.dirs["unified"] / "cpu.stat"), "usage_usec") / 1e6
+            return _field(self._counter("unified", "cpu.stat"), "usage_usec") / 1e6
         if "cpuacct" in self.dirs:
-            raw = _read(self.dirs["cpuacct"] / "cpuacct.usage").strip()
+            raw = self._counter("cpuacct", "cpuacct.usage").strip()
             return int(raw) / 1e9 if raw.isdigit() else None
         return None
 
@@ -310,6 +336,7 @@ class WorkerCgroup:
 
     async def remove(self) -> None:
         """Kill what is left and remove the directories; killed tasks leave asynchronously, so retry."""
+        self.close_counters()
         for attempt in range(100):
             if self.procs():
                 self.kill_all()
