@@ -68,7 +68,7 @@ class JsonRpcPeer:
         self.protocol_version = PROTOCOL_VERSION
         self.client_capabilities: dict[str, Any] = {"roots": {}}
         """What the gateway declares to the upstream; a per-session connection declares what its agent declared."""
-        self._spawn: Callable[..., None] | None = None
+        self._spawn: Callable[..., Any] | None = None
         """Starts a background task; server-to-client requests run there so they never block the reader."""
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -144,7 +144,8 @@ class JsonRpcPeer:
                 pending.done.set()
             return
         method = msg["method"]
-        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        raw = msg.get("params")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if "id" in msg:
             if self._spawn is not None:
                 self._spawn(self._answer, msg["id"], method, params)

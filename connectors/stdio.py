@@ -64,9 +64,10 @@ class StdioConnector(JsonRpcPeer):
         return self._ready.is_set()
 
     async def request(self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: Any = None):
-        if not self._ready.is_set():
-            if self._stopping or not await self.wait_ready(min(timeout, self.start_timeout)):
-                raise UpstreamError(self.name, "unavailable", f"is not running ({self.last_error})")
+        if not self._ready.is_set() and (
+            self._stopping or not await self.wait_ready(min(timeout, self.start_timeout))
+        ):
+            raise UpstreamError(self.name, "unavailable", f"is not running ({self.last_error})")
         return await super().request(method, params, timeout, on_progress)
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -119,7 +120,9 @@ class StdioConnector(JsonRpcPeer):
                 tg.start_soon(self._drain_stderr, proc)
                 try:
                     with anyio.fail_after(self.start_timeout):
-                        result = await JsonRpcPeer.request(self, "initialize", self._initialize_params(), self.start_timeout)
+                        result = await JsonRpcPeer.request(
+                            self, "initialize", self._initialize_params(), self.start_timeout
+                        )
                     self._adopt(result)
                     await self.notify("notifications/initialized")
                 except TimeoutError:
@@ -133,7 +136,8 @@ class StdioConnector(JsonRpcPeer):
                 tg.cancel_scope.cancel()
         finally:
             self._spawn = None
-            self._fail_all(UpstreamError(self.name, "crashed", f"stopped while the call was in flight ({self.last_error})"))
+            why = f"stopped while the call was in flight ({self.last_error})"
+            self._fail_all(UpstreamError(self.name, "crashed", why))
             with anyio.CancelScope(shield=True):
                 await self._kill(proc)
             self._proc = None

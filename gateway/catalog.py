@@ -170,7 +170,7 @@ class Catalog:
             cursor = None
             try:
                 for _ in range(100):
-                    params = {"cursor": cursor} if cursor else {}
+                    params: dict[str, Any] = {"cursor": cursor} if cursor else {}
                     result = await up.conn.request(method, params, up.config.timeout_s)
                     items.extend(i for i in result.get(key, []) if isinstance(i, dict))
                     cursor = result.get("nextCursor")

@@ -86,8 +86,8 @@ def _guard(fn: Handler) -> Handler:
 
 
 def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
-    meta = ctx.meta or {}
-    token = meta.get("progress_token", meta.get("progressToken"))  # type: ignore[call-overload]
+    meta: Any = ctx.meta or {}
+    token: str | int | None = meta.get("progress_token", meta.get("progressToken"))
     if token is None:
         return None
 
@@ -204,7 +204,7 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
     def session_of(ctx: ServerRequestContext[Any, Any]) -> AgentSession | None:
         connection = getattr(ctx.session, "_connection", None)
         sid = getattr(connection, "session_id", None)
-        if sid is None or ctx.method == "initialize":
+        if connection is None or sid is None or ctx.method == "initialize":
             return None
         session = relay.sessions.get(sid)
         if session is None:
@@ -269,11 +269,11 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
         return await pipeline.set_log_level(make_request(ctx, "logging/setLevel", view), level)
 
     server.middleware.append(middleware)
-    server.add_request_handler("completion/complete", types.CompleteRequestParams, _guard(complete))  # type: ignore[arg-type]
-    server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, _guard(subscribe))  # type: ignore[arg-type]
-    server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, _guard(unsubscribe))  # type: ignore[arg-type]
+    server.add_request_handler("completion/complete", types.CompleteRequestParams, _guard(complete))
+    server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, _guard(subscribe))
+    server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, _guard(unsubscribe))
     # Registered directly: the constructor keyword warns that logging is deprecated in the newest era.
-    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _guard(set_level))  # type: ignore[arg-type]
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _guard(set_level))
     # Upstream lists change and the gateway says so (notifications/*/list_changed go to every session).
     server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
         server.create_initialization_options, NotificationOptions(True, True, True)

@@ -273,8 +273,9 @@ class Pipeline:
 
     async def complete(self, req: Request, params: dict[str, Any]) -> dict[str, Any]:
         """completion/complete for a prompt argument or a resource template, routed like the prompt or resource."""
-        ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
-        argument = params.get("argument") if isinstance(params.get("argument"), dict) else {}
+        raw_ref, raw_arg = params.get("ref"), params.get("argument")
+        ref: dict[str, Any] = raw_ref if isinstance(raw_ref, dict) else {}
+        argument: dict[str, Any] = raw_arg if isinstance(raw_arg, dict) else {}
         if ref.get("type") == "ref/prompt":
             up, name = self.catalog.split(str(ref.get("name", "")), req.view)
             known = up if up is not None and name in up.prompts else None

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import start_gateway  # noqa: E402
+from run import start_gateway
 
 
 def _args_for(schema: dict[str, Any]) -> dict[str, Any]:

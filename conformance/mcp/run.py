@@ -46,7 +46,8 @@ def ensure_installed() -> None:
     """npm ci into conformance/mcp when node_modules is missing or older than the lock file."""
     lock = HERE / "package-lock.json"
     stamp = HERE / "node_modules" / ".package-lock.json"
-    if SUITE.exists() and (NODE_BIN / "node").exists() and stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+    fresh = stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime
+    if SUITE.exists() and (NODE_BIN / "node").exists() and fresh:
         return
     npm = shutil.which("npm")
     if npm is None:
