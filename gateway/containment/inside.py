@@ -85,12 +85,12 @@ def landlock(spec):
     handled = fs_rights(abi)
     attr = RulesetAttr(handled, 0, 0)
     size = 8
-    net = spec.get("net")
-    if net is not None and abi >= 4:
+    # TCP port rules (ABI 4+) back up the network namespace and seccomp's socket rules; on older kernels
+    # those two still hold, so the rules are skipped rather than refusing to run.
+    net = spec.get("net") if abi >= 4 else None
+    if net is not None:
         attr.net = BIND_TCP | CONNECT_TCP
         size = 16
-    elif net is not None:
-        die(f"Landlock ABI {abi} cannot restrict TCP ports")
     if abi >= 6:
         attr.scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL
         size = 24

@@ -157,7 +157,26 @@ class WorkerProcess:
                 await self.cgroup.remove()
 
 
+@dataclass
+class TierCommand:
+    """How a tier starts a worker, behind the shared gate (own uid, cgroups, rlimits, own session)."""
+
+    command: list[str]
+    fds: list[int]
+    """Inherited by the worker (closed in the gateway once it started)."""
+    close: Callable[[], Awaitable[None]] | None
+    """Releases what the tier set up for this worker (its egress socket)."""
+    env: dict[str, str]
+    cwd: str
+
+
+TierBuilder = Callable[..., Awaitable[TierCommand]]
+
+
 class Launcher:
+    """Starts workers. A tier is a ``TierBuilder`` in ``self.tiers``: a heavier one (gVisor ``runsc``, a
+    micro-VM) is one more entry that returns its command line, with the probe saying when the host has it."""
+
     def __init__(self, caps: HostCapabilities, workspaces: Workspaces, egress: EgressProxy | None,
                  cgroups: CgroupSupport, runtime_dir: Path, helper_python: str):
         self.caps = caps
@@ -171,6 +190,7 @@ class Launcher:
         self.deny_dir = str(runtime_dir / "denied.d")
         self._prlimit = caps.prlimit or "/usr/bin/prlimit"
         self._setpriv = caps.setpriv or "/usr/bin/setpriv"
+        self.tiers: dict[str, TierBuilder] = {"process": self._process_command, "sandbox": self._sandbox_command}
 
     def prepare_runtime(self) -> None:
         """The masks' sources: an empty, mode-0000, root-owned file and directory (workers cannot open them)."""
@@ -226,15 +246,8 @@ class Launcher:
             if self.cgroups.bases:
                 cgroup = WorkerCgroup(self.cgroups, f"{wid}.{os.getpid()}")
                 cgroup.limit(p.memory_mb, p.pids)
-            if p.tier == "sandbox":
-                command, fds, close_egress = await self._sandbox_command(req, p, ws, wid, env, argv, cwd, uid)
-                proc_env: dict[str, str] = {}
-                proc_cwd = "/"
-            else:
-                # Dies with the gateway (the sandbox tier gets this from bwrap), and never gains privileges.
-                command = [self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *argv]
-                proc_env = env
-                proc_cwd = cwd
+            tc = await self.tiers[p.tier](req, p, ws, wid, env, argv, cwd, uid)
+            command, fds, close_egress, proc_env, proc_cwd = tc.command, tc.fds, tc.close, tc.env, tc.cwd
             # The gate is the first line of the worker's stdin: the shell's `read` takes exactly that line.
             unset = "" if "PWD" in proc_env else "unset PWD; "
             limits = [f"--{name}={soft}:{hard}" for name, (soft, hard) in self._rlimits(p, long_lived).items()]
@@ -275,17 +288,23 @@ class Launcher:
             if close_egress is not None:
                 await close_egress()
 
+    async def _process_command(self, req: LaunchRequest, p: Profile, ws: Workspace, wid: str, env: dict[str, str],
+                               argv: list[str], cwd: str, uid: int | None) -> TierCommand:
+        # Dies with the gateway (the sandbox tier gets this from bwrap), and never gains privileges.
+        return TierCommand([self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *argv], [], None, env, cwd)
+
     async def _sandbox_command(self, req: LaunchRequest, p: Profile, ws: Workspace, wid: str, env: dict[str, str],
-                               argv: list[str], cwd: str, uid: int | None
-                               ) -> tuple[list[str], list[int], Callable[[], Awaitable[None]] | None]:
+                               argv: list[str], cwd: str, uid: int | None) -> TierCommand:
         assert self.caps.bwrap is not None
         paths = paths_for(p, ws.path, req.agent)
         fds: list[int] = []
         passwd, group, hosts = bw.passwd_files(ws.uid if uid is not None else os.getuid(),
                                                ws.gid if uid is not None else os.getgid(), ws.path)
         try:
-            return await self._sandbox_command_fds(req, p, ws, wid, env, argv, cwd, uid, paths, fds,
-                                                   (passwd, group, hosts))
+            command, fds, close = await self._sandbox_command_fds(req, p, ws, wid, env, argv, cwd, uid, paths, fds,
+                                                                  (passwd, group, hosts))
+            # bwrap starts with an empty environment: it is pid 1 of the sandbox, and /proc/1/environ is readable
+            return TierCommand(command, fds, close, {}, "/")
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -70,6 +70,8 @@ class HostCapabilities:
             "bubblewrap": self.bwrap_ok,
             "bubblewrap_error": self.bwrap_error or None,
             "landlock_abi": self.landlock_abi,
+            "landlock_tcp_rules": self.landlock_abi >= 4,
+            "landlock_scoping": self.landlock_abi >= 6,
             "seccomp": self.seccomp,
             "helper_python": self.helper_python,
             "cgroup": cg.version,
@@ -96,8 +98,6 @@ class HostCapabilities:
                 need.append(f"bubblewrap ({self.bwrap_error or 'not found'})")
             if self.landlock_abi < 1:
                 need.append("Landlock (kernel 5.13+ with landlock in the lsm= list)")
-            if p.network == "allowlist" and self.landlock_abi < 4:
-                need.append("Landlock ABI 4 (TCP port rules) for network = 'allowlist'")
             if not self.seccomp:
                 need.append(f"seccomp ({self.seccomp_error})")
             if not self.helper_python:

@@ -86,7 +86,7 @@ class StdioWorker(JsonRpcPeer):
         started = False
         try:
             async with anyio.create_task_group() as tg:
-                self._spawn = tg.start_soon  # type: ignore[assignment]
+                self._spawn = tg.start_soon
                 tg.start_soon(self._read_stdout)
                 tg.start_soon(self._drain_stderr)
                 try:
