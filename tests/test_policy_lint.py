@@ -62,7 +62,9 @@ def test_unsupported_builtin_is_refused_at_load_naming_file_and_line(tmp_path: P
     [
         ('x := http.send({"method": "get", "url": "https://example.com"})', "http.send is not a built-in"),
         ("x := json.match_schema(input, {})", "json.match_schema is not a built-in"),
-        ("x := trace(\"here\")", "trace is neither a function of package gateway nor a supported built-in"),
+        ("x := trace(\"here\")", "trace is not a built-in the embedded engine supports"),
+        ("x := io.jwt(input.t)", "io.jwt is not a built-in (of OPA or of the embedded engine)"),
+        ("x := crypto.x(input.t)", "crypto.x is not a built-in (of OPA or of the embedded engine)"),
         ("x := no_such_helper(1)", "no_such_helper is neither a function of package gateway"),
         ('x := regex.match("(?i)^ls", input.c)', "inline flags such as (?i)"),
         ('x := regex.match(`(?P<prog>\\w+)`, input.c)', "named groups"),
@@ -120,12 +122,23 @@ def test_check_config_reports_the_lint_error(tmp_path: Path) -> None:
 
 def test_a_policy_rego_cpp_cannot_build_is_refused_not_crashed_on(tmp_path: Path) -> None:
     """rego-cpp returns a broken bundle for some errors instead of raising; evaluating it would crash the process."""
-    root = _policy(tmp_path, 'deny contains "x" if input.x\n\ndefault deny := set()\n\ndecision := {"allow": true}\n')
+    root = _policy(tmp_path, 'p contains 1 if true\n\np := 2\n\ndecision := {"allow": true, "reasons": []}\n')
     proc = subprocess.run([sys.executable, "-m", "gateway", "policy", "test", str(root)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert f"{root / 'gateway.rego'}:7:1: default deny: deny is a partial set" in proc.stderr
-    assert "Invalid rule body for set rule" in proc.stderr
+    assert f"{root}: Invalid rule body for set rule" in proc.stderr
+
+
+def test_default_on_a_partial_set_is_named(tmp_path: Path) -> None:
+    errors = _errors(tmp_path, 'deny contains "x" if input.x\n\ndefault deny := set()\n\ndecision := {"allow": true}\n')
+    assert errors == [f"{tmp_path / 'policy' / 'gateway.rego'}:7:1: default deny: deny is a partial set (contains), "
+                      "which is always defined (empty when no rule adds to it); a default is an error"]
+
+
+def test_call_names_that_abort_rego_cpp_never_reach_it(tmp_path: Path) -> None:
+    """rego-cpp aborts the process when it compiles (or is asked about) a call like io.jwt(x): the lint runs first."""
+    errors = _errors(tmp_path, 'decision := {"allow": io.jwt(input.t), "reasons": []}\n')
+    assert len(errors) == 1 and "io.jwt is not a built-in" in errors[0]
 
 
 def test_a_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:

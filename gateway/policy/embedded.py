@@ -26,7 +26,6 @@ from regopy.rego_shared import RegoError
 
 from gateway.policy.decision import Decision, PolicyError
 from gateway.policy.lint import check as lint
-from gateway.policy.lint import lint_source
 from gateway.policy.loader import PolicySource, load_policy
 
 _ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
@@ -103,6 +102,9 @@ class CompiledPolicy:
         self.source = source
         self.revision = source.revision
         self.decision_path = decision_path
+        # Lint first: rego-cpp compiles calls to built-ins it lacks (failing only when one runs), and aborts the
+        # whole process on some call names that are not built-ins at all ("io.jwt(x)"). Refuse both before it sees them.
+        lint(source)
         builder = Interpreter()
         name = "(data)"
         try:
@@ -117,10 +119,8 @@ class CompiledPolicy:
             raise PolicyError(_format_rego_error(exc, source)) from None
         except Exception as exc:  # regopy raises plain errors for some build failures
             raise PolicyError([f"{source.where(name)}: {exc}"]) from None
-        if not self.bundle.ok():  # the lint may know where: its findings first
-            raise PolicyError(lint_source(source) + _printed_errors("".join(printed), source))
-        # rego-cpp compiles calls to built-ins it lacks and fails only when one runs: refuse them now.
-        lint(source)
+        if not self.bundle.ok():
+            raise PolicyError(_printed_errors("".join(printed), source))
 
     def decide(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
         try:

@@ -11,13 +11,44 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.policy.decision import PolicyError
 from gateway.policy.loader import PolicySource
 
 DOC = "docs/policy.md#the-supported-rego-subset"
+
+# Every built-in OPA v1 has (callable by name). rego-cpp's is_builtin() aborts the process on some names that are
+# not built-ins (a prefix of one, such as "io.jwt"), so it is only ever asked about these names.
+_OPA_BUILTIN_NAMES = """
+    abs all any array.concat array.reverse array.slice base64.decode base64.encode base64.is_valid base64url.decode
+    base64url.encode base64url.encode_no_pad bits.and bits.lsh bits.negate bits.or bits.rsh bits.xor cast_array
+    cast_boolean cast_null cast_object cast_set cast_string ceil concat contains count crypto.hmac.equal
+    crypto.hmac.md5 crypto.hmac.sha1 crypto.hmac.sha256 crypto.hmac.sha512 crypto.md5 crypto.parse_private_keys
+    crypto.sha1 crypto.sha256 crypto.x509.parse_and_verify_certificates
+    crypto.x509.parse_and_verify_certificates_with_options crypto.x509.parse_certificate_request
+    crypto.x509.parse_certificates crypto.x509.parse_keypair crypto.x509.parse_rsa_private_key endswith floor
+    format_int glob.match glob.quote_meta graph.reachable graph.reachable_paths graphql.is_valid graphql.parse
+    graphql.parse_and_verify graphql.parse_query graphql.parse_schema graphql.schema_is_valid hex.decode hex.encode
+    http.send indexof indexof_n intersection io.jwt.decode io.jwt.decode_verify io.jwt.encode_sign
+    io.jwt.encode_sign_raw io.jwt.verify_es256 io.jwt.verify_es384 io.jwt.verify_es512 io.jwt.verify_hs256
+    io.jwt.verify_hs384 io.jwt.verify_hs512 io.jwt.verify_ps256 io.jwt.verify_ps384 io.jwt.verify_ps512
+    io.jwt.verify_rs256 io.jwt.verify_rs384 io.jwt.verify_rs512 is_array is_boolean is_null is_number is_object
+    is_set is_string json.filter json.is_valid json.marshal json.marshal_with_options json.match_schema json.patch
+    json.remove json.unmarshal json.verify_schema lower max min net.cidr_contains net.cidr_contains_matches
+    net.cidr_expand net.cidr_intersects net.cidr_is_valid net.cidr_merge net.cidr_overlap net.lookup_ip_addr
+    numbers.range numbers.range_step object.filter object.get object.keys object.remove object.subset object.union
+    object.union_n opa.runtime print product providers.aws.sign_req rand.intn regex.find_all_string_submatch_n
+    regex.find_n regex.globs_match regex.is_valid regex.match regex.replace regex.split regex.template_match
+    rego.metadata.chain rego.metadata.rule rego.parse_module replace round semver.compare semver.is_valid set_diff
+    sort split sprintf startswith strings.any_prefix_match strings.any_suffix_match strings.count
+    strings.render_template strings.replace_n strings.reverse substring sum time.add_date time.clock time.date
+    time.diff time.format time.now_ns time.parse_duration_ns time.parse_ns time.parse_rfc3339_ns time.weekday
+    to_number trace trim trim_left trim_prefix trim_right trim_space trim_suffix type_name union units.parse
+    units.parse_bytes upper urlquery.decode urlquery.decode_object urlquery.encode urlquery.encode_object
+    uuid.parse uuid.rfc4122 walk yaml.is_valid yaml.marshal yaml.unmarshal
+"""
+_OPA_BUILTINS = frozenset(_OPA_BUILTIN_NAMES.split())
 
 # Built-ins rego-cpp evaluates that its is_builtin() does not list.
 _SPECIAL = frozenset({"print", "set"})
@@ -223,31 +254,43 @@ def _check_literal(fn: str, lit: _Literal) -> str | None:
     return None
 
 
-def lint_source(source: PolicySource, is_builtin: Callable[[str], bool] | None = None) -> list[str]:
-    """Every unsupported call in the policy, as ``file:line:col: message`` lines (empty when clean)."""
-    if is_builtin is None:
+_supported: frozenset[str] | None = None
+
+
+def supported_builtins() -> frozenset[str]:
+    """The OPA built-ins the installed rego-cpp implements (asked once, by full name only)."""
+    global _supported
+    if _supported is None:
         from regopy import Interpreter
 
-        is_builtin = Interpreter().is_builtin
+        probe = Interpreter()
+        _supported = frozenset(n for n in _OPA_BUILTINS if probe.is_builtin(n)) | _SPECIAL
+    return _supported
+
+
+def lint_source(source: PolicySource) -> list[str]:
+    """Every unsupported call in the policy, as ``file:line:col: message`` lines (empty when clean)."""
+    supported = supported_builtins()
     mods = [_scan(name, src) for name, src in sorted(source.modules.items())]
     defined: dict[str, set[str]] = {}
     partial_sets: dict[str, set[str]] = {}
     for mod in mods:
         defined.setdefault(mod.package, set()).update(mod.heads)
         partial_sets.setdefault(mod.package, set()).update(mod.partial_sets)
-    cache: dict[str, bool] = {}
     errors = []
     for mod in mods:
         for fn, start, after in mod.calls:
             first = fn.split(".")[0]
             message = None
-            if fn in defined.get(mod.package, ()) or first == "data" or first in mod.aliases or fn in _SPECIAL:
+            if fn in defined.get(mod.package, ()) or first == "data" or first in mod.aliases:
                 pass
-            elif cache.setdefault(fn, is_builtin(fn)):
+            elif fn in supported:
                 lit = _literal_arg(mod, after)
                 message = _check_literal(fn, lit) if lit else None
-            elif "." in fn:
+            elif fn in _OPA_BUILTINS:
                 message = f"{fn} is not a built-in the embedded engine supports"
+            elif "." in fn:
+                message = f"{fn} is not a built-in (of OPA or of the embedded engine)"
             else:
                 message = f"{fn} is neither a function of package {mod.package} nor a supported built-in"
             if message:
