@@ -70,7 +70,7 @@ def test_the_issue_example_config_loads() -> None:
         ('[containment.profiles.p]\ntier = "process"\ndeny = ["/x"]\nnetwork = "host"\n',
          "tier 'process' cannot enforce"),
         ('[containment.profiles.p]\ntier = "process"\n', "network = 'none'"),
-        ('[containment.profiles.p]\ntier = "sandbox"\nread_only = ["relative/path"]\n', "must be an absolute path"),
+        ('[containment.profiles.p]\ntier = "sandbox"\nread_only = ["{agent}/x"]\n', "must start with {workspace}"),
         ('[containment.profiles.p]\ntier = "sandbox"\nread_write = ["{home}/x"]\n', "unknown placeholder"),
         ('[containment.profiles.p]\ntier = "sandbox"\nallow_hosts = ["a.example:443"]\n', "allow_hosts needs"),
         ('[containment.profiles.p]\ntier = "sandbox"\nnetwork = "allowlist"\nallow_hosts = ["no-port"]\n', "host:port"),
@@ -191,6 +191,11 @@ def test_malformed_narrowing_fails_closed(spec: object) -> None:
         narrow(strict(), spec, {})
 
 
+def test_relative_profile_paths_are_taken_from_the_config_directory() -> None:
+    p = build_profile("p", ProfileConfig(tier="sandbox", read_only=["../lib", "/usr"]), Path("/etc/gw/conf"))
+    assert p.read_only == ("/etc/gw/lib", "/usr")
+
+
 def test_paths_expand_per_agent_and_stay_absolute() -> None:
     p = paths_for(strict(), "/ws/alice", "alice")
     assert p.read_write == ("/ws/alice",)
@@ -204,3 +209,14 @@ def test_agent_keys_never_collide_across_identity_kinds() -> None:
     weird = agent_key("../../etc", "jwt")
     assert "/" not in weird and not weird.startswith(".")
     assert agent_key("a/b", "jwt") != agent_key("a_b", "jwt")
+
+
+def test_the_contained_example_config_is_valid() -> None:
+    from gateway.config import load_config
+    from gateway.containment.profile import config_errors
+
+    cfg = load_config(REPO / "examples" / "contained.toml")
+    assert cfg.containment is not None
+    assert config_errors(cfg.containment, cfg.base_dir, "x") == []
+    mxc = build_profile("mxc-readonly", cfg.containment.profiles["mxc-readonly"], cfg.base_dir)
+    assert mxc.read_write == () and "{workspace}" in mxc.read_only and mxc.timeout_s == 15.0

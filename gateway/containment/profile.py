@@ -89,12 +89,16 @@ def build_profile(name: str, cfg: ProfileConfig, base_dir: Path) -> Profile:
         source = f"mxc:{path.name}"
         if values.get("tier") is None:
             values["tier"] = "sandbox"
+    def resolve(paths: list[str]) -> tuple[str, ...]:
+        """Relative paths are taken from the config file's directory, like every other path in it."""
+        return tuple(p if p.startswith(("/", "{")) else os.path.normpath(base_dir / p) for p in paths)
+
     profile = Profile(
         name=name,
         tier=values["tier"],
-        read_only=tuple(values["read_only"]),
-        read_write=tuple(values["read_write"]),
-        deny=tuple(values["deny"]),
+        read_only=resolve(values["read_only"]),
+        read_write=resolve(values["read_write"]),
+        deny=resolve(values["deny"]),
         network=values["network"],
         allow_hosts=tuple(values["allow_hosts"]),
         env=tuple(sorted(values["env"].items())),

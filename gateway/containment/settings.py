@@ -36,12 +36,15 @@ def check_placeholders(value: str) -> str:
     return value
 
 
-def check_path(value: str) -> str:
+def check_path(value: str, relative: bool = False) -> str:
+    """A profile path: absolute, or starting with {workspace}; in the config file also relative to its directory."""
     check_placeholders(value)
-    if not (value.startswith("/") or value.startswith("{workspace}")):
+    if not value or "\x00" in value:
+        raise ValueError("paths must be non-empty and must not contain NUL")
+    if not relative and not (value.startswith("/") or value.startswith("{workspace}")):
         raise ValueError(f"{value!r} must be an absolute path or start with {{workspace}}")
-    if "\x00" in value:
-        raise ValueError("paths must not contain NUL")
+    if relative and value.startswith("{") and not value.startswith("{workspace}"):
+        raise ValueError(f"{value!r} must start with {{workspace}}, '/', or be relative to the config file")
     return value
 
 
@@ -73,7 +76,7 @@ class ProfileConfig(_Model):
     @field_validator("read_only", "read_write", "deny")
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
-        return [check_path(p) for p in v]
+        return [check_path(p, relative=True) for p in v]
 
     @field_validator("allow_hosts")
     @classmethod

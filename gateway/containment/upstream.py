@@ -10,6 +10,7 @@ When a worker is stopped by a limit during ``tools/call``, the agent gets a tool
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,8 @@ class ContainedUpstream:
         self.on_state = on_state
         self.profile_name: str = cfg.containment
         self.profile: Profile = runtime.profiles[self.profile_name]
-        self.cwd = str(base_dir / cfg.cwd) if cfg.cwd and not str(cfg.cwd).startswith("{") else cfg.cwd
+        # relative to the config file (normalised: the sandbox only has the granted paths, not their parents)
+        self.cwd = os.path.normpath(base_dir / cfg.cwd) if cfg.cwd and not cfg.cwd.startswith("{") else cfg.cwd
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
         self.on_notification: Any = None
