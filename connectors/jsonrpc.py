@@ -68,6 +68,8 @@ class JsonRpcPeer:
         self.protocol_version = PROTOCOL_VERSION
         self.client_capabilities: dict[str, Any] = {"roots": {}}
         """What the gateway declares to the upstream; a per-session connection declares what its agent declared."""
+        self.preamble: list[tuple[str, dict[str, Any]]] = []
+        """Requests to make before the next one (an agent's log level for a session that just came up)."""
         self._spawn: Callable[..., Any] | None = None
         """Starts a background task; server-to-client requests run there so they never block the reader."""
 
@@ -77,6 +79,12 @@ class JsonRpcPeer:
     async def request(
         self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
     ) -> dict[str, Any]:
+        while self.preamble:
+            first, first_params = self.preamble.pop(0)
+            try:
+                await self.request(first, first_params, timeout)
+            except (UpstreamError, RemoteError) as exc:
+                log.info("upstream %s: %s before %s failed: %s", self.name, first, method, exc)
         rid = next(self._ids)
         msg: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
         token = None

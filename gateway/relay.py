@@ -147,14 +147,13 @@ class Relay:
         return {k: caps[k] for k in _RELAYED_CAPABILITIES if k in caps}
 
     def upstream_ready(self, upstream: str, session_id: str) -> None:
+        """A session's upstream connection is up: the level the agent set goes first, before the call that opened it."""
         session = self.sessions.get(session_id)
-        up = self.catalog.get(upstream)
-        if session is None or up is None or session.log_level is None:
+        if session is None or session.log_level is None:
             return
-        conns = dict(self.catalog.session_upstreams.connections(session_id))
-        conn = conns.get(upstream)
+        conn = dict(self.catalog.session_upstreams.connections(session_id)).get(upstream)
         if conn is not None and "logging" in conn.capabilities:
-            self.catalog.session_upstreams.spawn(self._send_level, conn, up, session.log_level)
+            conn.preamble.append(("logging/setLevel", {"level": session.log_level}))
 
     async def _send_level(self, conn: Any, up: Upstream, level: str) -> None:
         try:

@@ -5,21 +5,21 @@ log message is meant for: over stdio nothing in the message names the call it be
 ``session_mode = "per_session"`` every 2025-era agent session that reaches the upstream gets its own connection
 (its own child process for stdio, its own MCP session for HTTP), declared with the agent's own client
 capabilities, so everything that connection sends belongs to exactly one agent session. It is opened on first
-use and closed when the agent session ends. The stateless 2026 era has no session and uses the shared
-connection.
+use (from a started spare when one fits) and closed when the agent session ends. The stateless 2026 era has no
+session and uses the shared connection.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 
-from connectors.jsonrpc import JsonRpcPeer, UpstreamError
+from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.catalog import Upstream
@@ -43,9 +43,12 @@ class SessionHooks(Protocol):
 
 @dataclass
 class _Entry:
-    conn: Any
-    owner: tuple[str, str, str]
-    scope: anyio.CancelScope
+    conn: Any = None
+    owner: tuple[str, str, str] | None = None
+    session_id: str | None = None
+    """None while the connection is a spare no session has taken yet."""
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 def _owner(agent: Any) -> tuple[str, str, str]:
@@ -53,11 +56,16 @@ def _owner(agent: Any) -> tuple[str, str, str]:
 
 
 class SessionUpstreams:
+    """Per-session connections, plus one started spare per stdio upstream so a new session does not wait for a
+    process to start: the spare declared the capabilities of the last session, and is only handed to a session
+    whose agent declared the same (what an upstream was told at initialize cannot be changed afterwards)."""
+
     def __init__(self, base_dir: Path, max_connections: int = 1000):
         self._base_dir = base_dir
         self._max = max_connections
         self._tg: anyio.abc.TaskGroup | None = None
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._spares: dict[str, _Entry] = {}
         self._closing = False
         self.hooks: SessionHooks | None = None
 
@@ -84,32 +92,53 @@ class SessionUpstreams:
             raise UpstreamError(up.name, "unavailable", "is not accepting new sessions (the gateway is stopping)")
         if len(self._entries) >= self._max:
             raise UpstreamError(up.name, "unavailable", f"has reached the limit of {self._max} per-session connections")
+        caps = self.hooks.capabilities_for(session_id) if self.hooks is not None else {}
+        spare = self._spares.get(up.name)
+        fits = spare is not None and spare.capabilities == caps
+        entry = self._spares.pop(up.name) if fits else self._open(up, caps)
+        entry.session_id, entry.owner = session_id, _owner(agent)
+        self._entries[key] = entry
+        if entry.conn.up and self.hooks is not None:  # a spare came up before it had a session to tell
+            self.hooks.upstream_ready(up.name, session_id)
+        log.info("upstream %s: opened a session for agent session %s", up.name, session_id[:8])
+        if up.config.transport == "stdio" and up.name not in self._spares:
+            self._spares[up.name] = self._open(up, caps)
+        elif spare is not None and not fits:  # the agents changed: so does the spare
+            self.spawn(self._close, self._spares.pop(up.name))
+            self._spares[up.name] = self._open(up, caps)
+        return entry.conn
+
+    def _open(self, up: Upstream, caps: dict[str, Any]) -> _Entry:
         from gateway.catalog import make_connector  # the catalog imports this module; import at use, not at load
 
-        hooks = self.hooks
-        name = up.name
+        assert self._tg is not None
+        hooks, name = self.hooks, up.name
+        entry = _Entry(capabilities=caps)
 
         def on_state(conn: JsonRpcPeer, is_up: bool) -> None:
-            if is_up and hooks is not None:
-                hooks.upstream_ready(name, session_id)
+            if is_up and hooks is not None and entry.session_id is not None:
+                hooks.upstream_ready(name, entry.session_id)
 
         conn = make_connector(up.config, self._base_dir, on_state)
+        conn.client_capabilities = caps
         if hooks is not None:
-            conn.client_capabilities = hooks.capabilities_for(session_id)
 
             async def on_request(method: str, params: dict[str, Any]) -> Any:
-                return await hooks.upstream_request(name, session_id, method, params)
+                if entry.session_id is None:
+                    if method == "ping":
+                        return {}
+                    raise RemoteError(-32603, "no agent session is attached to this upstream session yet")
+                return await hooks.upstream_request(name, entry.session_id, method, params)
 
             async def on_notification(method: str, params: dict[str, Any]) -> None:
-                await hooks.upstream_notification(name, session_id, method, params)
+                if entry.session_id is not None:
+                    await hooks.upstream_notification(name, entry.session_id, method, params)
 
             conn.on_request = on_request
             conn.on_notification = on_notification
-        entry = _Entry(conn, _owner(agent), anyio.CancelScope())
-        self._entries[key] = entry
+        entry.conn = conn
         self._tg.start_soon(self._run, entry)
-        log.info("upstream %s: opened a session for agent session %s", name, session_id[:8])
-        return conn
+        return entry
 
     async def _run(self, entry: _Entry) -> None:
         with entry.scope:
@@ -133,8 +162,9 @@ class SessionUpstreams:
 
     async def aclose(self) -> None:
         self._closing = True
-        entries = list(self._entries.values())
+        entries = list(self._entries.values()) + list(self._spares.values())
         self._entries.clear()
+        self._spares.clear()
         for entry in entries:
             await self._close(entry)
 
