@@ -86,8 +86,13 @@ def policy() -> None:
 @click.argument("path", required=False)
 @click.option("--config", "config_path", default=None, help="Take the policy path (and decision) from this config.")
 @click.option("--opa-url", default=None, help="Decide the cases on this OPA server instead of the embedded engine.")
+@click.option("--decision", default=None, help="The decision rule (default: the config's, or gateway/decision).")
 @click.option("-q", "--quiet", is_flag=True, help="Print failures and the total only.")
-def policy_test(path: str | None, config_path: str | None, opa_url: str | None, quiet: bool) -> None:
+@click.option("--allow-no-tests", is_flag=True, help="A policy without table tests passes (it still must compile).")
+def policy_test(
+    path: str | None, config_path: str | None, opa_url: str | None, decision: str | None, quiet: bool,
+    allow_no_tests: bool,
+) -> None:
     """Run the table tests (**/*_test.yaml, *_test.json) of the policy at PATH (default: rego, or the config's).
 
     Prints PASS or FAIL per case, a diff under each failure, and "N passed, M failed"; exits 1 on any failure,
@@ -97,11 +102,11 @@ def policy_test(path: str | None, config_path: str | None, opa_url: str | None, 
     from gateway.policy.loader import load_policy
     from gateway.policy.tables import load_tables, report, run_cases_async, run_policy_tables
 
-    decision = "gateway/decision"
     if config_path is not None:
         cfg = _config(config_path)
-        decision = cfg.policy.decision
+        decision = decision or cfg.policy.decision
         path = path or str(cfg.resolve(cfg.policy.path))
+    decision = decision or "gateway/decision"
     target = Path(path or "rego")
     try:
         if opa_url is None:
@@ -121,7 +126,7 @@ def policy_test(path: str | None, config_path: str | None, opa_url: str | None, 
             results = anyio.run(run)
     except PolicyError as exc:
         _fail(exc.errors)
-    if not results:
+    if not results and not allow_no_tests:
         _fail([f"{target}: no table tests found (files named *_test.yaml, *_test.yml or *_test.json)"])
     lines, failed = report(results, verbose=not quiet)
     for line in lines:

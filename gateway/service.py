@@ -90,7 +90,7 @@ class Gateway:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Reloads the policy on change and SIGHUP, and keeps the revision metric true.
-            tg.start_soon(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
+            await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             await self.catalog.start(tg)

@@ -114,7 +114,9 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
         assert "net.cidr_contains is not a built-in the embedded engine supports" in gw.log.read_text()
 
         # A rule change its tables contradict: compiles, fails its tests, refused.
-        (policy / "teams" / "platform.rego").write_text(good.replace('not lib.has_role("admin")', "true", 1))
+        broken = good.replace("destructiveHint == true\n\tnot is_admin", "destructiveHint == true", 1)
+        assert broken != good
+        (policy / "teams" / "platform.rego").write_text(broken)
         _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="test_failure"\}') >= 1,
               "the test failure to be counted")
         assert _revision(gw) == second

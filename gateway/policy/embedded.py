@@ -108,12 +108,12 @@ class CompiledPolicy:
         builder = Interpreter()
         name = "(data)"
         try:
-            for name, text in source.modules.items():
-                builder.add_module(name, text)
-            name = "data.json"
-            builder.add_data_json(orjson.dumps(source.data).decode())
-            query = "x := data." + decision_path.replace("/", ".")
             with _stdout_captured() as printed:
+                for name, text in source.modules.items():
+                    builder.add_module(name, text)
+                name = "data.json"
+                builder.add_data_json(orjson.dumps(source.data).decode())
+                query = "x := data." + decision_path.replace("/", ".")
                 self.bundle = builder.build(query, [decision_path])
         except RegoError as exc:
             raise PolicyError(_format_rego_error(exc, source)) from None

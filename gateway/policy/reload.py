@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from gateway.config import PolicyConfig
@@ -27,6 +30,7 @@ from gateway.policy.tables import report, run_policy_tables
 log = logging.getLogger("gateway.policy")
 
 _SETTLE_S = 0.2
+_PREFLIGHT_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,31 @@ def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
         return ()
 
 
+def preflight(path: Path, decision_path: str) -> ReloadResult | None:
+    """Compile and test the candidate in a child process first: rego-cpp aborts its process on some malformed
+    policies, and a candidate must never take the serving gateway down with it."""
+    argv = [sys.executable, "-m", "gateway", "policy", "test", str(path), "--decision", decision_path, "-q",
+            "--allow-no-tests"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PREFLIGHT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return ReloadResult("compile_error", "", (f"{path}: compiling and testing took over {_PREFLIGHT_TIMEOUT_S} s",))
+    lines = tuple((proc.stderr + proc.stdout).strip().splitlines()[-60:])
+    if proc.returncode == 0:
+        return None
+    if proc.returncode == 1:
+        return ReloadResult("test_failure", "", lines)
+    if proc.returncode < 0:
+        return ReloadResult("compile_error", "", (f"{path}: the embedded engine crashed on this policy (signal "
+                                                  f"{-proc.returncode}); it was compiled in a child process",))
+    return ReloadResult("compile_error", "", lines)
+
+
 def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, ReloadResult | None]:
     """Compile and test a candidate revision (in a worker thread: it takes a while)."""
+    failure = preflight(path, decision_path)
+    if failure is not None:
+        return None, failure
     try:
         policy = compile_policy(path, decision_path)
     except PolicyError as exc:
@@ -115,15 +142,18 @@ class PolicyWatcher:
             self.publish_revision()
             return result
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs for the gateway's lifetime; reports started once SIGHUP is handled (its default action kills)."""
         self.publish_revision()
         if not self.reloadable:
+            task_status.started()
             while True:  # the OPA engine learns its revision from OPA's answers: keep the metric in step
                 await anyio.sleep(self.interval)
                 self.publish_revision()
-        await self._check_initial()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sighup)
+            await tg.start(self._sighup)
+            task_status.started()
+            await self._check_initial()
             if self.watch:
                 await self._poll()
 
@@ -157,10 +187,12 @@ class PolicyWatcher:
                 now = settled
             await self.reload("files changed")
 
-    async def _sighup(self) -> None:
+    async def _sighup(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                task_status.started()
                 async for _ in signals:
                     await self.reload("SIGHUP")
         except (NotImplementedError, RuntimeError, ValueError) as exc:
             log.warning("policy reload on SIGHUP is not available here: %s", exc)
+            task_status.started()
