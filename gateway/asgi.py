@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import time
 from typing import Any
 
+import anyio
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
@@ -25,6 +27,13 @@ from gateway.service import Gateway
 log = logging.getLogger("gateway.http")
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def _server_exiting() -> bool:
+    """Has uvicorn been told to stop? (Its signal handler is a bound method of the server: sse-starlette's way.)"""
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    return bool(getattr(server, "should_exit", False))
 
 
 def _is_loopback(host: str) -> bool:
@@ -126,14 +135,21 @@ class GatewayApp:
         self._sessions: dict[str, _Session] = {}
         self._fast = FastPath(gateway.pipeline, gateway.session_managers)
         self._idle = server.session_idle_timeout_s
+        self._in_flight = 0
         self._last_prune = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path == "/mcp" or path.startswith("/mcp/"):
-                await self._mcp(scope, receive, send, path)
+            if (path == "/mcp" or path.startswith("/mcp/")) and scope["method"] == "GET":
+                await self._mcp(scope, receive, send, path)  # a listening stream: it does not hold a drain up
+            elif path == "/mcp" or path.startswith("/mcp/"):
+                self._in_flight += 1
+                try:
+                    await self._mcp(scope, receive, send, path)
+                finally:
+                    self._in_flight -= 1
             elif path == "/metrics":
                 await _respond(send, 200, generate_latest(self.gw.metrics.registry), CONTENT_TYPE_LATEST.encode())
             elif path == "/healthz":
@@ -152,15 +168,36 @@ class GatewayApp:
         msg = await receive()
         assert msg["type"] == "lifespan.startup"
         try:
-            async with self.gw.running():
+            async with self.gw.running(), anyio.create_task_group() as tg:
+                tg.start_soon(self._drain_on_exit)
                 await send({"type": "lifespan.startup.complete"})
                 msg = await receive()
                 # lifespan.shutdown: leaving the block stops upstreams and session managers
+                tg.cancel_scope.cancel()
         except Exception as exc:
             log.exception("gateway failed")
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _drain_on_exit(self) -> None:
+        """Graceful shutdown: calls in flight finish (and are recorded) before the SDK's SSE streams are closed.
+
+        By default sse-starlette ends every SSE stream the moment the server is told to stop, cutting calls that
+        answer on a stream. Here the streams stay up while anything other than a GET is in flight (bounded by
+        the server's own graceful-shutdown timeout), then are closed so idle listening streams do not hold the
+        shutdown up.
+        """
+        from sse_starlette.sse import AppStatus
+
+        AppStatus.disable_automatic_graceful_drain()
+        while not _server_exiting():
+            await anyio.sleep(0.05)
+        log.info("shutting down: %d requests in flight", self._in_flight)
+        while self._in_flight:
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # let clients take in their last answers before their listening streams go
+        AppStatus.should_exit = True
 
     def _header(self, scope: Scope, name: bytes) -> str | None:
         for k, v in scope["headers"]:

@@ -214,3 +214,43 @@ def test_http_upstream_unreachable_at_start_then_recovers(tmp_path: Path) -> Non
         if remote is not None:
             remote.terminate()
             remote.wait()
+
+
+def test_graceful_shutdown_drains_calls_in_flight_and_records_them(tmp_path: Path) -> None:
+    port = free_port()
+    config = default_config(port, tmp_path, stdio_upstream("echo", ECHO), policy=allow_all_policy(tmp_path))
+    gw = start_gateway(tmp_path, config, port)
+    results: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        pass
+
+    async def one(with_progress: bool) -> None:
+        got = None
+        try:
+            async with mcp_client(gw.url, KEY) as c:
+                await c.list_tools()  # else the SDK client lists them after the result: a new request mid-shutdown
+                progress = on_progress if with_progress else None
+                r = await c.call_tool("echo__slow", {"seconds": 3}, progress_callback=progress)
+                got = str(r.content[0].text)  # type: ignore[union-attr]
+        except Exception as exc:  # closing the session fails once the gateway is gone: the result is what counts
+            got = got or f"no result: {exc!r}"[:300]
+        results.append(got)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(one, i % 2 == 0)  # both the fast path and the SDK's streamed path
+            await anyio.sleep(1.5)  # every session is established (and listening) before the signal
+            gw.proc.terminate()
+
+    try:
+        anyio.run(run)
+        assert results == ["slept 3.0"] * 6, "\n".join(results)
+        assert gw.proc.wait(20) is not None
+        records = gw.audit_records()
+        slow = {r["decision_id"] for r in records if r["type"] == "decision" and r["tool"] == "slow"}
+        done = {r["decision_id"] for r in records if r["type"] == "outcome" and r["outcome"] == "ok"}
+        assert len(slow) == 6 and slow <= done
+    finally:
+        gw.stop()
