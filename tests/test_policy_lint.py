@@ -129,6 +129,12 @@ def test_a_policy_rego_cpp_cannot_build_is_refused_not_crashed_on(tmp_path: Path
     assert f"{root}: Invalid rule body for set rule" in proc.stderr
 
 
+def test_functions_of_different_arities_are_refused_before_they_abort_rego_cpp(tmp_path: Path) -> None:
+    errors = _errors(tmp_path, 'f(a) := 1 if a\n\nf(a, b) := 2 if a\n\ndecision := {"allow": f(1) == 1}\n')
+    assert errors == [f"{tmp_path / 'policy' / 'gateway.rego'}:7:1: function f is defined with 2 and with 1 arguments: "
+                      "every definition of a function must take the same number (the embedded engine aborts on this)"]
+
+
 def test_default_on_a_partial_set_is_named(tmp_path: Path) -> None:
     errors = _errors(tmp_path, 'deny contains "x" if input.x\n\ndefault deny := set()\n\ndecision := {"allow": true}\n')
     assert errors == [f"{tmp_path / 'policy' / 'gateway.rego'}:7:1: default deny: deny is a partial set (contains), "

@@ -113,6 +113,12 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
               "the lint error to be counted")
         assert "net.cidr_contains is not a built-in the embedded engine supports" in gw.log.read_text()
 
+        # A policy rego-cpp would abort the process on: refused; the gateway is still there.
+        (policy / "teams" / "platform.rego").write_text(good + "\nf(a) := 1 if a\n\nf(a, b) := 2 if a\n")
+        _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 3,
+              "the arity error to be counted")
+        assert gw.proc.poll() is None and _revision(gw) == second
+
         # A rule change its tables contradict: compiles, fails its tests, refused.
         broken = good.replace("destructiveHint == true\n\tnot is_admin", "destructiveHint == true", 1)
         assert broken != good

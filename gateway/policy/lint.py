@@ -192,6 +192,8 @@ class _Module:
     withs: list[int]
     defaults: dict[str, int]
     partial_sets: set[str]
+    arities: list[tuple[str, int, int]]
+    """(function, number of arguments, offset) of each function head."""
 
 
 def _scan(name: str, src: str) -> _Module:
@@ -217,9 +219,14 @@ def _scan(name: str, src: str) -> _Module:
     withs = [m.start() for m in _WITH.finditer(masked)]
     defaults = {m.group(1): m.start() for m in _DEFAULT.finditer(masked)}
     partial_sets = {m.group(1) for m in _PARTIAL_SET.finditer(masked)}
+    arities = [
+        (h.group(1), len([a for a in h.group(2).split(",") if a.strip()]), h.start())
+        for h in _FUNC_HEAD.finditer(masked)
+        if depth[h.start()] == 0 and h.group(1) not in _KEYWORDS
+    ]
     return _Module(
         name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured, withs, defaults,
-        partial_sets,
+        partial_sets, arities,
     )
 
 
@@ -274,10 +281,20 @@ def lint_source(source: PolicySource) -> list[str]:
     mods = [_scan(name, src) for name, src in sorted(source.modules.items())]
     defined: dict[str, set[str]] = {}
     partial_sets: dict[str, set[str]] = {}
+    arity: dict[tuple[str, str], int] = {}
+    errors = []
     for mod in mods:
         defined.setdefault(mod.package, set()).update(mod.heads)
         partial_sets.setdefault(mod.package, set()).update(mod.partial_sets)
-    errors = []
+        for fn, n, offset in mod.arities:
+            first = arity.setdefault((mod.package, fn), n)
+            if first != n:
+                line, col = _position(mod.src, offset)
+                errors.append(
+                    f"{source.where(mod.name)}:{line}:{col}: function {fn} is defined with {n} and with {first} "
+                    "arguments: every definition of a function must take the same number (the embedded engine "
+                    "aborts on this)"
+                )
     for mod in mods:
         for fn, start, after in mod.calls:
             first = fn.split(".")[0]
