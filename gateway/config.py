@@ -189,6 +189,9 @@ class UpstreamConfig(_Model):
             raise ValueError("tools is for builtin upstreams")
         if self.containment is not None and self.transport != "stdio":
             raise ValueError("containment is for stdio and builtin upstreams")
+        if self.containment is not None and self.session_mode != "shared":
+            raise ValueError("session_mode = 'per_session' is not available for contained upstreams (their unit is"
+                             " the agent's worker)")
         if self.transport == "stdio":
             if not self.command:
                 raise ValueError("stdio upstreams need command = [program, args...]")

@@ -77,6 +77,8 @@ def test_the_issue_example_config_loads() -> None:
         ('[containment.profiles.p]\nread_only = ["/usr"]\n', "tier is required"),
         ('[containment.profiles.p]\ntier = "sandbox"\nmemory_mb = 0\n', "greater than 0"),
         ('[containment.profiles.p]\ntier = "sandbox"\nbogus = 1\n', "unknown key"),
+        ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "strict"\n'
+         'session_mode = "per_session"\n', "not available for contained upstreams"),
     ],
 )
 def test_bad_profiles_are_reported_as_file_key_what(text: str, expected: str) -> None:
