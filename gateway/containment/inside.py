@@ -14,9 +14,7 @@ confinement.
 import ctypes
 import json
 import os
-import socket
 import sys
-import threading
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
@@ -132,6 +130,8 @@ def no_new_privs():
 
 
 def _pipe(src, dst):
+    import socket
+
     try:
         while True:
             data = src.recv(65536)
@@ -149,6 +149,9 @@ def _pipe(src, dst):
 
 def bridge(listener, path, bpf):
     """Forward TCP connections on the sandbox's loopback to the gateway's egress proxy (a Unix socket)."""
+    import socket
+    import threading
+
     no_new_privs()
     seccomp(bpf)
     while True:
@@ -191,6 +194,8 @@ def main():
     os.close(bpf_fd)
     br = spec.get("bridge")
     if br is not None:
+        import socket  # only here: socket and threading cost ~12 ms of start-up
+
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", br["port"]))
