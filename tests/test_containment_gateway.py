@@ -359,3 +359,21 @@ async def test_a_profile_this_host_cannot_enforce_refuses_to_start_workers() -> 
     finally:
         gw.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_bubblewrap_itself_starts_with_an_empty_environment(cgw: RunningGateway) -> None:
+    """bwrap is pid 1 of the sandbox: whatever it inherited would be readable as /proc/1/environ."""
+    who = (await run(cgw, "admin", "box__whoami", {})).structured_content
+    found: dict[str, list[bytes]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != who["uid"]:
+                continue
+            cmd = _cmdline(pid)
+            found.setdefault(cmd.split(" ")[0].rsplit("/", 1)[-1], []).append(Path(f"/proc/{pid}/environ").read_bytes())
+        except OSError:
+            continue
+    assert found.get("bwrap") == [b"", b""]  # the outer bwrap and the sandbox's pid 1 alike
+    assert found.get("python3") == [b"PATH=/usr/bin:/bin\0"]  # the server: the profile's env only
