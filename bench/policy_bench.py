@@ -111,7 +111,7 @@ def main() -> None:
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     per_round = max(1, args.decisions // args.rounds)
-    for k, fn in variants.items():
+    for fn in variants.values():
         fn(50)  # warm up
     for _ in range(args.rounds):
         for k, fn in variants.items():

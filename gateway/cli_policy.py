@@ -18,19 +18,16 @@ import anyio
 import click
 import orjson
 
-from gateway.config import Config, ConfigError, PolicyConfig, load_config
+from gateway.config import Config, PolicyConfig
 from gateway.policy.decision import Decision, PolicyEngine, PolicyError
 
 _WARM_RUNS = 20
 
 
 def _config(path: str) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(line, err=True)
-        sys.exit(2)
+    from gateway.cli import _load  # at call time: gateway.cli imports this module at its end
+
+    return _load(path)
 
 
 def _fail(lines: list[str], code: int = 2) -> None:

@@ -9,6 +9,7 @@ test against a real OPA runs when OPA_URL is set or `opa` is on PATH, and is ski
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -240,15 +241,8 @@ async def _opa_decisions(url: str) -> list[tuple[bool, tuple[str, ...]]]:
     return [(r.decision.allow, r.decision.reasons) for r in results]
 
 
-def _opa_go_installed() -> bool:
-    try:
-        import opa_bindings  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _opa_go_installed(), reason="opa-golib-python-bindings (OPA's Go evaluator) not installed")
+@pytest.mark.skipif(importlib.util.find_spec("opa_bindings") is None,
+                    reason="opa-golib-python-bindings (OPA's Go evaluator) is not installed")
 async def test_parity_with_opas_own_evaluator_behind_the_data_api() -> None:
     s = start_standin("--backend", "opa-go")
     try:

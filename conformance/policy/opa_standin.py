@@ -40,14 +40,6 @@ sys.path.insert(0, str(REPO))
 from gateway.policy.loader import PolicySource, load_policy  # noqa: E402
 
 
-def opa_go_available() -> bool:
-    try:
-        import opa_bindings  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 class RegopyBackend:
     """rego-cpp: one compiled bundle per document path asked for, one evaluator per thread."""
 

@@ -18,6 +18,7 @@ decision (allow, reasons, result). Prints a line per suite and engine, the failu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import socket
@@ -114,19 +115,11 @@ def _real_opa(policy: Path) -> Iterator[str]:
         yield u
 
 
-def _opa_go_installed() -> bool:
-    try:
-        import opa_bindings  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def engines() -> tuple[list[str], list[str]]:
     """Engines to run, and the ones left out with the reason."""
     names = ["embedded", "opa/standin-rego-cpp"]
     skipped = []
-    if _opa_go_installed():
+    if importlib.util.find_spec("opa_bindings") is not None:
         names.append("opa/standin-opa-go")
     else:
         skipped.append("opa/standin-opa-go: pip install --ignore-requires-python opa-golib-python-bindings")

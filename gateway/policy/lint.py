@@ -287,11 +287,11 @@ def lint_source(source: PolicySource) -> list[str]:
         defined.setdefault(mod.package, set()).update(mod.heads)
         partial_sets.setdefault(mod.package, set()).update(mod.partial_sets)
         for fn, n, offset in mod.arities:
-            first = arity.setdefault((mod.package, fn), n)
-            if first != n:
+            seen = arity.setdefault((mod.package, fn), n)
+            if seen != n:
                 line, col = _position(mod.src, offset)
                 errors.append(
-                    f"{source.where(mod.name)}:{line}:{col}: function {fn} is defined with {n} and with {first} "
+                    f"{source.where(mod.name)}:{line}:{col}: function {fn} is defined with {n} and with {seen} "
                     "arguments: every definition of a function must take the same number (the embedded engine "
                     "aborts on this)"
                 )
