@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 import httpx2
 import orjson
+from mcp.client.auth.exceptions import OAuthFlowError
 
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 
@@ -35,6 +36,7 @@ class HttpConnector(JsonRpcPeer):
         headers: dict[str, str] | None = None,
         start_timeout: float = 30.0,
         on_state: Any = None,
+        auth: httpx2.Auth | None = None,
     ):
         super().__init__(name)
         self.url = url
@@ -45,7 +47,9 @@ class HttpConnector(JsonRpcPeer):
         }
         self.start_timeout = start_timeout
         self.on_state = on_state
-        self._client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=5.0), follow_redirects=False)
+        self._client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(None, connect=5.0), follow_redirects=False, auth=auth
+        )
         self._session_id: str | None = None
         self._ready = anyio.Event()
         self._reconnect = anyio.Event()
@@ -85,10 +89,10 @@ class HttpConnector(JsonRpcPeer):
                 self._reconnect = anyio.Event()
                 if self._listener is not None:
                     self._listener.cancel()
-            except UpstreamError as exc:
-                self.last_error = exc.detail
+            except Exception as exc:  # whatever the upstream does, the gateway keeps running and retries
+                self.last_error = exc.detail if isinstance(exc, UpstreamError) else f"{exc.__class__.__name__}: {exc}"
                 self._attempted.set()
-                log.warning("upstream %s: %s; retrying in %.1f s", self.name, exc.detail, backoff)
+                log.warning("upstream %s: %s; retrying in %.1f s", self.name, self.last_error, backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -159,6 +163,8 @@ class HttpConnector(JsonRpcPeer):
             raise UpstreamError(self.name, "unavailable", f"is not reachable: {exc.__class__.__name__}") from None
         except orjson.JSONDecodeError:
             raise UpstreamError(self.name, "protocol", "sent a body that is not JSON") from None
+        except (OAuthFlowError, ValueError, RuntimeError) as exc:  # the OAuth flow (see connectors.oauth) failed
+            raise UpstreamError(self.name, "unauthorized", f"could not be authorized: {exc}") from None
 
     def _waiting(self, rid: Any) -> bool:
         pending = self._pending.get(rid) if isinstance(rid, int) else None

@@ -93,7 +93,12 @@ def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, 
         cwd = str(base_dir / cfg.cwd) if cfg.cwd else None
         return StdioConnector(cfg.name, cfg.command, cfg.env, cwd, cfg.start_timeout_s, on_state)
     assert cfg.url is not None
-    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state)
+    auth = None
+    if cfg.oauth is not None:
+        from connectors.oauth import oauth_provider
+
+        auth = oauth_provider(cfg.name, cfg.url, cfg.oauth)
+    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state, auth)
 
 
 class Catalog:

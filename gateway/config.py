@@ -151,6 +151,21 @@ class TracingConfig(_Model):
         return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), v) for k, v in self.headers.items()}
 
 
+class UpstreamOAuth(_Model):
+    """OAuth for an HTTP upstream that answers 401: the gateway runs the MCP authorization flow as its client."""
+
+    client_id: str | None = None
+    """A pre-registered client; without it the gateway uses client_metadata_url or dynamic registration."""
+    client_secret_env: str | None = None
+    """The environment variable holding the pre-registered client's secret (never the secret itself)."""
+    client_metadata_url: str | None = None
+    """An https URL serving this gateway's client ID metadata document (used when the server supports it)."""
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
+    scope: str | None = None
+    redirect_uri: str = "http://127.0.0.1:8976/callback"
+    client_name: str = "mcp-containment-gateway"
+
+
 class UpstreamConfig(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")]
     transport: Literal["stdio", "http", "builtin"]
@@ -162,6 +177,8 @@ class UpstreamConfig(_Model):
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     tool_timeouts_s: dict[str, Annotated[float, Field(gt=0, le=3600)]] = {}
     start_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    oauth: UpstreamOAuth | None = None
+    """For http upstreams that need a token obtained by OAuth (instead of a static one in headers)."""
     session_mode: Literal["shared", "per_session"] = "shared"
     """``per_session``: each agent session (2025 era) gets its own upstream session, so the upstream's sampling,
     elicitation, roots and log messages can be relayed to exactly that agent; ``shared``: one for all agents."""
@@ -187,6 +204,8 @@ class UpstreamConfig(_Model):
             return self
         if self.tools is not None:
             raise ValueError("tools is for builtin upstreams")
+        if self.oauth is not None and self.transport != "http":
+            raise ValueError("oauth is for http upstreams")
         if self.containment is not None and self.transport != "stdio":
             raise ValueError("containment is for stdio and builtin upstreams")
         if self.containment is not None and self.session_mode != "shared":

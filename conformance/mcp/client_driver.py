@@ -9,6 +9,7 @@ itself; this script only makes the agent side happen, then stops the gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -52,10 +53,21 @@ async def drive(port: int) -> None:
 def main() -> int:
     url = sys.argv[-1]
     scenario = os.environ.get("MCP_CONFORMANCE_SCENARIO", "?")
+    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+    env = {}
+    # An upstream that needs a token: the gateway runs the OAuth flow itself (pre-registered when the scenario
+    # hands out client credentials, else by client registration).
+    oauth = "[upstreams.oauth]\n"
+    if context.get("client_id"):
+        oauth += f'client_id = "{context["client_id"]}"\n'
+    if context.get("client_secret"):
+        oauth += 'client_secret_env = "CONFORMANCE_CLIENT_SECRET"\n'
+        env["CONFORMANCE_CLIENT_SECRET"] = str(context["client_secret"])
     with tempfile.TemporaryDirectory(prefix="conformance-client-") as tmp:
         workdir = Path(tmp)
-        upstream = f'[[upstreams]]\nname = "fixture"\ntransport = "http"\nurl = "{url}"\nstart_timeout_s = 10\n'
-        gw, port = start_gateway(workdir, upstream, ready=False)
+        upstream = (f'[[upstreams]]\nname = "fixture"\ntransport = "http"\nurl = "{url}"\nstart_timeout_s = 10\n'
+                    f"{oauth}")
+        gw, port = start_gateway(workdir, upstream, ready=False, env=env)
         try:
             anyio.run(drive, port)
         except Exception as exc:

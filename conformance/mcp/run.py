@@ -126,11 +126,12 @@ class Proc:
                 self.proc.wait()
 
 
-def start_gateway(workdir: Path, upstream: str, ready: bool = True) -> tuple[Proc, int]:
+def start_gateway(workdir: Path, upstream: str, ready: bool = True,
+                  env: dict[str, str] | None = None) -> tuple[Proc, int]:
     port = free_port()
     config = workdir / "gateway.toml"
     config.write_text(gateway_config(workdir, port, upstream))
-    gw = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config)], workdir / "gateway.log")
+    gw = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config)], workdir / "gateway.log", env)
     gw.wait_http(f"http://127.0.0.1:{port}/{'readyz' if ready else 'healthz'}", 60)
     return gw, port
 
