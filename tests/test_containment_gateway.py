@@ -377,3 +377,17 @@ async def test_bubblewrap_itself_starts_with_an_empty_environment(cgw: RunningGa
             continue
     assert found.get("bwrap") == [b"", b""]  # the outer bwrap and the sandbox's pid 1 alike
     assert found.get("python3") == [b"PATH=/usr/bin:/bin\0"]  # the server: the profile's env only
+
+
+async def test_shell_output_is_truncated_and_cwd_stays_within_the_grants(cgw: RunningGateway) -> None:
+    big = await run(cgw, "ci-bot", "sh__run", {"command": "head -c 200000 /dev/zero | tr '\\0' a; echo err >&2",
+                                               "stdin": "ignored"})
+    s = big.structured_content
+    assert s["stdout_truncated"] is True and len(s["stdout"]) == 65536 and s["stderr"] == "err\n"
+    sub = await run(cgw, "ci-bot", "sh__run", {"command": "mkdir -p sub && cd sub && pwd"})
+    assert sub.structured_content["stdout"].strip().endswith("/ci-bot/sub")
+    inside = await run(cgw, "ci-bot", "sh__run", {"command": "pwd; cat", "cwd": "sub", "stdin": "from stdin"})
+    assert inside.structured_content["stdout"].endswith("/ci-bot/sub\nfrom stdin")
+    other = str(cgw.workdir / "workspaces" / "admin")
+    outside = await run(cgw, "ci-bot", "sh__run", {"command": "pwd", "cwd": other})
+    assert outside.is_error and f"cannot change to {other}" in outside.structured_content["stderr"]
