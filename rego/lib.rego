@@ -129,7 +129,8 @@ in_dated_window(w) if {
 
 # --- the decision ------------------------------------------------------------------------------------------
 
-# Every team ends with decision := lib.decide(deny, grants, containment):
+# Every team defines grants (a boolean, default false) and ends with
+#   decision := lib.decide(deny, grants, containment)
 # allowed when something grants the request and nothing denies it; the reasons are every deny message;
 # containment (only on allowed calls) narrows the worker's profile for this call, never widens it.
 decide(deny, grants, containment) := {"allow": false, "reasons": r} if {
@@ -139,5 +140,13 @@ decide(deny, grants, containment) := {"allow": false, "reasons": r} if {
 	grants
 	count(containment) == 0
 } else := {"allow": true, "reasons": [], "containment": containment} if {
+	grants
+} else := {"allow": false, "reasons": ["no rule allows this request"]}
+
+# A list request (the router's shortcut): allowed when the team grants it and no global denial applies.
+list_decision(grants) := {"allow": false, "reasons": r} if {
+	r := global_deny
+	count(r) > 0
+} else := {"allow": true, "reasons": []} if {
 	grants
 } else := {"allow": false, "reasons": ["no rule allows this request"]}
