@@ -25,6 +25,7 @@ from regopy import Interpreter
 from regopy.rego_shared import RegoError
 
 from gateway.policy.decision import Decision, PolicyError
+from gateway.policy.inputs import input_shape, prune
 from gateway.policy.lint import check as lint
 from gateway.policy.loader import PolicySource, load_policy
 
@@ -121,10 +122,12 @@ class CompiledPolicy:
             raise PolicyError([f"{source.where(name)}: {exc}"]) from None
         if not self.bundle.ok():
             raise PolicyError(_printed_errors("".join(printed), source))
+        self.input_shape = input_shape(source)
+        """The parts of the input the policy reads: only those are handed to rego-cpp (it parses every node)."""
 
     def decide(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
         try:
-            input_json = orjson.dumps(input).decode()
+            input_json = orjson.dumps(prune(input, self.input_shape)).decode()
         except TypeError as exc:
             return Decision.failed(f"input not serialisable: {exc}", self.revision)
         return self.evaluate(evaluator, input_json)

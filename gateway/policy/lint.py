@@ -113,6 +113,11 @@ def _mask(src: str) -> tuple[str, list[_Literal]]:
     return "".join(out), lits
 
 
+def mask(src: str) -> str:
+    """The source with comments and string contents blanked, offsets unchanged."""
+    return _mask(src)[0]
+
+
 def _depths(masked: str) -> list[int]:
     depth, out = 0, []
     for ch in masked:
