@@ -10,7 +10,7 @@ want_test=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-apt_pkgs=(bubblewrap libseccomp2)
+apt_pkgs=(bubblewrap libseccomp2 util-linux python3)
 [ $want_test -eq 1 ] && apt_pkgs+=(prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
