@@ -52,6 +52,15 @@ def test_documented_difference_sprintf_quotes_computed_strings() -> None:
     assert ok and '"host example"' in out
 
 
+def test_a_result_rego_cpp_cannot_serialise_denies_with_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package gateway\n\nimport rego.v1\n\n"
+        'decision := {"allow": true, "reasons": [sprintf("%v", [lower(input.h)])]}\n'
+    )
+    d = compile_policy(tmp_path, "gateway/decision").decide(new_evaluator(), {"h": "X"})
+    assert not d.allow and d.error and "not valid JSON" in d.error and "concat" in d.error
+
+
 def test_documented_difference_function_argument_as_a_key_in_a_comprehension() -> None:
     ok, out = _eval('d := {"a": [1], "b": [2]}\n\nf(k) := {x | some x in d[k]}\n\nr := f("a")')
     assert ok and "[1,2]" in out.replace(" ", "")  # OPA: [1]

@@ -137,11 +137,21 @@ class CompiledPolicy:
             evaluator.set_input_term(input_json)
             out = evaluator.query_bundle(self.bundle)
             if not out.ok():
-                return Decision.failed(f"evaluation error: {str(out).strip()[:500]}", self.revision)
+                # rego-cpp gives no detail beyond "<error>": a built-in failed (strict) or complete rules conflicted.
+                detail = str(out).strip()
+                detail = "" if detail == "<error>" else f": {detail[:500]}"
+                return Decision.failed(
+                    f"evaluation error (a built-in failed, or rules gave conflicting values){detail}", self.revision
+                )
             try:
                 result = out[0]["x"]
             except (IndexError, KeyError, TypeError):
                 result = None
+        except ValueError as exc:  # the result did not parse: rego-cpp quoted a computed string (docs/policy.md)
+            return Decision.failed(
+                f"evaluation error: the policy's result is not valid JSON ({exc}); a string built by a built-in "
+                "inside sprintf? build messages with concat", self.revision,
+            )
         except Exception as exc:
             return Decision.failed(f"evaluation error: {exc}", self.revision)
         return Decision.from_result(result, self.revision)
