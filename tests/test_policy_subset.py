@@ -55,7 +55,7 @@ def test_documented_difference_sprintf_quotes_computed_strings() -> None:
 def test_a_result_rego_cpp_cannot_serialise_denies_with_a_hint(tmp_path: Path) -> None:
     (tmp_path / "p.rego").write_text(
         "package gateway\n\nimport rego.v1\n\n"
-        'decision := {"allow": true, "reasons": [sprintf("%v", [lower(input.h)])]}\n'
+        'decision := {"allow": true, "reasons": [sprintf("host %v", [lower(input.h)])]}\n'
     )
     d = compile_policy(tmp_path, "gateway/decision").decide(new_evaluator(), {"h": "X"})
     assert not d.allow and d.error and "not valid JSON" in d.error and "concat" in d.error
