@@ -9,6 +9,7 @@ and works the same on bind mounts and config-map volumes, where file events are 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -64,8 +65,10 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
     policies, and a candidate must never take the serving gateway down with it."""
     argv = [sys.executable, "-m", "gateway", "policy", "test", str(path), "--decision", decision_path, "-q",
             "--allow-no-tests"]
+    root = str(Path(__file__).resolve().parents[2])  # the child imports this very gateway package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PREFLIGHT_TIMEOUT_S)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PREFLIGHT_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         return ReloadResult("compile_error", "", (f"{path}: compiling and testing took over {_PREFLIGHT_TIMEOUT_S} s",))
     lines = tuple((proc.stderr + proc.stdout).strip().splitlines()[-60:])
