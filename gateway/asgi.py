@@ -134,7 +134,7 @@ class GatewayApp:
         self._jwt = gateway.auth.jwt_issuer is not None
         self._sessions: dict[str, _Session] = {}
         self._fast = FastPath(gateway.pipeline, gateway.session_managers)
-        self._idle = server.session_idle_timeout_s
+        gateway.metrics.sessions.set_function(lambda: len(self._live_session_ids()))
         self._in_flight = 0
         self._last_prune = time.monotonic()
 
@@ -257,13 +257,14 @@ class GatewayApp:
                     send, 413, -32600, f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
                 )
                 return
-            receive = _replay(body, receive)
+            original_receive, receive = receive, _replay(body, receive)
             if sid_raw is None:
                 msg = parse_tool_call(body)
                 if msg is not None:
                     client_info = modern_client(msg, headers)
                     if client_info is not None and await self._fast.handle(
-                        msg, agent, view, None, client_info, headers[b"mcp-protocol-version"].decode(), remote, send
+                        msg, agent, view, None, client_info, headers[b"mcp-protocol-version"].decode(), remote,
+                        original_receive, send,
                     ):
                         return
                 send = self._binding_send(send, owner_key, _client_of(body))
@@ -272,9 +273,10 @@ class GatewayApp:
                 info = self._touch(sid, owner_key)
                 msg = parse_tool_call(body)
                 if msg is not None and info is not None and await self._fast.handle(
-                    msg, agent, view, sid, info[2], info[3], remote, send
+                    msg, agent, view, sid, info[2], info[3], remote, original_receive, send
                 ):
                     return
+                self._fast.cancel(sid, body)
         elif method == "DELETE" and sid_raw is not None:
             send = self._unbinding_send(send, sid_raw.decode("latin-1"))
         elif sid_raw is not None:
@@ -303,19 +305,24 @@ class GatewayApp:
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] < 300:
                 self._sessions.pop(sid, None)
-                self.gw.metrics.sessions.set(len(self._sessions))
             await send(message)
 
         return wrapped
+
+    def _live_session_ids(self) -> set[str]:
+        # The SDK owns session lifetime (idle expiry, DELETE); bindings follow it.
+        live: set[str] = set()
+        for manager in self.gw.session_managers.values():
+            live.update(getattr(manager, "_server_instances", {}))
+        return live
 
     def _prune(self) -> None:
         now = time.monotonic()
         if now - self._last_prune > 5:
             self._last_prune = now
-            cutoff = now - self._idle
-            for sid in [s for s, info in self._sessions.items() if info[1] < cutoff]:
+            live = self._live_session_ids()
+            for sid in [s for s in self._sessions if s not in live]:
                 del self._sessions[sid]
-        self.gw.metrics.sessions.set(len(self._sessions))
 
     async def _unauthorized(self, send: Send, exc: AuthError) -> None:
         desc = exc.detail.replace('"', "'")

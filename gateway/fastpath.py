@@ -14,12 +14,15 @@ answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's serve
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import orjson
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -87,6 +90,7 @@ class FastPath:
     def __init__(self, pipeline: Pipeline, managers: dict[str | None, StreamableHTTPSessionManager]):
         self._pipeline = pipeline
         self._managers = managers
+        self._inflight: dict[tuple[str | None, Any], anyio.CancelScope] = {}
         self._stamps = {
             view: {"name": "mcp-gateway" if view is None else view, "version": version}
             for view in managers
@@ -101,6 +105,24 @@ class FastPath:
             return None
         return transport
 
+    def _per_session(self, name: str, view: str | None) -> bool:
+        up, _ = self._pipeline.catalog.split(name, view)
+        return up is not None and up.config.session_mode == "per_session"
+
+    def cancel(self, session_id: str, body: bytes) -> None:
+        """Cancel a fast-path call named by an agent's notifications/cancelled (the SDK never saw that call)."""
+        if b"notifications/cancelled" not in body:
+            return
+        try:
+            msg = orjson.loads(body)
+            rid = msg["params"]["requestId"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if msg.get("method") == "notifications/cancelled" and isinstance(rid, (int, str)):
+            scope = self._inflight.get((session_id, rid))
+            if scope is not None:
+                scope.cancel()
+
     async def handle(
         self,
         msg: dict[str, Any],
@@ -110,16 +132,23 @@ class FastPath:
         client: dict[str, Any],
         protocol_version: str | None,
         remote_addr: str | None,
+        receive: Receive,
         send: Send,
     ) -> bool:
-        """Answer the call; False when it must go to the SDK (a session the SDK does not hold)."""
+        """Answer the call; False when it must go to the SDK.
+
+        The SDK keeps a call whose upstream relays server-to-client requests to this session (per-session
+        upstreams), and any call on a session it does not hold.
+        """
+        params = msg["params"]
+        if self._per_session(params["name"], view):
+            return False
         transport = None
         modern = session_id is None
         if not modern:
             transport = self._live_transport(view, session_id or "")
             if transport is None:
                 return False
-        params = msg["params"]
         req = Request(
             agent=agent,
             action="tools/call",
@@ -132,29 +161,68 @@ class FastPath:
             request_id=msg["id"],
             remote_addr=remote_addr,
         )
-        idle_scope = getattr(transport, "idle_scope", None)
+        body: bytes | None = None
+        key = (session_id, msg["id"])
+        with self._holding(transport), anyio.CancelScope() as scope:
+            if session_id is not None:
+                self._inflight[key] = scope
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_on_disconnect, receive, scope)
+                    body = await self._answer(req, msg, view, modern)
+                    tg.cancel_scope.cancel()
+            finally:
+                self._inflight.pop(key, None)
+        if body is None:  # cancelled by the agent: the request is over, answer it as such
+            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"],
+                                 "error": {"code": -32800, "message": "Request cancelled"}})
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:
+            pass  # the agent went away
+        return True
+
+    async def _answer(self, req: Request, msg: dict[str, Any], view: str | None, modern: bool) -> bytes:
         try:
             result = await self._pipeline.call_tool(req)
             if modern:
                 result.setdefault("resultType", "complete")
                 result["_meta"] = {**(result.get("_meta") or {}), _SERVER_META: self._stamps[view]}
-            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+            return orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result})
         except GatewayError as exc:
             error: dict[str, Any] = {"code": exc.code, "message": exc.message}
             if exc.data is not None:
                 error["data"] = exc.data
-            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error})
+            return orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error})
         except Exception:
             log.exception("tools/call failed (decision id %s)", req.decision_id)
-            body = orjson.dumps(
+            return orjson.dumps(
                 {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "internal gateway error"}}
             )
+
+    @contextmanager
+    def _holding(self, transport: Any) -> Iterator[None]:
+        """Hold the SDK session while the call runs, as a request through the SDK would (no idle expiry)."""
+        idle_scope = getattr(transport, "idle_scope", None)
+        timeout = getattr(transport, "_idle_timeout", None)
+        if idle_scope is None or not timeout or not hasattr(transport, "_requests_in_flight"):
+            yield
+            return
+        transport._requests_in_flight += 1
+        idle_scope.deadline = math.inf
+        try:
+            yield
         finally:
-            # Activity keeps the SDK's session alive exactly as a request through the SDK would.
-            timeout = getattr(transport, "_idle_timeout", None)
-            if idle_scope is not None and timeout and not getattr(transport, "_requests_in_flight", 0):
+            transport._requests_in_flight -= 1
+            if not transport._requests_in_flight:
                 idle_scope.deadline = anyio.current_time() + timeout
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-        return True
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return

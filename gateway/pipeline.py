@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
+
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
 from gateway import tracing
 from gateway.catalog import Catalog, Upstream, public_name
@@ -100,6 +102,11 @@ class Pipeline:
         except RemoteError as exc:
             self._done(req, up, t0, "upstream_error", "remote_error", exc.message, **contained.audit())
             raise GatewayError(exc.code, exc.message, exc.data) from None
+        except anyio.get_cancelled_exc_class():
+            # The agent cancelled or went away: the upstream was told (connectors send notifications/cancelled);
+            # the record says so, so no forwarded decision is left without its outcome.
+            self._done(req, up, t0, "cancelled", **contained.audit())
+            raise
         self._done(req, up, t0, "tool_error" if result.get("isError") else "ok", **contained.audit())
         return result
 

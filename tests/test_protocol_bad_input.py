@@ -206,8 +206,6 @@ def test_expired_session_ids(short_sessions: RunningGateway) -> None:
     assert len(upstream_calls(short_sessions)) == before
 
 
-@pytest.mark.xfail(strict=True, reason="the tools/call fast path does not hold the SDK's session while its call runs, "
-                                       "so a call longer than session_idle_timeout_s loses its session (lead)")
 def test_a_call_longer_than_the_idle_timeout_keeps_its_session(short_sessions: RunningGateway) -> None:
     sid = open_session(short_sessions)
     resp = httpx2.post(short_sessions.url, content=rpc(14, "tools/call", {"name": "rec__sleep",

@@ -152,8 +152,6 @@ async def test_agent_cancellation_reaches_the_upstream(gateway: RunningGateway) 
     assert any(m["params"]["requestId"] == hang["id"] for m in cancels), messages
 
 
-@pytest.mark.xfail(strict=True, reason="tools/call without a progress token takes the fast path, which neither "
-                                       "watches for the agent's notifications/cancelled nor its disconnect (lead)")
 async def test_agent_cancellation_on_the_fast_path_reaches_the_upstream(gateway: RunningGateway) -> None:
     async with mcp_client(gateway.url, KEY) as c:
         with anyio.move_on_after(1.0):
