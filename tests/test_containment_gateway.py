@@ -26,6 +26,8 @@ pytestmark = pytest.mark.anyio
 
 UID_BASE = 310000
 BOX = f'command = ["/usr/bin/python3", "{REPO}/conformance/containment/box_server.py"]'
+TOKEN = "tbox-token-" + os.urandom(6).hex()
+"""A secret handed to a contained upstream through its env: it must reach the worker and no host command line."""
 LIMITS = "memory_mb = 128\npids = 32\ncpu_seconds = 1\ntimeout_s = 3\nmax_file_mb = 8\nopen_files = 128"
 MXC = {
     "version": "0.8.0-alpha",
@@ -63,6 +65,13 @@ containment = "strict"
 name = "box"
 transport = "stdio"
 {BOX}
+containment = "boxed"
+
+[[upstreams]]
+name = "tbox"
+transport = "stdio"
+{BOX}
+env = {{ BOX_TOKEN = "{TOKEN}" }}
 containment = "boxed"
 
 [[upstreams]]
@@ -391,3 +400,10 @@ async def test_shell_output_is_truncated_and_cwd_stays_within_the_grants(cgw: Ru
     other = str(cgw.workdir / "workspaces" / "admin")
     outside = await run(cgw, "ci-bot", "sh__run", {"command": "pwd", "cwd": other})
     assert outside.is_error and f"cannot change to {other}" in outside.structured_content["stderr"]
+
+
+async def test_a_workers_secrets_are_on_no_host_command_line(cgw: RunningGateway) -> None:
+    """Host command lines are world-readable (``ps``): the worker's environment must not travel through argv."""
+    r = await run(cgw, "researcher", "tbox__run", {"command": "echo token=$BOX_TOKEN; sleep 1"})
+    assert r.structured_content["stdout"] == f"token={TOKEN}\n"  # delivered to the worker (it is still running)
+    assert [p for p in os.listdir("/proc") if p.isdigit() and TOKEN in _cmdline(p)] == []

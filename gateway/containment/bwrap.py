@@ -99,7 +99,7 @@ def bwrap_argv(
     paths: AgentPaths,
     files: SandboxFiles,
     helper_python: str,
-    spec_json: str,
+    spec_fd: int,
     argv: list[str],
     cwd: str,
 ) -> list[str]:
@@ -129,7 +129,10 @@ def bwrap_argv(
         args.append("--share-net")
     for m in mounts:
         args.extend(m.args)
-    args.extend(["--remount-ro", "/", "--chdir", "/", "--", helper_python, "-I", "-S", HELPER, spec_json, "--", *argv])
+    # The helper's spec (with the worker's environment) travels in an inherited fd: host command lines are
+    # world-readable, and bwrap's would otherwise show every secret an upstream gets through its env.
+    args.extend(["--remount-ro", "/", "--chdir", "/", "--", helper_python, "-I", "-S", HELPER, str(spec_fd), "--",
+                 *argv])
     return args
 
 

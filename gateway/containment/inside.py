@@ -1,6 +1,7 @@
 """The in-sandbox exec helper: runs inside bubblewrap as the worker, then becomes the worker.
 
-Started as ``python3 -I -S inside.py SPEC_JSON -- ARGV...`` after bubblewrap has made the mounts (Landlock
+Started as ``python3 -I -S inside.py SPEC_FD -- ARGV...`` (the spec, JSON, in an inherited fd: it holds the
+worker's environment, which must not show on a command line) after bubblewrap has made the mounts (Landlock
 applied before bubblewrap would break bubblewrap's own set-up). In order it: starts the egress bridge (network
 = allowlist), sets no_new_privs, applies Landlock (file rights per path, TCP ports, scoping of abstract sockets
 and signals), loads the seccomp program the gateway compiled, changes to the working directory and executes
@@ -181,17 +182,22 @@ def find(prog, env):
     os._exit(127)
 
 
-def main():
-    spec = json.loads(sys.argv[1])
-    argv = sys.argv[3:] if len(sys.argv) > 2 and sys.argv[2] == "--" else []
-    bpf_fd = spec["bpf_fd"]
-    bpf = b""
+def read_fd(fd):
+    """All of an inherited fd's content; the fd is closed, so the worker never inherits it."""
+    data = b""
     while True:
-        chunk = os.read(bpf_fd, 65536)
+        chunk = os.read(fd, 65536)
         if not chunk:
             break
-        bpf += chunk
-    os.close(bpf_fd)
+        data += chunk
+    os.close(fd)
+    return data
+
+
+def main():
+    spec = json.loads(read_fd(int(sys.argv[1])))
+    argv = sys.argv[3:] if len(sys.argv) > 2 and sys.argv[2] == "--" else []
+    bpf = read_fd(spec["bpf_fd"])
     br = spec.get("bridge")
     if br is not None:
         import socket  # only here: socket and threading cost ~12 ms of start-up

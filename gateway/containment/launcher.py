@@ -343,8 +343,8 @@ class Launcher:
             for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
                 env.setdefault(k, proxy)
         try:
-            command = bw.bwrap_argv(self.caps.bwrap, p, paths, files, self.helper_python,
-                                    orjson.dumps(spec).decode(), argv, cwd)
+            fds.append(_memfd("spec", orjson.dumps(spec)))
+            command = bw.bwrap_argv(self.caps.bwrap, p, paths, files, self.helper_python, fds[-1], argv, cwd)
         except BaseException:
             if close_egress is not None:
                 await close_egress()
