@@ -36,6 +36,8 @@ CLONE_THREAD = 0x00010000
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17
 AF_KEY, AF_VSOCK = 15, 40
 SOCK_TYPE_MASK, SOCK_RAW, SOCK_PACKET = 0xF, 3, 10
+INT = 0xFFFFFFFF
+"""The kernel reads ``int`` arguments from the low 32 bits; a filter comparing all 64 could be stepped around."""
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 
@@ -60,7 +62,7 @@ def build_filter(network: str, subprocesses: bool) -> bytes:
         f.add_rule(eperm, "vfork")
         f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
     for request in (TIOCSTI, TIOCLINUX):
-        f.add_rule(eperm, "ioctl", sc.Arg(1, sc.EQ, request))
+        f.add_rule(eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, INT, request))
     for call in ("socket", "socketpair"):
         f.add_rule(eperm, call, sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_RAW))
         f.add_rule(eperm, call, sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_PACKET))
@@ -73,7 +75,7 @@ def build_filter(network: str, subprocesses: bool) -> bytes:
                 f.add_rule(eperm, call, sc.Arg(0, sc.EQ, family))
         else:
             for family in (AF_PACKET, AF_KEY, AF_VSOCK):
-                f.add_rule(eperm, call, sc.Arg(0, sc.EQ, family))
+                f.add_rule(eperm, call, sc.Arg(0, sc.MASKED_EQ, INT, family))
     fd = os.memfd_create("seccomp-bpf")
     with os.fdopen(fd, "w+b") as out:
         f.export_bpf(out)
