@@ -1,8 +1,10 @@
 """Decision time of the shipped policies on the embedded engine, for a ~1 KB input.
 
 Measures, in one process, interleaved in rounds so machine noise hits every variant alike:
-- ``decide``: one decision through the compiled policy on this thread's evaluator (what the gateway's worker
-  thread does: serialise the input, hand it to rego-cpp, evaluate, read the result);
+- ``sh__run call``: one decision through the compiled policy on this thread's evaluator (what the gateway's
+  worker thread does: serialise the input, hand it to rego-cpp, evaluate, read the result), for the shell tool,
+  the policy's most expensive path (command allow-list, shell operators, cwd, timeout, containment);
+- ``time__convert_time call``: the same for a call with a small argument check;
 - ``decide (gateway path)``: the same through ``EmbeddedEngine.decide`` (the hop to a worker thread included);
 - ``list item``: a tools/list visibility decision (small input, no arguments);
 - ``whole input``: the same decision with the whole input handed to rego-cpp (the engine normally hands it only
@@ -51,6 +53,18 @@ def call_input(decider: Decider, command: str) -> dict[str, Any]:
     return decider.build_input(req, "sh", tool="run", annotations=annotations, arguments=req.arguments)
 
 
+def time_input(decider: Decider) -> dict[str, Any]:
+    req = Request(
+        agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/call", view=None,
+        name="time__convert_time",
+        arguments={"source_timezone": "Europe/Paris", "time": "16:30", "target_timezone": "Asia/Tokyo"},
+        session_id="5f0c2d1e9a8b4c7d8e9f0a1b2c3d4e5f", client={"name": "claude-code", "version": "2.1.7"},
+        protocol_version="2025-11-25", request_id=18, remote_addr="127.0.0.1",
+    )
+    return decider.build_input(req, "time", tool="convert_time", annotations={"readOnlyHint": True},
+                               arguments=req.arguments)
+
+
 def list_input(decider: Decider) -> dict[str, Any]:
     req = Request(agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/list", view=None)
     return decider.build_input(req, "time", tool="get_current_time", annotations={"readOnlyHint": True},
@@ -84,10 +98,12 @@ def main() -> None:
     big["arguments"]["stdin"] = "y" * 16384
     big_trimmed = {**big, "arguments": trim(big["arguments"], 1024)}
     listing = list_input(decider)
+    convert = time_input(decider)
     size = len(orjson.dumps(call))
     ev = new_evaluator()
     first = policy.decide(ev, call)
     assert first.allow and first.error is None, first
+    assert policy.decide(ev, convert).allow
 
     async def gateway_path(n: int) -> list[float]:
         out = []
@@ -106,9 +122,11 @@ def main() -> None:
         return out
 
     variants: dict[str, Callable[[int], list[float]]] = {
-        f"decide ({size} B input)": lambda n: timed(lambda: policy.decide(ev, call), n),
+        f"sh__run call ({size} B input)": lambda n: timed(lambda: policy.decide(ev, call), n),
         "decide (gateway path, thread hop)": lambda n: anyio.run(gateway_path, n),
         "decide, whole input handed to rego-cpp": lambda n: timed(lambda: whole.decide(ev, call), n),
+        f"time__convert_time call ({len(orjson.dumps(convert))} B input)":
+            lambda n: timed(lambda: policy.decide(ev, convert), n),
         f"list item ({len(orjson.dumps(listing))} B input)": lambda n: timed(lambda: policy.decide(ev, listing), n),
         "trivial policy, whole input": lambda n: timed(lambda: trivial.decide(ev, call), n),
         f"16 KB argument, untrimmed ({len(orjson.dumps(big))} B)": lambda n: timed(lambda: policy.decide(ev, big), n),
