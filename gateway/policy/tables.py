@@ -15,6 +15,8 @@ the case expects. A file looks like::
         input: {agent: {team: research, roles: []}, server: time, tool: convert_time}
         allow: false
         reasons: [research agents may not use convert_time]    # exactly these; reasons_include: at least these
+      - name: research reads papers read-only
+        input: {agent: {team: research}, server: files, tool: read_file, arguments: {path: papers/a.pdf}}
         result: {containment: {read_only: true}}                 # a subset of the decision document
 
 Inputs are completed with the fields the gateway always sends (``INPUT_SKELETON``), so ``input.tool == null``
