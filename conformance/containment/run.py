@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 import anyio  # noqa: E402
 import httpx2  # noqa: E402
 
-from conformance.containment.attempts import ATTEMPTS, Attempt  # noqa: E402
+from conformance.containment.attempts import ATTEMPTS, PROBED, Attempt  # noqa: E402
 from tests.conftest import KEYS, default_config, free_port, mcp_client, start_gateway  # noqa: E402
 
 AGENT, OTHER = "ci-bot", "admin"
@@ -229,6 +229,24 @@ async def call(client: Any, tool: str, args: dict[str, Any]) -> RouteResult:
 
 
 LIMIT_WORDS = {"pids": "process limit", "memory": "memory limit", "cpu": "CPU time limit", "timeout": "(timeout_s"}
+RAN = "battery-program-started"
+"""Echoed before each program: a call that never ran its program has blocked nothing."""
+
+
+def ran(a: Attempt, res: RouteResult) -> str | None:
+    """Why the attempt's result proves nothing (its program did not run as far as its probes), or None."""
+    if a.limit is not None:
+        return None  # the error naming the limit is the proof
+    if a.ends_worker and "worker exited unexpectedly" in res.error:
+        return None
+    if RAN not in res.stdout:
+        return "the program did not run"
+    want = a.program.count(f"print('{PROBED}')")
+    if res.stdout.count(PROBED) < want:
+        return f"a probe did not run to its end ({res.stdout.count(PROBED)} of {want})"
+    if a.expect is not None and a.expect not in res.stdout:
+        return f"expected {a.expect!r} in the output"
+    return None
 
 
 def judge(a: Attempt, res: RouteResult, ctx: Context) -> tuple[bool, str]:
@@ -236,6 +254,10 @@ def judge(a: Attempt, res: RouteResult, ctx: Context) -> tuple[bool, str]:
     seen = (res.error or res.stderr or res.stdout).strip().splitlines()
     blocked = True
     notes = []
+    vacuous = ran(a, res)
+    if vacuous is not None:
+        blocked = False
+        notes.append(f"PROVES NOTHING: {vacuous}")
     if "ESCAPED" in res.stdout:
         blocked = False
         notes.append("ESCAPED")
@@ -254,7 +276,7 @@ def judge(a: Attempt, res: RouteResult, ctx: Context) -> tuple[bool, str]:
         if not ok:
             blocked = False
         notes.append(what)
-    first = next((s for s in seen if s.strip() and not s.startswith("exit code")), "")
+    first = next((s for s in seen if s.strip() and not s.startswith("exit code") and s not in (RAN, PROBED)), "")
     if first.startswith("The tool's worker was stopped: "):
         first = first[len("The tool's worker was stopped: "):]
     return blocked, "; ".join([first[:90], *[n for n in notes if n]])[:160]
@@ -266,7 +288,9 @@ async def prepare(ctx: Context, work: Path) -> None:
     async with mcp_client(gw.url, KEYS[OTHER][2]) as c:
         for tool in ("sh__run", "box__run"):
             v = ctx.values
-            command = f"echo {v['OTHER_MARK']} > secret.txt; echo {v['SHARED_MARK']} > /tmp/shared-{v['RAND']}; id -u"
+            shared = f"/tmp/shared-{v['RAND']}"  # world-readable: only a private /tmp keeps it from the agent
+            command = (f"echo {v['OTHER_MARK']} > secret.txt; echo {v['SHARED_MARK']} > {shared}; "
+                       f"chmod 644 {shared}; id -u")
             r = await call(c, tool, {"command": command})
             if r.exit_code != 0:
                 raise RuntimeError(f"preparing the other agent failed: {r}")
@@ -274,6 +298,10 @@ async def prepare(ctx: Context, work: Path) -> None:
     async with mcp_client(gw.url, KEYS[AGENT][2]) as c:
         r = await call(c, "sh__run", {"command": "id -u"})
         uid = int(r.stdout.split()[-1])
+    # A host process of the agent's own uid: only the pid namespace keeps the worker's signals from it.
+    ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if os.geteuid() == 0 else {}
+    ctx.victim = subprocess.Popen(["sleep", "3600"], start_new_session=True, **ids)
+    ctx.values["VICTIM"] = str(ctx.victim.pid)
     secrets_dir = work / "workspaces" / AGENT / ".secrets"
     secrets_dir.mkdir(exist_ok=True)
     key = secrets_dir / "key"
@@ -304,8 +332,8 @@ async def run_routes(ctx: Context, routes: list[str], attempts: list[Attempt]) -
                     ctx.egress_seen = ctx.egress_denied()
                 t0 = time.monotonic()
                 try:
-                    res = await call(client, tool, {"command": ctx.fill(a.program)})
-                except Exception as exc:  # a protocol error is also an answer: the attempt did not get a shell
+                    res = await call(client, tool, {"command": f"echo {RAN}\n" + ctx.fill(a.program)})
+                except Exception as exc:  # judged like any answer: without a limit to name, it proves nothing
                     res = RouteResult(None, "", "", f"error: {exc}")
                 if a.after == "stop-worker":
                     await stop_worker(ctx, client, route, tool)
@@ -357,14 +385,13 @@ def main() -> int:
         "tcp": Listener("tcp", ("127.0.0.1", 0)),
         "tcp_any": Listener("tcp", ("0.0.0.0", 0)),
         "udp": Listener("udp", ("0.0.0.0", 0)),
+        "dns": Listener("udp", ("0.0.0.0", 0)),
         "abstract": Listener("unix", "\0" + v["ABSTRACT"]),
         "unix": Listener("unix", v["HOST_SOCK"]),
     }
     os.chmod(v["HOST_SOCK"], 0o777)
     v.update({"TCP": str(ctx.listeners["tcp"].port), "TCP_ANY": str(ctx.listeners["tcp_any"].port),
-              "UDP": str(ctx.listeners["udp"].port)})
-    ctx.victim = subprocess.Popen(["sleep", "3600"], start_new_session=True)
-    v["VICTIM"] = str(ctx.victim.pid)
+              "UDP": str(ctx.listeners["udp"].port), "DNS": str(ctx.listeners["dns"].port)})
     port = free_port()
     rows: list[Row] = []
     try:
@@ -381,7 +408,8 @@ def main() -> int:
     finally:
         if ctx.gw is not None:
             ctx.gw.stop()
-        ctx.victim.kill()
+        if ctx.victim is not None:
+            ctx.victim.kill()
         for listener in ctx.listeners.values():
             listener.sock.close()
         for p in (v["HOST_MARK"], v["USR_MARK"]):
