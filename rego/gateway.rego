@@ -4,7 +4,8 @@
 #
 # Lists (the catalogue, and each item of it: one decision per tool, prompt or resource an agent may see) are
 # decided by the team's grants alone, with the global denials: deny rules judge the requests that act (tools/call,
-# prompts/get, resources/read, ...), and skipping them keeps a long tools/list cheap.
+# prompts/get, resources/read, ...), and skipping them keeps a long tools/list cheap. Session plumbing and what
+# upstreams relay to agents (lib.protocol_actions) are decided the same way, from the team's protocol_grants.
 package gateway
 
 import data.gateway.lib
@@ -13,4 +14,5 @@ import rego.v1
 default decision := {"allow": false, "reasons": ["no policy for this agent's team"]}
 
 decision := lib.list_decision(data.gateway.teams[input.agent.team].grants) if lib.is_list
+else := lib.list_decision(data.gateway.teams[input.agent.team].protocol_grants) if lib.is_protocol
 else := data.gateway.teams[input.agent.team].decision

@@ -15,6 +15,18 @@ is_call if input.action == "tools/call"
 
 is_list if input.action in {"tools/list", "prompts/list", "resources/list"}
 
+# Session plumbing an agent asks for, and what an upstream relays to the agent's session (sampling, elicitation,
+# roots, log messages, resource updates, list changes). Each is decided with `server` set to the upstream (null
+# when the request concerns the whole session); teams allow them on upstreams they grant.
+protocol_actions := {
+	"logging/setLevel", "resources/subscribe", "resources/unsubscribe", "completion/complete",
+	"notifications/roots/list_changed", "sampling/createMessage", "elicitation/create", "roots/list",
+	"notifications/message", "notifications/resources/updated", "notifications/tools/list_changed",
+	"notifications/prompts/list_changed", "notifications/resources/list_changed",
+}
+
+is_protocol if input.action in protocol_actions
+
 # Listing the whole catalogue (no item yet): every known team may ask; the items are then decided one by one
 # (action tools/list with the tool set), and an agent sees only those it may use.
 catalogue_request if {

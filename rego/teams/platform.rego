@@ -31,6 +31,19 @@ grants if {
 	lib.server_granted(team.roles)
 }
 
+# Session plumbing and relays: for the whole session, and on every upstream a role of the agent is granted.
+default protocol_grants := false
+
+protocol_grants if {
+	lib.is_protocol
+	input.server == null
+}
+
+protocol_grants if {
+	lib.is_protocol
+	lib.server_granted(team.roles)
+}
+
 # --- annotations -------------------------------------------------------------------------------------------
 
 deny contains "destructive tools need the admin role" if {

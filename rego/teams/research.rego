@@ -22,6 +22,21 @@ grants if {
 	granted_tool
 }
 
+# Session plumbing and relays: for the whole session, and on the upstreams research uses, except that research
+# agents never lend their model to an upstream (no sampling) nor let one ask them questions (no elicitation).
+default protocol_grants := false
+
+protocol_grants if {
+	lib.is_protocol
+	input.server == null
+}
+
+protocol_grants if {
+	lib.is_protocol
+	input.server in {"time", "files", "fetch"}
+	not input.action in {"sampling/createMessage", "elicitation/create"}
+}
+
 granted_tool if {
 	input.server == "time"
 	input.tool in team.time_tools
