@@ -48,6 +48,14 @@ def traversable_tmp(prefix: str) -> Path:
 
 def config(port: int, work: Path, idle: float = 3.0, helper: str = "/usr/bin/python3") -> str:
     (work / "profile.mxc.json").write_text(json.dumps(MXC))
+    shared = work / "shared"  # a read-only tree whose denied entry is a symlink to the real directory
+    (shared / "real-keys").mkdir(parents=True, exist_ok=True)
+    (shared / "real-keys" / "key").write_text("LINKED-SECRET\n")
+    if not (shared / "keys").is_symlink():
+        (shared / "keys").symlink_to("real-keys")
+    for d in (shared, shared / "real-keys"):
+        os.chmod(d, 0o755)
+    os.chmod(shared / "real-keys" / "key", 0o644)
     upstreams = f"""
 [[upstreams]]
 name = "sh"
@@ -73,6 +81,12 @@ transport = "stdio"
 {BOX}
 env = {{ BOX_TOKEN = "{TOKEN}" }}
 containment = "boxed"
+
+[[upstreams]]
+name = "lsh"
+transport = "builtin"
+tools = "shell"
+containment = "linked"
 
 [[upstreams]]
 name = "psh"
@@ -125,6 +139,13 @@ tier = "sandbox"
 read_only = ["/usr", "{REPO}/conformance/containment"]
 read_write = ["{{workspace}}"]
 env = {{ PATH = "/usr/bin:/bin" }}
+{LIMITS}
+
+[containment.profiles.linked]
+tier = "sandbox"
+read_only = ["/usr", "{work}/shared"]
+read_write = ["{{workspace}}"]
+deny = ["{work}/shared/keys"]
 {LIMITS}
 
 [containment.profiles.proc]
@@ -407,3 +428,11 @@ async def test_a_workers_secrets_are_on_no_host_command_line(cgw: RunningGateway
     r = await run(cgw, "researcher", "tbox__run", {"command": "echo token=$BOX_TOKEN; sleep 1"})
     assert r.structured_content["stdout"] == f"token={TOKEN}\n"  # delivered to the worker (it is still running)
     assert [p for p in os.listdir("/proc") if p.isdigit() and TOKEN in _cmdline(p)] == []
+
+
+async def test_a_denied_symlink_masks_what_it_points_to(cgw: RunningGateway) -> None:
+    shared = cgw.workdir / "shared"
+    r = await run(cgw, "ci-bot", "lsh__run", {"command": f"ls {shared}; cat {shared}/keys/key {shared}/real-keys/key"})
+    s = r.structured_content
+    assert s["stdout"].split() == ["keys", "real-keys"]  # the read-only tree is there
+    assert "LINKED-SECRET" not in s["stdout"] + s["stderr"] and s["exit_code"] != 0

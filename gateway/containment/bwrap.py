@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from gateway.containment.profile import AgentPaths, Profile
+from gateway.containment.profile import AgentPaths, Profile, within
 
 HELPER_DIR = "/run/mcpgw"
 HELPER = f"{HELPER_DIR}/inside.py"
@@ -74,22 +74,27 @@ def _system_mounts(profile: Profile, tmp_mb: int) -> list[Mount]:
     return mounts
 
 
-def deny_mounts(deny: tuple[str, ...], deny_file: str, deny_dir: str) -> list[Mount]:
+def deny_mounts(deny: tuple[str, ...], deny_file: str, deny_dir: str, granted: tuple[str, ...]) -> list[Mount]:
     """Masks over denied paths that exist: an empty, unreadable, root-owned directory or file on top.
 
-    Links are not masked: a link grants nothing by itself (what it points to is judged where it points), and
-    mounting over it would follow it. Paths that do not exist have nothing to hide.
+    A denied path that is a link denies what it leads to: its target is masked where the profile grants it
+    (elsewhere it is not mounted at all). The link itself is left alone (a mount on it would follow it
+    anyway). A mask only ever hides, so an agent pointing a link of its own somewhere hides that from itself.
+    Paths that do not exist have nothing to hide.
     """
     out = []
     for path in deny:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        src = deny_dir if stat.S_ISDIR(st.st_mode) else deny_file
-        out.append(Mount(path, ["--ro-bind", src, path], 2))
+        real = os.path.realpath(path)
+        targets = [path] + ([real] if real != path and within(real, granted) else [])
+        for target in targets:
+            try:
+                st = os.lstat(target)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            src = deny_dir if stat.S_ISDIR(st.st_mode) else deny_file
+            out.append(Mount(target, ["--ro-bind", src, target], 2))
     return out
 
 
@@ -116,7 +121,7 @@ def bwrap_argv(
     for path in dict.fromkeys(paths.read_only + paths.read_write):
         kind = "--bind-try" if path in writable else "--ro-bind-try"
         mounts.append(Mount(path, [kind, path, path], 1))
-    mounts.extend(deny_mounts(paths.deny, files.deny_file, files.deny_dir))
+    mounts.extend(deny_mounts(paths.deny, files.deny_file, files.deny_dir, paths.read_only + paths.read_write))
     mounts.extend(files.extra)
     mounts.sort(key=lambda m: (_depth(m.dest), m.order))
     args = [

@@ -179,7 +179,7 @@ def env_for(p: Profile, extra: dict[str, str], workspace: str, agent: str) -> di
 _NARROW_KEYS = {"profile", "read_only", "network", "allow_hosts", "deny", "subprocesses", *LIMITS}
 
 
-def _within(path: str, roots: tuple[str, ...]) -> bool:
+def within(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
@@ -190,13 +190,13 @@ def is_within(candidate: Profile, base: Profile) -> tuple[bool, str]:
     if candidate.tier != base.tier and candidate.tier == "sandbox" and base.tier != "sandbox":
         return False, "cannot switch tier"
     for path in candidate.read_write:
-        if not _within(path, base.read_write):
+        if not within(path, base.read_write):
             return False, f"read_write {path} is not writable in profile {base.name}"
     for path in candidate.read_only:
-        if not _within(path, base.read_only + base.read_write):
+        if not within(path, base.read_only + base.read_write):
             return False, f"read_only {path} is not readable in profile {base.name}"
     for path in base.deny:
-        if not _within(path, candidate.deny):
+        if not within(path, candidate.deny):
             return False, f"deny {path} of profile {base.name} is not kept"
     if NETWORK_ORDER[candidate.network] > NETWORK_ORDER[base.network]:
         return False, f"network {candidate.network} is wider than {base.network}"
