@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--mode", default="legacy", choices=["legacy", "auto"])
+    ap.add_argument("--policy-threads", type=int, default=4, help="[policy] threads (0: evaluate on the event loop)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -119,7 +120,10 @@ def main() -> None:
     data = json.loads((policy / "data.json").read_text())
     data["teams"]["platform"]["roles"]["ci"]["echostdio"] = ["*"]
     (policy / "data.json").write_text(json.dumps(data))
-    gw = start_gateway(work, default_config(gw_port, work, upstreams, policy=policy), gw_port)
+    config = default_config(gw_port, work, upstreams, policy=policy).replace(
+        "[policy]\n", f"[policy]\nthreads = {args.policy_threads}\n"
+    )
+    gw = start_gateway(work, config, gw_port)
     try:
         targets = {
             "direct (HTTP)": (f"http://127.0.0.1:{echo_port}/mcp", "echo"),

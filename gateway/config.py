@@ -103,6 +103,8 @@ class PolicyConfig(_Model):
     decision: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")] = "gateway/decision"
     opa_url: str | None = None
     timeout_ms: Annotated[int, Field(gt=0, le=60000)] = 200
+    threads: Annotated[int, Field(ge=0, le=64)] = 4
+    """Embedded engine: evaluator threads (rego-cpp releases the GIL); 0 evaluates on the event loop."""
     max_argument_bytes: Annotated[int, Field(gt=0)] = 16384
     """Argument strings longer than this are trimmed before they reach policy (policies need paths, not payloads)."""
     opa_token_env: str | None = None

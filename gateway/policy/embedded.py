@@ -178,7 +178,8 @@ class EmbeddedEngine:
         self._timeout = timeout_ms / 1000.0
         self._policy = compile_policy(path, decision_path)
         self._local = threading.local()
-        self._limiter = anyio.CapacityLimiter(threads)
+        self._limiter = anyio.CapacityLimiter(threads) if threads > 0 else None
+        self._queue_timeout = max(1.0, 10 * self._timeout)
 
     @property
     def revision(self) -> str:
@@ -210,14 +211,27 @@ class EmbeddedEngine:
         return self._policy.decide(self._evaluator(), input)
 
     async def decide(self, input: dict[str, Any]) -> Decision:
+        """Evaluate on a worker thread; ``timeout_ms`` bounds the evaluation, not the wait for a free evaluator.
+
+        Waiting for an evaluator is bounded separately (an engine whose threads are all stuck on a pathological
+        policy fails closed instead of queueing calls forever). With ``threads = 0`` the decision is evaluated on
+        the event loop itself: no thread hop, but a slow policy then stalls every connection.
+        """
         policy = self._policy
+        if self._limiter is None:
+            return self.decide_sync(input)
+        try:
+            with anyio.fail_after(self._queue_timeout):
+                await self._limiter.acquire()
+        except TimeoutError:
+            return Decision.failed("policy engine overloaded: no evaluator became free in time", policy.revision)
         try:
             with anyio.fail_after(self._timeout):
-                return await anyio.to_thread.run_sync(
-                    self.decide_sync, input, limiter=self._limiter, abandon_on_cancel=True
-                )
+                return await anyio.to_thread.run_sync(self.decide_sync, input, abandon_on_cancel=True)
         except TimeoutError:
             return Decision.failed(f"policy timed out after {self._timeout * 1000:.0f} ms", policy.revision)
+        finally:
+            self._limiter.release()
 
     async def aclose(self) -> None:
         return None
