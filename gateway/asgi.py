@@ -56,7 +56,9 @@ async def _respond(send: Send, status: int, body: bytes, ctype: bytes, headers: 
     await send({"type": "http.response.body", "body": body})
 
 
-async def _jsonrpc_error(send: Send, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def _jsonrpc_error(
+    send: Send, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+) -> None:
     body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
     await _respond(send, status, body, b"application/json", headers)
 
@@ -114,6 +116,7 @@ class GatewayApp:
         self.gw = gateway
         server = gateway.config.server
         self._limit = server.max_request_bytes
+        self._too_large = f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
         port = server.port
         if server.allowed_hosts is not None:
             hosts = set(server.allowed_hosts)
@@ -224,9 +227,7 @@ class GatewayApp:
                 return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self._limit):
-            await _jsonrpc_error(
-                send, 413, -32600, f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
-            )
+            await _jsonrpc_error(send, 413, -32600, self._too_large)
             return
         client = scope.get("client")
         remote = client[0] if client else None
@@ -254,7 +255,7 @@ class GatewayApp:
             body = await _read_body(receive, self._limit)
             if body is None:
                 await _jsonrpc_error(
-                    send, 413, -32600, f"request body exceeds the limit of {self._limit} bytes (server.max_request_bytes)"
+                    send, 413, -32600, self._too_large
                 )
                 return
             original_receive, receive = receive, _replay(body, receive)

@@ -311,7 +311,9 @@ def _check_files(cfg: Config, source: str) -> list[str]:
     if jwt and jwt.jwks_file and not cfg.resolve(jwt.jwks_file).is_file():
         errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} does not exist")
     if jwt and jwt.hs256_secret_env and not os.environ.get(jwt.hs256_secret_env):
-        errors.append(f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set")
+        errors.append(
+            f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set"
+        )
     return errors
 
 

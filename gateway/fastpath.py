@@ -22,9 +22,8 @@ from typing import Any
 import anyio
 import orjson
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.types import Receive, Send
-
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.types import Receive, Send
 
 from gateway.decide import Request
 from gateway.forward import GatewayError

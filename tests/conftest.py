@@ -41,7 +41,9 @@ def free_port() -> int:
 def api_keys_toml() -> str:
     out = []
     for agent, (team, roles, key) in KEYS.items():
-        out.append(f'[[identity.api_keys]]\nagent = "{agent}"\nteam = "{team}"\nroles = {roles!r}\nsha256 = "{sha(key)}"\n')
+        out.append(
+            f'[[identity.api_keys]]\nagent = "{agent}"\nteam = "{team}"\nroles = {roles!r}\nsha256 = "{sha(key)}"\n'
+        )
     return "\n".join(out).replace("'", '"')
 
 

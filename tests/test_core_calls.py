@@ -64,7 +64,8 @@ async def test_hidden_tool_is_answered_like_a_missing_one(core_gateway: RunningG
         with pytest.raises(MCPError) as missing:
             await c.call_tool("echo__no_such_tool", {"text": "hi"})
         assert hidden.value.code == missing.value.code
-        assert hidden.value.message.replace("echo__echo", "X") == missing.value.message.replace("echo__no_such_tool", "X")
+        same = missing.value.message.replace("echo__no_such_tool", "X")
+        assert hidden.value.message.replace("echo__echo", "X") == same
 
 
 async def test_two_teams_see_different_tool_lists(core_gateway: RunningGateway) -> None:

@@ -65,7 +65,8 @@ def post_initialize(url: str, auth: str | None) -> httpx2.Response:
     if auth is not None:
         headers["Authorization"] = auth
     body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
     return httpx2.post(url, json=body, headers=headers)
 
 
@@ -159,7 +160,8 @@ def test_session_of_one_agent_is_not_usable_by_another(core_gateway: RunningGate
         "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
     }
     body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
-    other = httpx2.post(core_gateway.url, json=body, headers={**headers, "Authorization": f"Bearer {KEYS['researcher'][2]}"})
+    researcher = {**headers, "Authorization": f"Bearer {KEYS['researcher'][2]}"}
+    other = httpx2.post(core_gateway.url, json=body, headers=researcher)
     assert other.status_code == 404
     unknown = httpx2.post(
         core_gateway.url, json=body,
