@@ -89,6 +89,12 @@ tools = "shell"
 containment = "linked"
 
 [[upstreams]]
+name = "tsh"
+transport = "builtin"
+tools = "shell"
+containment = "tooled"
+
+[[upstreams]]
 name = "psh"
 transport = "builtin"
 tools = "shell"
@@ -146,6 +152,12 @@ tier = "sandbox"
 read_only = ["/usr", "{work}/shared"]
 read_write = ["{{workspace}}"]
 deny = ["{work}/shared/keys"]
+{LIMITS}
+
+[containment.profiles.tooled]
+tier = "sandbox"
+read_only = ["/usr", "{{workspace}}/tools"]
+read_write = ["{{workspace}}/out"]
 {LIMITS}
 
 [containment.profiles.proc]
@@ -436,3 +448,21 @@ async def test_a_denied_symlink_masks_what_it_points_to(cgw: RunningGateway) -> 
     s = r.structured_content
     assert s["stdout"].split() == ["keys", "real-keys"]  # the read-only tree is there
     assert "LINKED-SECRET" not in s["stdout"] + s["stderr"] and s["exit_code"] != 0
+
+
+async def test_links_an_agent_plants_in_its_workspace_mount_nothing_of_the_host(cgw: RunningGateway) -> None:
+    """Paths granted below a workspace are the agent's to replace: a link there must not become a bind source
+    (bwrap would mount whatever the link names and the worker's uid may open: the host's /, its /tmp)."""
+    marker = cgw.workdir / "host-only"
+    marker.write_text("HOST-ONLY\n")
+    os.chmod(marker, 0o644)
+    ws = cgw.workdir / "workspaces" / "ci-bot"
+    plant = await run(cgw, "ci-bot", "sh__run", {"command": "rm -rf tools out; ln -s / tools; ln -s /tmp out; ls -l"})
+    assert "tools -> /" in plant.structured_content["stdout"]
+    host_tmp = f"/tmp/planted-{os.urandom(4).hex()}"
+    probe = f"cat {ws}/tools{marker}; touch {ws}/out/{host_tmp[5:]} && echo wrote"
+    r = await run(cgw, "ci-bot", "tsh__run", {"command": probe})
+    s = r.structured_content
+    assert "HOST-ONLY" not in s["stdout"] and "wrote" not in s["stdout"] and s["exit_code"] != 0, s
+    assert not os.path.exists(host_tmp)
+    await run(cgw, "ci-bot", "sh__run", {"command": "rm -f tools out; mkdir tools out"})

@@ -3,8 +3,9 @@
 Only what the profile grants is mounted, at the same path as on the host: system files the worker needs to
 run (read-only ``/usr`` and its symlinks, a few ``/etc`` files, generated ``passwd``/``group``/``hosts``),
 the profile's read-only and read-write paths, and masks over its denied paths. Mounts are emitted parents
-first (a tmpfs mounted after a bind hides the bind). bwrap resolves bind sources as the worker's uid, so a
-symlink an agent plants can never make the gateway mount something that uid could not open itself.
+first (a tmpfs mounted after a bind hides the bind). bwrap resolves bind sources as the worker's uid, so
+nothing is mounted that this uid could not open itself; granted paths below a workspace, which the agent can
+replace with links, are opened by the gateway without following any link and bound by fd (``pin``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class SandboxFiles:
     egress_socket: str | None = None
     deny_file: str = ""
     deny_dir: str = ""
-    extra: list[Mount] = field(default_factory=list)
+    pinned: dict[str, int] = field(default_factory=dict)
+    """Granted paths below the workspace root -> an O_PATH fd of what was checked (-1: mount nothing)."""
 
 
 def _depth(path: str) -> int:
@@ -119,10 +121,14 @@ def bwrap_argv(
         mounts.append(Mount(EGRESS_SOCKET, ["--bind", files.egress_socket, EGRESS_SOCKET], 0))
     writable = set(paths.read_write)
     for path in dict.fromkeys(paths.read_only + paths.read_write):
-        kind = "--bind-try" if path in writable else "--ro-bind-try"
-        mounts.append(Mount(path, [kind, path, path], 1))
+        fd = files.pinned.get(path)
+        if fd is None:
+            kind = "--bind-try" if path in writable else "--ro-bind-try"
+            mounts.append(Mount(path, [kind, path, path], 1))
+        elif fd >= 0:
+            kind = "--bind-fd" if path in writable else "--ro-bind-fd"
+            mounts.append(Mount(path, [kind, str(fd), path], 1))
     mounts.extend(deny_mounts(paths.deny, files.deny_file, files.deny_dir, paths.read_only + paths.read_write))
-    mounts.extend(files.extra)
     mounts.sort(key=lambda m: (_depth(m.dest), m.order))
     args = [
         bwrap,
@@ -139,6 +145,30 @@ def bwrap_argv(
     args.extend(["--remount-ro", "/", "--chdir", "/", "--", helper_python, "-I", "-S", HELPER, str(spec_fd), "--",
                  *argv])
     return args
+
+
+def pin(paths: AgentPaths, workspace_root: str) -> dict[str, int]:
+    """Open the granted paths below the workspace root (agent-writable ground) as they are now.
+
+    A path that is a link, or has one on the way, gets -1 (mount nothing): bwrap would mount whatever the link
+    names that the worker's uid may open (the host's ``/``, its ``/tmp``). Binding the fd, not the path, leaves
+    no window to swap a checked directory for a link.
+    """
+    below = workspace_root.rstrip("/") + "/"
+    pinned = {}
+    for path in dict.fromkeys(paths.read_only + paths.read_write):
+        if not path.startswith(below):
+            continue
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            pinned[path] = -1
+            continue
+        if os.readlink(f"/proc/self/fd/{fd}") != path:
+            os.close(fd)
+            fd = -1
+        pinned[path] = fd
+    return pinned
 
 
 def landlock_paths(profile: Profile, paths: AgentPaths) -> list[tuple[str, str]]:

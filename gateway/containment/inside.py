@@ -104,6 +104,8 @@ def landlock(spec):
         except OSError:
             continue  # a path that does not exist grants nothing
         try:
+            if os.readlink(f"/proc/self/fd/{pfd}") != path:
+                continue  # nor does a link (in a workspace, the agent's own: it could point at "/")
             if not os.path.isdir(path):
                 rights &= FILE_RIGHTS
             rule = PathBeneath(rights, pfd)

@@ -319,7 +319,9 @@ class Launcher:
         passwd, group, hosts = etc
         fds += [_memfd("helper", HELPER_SOURCE), _memfd("passwd", passwd), _memfd("group", group),
                 _memfd("hosts", hosts), _memfd("seccomp", build_filter(p.network, p.subprocesses))]
-        files = bw.SandboxFiles(fds[0], fds[1], fds[2], fds[3], deny_file=self.deny_file, deny_dir=self.deny_dir)
+        files = bw.SandboxFiles(fds[0], fds[1], fds[2], fds[3], deny_file=self.deny_file, deny_dir=self.deny_dir,
+                                pinned=bw.pin(paths, str(self.workspaces.root)))
+        fds += [fd for fd in files.pinned.values() if fd >= 0]
         if req.script is not None:
             files.tool_fd = _memfd("tool", req.script)
             fds.append(files.tool_fd)
