@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ class Profile:
     unsupported: tuple[str, ...] = field(default=(), compare=False)
     narrowed: bool = field(default=False, compare=False)
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Part of every contained call's worker key: computed once per profile, not per call."""
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
         return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
