@@ -15,7 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from gateway import tracing
 from gateway.audit import AuditLog
 from gateway.catalog import Catalog
-from gateway.config import Config, PolicyConfig
+from gateway.config import Config
 from gateway.decide import Decider
 from gateway.frontend import build_server
 from gateway.identity import Authenticator
@@ -29,17 +29,13 @@ from gateway.record import Recorder
 log = logging.getLogger("gateway")
 
 
-def make_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:
-    return open_engine(cfg, config)
-
-
 class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.metrics = Metrics(config.metrics.max_agents, max_reasons=config.metrics.max_reasons)
         tracing.configure(config.tracing)
         self.auth = tracing.trace_auth(Authenticator(config.identity, config.base_dir))
-        self.engine = make_engine(config.policy, config)
+        self.engine: PolicyEngine = open_engine(config.policy, config)
         self.metrics.policy_revision.info({"revision": self.engine.revision})
         self.audit = AuditLog(
             config.resolve(config.audit.path),
