@@ -254,7 +254,7 @@ class Containment:
             self._ended(req.server, p.tier, reason)
         limit = None
         if reason is not None:
-            limit = limit_text(reason, wp, p.name, {**p.__dict__, "exit": f"exit code {code}"})
+            limit = limit_text(reason, p, code)
             log.warning("one-shot worker %s of %s for agent %s stopped: %s", wp.id, req.server, req.agent, reason)
         return RunResult(code, out.data, err.data, out.truncated, err.truncated, reason, limit, wp.id, p.tier,
                          p.name, time.perf_counter() - t0)

@@ -150,8 +150,7 @@ class AgentConnection:
             reason = reason or ("timeout" if exc.kind == "timeout" else "crash")
             if scope is not None:
                 scope.info["killed"] = reason
-            text = limit_text(reason, w.proc, profile.name,
-                              {**profile.__dict__, "exit": f"exit code {w.exit_code}" if w.exit_code else ""})
+            text = limit_text(reason, profile, w.exit_code)
             if method != "tools/call":
                 raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
             return tool_error(f"The tool's worker was stopped: {text}. A fresh worker serves the next call.")

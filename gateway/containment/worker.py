@@ -20,6 +20,7 @@ import orjson
 
 from connectors.jsonrpc import JsonRpcPeer, ProgressFn, UpstreamError
 from gateway.containment.launcher import WorkerProcess
+from gateway.containment.profile import Profile
 
 log = logging.getLogger("gateway.containment")
 
@@ -27,19 +28,20 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 WATCH_INTERVAL = 0.05
 
 
-def limit_text(reason: str, worker: WorkerProcess | None, profile_name: str, values: dict[str, Any]) -> str:
+def limit_text(reason: str, profile: Profile, exit_code: int | None = None) -> str:
+    """The agent-facing sentence for a stopped worker, naming the limit and its configured value."""
     what = {
-        "memory": f"memory limit reached (memory_mb = {values.get('memory_mb')})",
-        "pids": f"process limit reached (pids = {values.get('pids')})",
-        "cpu": f"CPU time limit reached (cpu_seconds = {values.get('cpu_seconds'):g})",
-        "timeout": f"time limit reached (timeout_s = {values.get('timeout_s'):g})",
+        "memory": f"memory limit reached (memory_mb = {profile.memory_mb})",
+        "pids": f"process limit reached (pids = {profile.pids})",
+        "cpu": f"CPU time limit reached (cpu_seconds = {profile.cpu_seconds:g})",
+        "timeout": f"time limit reached (timeout_s = {profile.timeout_s:g})",
         "output": "output limit exceeded",
         "idle": "stopped after being idle",
         "shutdown": "stopped because the gateway is shutting down",
     }.get(reason)
     if what is None:
-        return "the worker exited unexpectedly" + (f" ({values['exit']})" if values.get("exit") else "")
-    return f"{what} of containment profile {profile_name!r}"
+        return "the worker exited unexpectedly" + (f" (exit code {exit_code})" if exit_code is not None else "")
+    return f"{what} of containment profile {profile.name!r}"
 
 
 class StdioWorker(JsonRpcPeer):
