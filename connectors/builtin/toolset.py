@@ -7,13 +7,9 @@ from typing import Any
 from connectors.jsonrpc import RemoteError
 from gateway.containment.profile import Profile
 from gateway.containment.runtime import Containment, RunResult
+from gateway.containment.upstream import text_result
 
-
-def text_result(text: str, structured: dict[str, Any] | None = None, error: bool = False) -> dict[str, Any]:
-    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
-    if structured is not None:
-        result["structuredContent"] = structured
-    return result
+__all__ = ["Toolset", "arg", "text_result"]
 
 
 def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:

@@ -22,7 +22,7 @@ from gateway.containment.launcher import LaunchRequest
 from gateway.containment.pool import WorkerKey
 from gateway.containment.profile import Profile, agent_key
 from gateway.containment.runtime import Containment
-from gateway.containment.scope import current_scope
+from gateway.containment.scope import CallScope, current_scope
 from gateway.containment.worker import limit_text
 
 log = logging.getLogger("gateway.containment")
@@ -31,22 +31,24 @@ CATALOG_AGENT = "_catalog"
 """Not a valid configured agent name (they start with a letter or digit), so no agent can be it."""
 
 
-def tool_error(text: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
+def text_result(text: str, structured: dict[str, Any] | None = None, error: bool = False) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if structured is not None:
+        result["structuredContent"] = structured
+    return result
 
 
-class ContainedUpstream:
-    """Stands where a StdioConnector would: start/wait_ready/request/aclose, plus ``connector_for``."""
+class ContainedBase:
+    """What contained stdio upstreams and the built-in tools share: the catalog's view of an upstream (start,
+    readiness, refusal when its profile cannot be enforced here) and each call's effective profile."""
 
-    def __init__(self, cfg: Any, base_dir: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
+    def __init__(self, cfg: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
         self.cfg = cfg
         self.name: str = cfg.name
         self.runtime = runtime
         self.on_state = on_state
         self.profile_name: str = cfg.containment
         self.profile: Profile = runtime.profiles[self.profile_name]
-        # relative to the config file (normalised: the sandbox only has the granted paths, not their parents)
-        self.cwd = os.path.normpath(base_dir / cfg.cwd) if cfg.cwd and not cfg.cwd.startswith("{") else cfg.cwd
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
         self.on_notification: Any = None
@@ -54,8 +56,6 @@ class ContainedUpstream:
         self.restarts = 0
         self.last_error = "not started"
         self._ready = anyio.Event()
-        self._refused = False
-        self._tg: anyio.abc.TaskGroup | None = None
 
     @property
     def up(self) -> bool:
@@ -64,6 +64,44 @@ class ContainedUpstream:
     @property
     def tier(self) -> str:
         return self.profile.tier
+
+    async def _start_runtime(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Start the shared runtime; False (and logged, and the reason kept) when the profile is refused here."""
+        await self.runtime.start(tg)
+        need = self.runtime.missing(self.profile)
+        if need:
+            self.last_error = f"containment profile {self.profile_name!r} cannot be enforced here: {'; '.join(need)}"
+            log.error("upstream %s: %s", self.name, self.last_error)
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Workers belong to the shared runtime, which the gateway closes after the catalog."""
+        self._ready = anyio.Event()
+
+    def call_profile(self) -> tuple[Profile, CallScope | None]:
+        """The profile this call runs under (narrowed by its decision) and the scope to report the worker in."""
+        scope = current_scope()
+        return self.runtime.effective(self.name, self.profile_name, scope.narrowing if scope else None), scope
+
+
+def report(scope: CallScope | None, tier: str, profile: Profile, worker: str, killed: str | None = None) -> None:
+    """Put the worker that served the call in its audit outcome."""
+    if scope is None:
+        return
+    scope.info.update({"tier": tier, "profile": profile.name, "worker": worker, "narrowed": profile.narrowed})
+    if killed:
+        scope.info["killed"] = killed
+
+
+class ContainedUpstream(ContainedBase):
+    """Stands where a StdioConnector would: start/wait_ready/request/aclose, plus ``connector_for``."""
+
+    def __init__(self, cfg: Any, base_dir: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
+        super().__init__(cfg, runtime, on_state)
+        # relative to the config file (normalised: the sandbox only has the granted paths, not their parents)
+        self.cwd = os.path.normpath(base_dir / cfg.cwd) if cfg.cwd and not cfg.cwd.startswith("{") else cfg.cwd
+        self._refused = False
 
     def launch_request(self, agent: str, profile: Profile) -> LaunchRequest:
         assert self.cfg.command is not None
@@ -79,15 +117,9 @@ class ContainedUpstream:
             await self.on_notification(method, params)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        self._tg = tg
-        await self.runtime.start(tg)
-        need = self.runtime.missing(self.profile)
-        if need:
-            self.last_error = f"containment profile {self.profile_name!r} cannot be enforced here: {'; '.join(need)}"
-            log.error("upstream %s: %s", self.name, self.last_error)
-            self._refused = True
-            return
-        tg.start_soon(self._first_contact)
+        self._refused = not await self._start_runtime(tg)
+        if not self._refused:
+            tg.start_soon(self._first_contact)
 
     async def _first_contact(self) -> None:
         try:
@@ -115,10 +147,6 @@ class ContainedUpstream:
         w = await self._worker(CATALOG_AGENT, self.profile)
         return await w.call(method, params, min(timeout, self.profile.timeout_s), on_progress)
 
-    async def aclose(self) -> None:
-        """Workers belong to the shared runtime, which the gateway closes after the catalog."""
-        self._ready = anyio.Event()
-
     def connector_for(self, agent: Any, session_id: str | None) -> AgentConnection:
         return AgentConnection(self, agent_key(agent.id, agent.auth))
 
@@ -134,23 +162,19 @@ class AgentConnection:
     async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
                       on_progress: ProgressFn | None = None) -> dict[str, Any]:
         up = self.upstream
-        scope = current_scope()
-        profile = up.runtime.effective(up.name, up.profile_name, scope.narrowing if scope is not None else None)
-        timeout = min(timeout, profile.timeout_s)
+        profile, scope = up.call_profile()
         w = await up._worker(self.agent, profile)
-        if scope is not None:
-            scope.info.update({"tier": profile.tier, "profile": profile.name, "worker": w.id,
-                               "narrowed": profile.narrowed})
+        report(scope, profile.tier, profile, w.id)
         try:
-            return await w.call(method, params, timeout, on_progress)
+            return await w.call(method, params, min(timeout, profile.timeout_s), on_progress)
         except UpstreamError as exc:
             reason = w.proc.kill_reason or (w.reason if w.done.is_set() else None)
             if reason is None and exc.kind not in ("timeout", "killed", "crashed"):
                 raise
             reason = reason or ("timeout" if exc.kind == "timeout" else "crash")
-            if scope is not None:
-                scope.info["killed"] = reason
+            report(scope, profile.tier, profile, w.id, reason)
             text = limit_text(reason, profile, w.exit_code)
             if method != "tools/call":
                 raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
-            return tool_error(f"The tool's worker was stopped: {text}. A fresh worker serves the next call.")
+            return text_result(f"The tool's worker was stopped: {text}. A fresh worker serves the next call.",
+                               error=True)
