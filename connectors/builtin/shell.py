@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from connectors.builtin.toolset import Toolset, arg, text_result
@@ -94,8 +95,6 @@ class ShellTools(Toolset):
                 raise RemoteError(-32602, "timeout_s must be positive")
             timeout = min(timeout, float(t))
             if timeout < profile.timeout_s:
-                from dataclasses import replace
-
                 profile = replace(profile, timeout_s=timeout)
         req = LaunchRequest(self.cfg.name, agent, profile, ["/bin/sh", "-c", command], dict(self.cfg.env), cwd)
         run = await self.runtime.run_once(req, stdin.encode("utf-8", "surrogatepass"), timeout, self.output_limit)

@@ -271,15 +271,6 @@ class WorkerCgroup:
         ctrl = "unified" if "unified" in self.dirs else "pids"
         return _field(self._counter(ctrl, "pids.events"), "max") if ctrl in self.dirs else 0
 
-    def memory_peak_mb(self) -> float:
-        if "memory" in self.dirs:
-            raw = _read(self.dirs["memory"] / "memory.max_usage_in_bytes").strip()
-        elif "unified" in self.dirs:
-            raw = _read(self.dirs["unified"] / "memory.peak").strip()
-        else:
-            return 0.0
-        return int(raw) / 1048576 if raw.isdigit() else 0.0
-
     def memory_current_bytes(self) -> int:
         if "memory" in self.dirs:
             raw = _read(self.dirs["memory"] / "memory.usage_in_bytes").strip()

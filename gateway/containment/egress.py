@@ -108,8 +108,6 @@ class EgressProxy:
         self.directory = directory
         self._on_refused = on_refused
         self._address_ok = address_ok
-        self.refused = 0
-        self._connections: set[asyncio.Task[None]] = set()
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Kept for symmetry with the other runtime parts: the servers live on the running event loop."""
@@ -123,17 +121,12 @@ class EgressProxy:
             pass
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._connections.add(task)
             try:
                 await self._handle(reader, writer, grant)
             except (OSError, asyncio.IncompleteReadError):
                 pass
             finally:
                 writer.close()
-                if task is not None:
-                    self._connections.discard(task)
 
         server = await asyncio.start_unix_server(handle, path, limit=MAX_HEAD)
         os.chmod(path, 0o600)
@@ -150,7 +143,6 @@ class EgressProxy:
         return path, close
 
     def _refuse(self, grant: EgressGrant, dest: str, why: str) -> bytes:
-        self.refused += 1
         self._on_refused(grant, dest, why)
         log.warning("egress refused: server=%s agent=%s worker=%s to %s: %s",
                     grant.server, grant.agent, grant.worker, dest, why)

@@ -297,58 +297,45 @@ class Launcher:
                                argv: list[str], cwd: str, uid: int | None) -> TierCommand:
         assert self.caps.bwrap is not None
         paths = paths_for(p, ws.path, req.agent)
-        fds: list[int] = []
         passwd, group, hosts = bw.passwd_files(ws.uid if uid is not None else os.getuid(),
                                                ws.gid if uid is not None else os.getgid(), ws.path)
-        try:
-            command, fds, close = await self._sandbox_command_fds(req, p, ws, wid, env, argv, cwd, uid, paths, fds,
-                                                                  (passwd, group, hosts))
-            # bwrap starts with an empty environment: it is pid 1 of the sandbox, and /proc/1/environ is readable
-            return TierCommand(command, fds, close, {}, "/")
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
-
-    async def _sandbox_command_fds(self, req: LaunchRequest, p: Profile, ws: Workspace, wid: str,
-                                   env: dict[str, str], argv: list[str], cwd: str, uid: int | None,
-                                   paths: Any, fds: list[int], etc: tuple[bytes, bytes, bytes]
-                                   ) -> tuple[list[str], list[int], Callable[[], Awaitable[None]] | None]:
-        assert self.caps.bwrap is not None
+        fds: list[int] = []
         close_egress = None
-        passwd, group, hosts = etc
-        fds += [_memfd("helper", HELPER_SOURCE), _memfd("passwd", passwd), _memfd("group", group),
-                _memfd("hosts", hosts), _memfd("seccomp", build_filter(p.network, p.subprocesses))]
-        files = bw.SandboxFiles(fds[0], fds[1], fds[2], fds[3], deny_file=self.deny_file, deny_dir=self.deny_dir,
-                                pinned=bw.pin(paths, str(self.workspaces.root)))
-        fds += [fd for fd in files.pinned.values() if fd >= 0]
-        if req.script is not None:
-            files.tool_fd = _memfd("tool", req.script)
-            fds.append(files.tool_fd)
-        spec: dict[str, Any] = {
-            "paths": bw.landlock_paths(p, paths),
-            "bpf_fd": fds[4],
-            "cwd": cwd,
-            "env": env,
-            "mode": "script" if req.script is not None else "exec",
-            "script": bw.TOOL,
-            "net": None if p.network == "host" else {"connect": [bw.BRIDGE_PORT] if p.network == "allowlist" else []},
-        }
-        if p.network == "allowlist":
-            if self.egress is None:
-                raise LaunchError("the egress proxy is not running")
-            grant = EgressGrant(req.server, req.agent, f"{wid}-{os.getpid()}", p.allow_hosts)
-            sock, close_egress = await self.egress.open(grant, uid)
-            files.egress_socket = sock
-            spec["bridge"] = {"port": bw.BRIDGE_PORT, "socket": bw.EGRESS_SOCKET}
-            proxy = f"http://127.0.0.1:{bw.BRIDGE_PORT}"
-            for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-                env.setdefault(k, proxy)
         try:
+            fds += [_memfd("helper", HELPER_SOURCE), _memfd("passwd", passwd), _memfd("group", group),
+                    _memfd("hosts", hosts), _memfd("seccomp", build_filter(p.network, p.subprocesses))]
+            files = bw.SandboxFiles(fds[0], fds[1], fds[2], fds[3], deny_file=self.deny_file,
+                                    deny_dir=self.deny_dir, pinned=bw.pin(paths, str(self.workspaces.root)))
+            fds += [fd for fd in files.pinned.values() if fd >= 0]
+            if req.script is not None:
+                files.tool_fd = _memfd("tool", req.script)
+                fds.append(files.tool_fd)
+            allowlist = p.network == "allowlist"
+            spec: dict[str, Any] = {
+                "paths": bw.landlock_paths(p, paths),
+                "bpf_fd": fds[4],
+                "cwd": cwd,
+                "env": env,
+                "mode": "script" if req.script is not None else "exec",
+                "script": bw.TOOL,
+                "net": None if p.network == "host" else {"connect": [bw.BRIDGE_PORT] if allowlist else []},
+            }
+            if allowlist:
+                if self.egress is None:
+                    raise LaunchError("the egress proxy is not running")
+                grant = EgressGrant(req.server, req.agent, f"{wid}-{os.getpid()}", p.allow_hosts)
+                files.egress_socket, close_egress = await self.egress.open(grant, uid)
+                spec["bridge"] = {"port": bw.BRIDGE_PORT, "socket": bw.EGRESS_SOCKET}
+                proxy = f"http://127.0.0.1:{bw.BRIDGE_PORT}"
+                for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+                    env.setdefault(k, proxy)
             fds.append(_memfd("spec", orjson.dumps(spec)))
             command = bw.bwrap_argv(self.caps.bwrap, p, paths, files, self.helper_python, fds[-1], argv, cwd)
         except BaseException:
+            for fd in fds:
+                os.close(fd)
             if close_egress is not None:
                 await close_egress()
             raise
-        return command, fds, close_egress
+        # bwrap starts with an empty environment: it is pid 1 of the sandbox, and /proc/1/environ is readable
+        return TierCommand(command, fds, close_egress, {}, "/")
