@@ -466,3 +466,21 @@ async def test_links_an_agent_plants_in_its_workspace_mount_nothing_of_the_host(
     assert "HOST-ONLY" not in s["stdout"] and "wrote" not in s["stdout"] and s["exit_code"] != 0, s
     assert not os.path.exists(host_tmp)
     await run(cgw, "ci-bot", "sh__run", {"command": "rm -f tools out; mkdir tools out"})
+
+
+async def test_bad_tool_arguments_get_clear_errors(cgw: RunningGateway) -> None:
+    cases = [
+        ("files__read_file", {"path": "a.txt", "max_bytes": -5}, "argument 'max_bytes' must be at least 1"),
+        ("files__read_file", {"path": "a.txt", "offset": -1}, "argument 'offset' must be at least 0"),
+        ("files__search", {"path": ".", "pattern": "x", "max_results": 0}, "argument 'max_results' must be at least 1"),
+        ("files__stat", {"path": "a", "follow": True}, "unknown argument(s): 'follow'"),
+        ("sh__run", {"command": "true", "env": {}}, "unknown argument(s): 'env'"),
+        ("sh__run", {"command": "true", "timeout_s": "soon"}, "argument 'timeout_s' has the wrong type"),
+    ]
+    async with mcp_client(cgw.url, KEYS["ci-bot"][2]) as c:
+        for tool, args, expected in cases:
+            with pytest.raises(MCPError) as err:
+                await c.call_tool(tool, args)
+            assert expected in str(err.value), (tool, args, str(err.value))
+        bad_regex = await c.call_tool("files__search", {"path": ".", "pattern": "("})
+        assert bad_regex.is_error and "bad request: missing )" in text(bad_regex)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from connectors.builtin.toolset import Toolset, arg, text_result
+from connectors.builtin.toolset import Toolset, arg, only, text_result
 from connectors.jsonrpc import RemoteError
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
@@ -52,6 +52,7 @@ _ARGS: dict[str, dict[str, Any]] = {
     "search": {"path": str, "pattern": str, "glob": str, "max_results": int},
     "stat": {"path": str},
 }
+_MINIMUM = {"offset": 0, "max_bytes": 1, "max_results": 1}
 
 
 class FilesTools(Toolset):
@@ -63,9 +64,10 @@ class FilesTools(Toolset):
         spec = _ARGS.get(name)
         if spec is None:
             raise RemoteError(-32602, f"Unknown tool: {name}")
+        only(args, spec)
         req: dict[str, Any] = {"op": name, "limit": self.output_limit}
         for key, kind in spec.items():
-            value = arg(args, key, kind, required=key in ("path", "content", "pattern"))
+            value = arg(args, key, kind, required=key in ("path", "content", "pattern"), minimum=_MINIMUM.get(key))
             if value is not None:
                 req[key] = value
         if "\x00" in req["path"]:

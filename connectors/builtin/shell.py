@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from connectors.builtin.toolset import Toolset, arg, text_result
+from connectors.builtin.toolset import Toolset, arg, only, text_result
 from connectors.jsonrpc import RemoteError
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
@@ -84,6 +84,7 @@ class ShellTools(Toolset):
                    timeout: float) -> tuple[dict[str, Any], RunResult | None]:
         if name != "run":
             raise RemoteError(-32602, f"Unknown tool: {name}")
+        only(args, ("command", "stdin", "cwd", "timeout_s"))
         command = arg(args, "command", str, required=True)
         if "\x00" in command:
             raise RemoteError(-32602, "command must not contain NUL")

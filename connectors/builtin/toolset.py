@@ -9,10 +9,12 @@ from gateway.containment.profile import Profile
 from gateway.containment.runtime import Containment, RunResult
 from gateway.containment.upstream import text_result
 
-__all__ = ["Toolset", "arg", "text_result"]
+__all__ = ["Toolset", "arg", "only", "text_result"]
 
 
-def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False,
+        minimum: int | None = None) -> Any:
+    """One argument, checked as the tool's input schema says (the gateway does not validate schemas itself)."""
     value = args.get(name)
     if value is None:
         if required:
@@ -22,7 +24,16 @@ def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required
         raise RemoteError(-32602, f"argument {name!r} must be a number")
     if not isinstance(value, kind):
         raise RemoteError(-32602, f"argument {name!r} has the wrong type")
+    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+        raise RemoteError(-32602, f"argument {name!r} must be at least {minimum}")
     return value
+
+
+def only(args: dict[str, Any], names: Any) -> None:
+    """Refuse arguments the tool does not have (its schema says additionalProperties: false)."""
+    unknown = sorted(set(args) - set(names))
+    if unknown:
+        raise RemoteError(-32602, f"unknown argument(s): {', '.join(map(repr, unknown))}")
 
 
 class Toolset:
