@@ -77,6 +77,8 @@ def test_the_issue_example_config_loads() -> None:
         ('[containment.profiles.p]\nread_only = ["/usr"]\n', "tier is required"),
         ('[containment.profiles.p]\ntier = "sandbox"\nmemory_mb = 0\n', "greater than 0"),
         ('[containment.profiles.p]\ntier = "sandbox"\nbogus = 1\n', "unknown key"),
+        ('[containment.profiles.p]\ntier = "sandbox"\nenv = { A = "x\\u0000y" }\n', "must not contain NUL"),
+        ('[containment.profiles.p]\ntier = "sandbox"\nenv = { 1A = "x" }\n', "not a valid environment variable name"),
         ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "strict"\n'
          'session_mode = "per_session"\n', "not available for contained upstreams"),
     ],
@@ -144,7 +146,8 @@ def test_mxc_network_defaults() -> None:
 @pytest.mark.parametrize(
     "doc",
     [[], {"process": {}, "filesystem": {"readonlyPaths": "x"}}, {"process": {"env": ["NOEQUALS"]}},
-     {"filesystem": {}}, {"process": {"timeout": -1}}],
+     {"filesystem": {}}, {"process": {"timeout": -1}}, {"process": {"env": ["1A=b"]}},
+     {"process": {"env": ["A=b\u0000c"]}}],
 )
 def test_bad_mxc_documents_are_refused(doc: object) -> None:
     with pytest.raises(MxcError):

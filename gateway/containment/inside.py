@@ -238,8 +238,8 @@ def main():
         die("no command")
     try:
         os.execve(find(argv[0], env), argv, env)
-    except OSError as exc:
-        sys.stderr.write(f"mcpgw-helper: cannot execute {argv[0]}: {exc.strerror}\n")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in an upstream's env or command
+        sys.stderr.write(f"mcpgw-helper: cannot execute {argv[0]}: {getattr(exc, 'strerror', None) or exc}\n")
         os._exit(126)
 
 

@@ -258,8 +258,8 @@ class Launcher:
                     shell, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=proc_env,
                     cwd=proc_cwd, start_new_session=True, pass_fds=fds, umask=0o077, **ids,
                 )
-            except OSError as exc:
-                raise LaunchError(f"cannot start the worker: {exc.strerror or exc}") from None
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in an upstream's env or command
+                raise LaunchError(f"cannot start the worker: {getattr(exc, 'strerror', None) or exc}") from None
             worker = WorkerProcess(wid, req, ws, proc, cgroup, close_egress, uid)
             cgroup = None
             close_egress = None

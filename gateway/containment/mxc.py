@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.containment.settings import check_host, check_path
+from gateway.containment.settings import check_env, check_host, check_path
 
 _TOP = {
     "$schema", "_comment", "containerId", "containment", "fallback", "filesystem", "lifecycle", "lxc", "network",
@@ -98,7 +98,10 @@ def convert(doc: Any) -> MxcProfile:
         if not sep or not name:
             raise MxcError(f"process.env entry {item!r} is not KEY=VALUE")
         env[name] = val
-    values["env"] = env
+    try:
+        values["env"] = check_env(env)
+    except ValueError as exc:
+        raise MxcError(f"process.env: {exc}") from None
     timeout = proc.get("timeout")
     if timeout is not None:
         if not isinstance(timeout, int) or timeout < 0:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _HOSTPORT = re.compile(r"^(\*\.)?[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PLACEHOLDERS = frozenset({"workspace", "agent"})
 
 Tier = Literal["none", "process", "sandbox"]
@@ -46,6 +47,17 @@ def check_path(value: str, relative: bool = False) -> str:
     if relative and value.startswith("{") and not value.startswith("{workspace}"):
         raise ValueError(f"{value!r} must start with {{workspace}}, '/', or be relative to the config file")
     return value
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Worker environment variables: names a shell can use, values without NUL (execve cannot pass one)."""
+    for k, val in env.items():
+        if not _ENV_NAME.match(k):
+            raise ValueError(f"{k!r} is not a valid environment variable name")
+        if "\x00" in val:
+            raise ValueError(f"the value of {k} must not contain NUL")
+        check_placeholders(val)
+    return env
 
 
 def check_host(value: str) -> str:
@@ -86,11 +98,7 @@ class ProfileConfig(_Model):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
-            check_placeholders(val)
-        return v
+        return check_env(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> ProfileConfig:
