@@ -293,6 +293,8 @@ def verify_chain(paths: Iterable[Path], start: str | None = None, head: str | No
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     if pending_torn is not None:
                         return VerifyResult(False, count, f"{pending_torn[0]}: not an audit record", prev, first)
+                    if not line.startswith(b"{"):  # a torn record is the start of one; this is something else
+                        return VerifyResult(False, count, f"{where}: not an audit record", prev, first)
                     pending_torn = (where, hashlib.sha256(line).hexdigest())
                     continue
                 if pending_torn is not None:

@@ -169,6 +169,14 @@ def test_a_record_torn_by_a_crash_is_reported_and_the_chain_links_over_it(tmp_pa
     assert r.returncode == 1 and f"{path}:2: not an audit record" in r.stdout, r.stdout
 
 
+def test_a_file_that_is_no_audit_log_does_not_verify(tmp_path: Path) -> None:
+    """A torn record is the start of a record: one line of something else is not passed off as one."""
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"\xff\xfe some other file\n")
+    r = verify_cli(other)
+    assert r.returncode == 1 and f"{other}:1: not an audit record" in r.stdout, r.stdout
+
+
 def test_fsync_mode_writes_the_same_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, fsync=True, max_file_bytes=2048)
