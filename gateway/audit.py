@@ -279,7 +279,11 @@ def verify_chain(paths: Iterable[Path], start: str | None = None, head: str | No
     torn: list[str] = []
     pending_torn: tuple[str, str] | None = None  # (where, its hash) of an unparseable line awaiting its successor
     for path in paths:
-        with path.open("rb") as f:
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            return VerifyResult(False, count, f"{path}: cannot read: {exc.strerror or exc}", prev, first)
+        with f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.rstrip(b"\n")
                 if not line:

@@ -175,6 +175,8 @@ def test_a_file_that_is_no_audit_log_does_not_verify(tmp_path: Path) -> None:
     other.write_bytes(b"\xff\xfe some other file\n")
     r = verify_cli(other)
     assert r.returncode == 1 and f"{other}:1: not an audit record" in r.stdout, r.stdout
+    unreadable = verify_chain([tmp_path])  # a directory among the files: an answer, not a traceback
+    assert not unreadable.ok and unreadable.message == f"{tmp_path}: cannot read: Is a directory"
 
 
 def test_fsync_mode_writes_the_same_chain(tmp_path: Path) -> None:
