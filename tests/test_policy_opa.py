@@ -149,6 +149,19 @@ async def test_opa_failures_deny_and_the_engine_recovers(standin: Standin, mode:
         await e.aclose()
 
 
+async def test_odd_metadata_around_a_good_result_is_ignored(standin: Standin) -> None:
+    """A provenance or decision id not shaped as OPA's: the decision stands, without a revision or id from it."""
+    e = engine(standin.url)
+    try:
+        first = await e.decide(CI_CALL)
+        with standin.fault("odd-metadata"):
+            d = await e.decide(CI_CALL)
+    finally:
+        await e.aclose()
+    assert d.allow and d.error is None and d.engine_decision_id is None
+    assert d.revision == first.revision == load_policy(SHIPPED).revision  # the last revision OPA did report
+
+
 async def test_a_slow_opa_times_out_and_denies(standin: Standin) -> None:
     e = engine(standin.url, timeout_ms=200)
     try:

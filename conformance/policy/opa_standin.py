@@ -7,8 +7,9 @@ against this server instead. It speaks the part of OPA's Data API the engine use
   ``decision_id`` when decision ids are on (OPA: decision logging); ``provenance`` (with the bundle revision)
   when ``?provenance`` is asked; HTTP 500 ``{"code": "internal_error", ...}`` when evaluation fails.
 - ``GET /health`` -> ``{}``; with ``--token``, requests without ``Authorization: Bearer <token>`` get 401.
-- ``PUT /_standin/fault`` ``{"mode": "status500" | "slow" | "undefined" | "garbage" | "none", "delay_ms": N}``
-  injects the failures the engine must survive (this endpoint is ours, not OPA's).
+- ``PUT /_standin/fault`` ``{"mode": "status500" | "slow" | "undefined" | "garbage" | "odd-metadata" | "none",
+  "delay_ms": N}`` injects the failures the engine must survive (this endpoint is ours, not OPA's);
+  ``odd-metadata`` answers the right result with a ``provenance`` and a ``decision_id`` not shaped as OPA's.
 
 Two evaluators back it: ``regopy`` (rego-cpp, as the embedded engine) and ``opa-go`` (OPA's own Go evaluator
 through the ``opa-golib-python-bindings`` package, when installed), which makes this a real-OPA oracle.
@@ -145,6 +146,8 @@ def build_app(backend: RegopyBackend | OpaGoBackend, token: str | None, decision
                 "version": f"standin-{backend.name}",
                 "bundles": {"gateway": {"revision": backend.source.revision}},
             }
+        if faults.mode == "odd-metadata":
+            out["provenance"], out["decision_id"] = ["not", "an", "object"], 42
         if defined and faults.mode != "undefined":
             out["result"] = value
         return Response(orjson.dumps(out), 200, media_type="application/json")

@@ -26,8 +26,12 @@ UNKNOWN_REVISION = "opa"
 
 
 def _revision(body: dict[str, Any]) -> str | None:
-    bundles = (body.get("provenance") or {}).get("bundles") or {}
-    revs = {name: (b or {}).get("revision") for name, b in bundles.items() if isinstance(name, str)}
+    """The bundle revision(s) in OPA's ``provenance``; None when it names none (or is not shaped as OPA's is)."""
+    provenance = body.get("provenance")
+    bundles = provenance.get("bundles") if isinstance(provenance, dict) else None
+    if not isinstance(bundles, dict):
+        return None
+    revs = {name: b.get("revision") for name, b in bundles.items() if isinstance(b, dict)}
     revs = {k: v for k, v in revs.items() if isinstance(v, str) and v}
     if not revs:
         return None
