@@ -204,10 +204,21 @@ async def test_bearer_token_from_the_environment(monkeypatch: pytest.MonkeyPatch
         s.stop()
 
 
-@pytest.mark.parametrize("url", ["ftp://opa:8181", "http://opa:8181/v1/data", "opa:8181", "http://:8181"])
+@pytest.mark.parametrize("url", ["ftp://opa:8181", "http://opa:8181/v1/data", "opa:8181", "http://:8181",
+                                 "http://opa:port", "http://opa:99999", "http://ops:s3cret@opa:8181"])
 async def test_a_bad_opa_url_is_refused(url: str) -> None:
-    with pytest.raises(PolicyError, match=r"policy\.opa_url"):
+    with pytest.raises(PolicyError, match=r"policy\.opa_url") as err:
         engine(url)
+    assert "s3cret" not in str(err.value)  # a URL with credentials is refused without echoing them
+
+
+async def test_an_ipv6_opa_address() -> None:
+    e = engine(f"http://[::1]:{free_port()}")  # nothing listens there: the error names the address as given
+    try:
+        d = await e.decide(CI_CALL)
+    finally:
+        await e.aclose()
+    assert not d.allow and d.error and "OPA unreachable at [::1]:" in d.error
 
 
 async def test_a_gateway_on_opa_records_the_decision_id_and_fails_closed_when_opa_goes(tmp_path: Path) -> None:

@@ -45,6 +45,13 @@ class OpaEngine:
         if not cfg.opa_url:
             raise PolicyError(["policy.opa_url: required when engine = 'opa'"])
         url = urlsplit(cfg.opa_url)
+        if url.username is not None or url.password is not None:  # the URL is shown in errors: never echo it
+            raise PolicyError(["policy.opa_url: credentials do not go in the URL; name the bearer token's "
+                               "environment variable in policy.opa_token_env"])
+        try:
+            port = url.port
+        except ValueError:
+            raise PolicyError([f"policy.opa_url: {cfg.opa_url!r}: the port is not a number up to 65535"]) from None
         if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
             raise PolicyError([f"policy.opa_url: {cfg.opa_url!r} must be http(s)://host[:port], OPA's own address"])
         token = None
@@ -52,8 +59,8 @@ class OpaEngine:
             token = os.environ.get(cfg.opa_token_env)
             if not token:
                 raise PolicyError([f"policy.opa_token_env: environment variable {cfg.opa_token_env} is not set"])
-        self._host = url.hostname
-        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname  # the client joins host:port
+        self._port = port or (443 if url.scheme == "https" else 80)
         self._ssl = url.scheme == "https"
         self._token = token
         self._package, _, self._rule = cfg.decision.rpartition("/")
