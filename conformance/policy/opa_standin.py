@@ -20,6 +20,7 @@ through the ``opa-golib-python-bindings`` package, when installed), which makes 
 from __future__ import annotations
 
 import argparse
+import hmac
 import sys
 import threading
 import uuid
@@ -115,7 +116,8 @@ def build_app(backend: RegopyBackend | OpaGoBackend, token: str | None, decision
     faults = Faults()
 
     def authorised(request: Request) -> bool:
-        return token is None or request.headers.get("authorization") == f"Bearer {token}"
+        given = request.headers.get("authorization", "").encode()
+        return token is None or hmac.compare_digest(given, f"Bearer {token}".encode())
 
     def unauthorised() -> JSONResponse:
         return JSONResponse({"code": "unauthorized", "message": "the request is not authorized"}, 401)
