@@ -2,7 +2,7 @@
 """Writes deploy/grafana/mcp-gateway.json, the gateway's Grafana dashboard.
 
 The dashboard is generated so its queries stay consistent (one label selector, one place per metric name);
-edit this script, run it, commit both. tests/test_observability_prometheus.py runs every query it writes
+edit this script, run it, commit both. tests/test_observability_metrics.py runs every query it writes
 against a real Prometheus scraping a real gateway.
 """
 
