@@ -12,6 +12,7 @@ Usage: conformance/run containment [--only ID,ID] [--routes shell,stdio] [--keep
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -149,8 +150,27 @@ class Context:
         return found
 
 
-def config(port: int, work: Path, ctx: Context) -> str:
+def profile(name: str, box: bool, egress: bool, tcp: str) -> str:
+    """The shell's profile, or the box server's: the same grants plus the server's own code, read-only."""
+    read_only = ["/usr", "/etc/ssl"] + ([f"{REPO}/conformance/containment"] if box else [])
+    net = (f'network = "allowlist"\nallow_hosts = ["allowed.invalid:443", "localhost:{tcp}"]' if egress
+           else 'deny = ["{workspace}/.secrets"]')
     limits = "\n".join(f"{k} = {v}" for k, v in LIMITS.items())
+    return f"""
+[containment.profiles.{name}]
+tier = "sandbox"
+read_only = {json.dumps(read_only)}
+read_write = ["{{workspace}}"]
+{net}
+env = {{ LANG = "C.UTF-8", PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
+{limits}
+"""
+
+
+def config(port: int, work: Path, ctx: Context) -> str:
+    tcp = ctx.values["TCP"]
+    names = ("strict", "strict-box", "egress", "egress-box")
+    profiles = "".join(profile(n, "box" in n, "egress" in n, tcp) for n in names)
     box = f'command = ["/usr/bin/python3", "{REPO}/conformance/containment/box_server.py"]'
     return default_config(port, work, f"""
 [[upstreams]]
@@ -183,39 +203,7 @@ uid_base = {UID_BASE}
 uid_count = {UID_COUNT}
 idle_timeout_s = 600
 
-[containment.profiles.strict]
-tier = "sandbox"
-read_only = ["/usr", "/etc/ssl"]
-read_write = ["{{workspace}}"]
-deny = ["{{workspace}}/.secrets"]
-env = {{ LANG = "C.UTF-8", PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-{limits}
-
-[containment.profiles.strict-box]
-tier = "sandbox"
-read_only = ["/usr", "/etc/ssl", "{REPO}/conformance/containment"]
-read_write = ["{{workspace}}"]
-deny = ["{{workspace}}/.secrets"]
-env = {{ LANG = "C.UTF-8", PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-{limits}
-
-[containment.profiles.egress]
-tier = "sandbox"
-read_only = ["/usr", "/etc/ssl"]
-read_write = ["{{workspace}}"]
-network = "allowlist"
-allow_hosts = ["allowed.invalid:443", "localhost:{ctx.values['TCP']}"]
-env = {{ LANG = "C.UTF-8", PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-{limits}
-
-[containment.profiles.egress-box]
-tier = "sandbox"
-read_only = ["/usr", "/etc/ssl", "{REPO}/conformance/containment"]
-read_write = ["{{workspace}}"]
-network = "allowlist"
-allow_hosts = ["allowed.invalid:443", "localhost:{ctx.values['TCP']}"]
-env = {{ LANG = "C.UTF-8", PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-{limits}
+{profiles}
 """, policy=REPO / "tests" / "containment_policy")
 
 
