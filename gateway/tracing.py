@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,8 +66,18 @@ def configure(cfg: TracingConfig, version: str = "0.1.0") -> bool:
     trace.set_tracer_provider(provider)
     _provider = provider
     _tracer = provider.get_tracer("mcp-gateway", version)
-    log.info("tracing: spans go to %s over OTLP/HTTP (sample ratio %s)", cfg.endpoint, cfg.sample_ratio)
+    log.info("tracing: spans go to %s over OTLP/HTTP (sample ratio %s)", redact_url(cfg.endpoint), cfg.sample_ratio)
     return True
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials, for logs: ``https://user:secret@host/`` names only the host."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def shutdown() -> None:

@@ -264,3 +264,11 @@ def test_text_format_appends_the_decision_id_and_json_format_carries_extras() ->
         assert doc["decision_id"] == "d-9" and doc["outcome"] == "ok"
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_a_collector_url_with_credentials_is_logged_without_them() -> None:
+    from gateway.tracing import redact_url
+
+    assert redact_url("https://svc:s3cret@otel.example:4318/v1/traces") == "https://***@otel.example:4318/v1/traces"
+    assert redact_url("http://token@otel.example/v1/traces") == "http://***@otel.example/v1/traces"
+    assert redact_url("http://127.0.0.1:4318/v1/traces") == "http://127.0.0.1:4318/v1/traces"
