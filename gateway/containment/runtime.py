@@ -118,6 +118,9 @@ class Containment:
             if need:
                 log.error("containment profile %r (tier %s) cannot be enforced here; its workers will not start: %s",
                           name, p.tier, "; ".join(need))
+            elif p.tier == "none":
+                log.warning("containment profile %r: tier none, its workers run unconfined as the gateway's own uid"
+                            " (%d)", name, os.geteuid())
             else:
                 log.info("containment profile %r: tier %s, enforceable", name, p.tier)
             for note in p.unsupported:
