@@ -230,7 +230,7 @@ class HttpConnector(JsonRpcPeer):
                 try:
                     await self._dispatch(orjson.loads(payload))
                 except orjson.JSONDecodeError:
-                    log.warning("upstream %s sent an SSE event that is not JSON; ignored", self.name)
+                    self._ignored("an SSE event that is not JSON")
                 if until is not None and not self._waiting(until):
                     break
         return last_id, retry

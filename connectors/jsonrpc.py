@@ -72,6 +72,8 @@ class JsonRpcPeer:
         """Requests to make before the next one (an agent's log level for a session that just came up)."""
         self._spawn: Callable[..., Any] | None = None
         """Starts a background task; server-to-client requests run there so they never block the reader."""
+        self.ignored: dict[str, int] = {}
+        """Messages from the upstream dropped as malformed, by kind (a fixed description)."""
 
     async def _send(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -116,7 +118,9 @@ class JsonRpcPeer:
         resp = pending.response or {}
         if "error" in resp:
             err = resp["error"] if isinstance(resp["error"], dict) else {}
-            raise RemoteError(int(err.get("code", -32603)), str(err.get("message", "upstream error")), err.get("data"))
+            code = err.get("code")
+            raise RemoteError(code if type(code) is int else -32603, str(err.get("message", "upstream error")),
+                              err.get("data"))
         result = resp.get("result")
         if not isinstance(result, dict):
             raise UpstreamError(self.name, "protocol", "sent a response without a result object")
@@ -140,18 +144,27 @@ class JsonRpcPeer:
             pending.error = error
             pending.done.set()
 
+    def _ignored(self, what: str) -> None:
+        """Count a malformed message that was dropped; log the first of each kind and every thousandth, not each
+        (an upstream printing its own log lines on stdout must not flood the gateway's log)."""
+        n = self.ignored[what] = self.ignored.get(what, 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.warning("upstream %s sent %s; ignored (%d so far)", self.name, what, n)
+
     async def _dispatch(self, msg: Any) -> None:
+        """Route one incoming message. Never raises: whatever the upstream sends, or a handler does with it, the
+        connection's reader goes on (an exception here would take the connection, and every call on it, down)."""
         if not isinstance(msg, dict):
-            log.warning("upstream %s sent a non-object message; ignored", self.name)
+            self._ignored("a message that is not a JSON object")
             return
-        if "method" not in msg:
+        method = msg.get("method")
+        if method is None:
             rid = msg.get("id")
-            pending = self._pending.get(rid) if isinstance(rid, int) else None
+            pending = self._pending.get(rid) if type(rid) is int else None
             if pending is not None:
                 pending.response = msg
                 pending.done.set()
             return
-        method = msg["method"]
         raw = msg.get("params")
         params: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if "id" in msg:
@@ -160,18 +173,26 @@ class JsonRpcPeer:
             else:
                 await self._answer(msg["id"], method, params)
             return
-        if method == "notifications/progress":
-            cb = self._progress.get(str(params.get("progressToken")))
-            if cb is not None:
-                await cb(params)
+        if not isinstance(method, str):
+            self._ignored("a notification whose method is not a string")
             return
-        if self.on_notification is not None:
-            await self.on_notification(method, params)
+        try:
+            if method == "notifications/progress":
+                cb = self._progress.get(str(params.get("progressToken")))
+                if cb is not None:
+                    await cb(params)
+            elif self.on_notification is not None:
+                await self.on_notification(method, params)
+        except Exception:
+            log.exception("upstream %s: handling its %s failed", self.name, method)
 
-    async def _answer(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+    async def _answer(self, rid: Any, method: Any, params: dict[str, Any]) -> None:
+        """Answer a server-to-client request. Never raises (it runs in the connection's task group)."""
         reply: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
         try:
-            if self.on_request is not None:
+            if not isinstance(method, str):
+                reply["error"] = {"code": -32600, "message": "Invalid Request: the method is not a string"}
+            elif self.on_request is not None:
                 reply["result"] = await self.on_request(method, params)
             elif method == "ping":
                 reply["result"] = {}
@@ -187,7 +208,10 @@ class JsonRpcPeer:
             reply["error"] = {"code": exc.code, "message": exc.message}
         except Exception as exc:
             reply["error"] = {"code": -32603, "message": f"gateway could not relay {method}: {exc}"}
-        await self._send(reply)
+        try:
+            await self._send(reply)
+        except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
+            log.info("upstream %s: could not answer its %s request: %s", self.name, method, exc)
 
     def _initialize_params(self) -> dict[str, Any]:
         caps = self.client_capabilities

@@ -161,7 +161,7 @@ class StdioConnector(JsonRpcPeer):
                     try:
                         msg = orjson.loads(line)
                     except orjson.JSONDecodeError:
-                        log.warning("upstream %s wrote a line that is not JSON; ignored", self.name)
+                        self._ignored("a line that is not JSON")
                         continue
                     await self._dispatch(msg)
                 if len(buf) > MAX_LINE_BYTES:
