@@ -152,10 +152,16 @@ class HttpConnector(JsonRpcPeer):
                 ctype = resp.headers.get("content-type", "")
                 if ctype.startswith("text/event-stream"):
                     last_id, retry = await self._read_sse(resp)
-                    if last_id is not None and self._waiting(message["id"]):
+                    if self._waiting(message["id"]):
+                        if last_id is None:  # nothing to resume from: the answer will never come
+                            raise UpstreamError(self.name, "protocol", f"ended the stream of {message['method']} "
+                                                "without answering it")
                         resume = (last_id, retry)
                 else:
                     await self._dispatch(orjson.loads(await resp.aread()))
+                    if self._waiting(message["id"]):
+                        raise UpstreamError(self.name, "protocol", f"answered {message['method']} with JSON that "
+                                            "is not its response")
             if resume is not None:
                 await self._resume(message["id"], *resume)
         except httpx2.TransportError as exc:

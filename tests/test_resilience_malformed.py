@@ -117,3 +117,10 @@ async def test_an_http_upstream_that_refuses_the_gateways_reply_does_not_take_it
     assert {str(m["id"]).split("-")[0] for m in replies} == {"refused", "asked"}
     assert all(m.get("result") == {} for m in replies)  # both pings were answered
 
+
+async def test_an_http_stream_that_ends_without_the_answer_fails_the_call_at_once(gateway: RunningGateway) -> None:
+    async with mcp_client(gateway.url, KEY) as c:
+        with pytest.raises(MCPError) as err:
+            await c.call_tool("remote__raw", {"lines": [], "answer": False})
+        assert "upstream 'remote'" in str(err.value) and "without answering it" in str(err.value)
+        assert text(await c.call_tool("remote__echo", {"text": "next"})) == "next"
