@@ -48,6 +48,8 @@ class StdioConnector(JsonRpcPeer):
         self._write_lock = anyio.Lock()
         self.restarts = 0
         self.last_error = "not started"
+        self._stop_reason = ""
+        """Why the gateway stopped the running process itself (else its exit code says why it stopped)."""
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -90,7 +92,6 @@ class StdioConnector(JsonRpcPeer):
             except Exception as exc:
                 self.last_error = str(exc)
                 log.warning("upstream %s: %s", self.name, exc)
-            self._ready = anyio.Event()
             if self.on_state:
                 self.on_state(self, False)
             if self._stopping:
@@ -113,6 +114,7 @@ class StdioConnector(JsonRpcPeer):
             start_new_session=True,
         )
         self._proc = proc
+        self._stop_reason = ""
         try:
             async with anyio.create_task_group() as tg:
                 self._spawn = tg.start_soon
@@ -132,15 +134,19 @@ class StdioConnector(JsonRpcPeer):
                 if self.on_state:
                     self.on_state(self, True)
                 code = await proc.wait()
-                self.last_error = f"exited with code {code}"
+                self.last_error = self._stop_reason or f"exited with code {code}"
                 tg.cancel_scope.cancel()
         finally:
+            # Down first, then fail what is in flight: a call made from here on waits for the restart instead of
+            # being written to a process that is going away (and waiting for an answer until its timeout).
             self._spawn = None
+            self._proc = None
+            if self._ready.is_set():
+                self._ready = anyio.Event()
             why = f"stopped while the call was in flight ({self.last_error})"
             self._fail_all(UpstreamError(self.name, "crashed", why))
             with anyio.CancelScope(shield=True):
                 await self._kill(proc)
-            self._proc = None
 
     async def _read_stdout(self, proc: anyio.abc.Process) -> None:
         assert proc.stdout is not None
@@ -166,11 +172,18 @@ class StdioConnector(JsonRpcPeer):
                     await self._dispatch(msg)
                 if len(buf) > MAX_LINE_BYTES:
                     log.error("upstream %s sent a message over %d bytes; killing it", self.name, MAX_LINE_BYTES)
-                    self.last_error = "sent an oversized message"
+                    self._stop_reason = "sent an oversized message"
                     await self._kill(proc)
                     return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+        # Its output is closed: it can answer nothing more. Give it a moment to exit by itself (its exit code is
+        # the better error), else stop it, so that it is restarted rather than left to time every call out.
+        with anyio.move_on_after(1):
+            await proc.wait()
+        if proc.returncode is None:
+            self._stop_reason = "closed its output"
+            await self._kill(proc)
 
     async def _drain_stderr(self, proc: anyio.abc.Process) -> None:
         assert proc.stderr is not None

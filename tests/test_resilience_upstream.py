@@ -106,6 +106,16 @@ async def test_upstream_killed_mid_call_is_named_audited_restarted(gateway: Runn
     assert any(r["error_kind"] == "crashed" and "echo" in r["error"] for r in outcomes)
 
 
+async def test_upstream_that_closes_its_output_is_restarted_not_waited_for(gateway: RunningGateway) -> None:
+    """An upstream that closes stdout but stays alive answers nothing more: the call fails at once (not at its 30 s
+    timeout), the process is stopped and restarted, and the very next call waits for the new one."""
+    async with mcp_client(gateway.url, KEY) as c:
+        with pytest.raises(MCPError) as err:
+            await c.call_tool("rec__close_output", {})
+        assert "upstream 'rec' stopped while the call was in flight (closed its output)" in str(err.value)
+        assert (await c.call_tool("rec__echo", {"text": "new"})).content[0].text == "new"  # type: ignore[union-attr]
+
+
 async def test_hanging_tool_times_out_per_tool_and_is_cancelled_upstream(gateway: RunningGateway) -> None:
     async with mcp_client(gateway.url, KEY) as c:
         with pytest.raises(MCPError) as err:
