@@ -50,11 +50,11 @@ def us(values: list[float]) -> str:
 
 def profiles() -> dict[str, ProfileConfig]:
     box_dir = str(REPO / "conformance" / "containment")
+    rw = {"read_write": ["{workspace}"], "env": ENV, **LIMITS}
     return {
-        "none": ProfileConfig(tier="none", network="host", read_write=["{workspace}"], env=ENV, **LIMITS),
-        "process": ProfileConfig(tier="process", network="host", read_write=["{workspace}"], env=ENV, **LIMITS),
-        "sandbox": ProfileConfig(tier="sandbox", read_only=["/usr", box_dir], read_write=["{workspace}"], env=ENV,
-                                 **LIMITS),
+        "none": ProfileConfig.model_validate({"tier": "none", "network": "host", **rw}),
+        "process": ProfileConfig.model_validate({"tier": "process", "network": "host", **rw}),
+        "sandbox": ProfileConfig.model_validate({"tier": "sandbox", "read_only": ["/usr", box_dir], **rw}),
     }
 
 
