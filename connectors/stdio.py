@@ -18,6 +18,7 @@ import anyio.abc
 import orjson
 
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
+from connectors.lines import NOT_JSON, JsonLines, LineTooLong
 
 log = logging.getLogger("gateway.upstream")
 
@@ -76,7 +77,7 @@ class StdioConnector(JsonRpcPeer):
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise UpstreamError(self.name, "unavailable", "is not running")
-        data = orjson.dumps(message) + b"\n"
+        data = orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
         try:
             async with self._write_lock:
                 await proc.stdin.send(data)
@@ -150,31 +151,19 @@ class StdioConnector(JsonRpcPeer):
 
     async def _read_stdout(self, proc: anyio.abc.Process) -> None:
         assert proc.stdout is not None
-        buf = bytearray()
+        lines = JsonLines(MAX_LINE_BYTES)
         try:
             async for chunk in proc.stdout:
-                scan = len(buf)
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n", scan)
-                    if nl < 0:
-                        break
-                    line = bytes(buf[:nl])
-                    del buf[: nl + 1]
-                    scan = 0
-                    if not line.strip():
-                        continue
-                    try:
-                        msg = orjson.loads(line)
-                    except orjson.JSONDecodeError:
+                for msg in lines.feed(chunk):
+                    if msg is NOT_JSON:
                         self._ignored("a line that is not JSON")
-                        continue
-                    await self._dispatch(msg)
-                if len(buf) > MAX_LINE_BYTES:
-                    log.error("upstream %s sent a message over %d bytes; killing it", self.name, MAX_LINE_BYTES)
-                    self._stop_reason = "sent an oversized message"
-                    await self._kill(proc)
-                    return
+                    else:
+                        await self._dispatch(msg)
+        except LineTooLong:
+            log.error("upstream %s sent a message over %d bytes; killing it", self.name, MAX_LINE_BYTES)
+            self._stop_reason = "sent an oversized message"
+            await self._kill(proc)
+            return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         # Its output is closed: it can answer nothing more. Give it a moment to exit by itself (its exit code is
@@ -189,6 +178,8 @@ class StdioConnector(JsonRpcPeer):
         assert proc.stderr is not None
         try:
             async for chunk in proc.stderr:
+                if not log.isEnabledFor(logging.DEBUG):  # read and dropped: decoding it costs for nothing
+                    continue
                 for line in chunk.decode("utf-8", "replace").splitlines():
                     if line.strip():
                         log.debug("upstream %s stderr: %s", self.name, line[:2000])
