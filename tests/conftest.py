@@ -145,7 +145,7 @@ async def mcp_client(url: str, key: str | None, mode: str = "legacy",
     if key is not None:
         h["Authorization"] = f"Bearer {key}"
     http = httpx2.AsyncClient(headers=h, timeout=30)
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as c:  # type: ignore[arg-type]
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as c:
         yield c
 
 
