@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
+
 from connectors.jsonrpc import RemoteError, UpstreamError
 from gateway.decide import Decider, Request
 from gateway.identity import Agent
@@ -181,16 +183,25 @@ class Relay:
         up = self.catalog.get(upstream)
         timeout = up.config.timeout_s if up is not None else 60.0
         t0 = time.perf_counter()
-        try:
+        outcome, error = "agent_error", None
+        try:  # every way out records an outcome: an allowed request never stays without one in the audit log
             result = await session.outlet.request(upstream, method, params, timeout)
+            outcome = "ok"
+            return result
         except RemoteError as exc:
-            self.recorder.outcome(req, "agent_error", time.perf_counter() - t0, exc.message)
+            error = exc.message
             raise
         except TimeoutError:
-            self.recorder.outcome(req, "agent_timeout", time.perf_counter() - t0)
+            outcome = "agent_timeout"
             raise RemoteError(-32603, f"the agent did not answer {method} within {timeout:g} s") from None
-        self.recorder.outcome(req, "ok", time.perf_counter() - t0)
-        return result
+        except anyio.get_cancelled_exc_class():  # the upstream session ended (its agent session did)
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise RemoteError(-32603, f"the gateway could not pass {method} to the agent") from None
+        finally:
+            self.recorder.outcome(req, outcome, time.perf_counter() - t0, error)
 
     async def upstream_notification(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> None:
         session = self.sessions.get(session_id)

@@ -117,6 +117,31 @@ async def test_sampling_denied_by_policy_never_reaches_the_agent(gateway: Runnin
     assert not record["allow"] and record["agent"] == "researcher"
 
 
+async def test_a_relayed_request_whose_session_ends_still_has_an_outcome(gateway: RunningGateway) -> None:
+    """The agent closes its session while the upstream's sampling request waits for it: the upstream session is
+    closed with it, and the audit log says how the relayed request ended."""
+    asked = anyio.Event()
+
+    async def never(ctx: Any, params: Any) -> Any:
+        asked.set()
+        await anyio.sleep(3600)
+
+    url = gateway.url + "/fixture"
+    async with client(url, "ci-bot", sampling_callback=never) as c, anyio.create_task_group() as tg:
+        tg.start_soon(c.call_tool, "test_sampling", {"prompt": "abandoned"})
+        await asked.wait()
+        tg.cancel_scope.cancel()
+    record = decisions(gateway, "sampling/createMessage")[-1]
+    assert record["allow"] and record["arguments_digest"]
+    deadline = time.monotonic() + 10
+    outcomes: list[dict[str, Any]] = []
+    while not outcomes and time.monotonic() < deadline:  # the session's upstream closes after the client left
+        await anyio.sleep(0.1)
+        outcomes = [r for r in gateway.audit_records()
+                    if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]]
+    assert len(outcomes) == 1 and outcomes[0]["outcome"] in ("agent_error", "cancelled"), outcomes
+
+
 async def test_an_agent_without_sampling_is_not_asked(gateway: RunningGateway) -> None:
     """The per-session upstream is told what this agent's client supports: no sampling callback, no sampling."""
     async with client(gateway.url + "/fixture", "ci-bot") as c:

@@ -28,6 +28,7 @@ from tests.conftest import (
     start_gateway,
     stdio_upstream,
 )
+from tests.test_protocol_relay import FIXTURE, client
 
 pytestmark = pytest.mark.anyio
 KEY = KEYS["ci-bot"][2]
@@ -262,3 +263,38 @@ def test_graceful_shutdown_drains_calls_in_flight_and_records_them(tmp_path: Pat
         assert len(slow) == 6 and slow <= done
     finally:
         gw.stop()
+
+
+def test_shutdown_records_the_outcome_of_a_relayed_request_still_waiting_for_its_agent(tmp_path: Path) -> None:
+    """The agent never answers the upstream's sampling request; the gateway is stopped: once its grace period is
+    over the request is cancelled, and the audit log still says so (no allowed request without an outcome)."""
+    port = free_port()
+    upstream = stdio_upstream("fixture", FIXTURE, 'session_mode = "per_session"\n')
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, upstream, policy=allow_all_policy(tmp_path)), port)
+
+    async def run() -> None:
+        asked = anyio.Event()
+
+        async def never(ctx: object, params: object) -> object:
+            asked.set()
+            await anyio.sleep(3600)
+
+        url = gw.url + "/fixture"
+        with anyio.move_on_after(40):
+            async with client(url, "ci-bot", sampling_callback=never) as c, anyio.create_task_group() as tg:
+                tg.start_soon(c.call_tool, "test_sampling", {"prompt": "never answered"})
+                await asked.wait()
+                gw.proc.terminate()
+
+    try:
+        try:
+            anyio.run(run)
+        except Exception:  # the client's session ends with the gateway: what counts is the audit log
+            pass
+        assert gw.proc.wait(30) is not None
+    finally:
+        gw.stop()
+    records = gw.audit_records()
+    [sampling] = [r for r in records if r["type"] == "decision" and r["action"] == "sampling/createMessage"]
+    outcomes = [r["outcome"] for r in records if r["type"] == "outcome" and r["decision_id"] == sampling["decision_id"]]
+    assert outcomes == ["cancelled"]
