@@ -207,8 +207,8 @@ class EmbeddedEngine:
             ev = self._local.ev = new_evaluator()
         return ev
 
-    def decide_sync(self, input: dict[str, Any]) -> Decision:
-        return self._policy.decide(self._evaluator(), input)
+    def _decide_on(self, policy: CompiledPolicy, input: dict[str, Any]) -> Decision:
+        return policy.decide(self._evaluator(), input)
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         """Evaluate on a worker thread; ``timeout_ms`` bounds the evaluation, not the wait for a free evaluator.
@@ -217,9 +217,9 @@ class EmbeddedEngine:
         policy fails closed instead of queueing calls forever). With ``threads = 0`` the decision is evaluated on
         the event loop itself: no thread hop, but a slow policy then stalls every connection.
         """
-        policy = self._policy
+        policy = self._policy  # the revision this decision runs on, even if a reload swaps another in meanwhile
         if self._limiter is None:
-            return self.decide_sync(input)
+            return self._decide_on(policy, input)
         try:
             with anyio.fail_after(self._queue_timeout):
                 await self._limiter.acquire()
@@ -227,7 +227,7 @@ class EmbeddedEngine:
             return Decision.failed("policy engine overloaded: no evaluator became free in time", policy.revision)
         try:
             with anyio.fail_after(self._timeout):
-                return await anyio.to_thread.run_sync(self.decide_sync, input, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(self._decide_on, policy, input, abandon_on_cancel=True)
         except TimeoutError:
             return Decision.failed(f"policy timed out after {self._timeout * 1000:.0f} ms", policy.revision)
         finally:
