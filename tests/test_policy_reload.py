@@ -157,3 +157,27 @@ async def test_sighup_reloads_when_watching_is_off(tmp_path: Path) -> None:
         assert gw.proc.poll() is None
     finally:
         gw.stop()
+
+
+def test_a_change_written_while_the_candidate_is_checked_is_not_compiled_unchecked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child process checks the candidate; a deploy writes again meanwhile: what goes live is what was checked
+    (the later version waits for the next reload, which checks it too)."""
+    from gateway.policy import reload
+
+    policy = tmp_path / "policy"
+    shutil.copytree(REPO / "rego", policy)
+    checked = load_policy(policy).revision
+    child = reload.preflight
+
+    def preflight_during_a_deploy(path: Path, decision: str) -> reload.ReloadResult | None:
+        failure = child(path, decision)
+        _new_reason(policy)
+        return failure
+
+    monkeypatch.setattr(reload, "preflight", preflight_during_a_deploy)
+    compiled, failure = reload.prepare(policy, "gateway/decision")
+    assert failure is None and compiled is not None
+    assert compiled.revision == checked != load_policy(policy).revision
+    assert compiled.source.root == policy

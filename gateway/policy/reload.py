@@ -8,11 +8,13 @@ and works the same on bind mounts and config-map volumes, where file events are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,8 @@ import anyio.to_thread
 from gateway.config import PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import PolicyError
-from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine, compile_policy
-from gateway.policy.loader import is_policy_file
+from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
+from gateway.policy.loader import is_policy_file, load_policy
 from gateway.policy.tables import report, run_policy_tables
 
 log = logging.getLogger("gateway.policy")
@@ -82,15 +84,45 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
     return ReloadResult("compile_error", "", lines)
 
 
+def snapshot(path: Path, into: Path) -> Path:
+    """A private copy of the policy's files (a bundle, or a directory's policy files), each read once."""
+    if path.is_file():
+        copy = into / path.name
+        copy.write_bytes(path.read_bytes())
+        return copy
+    copy = into / "policy"
+    copy.mkdir()
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if is_policy_file(rel) and p.is_file():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            (copy / rel).write_bytes(p.read_bytes())
+    return copy
+
+
 def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, ReloadResult | None]:
-    """Compile and test a candidate revision (in a worker thread: it takes a while)."""
-    failure = preflight(path, decision_path)
-    if failure is not None:
-        return None, failure
-    try:
-        policy = compile_policy(path, decision_path)
-    except PolicyError as exc:
-        return None, ReloadResult("compile_error", "", tuple(exc.errors))
+    """Compile and test a candidate revision (in a worker thread: it takes a while).
+
+    The child process and this one work on the same snapshot of the files: a deploy still writing them cannot
+    slip a version the child never checked (one that may abort rego-cpp) into the serving process.
+    """
+    with tempfile.TemporaryDirectory(prefix="mcp-gateway-policy-") as tmp:
+        try:
+            copy = snapshot(path, Path(tmp))
+        except OSError as exc:
+            return None, ReloadResult("compile_error", "", (f"{path}: cannot be read: {exc}",))
+
+        def named(lines: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+            return tuple(line.replace(str(copy), str(path)) for line in lines)
+
+        failure = preflight(copy, decision_path)
+        if failure is not None:
+            return None, dataclasses.replace(failure, details=named(failure.details))
+        try:
+            source = dataclasses.replace(load_policy(copy), root=path)
+            policy = CompiledPolicy(source, decision_path)
+        except PolicyError as exc:
+            return None, ReloadResult("compile_error", "", named(exc.errors))
     try:
         results = run_policy_tables(policy)
     except PolicyError as exc:  # a malformed table file is a failed test, not a crash
