@@ -32,19 +32,11 @@ from gateway.policy.loader import PolicySource, load_policy
 _ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
 
 
-def _locate(source: str, offset: int) -> tuple[int, int]:
-    line = source.count("\n", 0, offset) + 1
-    col = offset - (source.rfind("\n", 0, offset) + 1) + 1
-    return line, col
-
-
 def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
     out = []
     for name, offset, _length, msg in _ERR.findall(str(exc)):
-        src = source.modules.get(name)
-        if src is not None:
-            line, col = _locate(src, int(offset))
-            out.append(f"{source.where(name)}:{line}:{col}: {msg.strip()}")
+        if name in source.modules:
+            out.append(f"{source.where(name, int(offset))}: {msg.strip()}")
         else:
             out.append(f"{source.root}: {msg.strip()}")
     return out or [f"{source.root}: {str(exc).strip()}"]

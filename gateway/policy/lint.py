@@ -129,10 +129,6 @@ def _depths(masked: str) -> list[int]:
     return out
 
 
-def _position(src: str, offset: int) -> tuple[int, int]:
-    return src.count("\n", 0, offset) + 1, offset - (src.rfind("\n", 0, offset) + 1) + 1
-
-
 _DEFAULT = re.compile(r"^default\s+([A-Za-z_]\w*)", re.M)
 _PARTIAL_SET = re.compile(r"^([A-Za-z_]\w*)\s+contains\b", re.M)
 _WITH = re.compile(r"\bwith\s+[\w.\[\]]+\s+as\b")
@@ -294,9 +290,8 @@ def lint_source(source: PolicySource) -> list[str]:
         for fn, n, offset in mod.arities:
             seen = arity.setdefault((mod.package, fn), n)
             if seen != n:
-                line, col = _position(mod.src, offset)
                 errors.append(
-                    f"{source.where(mod.name)}:{line}:{col}: function {fn} is defined with {n} and with {seen} "
+                    f"{source.where(mod.name, offset)}: function {fn} is defined with {n} and with {seen} "
                     "arguments: every definition of a function must take the same number (the embedded engine "
                     "aborts on this)"
                 )
@@ -316,25 +311,21 @@ def lint_source(source: PolicySource) -> list[str]:
             else:
                 message = f"{fn} is neither a function of package {mod.package} nor a supported built-in"
             if message:
-                line, col = _position(mod.src, start)
-                errors.append(f"{source.where(mod.name)}:{line}:{col}: {message} (see {DOC})")
+                errors.append(f"{source.where(mod.name, start)}: {message} (see {DOC})")
         for rule, offset in mod.defaults.items():
             if rule in partial_sets.get(mod.package, ()):
-                line, col = _position(mod.src, offset)
                 errors.append(
-                    f"{source.where(mod.name)}:{line}:{col}: default {rule}: {rule} is a partial set (contains), "
+                    f"{source.where(mod.name, offset)}: default {rule}: {rule} is a partial set (contains), "
                     "which is always defined (empty when no rule adds to it); a default is an error"
                 )
         for offset in mod.withs:
-            line, col = _position(mod.src, offset)
             errors.append(
-                f"{source.where(mod.name)}:{line}:{col}: 'with' is not supported by the embedded engine (it fails, or "
+                f"{source.where(mod.name, offset)}: 'with' is not supported by the embedded engine (it fails, or "
                 f"aborts the process, when the rule it applies to calls a built-in); test with tables (see {DOC})"
             )
         for offset, arg in mod.captured_args:
-            line, col = _position(mod.src, offset)
             errors.append(
-                f"{source.where(mod.name)}:{line}:{col}: function argument {arg} used as a key inside a comprehension: "
+                f"{source.where(mod.name, offset)}: function argument {arg} used as a key inside a comprehension: "
                 f"the embedded engine ignores it there; bind it first ({arg}_ := {arg}) and use that (see {DOC})"
             )
     return errors

@@ -36,9 +36,16 @@ class PolicySource:
     kind: str = "dir"
     """"dir" or "bundle"."""
 
-    def where(self, name: str) -> str:
-        """How an error message names one of this policy's files."""
-        return f"{self.root}/{name}" if self.kind == "dir" else f"{self.root}:{name}"
+    def where(self, name: str, offset: int | None = None) -> str:
+        """How an error message names one of this policy's files, and the line and column of an offset into a
+        module's source."""
+        place = f"{self.root}/{name}" if self.kind == "dir" else f"{self.root}:{name}"
+        if offset is None:
+            return place
+        src = self.modules[name]
+        line = src.count("\n", 0, offset) + 1
+        col = offset - src.rfind("\n", 0, offset)
+        return f"{place}:{line}:{col}"
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -54,12 +61,13 @@ def is_policy_file(name: str) -> bool:
     return name.endswith(".rego") or base in DATA_FILES or base.endswith(TEST_SUFFIXES)
 
 
-def _parse_data(name: str, raw: bytes) -> Any:
+def parse_document(name: str, raw: bytes | str) -> Any:
+    """A data or table document: JSON when the name says so, else YAML."""
     if name.endswith(".json"):
         return orjson.loads(raw)
     import yaml
 
-    return yaml.safe_load(raw.decode("utf-8"))
+    return yaml.safe_load(raw)
 
 
 class _Collector:
@@ -88,7 +96,7 @@ class _Collector:
             self.modules[rel] = text
             return
         try:
-            doc = _parse_data(rel, raw)
+            doc = parse_document(rel, raw)
         except Exception as exc:
             self.errors.append(f"{self._where(rel)}: invalid data document: {exc}")
             return

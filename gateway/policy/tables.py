@@ -35,7 +35,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from gateway.policy.decision import Decision, PolicyError
-from gateway.policy.loader import PolicySource
+from gateway.policy.loader import PolicySource, parse_document
 
 DEFAULT_TIME_NS = 1_793_613_600_000_000_000
 """2026-11-02T10:00:00Z, a Monday morning: the request time of a case that does not set one."""
@@ -118,14 +118,6 @@ def complete_input(partial: dict[str, Any]) -> dict[str, Any]:
     return merge(INPUT_SKELETON, partial)
 
 
-def _parse(name: str, text: str) -> Any:
-    if name.endswith(".json"):
-        return orjson.loads(text)
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def _loc(loc: tuple[Any, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
 
@@ -133,7 +125,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def parse_table(where: str, text: str) -> list[Case]:
     """One table file's cases; PolicyError with ``file: key: problem`` lines when it is malformed."""
     try:
-        doc = _parse(where, text)
+        doc = parse_document(where, text)
     except Exception as exc:
         raise PolicyError([f"{where}: cannot parse: {exc}"]) from None
     try:
