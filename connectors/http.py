@@ -122,20 +122,18 @@ class HttpConnector(JsonRpcPeer):
                 raise UpstreamError(self.name, "unavailable", f"is not reachable ({self.last_error})")
         return await super().request(method, params, timeout, on_progress)
 
-    def _session_headers(self) -> dict[str, str]:
+    def _session_headers(self, versioned: bool = True) -> dict[str, str]:
+        """The headers of a request in this session (the protocol version once it has been negotiated)."""
         headers = dict(self._headers)
         if self._session_id:
             headers["Mcp-Session-Id"] = self._session_id
-        headers["MCP-Protocol-Version"] = self.protocol_version
+        if versioned:
+            headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
     async def _send(self, message: dict[str, Any]) -> None:
         resume: tuple[str, float] | None = None
-        headers = dict(self._headers)
-        if self._session_id:
-            headers["Mcp-Session-Id"] = self._session_id
-        if message.get("method") != "initialize":
-            headers["MCP-Protocol-Version"] = self.protocol_version
+        headers = self._session_headers(versioned=message.get("method") != "initialize")
         try:
             async with self._client.stream("POST", self.url, content=orjson.dumps(message), headers=headers) as resp:
                 if resp.status_code == 404 and self._session_id:
@@ -249,7 +247,7 @@ class HttpConnector(JsonRpcPeer):
         if self._session_id:
             with anyio.move_on_after(1):
                 try:
-                    await self._client.delete(self.url, headers={**self._headers, "Mcp-Session-Id": self._session_id})
+                    await self._client.delete(self.url, headers=self._session_headers())
                 except httpx2.HTTPError:
                     pass
         await self._client.aclose()
