@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -169,6 +170,19 @@ def passed(r: dict[str, int] | None) -> bool:
     return r is not None and r["failed"] == 0
 
 
+def listed(kind: str) -> list[str]:
+    """The scenarios of this kind ("server" or "client") the installed suite has."""
+    out = subprocess.run([str(SUITE), "list", f"--{kind}"], env=suite_env(), capture_output=True, text=True,
+                         timeout=120).stdout
+    return re.findall(r"^\s+- (\S+)", out, re.M)
+
+
+def expected_names(results: dict[str, dict[str, int]], expected: list[str]) -> list[str]:
+    """Every scenario that should have a report, and every one that has: one that did not run (the suite crashed,
+    a scenario hung) is a failure, not a scenario less."""
+    return sorted(set(expected) | set(results))
+
+
 def check_isolation(port: int) -> str:
     """The conformance identity may use the fixture only: listing the other upstream's tools must be denied."""
     import anyio
@@ -213,17 +227,18 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
             t_direct = time.monotonic() - t0
         finally:
             fx.stop()
-    names = sorted(set(through) | set(direct))
+    expected = [args.scenario] if args.scenario else listed("server")
+    names = expected_names({**direct, **through}, expected)
     print(f"\n{'scenario':36} {'direct':>14} {'through gateway':>18}")
     for name in names:
         def cell(r: dict[str, int] | None) -> str:
             if r is None:
-                return "-"
+                return "no report"
             extra = f", {r['warnings']} warn" if r["warnings"] else ""
             return f"{'pass' if passed(r) else 'FAIL'} {r['passed']}/{r['passed'] + r['failed']}{extra}"
         print(f"{name:36} {cell(direct.get(name)):>14} {cell(through.get(name)):>18}")
-    n_pass = sum(1 for n in through if passed(through[n]))
-    n_fail = len(through) - n_pass
+    n_pass = sum(1 for n in names if passed(through.get(n)))
+    n_fail = len(names) - n_pass
     regressions = [n for n in direct if passed(direct[n]) and not passed(through.get(n))]
     checks = {k: sum(r[k] for r in through.values()) for k in ("passed", "failed", "warnings")}
     summary = {
@@ -233,8 +248,8 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nreports: {workdir}")
     if direct:
-        d_pass = sum(1 for n in direct if passed(direct[n]))
-        print(f"direct to the fixture: {d_pass} passed, {len(direct) - d_pass} failed ({t_direct:.1f} s)")
+        d_pass = sum(1 for n in names if passed(direct.get(n)))
+        print(f"direct to the fixture: {d_pass} passed, {len(names) - d_pass} failed ({t_direct:.1f} s)")
     print(f"through the gateway:   {n_pass} passed, {n_fail} failed ({t_gateway:.1f} s); checks: {checks['passed']} "
           f"passed, {checks['failed']} failed, {checks['warnings']} warnings")
     print(f"passing directly but not through the gateway: {', '.join(regressions) or 'none'}")
@@ -246,16 +261,20 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
 def client_run(args: argparse.Namespace, workdir: Path) -> int:
     command = f"{sys.executable} {HERE / 'client_driver.py'}"
     results = run_suite("client", command, workdir / "client", args.scenario)
+    names = expected_names(results, [args.scenario] if args.scenario else CLIENT_SCENARIOS)
     print(f"\n{'client scenario (gateway as the client of a remote upstream)':64} result")
-    for name in sorted(results):
-        r = results[name]
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            print(f"{name:64} FAIL: no report")
+            continue
         print(f"{name:64} {'pass' if passed(r) else 'FAIL'} {r['passed']}/{r['passed'] + r['failed']}"
               + (f", {r['warnings']} warn" if r["warnings"] else ""))
     (workdir / "summary.json").write_text(json.dumps({"client": results}, indent=2))
-    n_pass = sum(1 for r in results.values() if passed(r))
+    n_pass = sum(1 for n in names if passed(results.get(n)))
     print(f"\nreports: {workdir}")
-    print(f"{n_pass} passed, {len(results) - n_pass} failed")
-    return 0 if n_pass == len(results) else 1
+    print(f"{n_pass} passed, {len(names) - n_pass} failed")
+    return 0 if n_pass == len(names) else 1
 
 
 def main() -> int:
