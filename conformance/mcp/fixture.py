@@ -13,7 +13,6 @@ import argparse
 import base64
 import io
 import json
-import sys
 import wave
 from typing import Any
 
@@ -327,7 +326,7 @@ def build() -> Server[Any]:
         on_get_prompt=get_prompt, on_completion=complete,  # type: ignore[arg-type]
     )
     # Registered directly: the constructor keyword warns that logging is deprecated in the newest era.
-    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)  # type: ignore[arg-type]
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
     return server
 
 
@@ -353,4 +352,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
