@@ -22,6 +22,7 @@ import mcp.types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import FileUrl
 
 from tests.conftest import KEYS, REPO, RunningGateway, default_config, free_port, start_gateway, stdio_upstream
 
@@ -107,7 +108,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, workspace: Path) -> Iterat
 @asynccontextmanager
 async def client(url: str, **callbacks: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None,  # type: ignore[arg-type]
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None,
                             **callbacks) as c:
         yield c
 
@@ -130,7 +131,7 @@ async def test_server_everything_with_relayed_sampling_elicitation_and_roots(gat
 
     async def roots(ctx: Any) -> types.ListRootsResult:
         asked["roots"] = True
-        return types.ListRootsResult(roots=[types.Root(uri="file:///agent/project", name="project")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///agent/project"), name="project")])
 
     async with client(gateway.url, sampling_callback=sample, elicitation_callback=elicit,
                       list_roots_callback=roots) as c:

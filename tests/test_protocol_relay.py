@@ -74,7 +74,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 @asynccontextmanager
 async def client(url: str, agent: str, mode: str = "legacy", **callbacks: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key(agent)}"}, timeout=30)
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None,  # type: ignore[arg-type]
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None,
                             **callbacks) as c:
         yield c
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -48,7 +48,7 @@ def allow_all_policy(workdir: Path) -> Path:
     return policy
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -146,10 +146,10 @@ async def test_hanging_upstream_times_out_per_upstream(gateway: RunningGateway) 
 
 async def test_agent_cancellation_reaches_the_upstream(gateway: RunningGateway) -> None:
     """The agent gives up on a call: the gateway tells the upstream (notifications/cancelled for its request id)."""
-    progress: list[float] = []
+    updates: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append(progress)
 
     async with mcp_client(gateway.url, KEY) as c:
         with anyio.move_on_after(1.0):
@@ -231,7 +231,7 @@ def test_graceful_shutdown_drains_calls_in_flight_and_records_them(tmp_path: Pat
     gw = start_gateway(tmp_path, config, port)
     results: list[str] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         pass
 
     async def one(with_progress: bool) -> None:
@@ -275,7 +275,7 @@ def test_shutdown_records_the_outcome_of_a_relayed_request_still_waiting_for_its
     async def run() -> None:
         asked = anyio.Event()
 
-        async def never(ctx: object, params: object) -> object:
+        async def never(ctx: object, params: object) -> None:
             asked.set()
             await anyio.sleep(3600)
 
