@@ -145,8 +145,9 @@ async def test_a_relayed_request_whose_session_ends_still_has_an_outcome(gateway
 async def test_an_agent_without_sampling_is_not_asked(gateway: RunningGateway) -> None:
     """The per-session upstream is told what this agent's client supports: no sampling callback, no sampling."""
     async with client(gateway.url + "/fixture", "ci-bot") as c:
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as err:
             await c.call_tool("test_sampling", {"prompt": "anyone?"})
+    assert "the agent's client does not support sampling" in str(err.value)
 
 
 async def test_elicitation_is_relayed_with_its_schema(gateway: RunningGateway) -> None:
@@ -192,6 +193,8 @@ async def test_log_messages_denied_by_policy_are_dropped(gateway: RunningGateway
         result = await c.call_tool("test_tool_with_logging", {})
         await anyio.sleep(0.3)
     assert not result.is_error and logs == []
+    denied = [r for r in decisions(gateway, "notifications/message") if r["agent"] == "admin"]
+    assert denied and not denied[-1]["allow"] and denied[-1]["reasons"] == ["admins get no upstream log messages"]
 
 
 async def test_completion_and_subscriptions(gateway: RunningGateway) -> None:
