@@ -159,7 +159,11 @@ def policy_eval(
     engine = _open_engine(cfg, policy_path)
     compiled_ms = (time.perf_counter() - t0) * 1000
     if input_file is not None:
-        doc = _parse_doc(Path(input_file).read_text(), input_file)
+        try:
+            text = Path(input_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail([f"{input_file}: cannot be read: {exc}"])
+        doc = _parse_doc(text, input_file)
         if not isinstance(doc, dict):
             _fail([f"{input_file}: an input document must be an object"])
         inp = complete_input(doc)
@@ -254,11 +258,19 @@ class _Record:
     @property
     def redacted(self) -> bool:
         """Argument values were not recorded (only their digest and keys): the policy saw more than we have."""
-        masked = self.rec.get("masked") or []
+        masked = self.rec.get("masked")
         args = (self.rec.get("input") or {}).get("arguments")
         shaped = isinstance(args, dict) and set(args) == {"digest", "keys"} and \
             args.get("digest") == self.rec.get("arguments_digest")
-        return "/input/arguments" in masked or shaped
+        return (isinstance(masked, list) and "/input/arguments" in masked) or shaped
+
+    @property
+    def revision(self) -> str:
+        """The revision that decided it (``bundles.gateway.revision``), "?" when the record does not say."""
+        bundles = self.rec.get("bundles")
+        gateway = bundles.get("gateway") if isinstance(bundles, dict) else None
+        revision = gateway.get("revision") if isinstance(gateway, dict) else None
+        return str(revision) if revision is not None else "?"
 
     @property
     def label(self) -> str:
@@ -300,8 +312,10 @@ def _records(files: list[Path]) -> Iterator[_Record | str]:
 
 
 def _summary(allow: Any, reasons: Any, result: Any) -> tuple[bool, tuple[str, ...], Any]:
+    """What a replay compares; a record not shaped as the gateway writes them compares as a denial without reasons."""
     containment = result.get("containment") if isinstance(result, dict) else None
-    return bool(allow), tuple(sorted(reasons or ())), containment
+    listed = reasons if isinstance(reasons, (list, tuple)) else ()
+    return allow is True, tuple(sorted(str(r) for r in listed)), containment
 
 
 def _describe(s: tuple[bool, tuple[str, ...], Any]) -> str:
@@ -348,14 +362,13 @@ def audit_replay(files: tuple[Path, ...], config_path: str, policy_path: str | N
                 replayed += 1
                 before = _summary(rec.get("allow"), rec.get("reasons"), rec.get("result"))
                 now = _summary(decision.allow, decision.reasons, decision.result)
-                old_rev = ((rec.get("bundles") or {}).get("gateway") or {}).get("revision", "?")
                 if item.redacted:
                     redacted += 1
                     verdict = "same" if before == now else f"differs: was {_describe(before)}; now {_describe(now)}"
                     click.echo(f"REDACTED {item.label}: arguments not recorded, replayed without them: {verdict}")
                 elif before != now:
                     differ += 1
-                    click.echo(f"DIFFERS  {item.label} (revision {old_rev} -> {decision.revision})")
+                    click.echo(f"DIFFERS  {item.label} (revision {item.revision} -> {decision.revision})")
                     click.echo(f"    was: {_describe(before)}")
                     click.echo(f"    now: {_describe(now)}")
         finally:

@@ -138,7 +138,28 @@ def test_policy_eval_explains_bad_input(args: list[str], message: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_policy_eval_input_file_that_is_not_text(tmp_path: Path) -> None:
+    inp = tmp_path / "input.yaml"
+    inp.write_bytes(b"\xff\xfe agent: x")
+    proc = cli("policy", "eval", "--input", str(inp))
+    assert proc.returncode == 2 and f"{inp}: cannot be read" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # --- audit replay ---------------------------------------------------------------------------------------------
+
+
+def test_audit_replay_reads_records_not_shaped_as_the_gateway_writes_them(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    inp = {"agent": {"id": "x", "team": "nobody"}, "action": "tools/call"}
+    audit.write_bytes(b"\n".join(orjson.dumps(r) for r in [
+        {"type": "decision", "input": inp, "result": {}, "allow": True, "reasons": 5, "bundles": "x", "masked": 3},
+        {"type": "decision", "input": inp, "result": [1], "allow": "yes", "reasons": [1], "bundles": {"gateway": 2}},
+    ]) + b"\nnot json\n")
+    proc = cli("audit", "replay", str(audit), "--as-given", "--config", str(CONFIG))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and proc.stdout.count("DIFFERS  ") == 2, proc.stdout
+    assert "(revision ? -> " in proc.stdout and "1 unreadable lines" in proc.stdout
 
 
 def _run_calls(tmp_path: Path, record_arguments: bool, port: int) -> None:
