@@ -74,6 +74,12 @@ def test_policy_test_reports_a_policy_that_does_not_load(tmp_path: Path) -> None
     assert f"{policy}/teams/platform.rego:" in proc.stderr and "http.send is not a built-in" in proc.stderr
 
 
+@pytest.mark.parametrize("decision", ["not.a.path", "gateway/decision with input as {}", "/gateway"])
+def test_policy_test_refuses_a_decision_that_is_not_a_rule_path(decision: str) -> None:
+    proc = cli("policy", "test", "rego", "--decision", decision)
+    assert proc.returncode == 2 and "a rule path such as gateway/decision is expected" in proc.stderr, proc.stderr
+
+
 def test_policy_test_with_no_tables_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "p.rego").write_text('package gateway\n\nimport rego.v1\n\ndecision := {"allow": false}\n')
     proc = cli("policy", "test", str(tmp_path))

@@ -42,6 +42,7 @@ def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
     return out or [f"{source.root}: {str(exc).strip()}"]
 
 
+_DECISION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 _PRINTED_AT = re.compile(r"^-- (\S+?):(\d+):(\d+)\s*$", re.M)
 
 
@@ -92,6 +93,8 @@ class CompiledPolicy:
     """One revision of the policy, compiled; immutable and shared by every evaluator thread."""
 
     def __init__(self, source: PolicySource, decision_path: str):
+        if not _DECISION_PATH.fullmatch(decision_path):  # it becomes part of the query: never anything but a path
+            raise PolicyError([f"decision {decision_path!r}: a rule path such as gateway/decision is expected"])
         self.source = source
         self.revision = source.revision
         self.decision_path = decision_path
