@@ -71,6 +71,8 @@ def test_errors_in_a_bundle_name_the_bundle_and_the_member(tmp_path: Path) -> No
         ({"revision": 7}, None, ".manifest: revision must be a string"),
         ({"revision": "r", "rego_version": 0}, None, "rego_version 0 bundles are not supported"),
         ({"revision": "r"}, {"/data.json": b"[1, 2]"}, "a data document must be an object"),
+        ({"revision": "r"}, {"/teams/data.json": b'{"platform": 1}'}, "sets teams.platform to another value"),
+        ({"revision": "r"}, {"/global/data.yaml": b"suspended_agents: [x]"}, "sets global.suspended_agents to"),
     ],
 )
 def test_a_broken_bundle_is_refused(tmp_path: Path, manifest: dict | bytes, extra: dict | None, expected: str) -> None:
@@ -95,6 +97,12 @@ def test_bundle_member_paths_stay_inside_the_bundle(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "b.tar.gz", manifest={"revision": "r"},
                          extra={"../../escape/data.json": b'{"k": 1}'})
     assert load_policy(bundle).data["escape"] == {"k": 1}
+
+
+def test_data_documents_that_do_not_clash_merge(tmp_path: Path) -> None:
+    merged = make_bundle(tmp_path / "m.tar.gz", manifest={"revision": "r"},
+                         extra={"/teams/extra/data.yaml": b"k: 2", "/teams/data.yaml": b"extra: {j: 3}"})
+    assert load_policy(merged).data["teams"]["extra"] == {"k": 2, "j": 3}  # documents that do not clash merge
     assert not (tmp_path.parent.parent / "escape").exists()
 
 

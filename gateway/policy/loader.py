@@ -48,12 +48,18 @@ class PolicySource:
         return f"{place}:{line}:{col}"
 
 
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def _merge(dst: dict[str, Any], src: dict[str, Any], at: str = "") -> list[str]:
+    """Merge ``src`` into ``dst``; the keys two documents both set to different values (which one would win
+    depends on the order the files are read in, so it is an error, as in OPA)."""
+    clashes = []
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
+        if k not in dst:
             dst[k] = v
+        elif isinstance(v, dict) and isinstance(dst[k], dict):
+            clashes += _merge(dst[k], v, f"{at}{k}.")
+        elif dst[k] != v:
+            clashes.append(f"{at}{k}")
+    return clashes
 
 
 def is_policy_file(name: str) -> bool:
@@ -103,14 +109,12 @@ class _Collector:
         if not isinstance(doc, dict):
             self.errors.append(f"{self._where(rel)}: a data document must be an object")
             return
-        node = self.data
-        for part in [p for p in posixpath.dirname(rel).split("/") if p]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                self.errors.append(f"{self._where(rel)}: data path {posixpath.dirname(rel)} clashes with a value")
-                return
-            node = child
-        _merge(node, doc)
+        for part in reversed([p for p in posixpath.dirname(rel).split("/") if p]):
+            doc = {part: doc}
+        clashes = _merge(self.data, doc)
+        if clashes:
+            self.errors.append(f"{self._where(rel)}: sets {', '.join(clashes)} to another value than a data "
+                               "document read before it")
 
     def finish(self, root: Path, revision: str | None, kind: str, empty: str) -> PolicySource:
         if not self.modules and not self.errors:
