@@ -183,7 +183,8 @@ class _Module:
     name: str
     src: str
     masked: str
-    literals: list[_Literal]
+    literals: dict[int, _Literal]
+    """String literals by their start offset."""
     package: str
     aliases: set[str]
     heads: set[str]
@@ -226,8 +227,8 @@ def _scan(name: str, src: str) -> _Module:
         if depth[h.start()] == 0 and h.group(1) not in _KEYWORDS
     ]
     return _Module(
-        name, src, masked, lits, pkg.group(1) if pkg else "", aliases, heads, calls, captured, withs, defaults,
-        partial_sets, arities,
+        name, src, masked, {lit.start: lit for lit in lits}, pkg.group(1) if pkg else "", aliases, heads, calls,
+        captured, withs, defaults, partial_sets, arities,
     )
 
 
@@ -236,13 +237,13 @@ def _literal_arg(mod: _Module, after_paren: int) -> _Literal | None:
     i = after_paren
     while i < len(mod.masked) and mod.masked[i].isspace():
         i += 1
-    for lit in mod.literals:
-        if lit.start == i:
-            end = lit.end
-            while end < len(mod.masked) and mod.masked[end].isspace():
-                end += 1
-            return lit if end < len(mod.masked) and mod.masked[end] in ",)" else None
-    return None
+    lit = mod.literals.get(i)
+    if lit is None:
+        return None
+    end = lit.end
+    while end < len(mod.masked) and mod.masked[end].isspace():
+        end += 1
+    return lit if end < len(mod.masked) and mod.masked[end] in ",)" else None
 
 
 def _check_literal(fn: str, lit: _Literal) -> str | None:
