@@ -53,6 +53,11 @@ class _Pending:
         self.error: UpstreamError | None = None
 
 
+def _key(rid: Any) -> int | str | None:
+    """A request id usable as a key (JSON-RPC ids are strings or integers; anything else is not tracked)."""
+    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
+
+
 class JsonRpcPeer:
     """Request/response bookkeeping over one upstream session."""
 
@@ -72,6 +77,8 @@ class JsonRpcPeer:
         """Requests to make before the next one (an agent's log level for a session that just came up)."""
         self._spawn: Callable[..., Any] | None = None
         """Starts a background task; server-to-client requests run there so they never block the reader."""
+        self._answering: dict[int | str, anyio.CancelScope] = {}
+        """Server-to-client requests being answered, by id: the upstream may cancel them."""
         self.ignored: dict[str, int] = {}
         """Messages from the upstream dropped as malformed, by kind (a fixed description)."""
 
@@ -176,6 +183,12 @@ class JsonRpcPeer:
         if not isinstance(method, str):
             self._ignored("a notification whose method is not a string")
             return
+        if method == "notifications/cancelled":  # of one of its own requests the gateway is still answering
+            key = _key(params.get("requestId"))
+            scope = self._answering.get(key) if key is not None else None
+            if scope is not None:
+                scope.cancel()
+                return
         try:
             if method == "notifications/progress":
                 cb = self._progress.get(str(params.get("progressToken")))
@@ -187,31 +200,44 @@ class JsonRpcPeer:
             log.exception("upstream %s: handling its %s failed", self.name, method)
 
     async def _answer(self, rid: Any, method: Any, params: dict[str, Any]) -> None:
-        """Answer a server-to-client request. Never raises (it runs in the connection's task group)."""
-        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": rid}
+        """Answer a server-to-client request. Never raises (it runs in the connection's task group). The upstream
+        may cancel it meanwhile (notifications/cancelled): then it is not answered, as MCP asks."""
+        key = _key(rid)
+        with anyio.CancelScope() as scope:
+            if key is not None:
+                self._answering[key] = scope
+            try:
+                outcome = await self._outcome(method, params)
+            finally:
+                if key is not None and self._answering.get(key) is scope:
+                    del self._answering[key]
+        if scope.cancelled_caught:
+            return
         try:
-            if not isinstance(method, str):
-                reply["error"] = {"code": -32600, "message": "Invalid Request: the method is not a string"}
-            elif self.on_request is not None:
-                reply["result"] = await self.on_request(method, params)
-            elif method == "ping":
-                reply["result"] = {}
-            elif method == "roots/list":
-                reply["result"] = {"roots": []}
-            else:
-                reply["error"] = {
-                    "code": -32601,
-                    "message": f"{method} is not relayed to agents on a shared upstream session "
-                    "(set session_mode = \"per_session\" on this upstream)",
-                }
-        except RemoteError as exc:
-            reply["error"] = {"code": exc.code, "message": exc.message}
-        except Exception as exc:
-            reply["error"] = {"code": -32603, "message": f"gateway could not relay {method}: {exc}"}
-        try:
-            await self._send(reply)
+            await self._send({"jsonrpc": "2.0", "id": rid, **outcome})
         except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
             log.info("upstream %s: could not answer its %s request: %s", self.name, method, exc)
+
+    async def _outcome(self, method: Any, params: dict[str, Any]) -> dict[str, Any]:
+        """The ``result`` or ``error`` member of the answer to a server-to-client request."""
+        try:
+            if not isinstance(method, str):
+                return {"error": {"code": -32600, "message": "Invalid Request: the method is not a string"}}
+            if self.on_request is not None:
+                return {"result": await self.on_request(method, params)}
+            if method == "ping":
+                return {"result": {}}
+            if method == "roots/list":
+                return {"result": {"roots": []}}
+            return {"error": {
+                "code": -32601,
+                "message": f"{method} is not relayed to agents on a shared upstream session "
+                "(set session_mode = \"per_session\" on this upstream)",
+            }}
+        except RemoteError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:
+            return {"error": {"code": -32603, "message": f"gateway could not relay {method}: {exc}"}}
 
     def _initialize_params(self) -> dict[str, Any]:
         caps = self.client_capabilities

@@ -4,6 +4,7 @@ whose upstream session sent it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -65,6 +66,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         + stdio_upstream("shared", FIXTURE)
         + stdio_upstream("echo", ECHO, per_session)
         + stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n')
+        + stdio_upstream("own", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "own.jsonl"}" }}\n' + per_session)
     )
     gw = start_gateway(workdir, default_config(port, workdir, upstreams, policy=policy), port)
     yield gw
@@ -140,6 +142,42 @@ async def test_a_relayed_request_whose_session_ends_still_has_an_outcome(gateway
         outcomes = [r for r in gateway.audit_records()
                     if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]]
     assert len(outcomes) == 1 and outcomes[0]["outcome"] in ("agent_error", "cancelled"), outcomes
+
+
+async def test_a_request_the_upstream_cancels_is_cancelled_at_the_agent_and_not_answered(
+    gateway: RunningGateway,
+) -> None:
+    """The upstream asks the agent (sampling), then cancels its request before the agent has answered: the agent's
+    side is cancelled, the upstream gets no answer (MCP: a cancelled request is not answered), the audit says so."""
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def slow(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.set()
+        await release.wait()
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="late"),
+                                         model="m", stop_reason="endTurn")
+
+    request = {"jsonrpc": "2.0", "id": "sample-1", "method": "sampling/createMessage",
+               "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hm?"}}],
+                          "maxTokens": 10}}
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sample-1"}}
+    async with client(gateway.url, "ci-bot", sampling_callback=slow) as c:
+        await c.call_tool("own__raw", {"lines": [json.dumps(request)]})
+        with anyio.fail_after(10):
+            await asked.wait()
+        await c.call_tool("own__raw", {"lines": [json.dumps(cancel)]})
+        record = decisions(gateway, "sampling/createMessage")[-1]
+        deadline = time.monotonic() + 10
+        outcomes: list[str] = []
+        while not outcomes and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+            outcomes = [r["outcome"] for r in gateway.audit_records()
+                        if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]]
+        release.set()
+        await c.call_tool("own__echo", {"text": "after"})  # the upstream has read everything sent before this
+    assert outcomes == ["cancelled"]
+    received = [json.loads(line) for line in (gateway.workdir / "own.jsonl").read_text().splitlines()]
+    assert not [m for m in received if m.get("id") == "sample-1"], "a cancelled request was answered"
 
 
 async def test_an_agent_without_sampling_is_not_asked(gateway: RunningGateway) -> None:
