@@ -15,6 +15,7 @@ Tokens are kept in memory, per connection.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -23,6 +24,8 @@ import httpx2
 from mcp.client.auth import OAuthClientProvider
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
+
+log = logging.getLogger("gateway.upstream")
 
 
 class MemoryStorage:
@@ -75,6 +78,9 @@ class HeadlessAuthorization:
 def oauth_provider(name: str, url: str, cfg: Any) -> httpx2.Auth:
     """``cfg`` is the upstream's ``oauth`` table (see gateway.config.UpstreamOAuth)."""
     secret = os.environ.get(cfg.client_secret_env, "") if cfg.client_secret_env else None
+    if cfg.client_secret_env and not secret:  # said now: the flow would fail later with the server's words only
+        log.warning("upstream %s: oauth.client_secret_env names %s, which is not set; authorizing without a client "
+                    "secret", name, cfg.client_secret_env)
     method = cfg.token_endpoint_auth_method or ("client_secret_basic" if secret else "none")
     metadata = OAuthClientMetadata(
         redirect_uris=[AnyUrl(cfg.redirect_uri)],
