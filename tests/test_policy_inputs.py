@@ -32,6 +32,11 @@ def _shape(body: str) -> object:
         ("import input.agent as a\n\nx if a.id", {"agent": None}),
         ("x := data.input.y", {}),
         ("my_input := 1", {}),
+        ('x := $"on {input.server}: {concat(",", [input.agent.id, "}"])}"',
+         {"server": None, "agent": frozenset({"id"})}),
+        ("x := $`{input.tool}`", {"tool": None}),
+        ('x := $"{ {"k": input.prompt}["k"] }"', {"prompt": None}),
+        ('x := $"not code: \\{input.tool}"', {}),
     ],
 )
 def test_the_shape_keeps_every_field_the_policy_reads(body: str, shape: object) -> None:
@@ -65,3 +70,16 @@ def test_pruning_changes_no_decision(policy: str) -> None:
     whole = [compiled.decide(ev, c.input) for c in cases]
     assert [(d.allow, d.reasons, d.result, d.error) for d in pruned] == \
         [(d.allow, d.reasons, d.result, d.error) for d in whole]
+
+
+def test_pruning_changes_no_decision_of_a_policy_with_template_strings(tmp_path: Path) -> None:
+    """References inside template strings are reads: a blocked-list check built with one must still fire."""
+    (tmp_path / "p.rego").write_text(
+        "package gateway\n\nimport rego.v1\n\n"
+        'blocked := {"sh__run"}\n\n'
+        'deny contains "blocked" if $"{input.server}__{input.tool}" in blocked\n\n'
+        'decision := {"allow": count(deny) == 0, "reasons": [r | some r in deny]}\n'
+    )
+    compiled = compile_policy(tmp_path, "gateway/decision")
+    decision = compiled.decide(new_evaluator(), complete_input({"server": "sh", "tool": "run"}))
+    assert not decision.allow and decision.reasons == ("blocked",)

@@ -74,6 +74,7 @@ def test_unsupported_builtin_is_refused_at_load_naming_file_and_line(tmp_path: P
         ('x := time.parse_rfc3339_ns("2026-01-01T00:00:00Z")', "rejects a trailing Z"),
         ("f(p) := {x | some x in data.d[p]}", "function argument p used as a key inside a comprehension"),
         ('x := true if startswith(input.s, "a") with input as {"s": "abc"}', "'with' is not supported"),
+        ('x := $"from {net.cidr_contains("10.0.0.0/8", input.ip)}"', "net.cidr_contains is not a built-in"),
     ],
 )
 def test_each_unsupported_construct_is_named(tmp_path: Path, line: str, fragment: str) -> None:
@@ -90,6 +91,7 @@ def test_what_is_not_a_call_is_left_alone(tmp_path: Path) -> None:
         "# net.cidr_contains(x) in a comment\n"
         'msg := "http.send(x) inside a string"\n'
         "raw := `trace(x) in a raw string`\n"
+        'template := $"http.send(x) as text, then {upper("code")}, \\{trace(x)} as text"\n'
         "double(x) := x * 2\n\n"
         "empty := set()\n\n"
         'decision := {"allow": true, "reasons": [msg]} if {\n'

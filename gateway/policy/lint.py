@@ -79,14 +79,58 @@ class _Literal:
     value: str | None
 
 
+def _template(src: str, q: int) -> tuple[int, list[tuple[int, int]]]:
+    """The closing quote of the template string (``$"..."``, ``$`...` ``) opened at ``q``, and the ranges of its
+    ``{expression}`` parts: code, not text (``\\{`` is a brace in the text)."""
+    quote, n = src[q], len(src)
+    code = []
+    j = q + 1
+    while j < n and src[j] != quote and not (quote == '"' and src[j] == "\n"):
+        if src[j] == "\\":
+            j += 2
+        elif src[j] == "{":
+            k, depth = j + 1, 1
+            while k < n:
+                c = src[k]
+                if c == '"':  # a string inside the expression may hold braces and quotes
+                    k += 1
+                    while k < n and src[k] != '"':
+                        k += 2 if src[k] == "\\" else 1
+                elif c == "`":
+                    k = src.find("`", k + 1)
+                    k = n if k < 0 else k
+                elif c == "{":
+                    depth += 1
+                elif c == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                k += 1
+            code.append((j + 1, min(k, n)))
+            j = k + 1
+        else:
+            j += 1
+    return min(j, n - 1), code
+
+
 def _mask(src: str) -> tuple[str, list[_Literal]]:
-    """Blank out comments and string contents (offsets preserved); return the string literals found."""
+    """Blank out comments and string contents (offsets preserved); return the string literals found. The
+    expressions inside a template string stay: they are code (an ``input.x`` there is read, a call there is made)."""
     out = list(src)
     lits: list[_Literal] = []
     i, n = 0, len(src)
     while i < n:
         ch = src[i]
-        if ch == "#":
+        if ch == "$" and i + 1 < n and src[i + 1] in "\"`":
+            end, code = _template(src, i + 1)
+            lits.append(_Literal(i, end + 1, None))  # not a constant: no literal checks apply
+            out[i + 2 : end] = [c if c == "\n" else " " for c in src[i + 2 : end]]
+            for a, b in code:
+                inner, inner_lits = _mask(src[a:b])
+                out[a:b] = list(inner)
+                lits.extend(_Literal(a + lit.start, a + lit.end, lit.value) for lit in inner_lits)
+            i = end + 1
+        elif ch == "#":
             j = src.find("\n", i)
             j = n if j < 0 else j
             out[i:j] = " " * (j - i)
