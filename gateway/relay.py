@@ -224,7 +224,7 @@ class Relay:
     async def list_changed(self, upstream: str, method: str) -> None:
         for session in list(self.sessions.values()):
             if session.sees(upstream) and await self.notification_allowed(session, upstream, method):
-                await session.outlet.notify(None, method, {})
+                self._fan_out(session, method, {})
 
     async def shared_notification(self, upstream: str, method: str, params: dict[str, Any]) -> None:
         if method != "notifications/resources/updated":
@@ -235,7 +235,12 @@ class Relay:
         for session_id in list(self._shared_subs.get((upstream, uri), ())):
             session = self.sessions.get(session_id)
             if session is not None and await self.notification_allowed(session, upstream, method):
-                await session.outlet.notify(None, method, params)
+                self._fan_out(session, method, params)
+
+    def _fan_out(self, session: AgentSession, method: str, params: dict[str, Any]) -> None:
+        """Deliver a shared upstream's notification in the background: an agent that stops reading its stream
+        must not hold up the shared upstream's reader (every other agent's calls) or the other subscribers."""
+        self.catalog.session_upstreams.spawn(session.outlet.notify, None, method, params)
 
     # --- agent -> upstream: state the relay keeps for the pipeline -----------------------------------------
 
