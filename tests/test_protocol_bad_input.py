@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +15,10 @@ import httpx2
 import orjson
 import pytest
 
-from tests.conftest import KEYS, REPO, RunningGateway, default_config, free_port, start_gateway, stdio_upstream
+from tests.conftest import KEYS, RunningGateway, default_config, free_port, start_gateway, stdio_upstream
+from tests.test_resilience_upstream import RECORDER, allow_all_policy
 
-RECORDER = [sys.executable, str(REPO / "tests" / "fixtures" / "recording_server.py")]
 LIMIT = 65536
-POLICY = (
-    "package gateway\nimport rego.v1\n"
-    'decision := {"allow": true, "reasons": []} if input.agent.auth == "api_key"\n'
-    'default decision := {"allow": false, "reasons": ["not an api key"]}\n'
-)
 
 
 def headers(agent: str = "ci-bot", sid: str | None = None) -> dict[str, str]:
@@ -54,12 +48,9 @@ def parse(resp: httpx2.Response) -> dict[str, Any]:
 
 
 def recorder_gateway(workdir: Path, server_extra: str) -> RunningGateway:
-    policy = workdir / "rego"
-    policy.mkdir()
-    (policy / "p.rego").write_text(POLICY)
     port = free_port()
     config = default_config(port, workdir, stdio_upstream(
-        "rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'), policy=policy)
+        "rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'), policy=allow_all_policy(workdir))
     config = config.replace(f'listen = "127.0.0.1:{port}"\n', f'listen = "127.0.0.1:{port}"\n{server_extra}')
     return start_gateway(workdir, config, port)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,25 +15,10 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import (
-    KEYS,
-    REPO,
-    RunningGateway,
-    default_config,
-    free_port,
-    mcp_client,
-    start_gateway,
-    stdio_upstream,
-)
+from tests.conftest import RunningGateway, default_config, free_port, mcp_client, start_gateway, stdio_upstream
+from tests.test_resilience_upstream import KEY, RECORDER, allow_all_policy
 
 pytestmark = pytest.mark.anyio
-KEY = KEYS["ci-bot"][2]
-RECORDER = [sys.executable, str(REPO / "tests" / "fixtures" / "recording_server.py")]
-POLICY = (
-    "package gateway\nimport rego.v1\n"
-    'decision := {"allow": true, "reasons": []} if input.agent.auth == "api_key"\n'
-    'default decision := {"allow": false, "reasons": ["not an api key"]}\n'
-)
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -51,8 +35,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     workdir = tmp_path_factory.mktemp("malformed")
-    (workdir / "rego").mkdir()
-    (workdir / "rego" / "p.rego").write_text(POLICY)
     http_port, port = free_port(), free_port()
     remote = subprocess.Popen([*RECORDER, "--http", str(http_port)],
                               env={"RECORD_FILE": str(workdir / "remote.jsonl"), "PATH": "/usr/bin:/bin"})
@@ -62,7 +44,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
             stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n')
             + f'[[upstreams]]\nname = "remote"\ntransport = "http"\nurl = "http://127.0.0.1:{http_port}/mcp"\n'
         )
-        gw = start_gateway(workdir, default_config(port, workdir, upstreams, policy=workdir / "rego"), port)
+        gw = start_gateway(workdir, default_config(port, workdir, upstreams, policy=allow_all_policy(workdir)), port)
         yield gw
         gw.stop()
     finally:
