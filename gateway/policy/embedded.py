@@ -13,6 +13,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,28 +206,34 @@ class EmbeddedEngine:
     def _decide_on(self, policy: CompiledPolicy, input: dict[str, Any]) -> Decision:
         return policy.decide(self._evaluator(), input)
 
-    async def decide(self, input: dict[str, Any]) -> Decision:
-        """Evaluate on a worker thread; ``timeout_ms`` bounds the evaluation, not the wait for a free evaluator.
+    def _timed(self, policy: CompiledPolicy, input: dict[str, Any]) -> Decision:
+        """Evaluate and judge the evaluation's own time, measured on the thread that ran it."""
+        t0 = time.perf_counter()
+        decision = self._decide_on(policy, input)
+        if time.perf_counter() - t0 > self._timeout:
+            return Decision.failed(f"policy took longer than {self._timeout * 1000:.0f} ms", policy.revision)
+        return decision
 
-        Waiting for an evaluator is bounded separately (an engine whose threads are all stuck on a pathological
-        policy fails closed instead of queueing calls forever). With ``threads = 0`` the decision is evaluated on
-        the event loop itself: no thread hop, but a slow policy then stalls every connection.
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        """Evaluate on a worker thread; ``timeout_ms`` bounds the evaluation itself.
+
+        The evaluation is timed on its own thread, so a busy event loop (or a wait for a free evaluator) never
+        turns a fast decision into a timeout. The loop still bounds the whole wait, so an engine whose threads are
+        all stuck on a pathological policy fails closed instead of queueing calls forever. With ``threads = 0``
+        the decision is evaluated on the event loop itself: no thread hop, but a slow policy stalls every
+        connection.
         """
         policy = self._policy  # the revision this decision runs on, even if a reload swaps another in meanwhile
         if self._limiter is None:
-            return self._decide_on(policy, input)
+            return self._timed(policy, input)
         try:
             with anyio.fail_after(self._queue_timeout):
-                await self._limiter.acquire()
+                async with self._limiter:
+                    return await anyio.to_thread.run_sync(self._timed, policy, input, abandon_on_cancel=True)
         except TimeoutError:
-            return Decision.failed("policy engine overloaded: no evaluator became free in time", policy.revision)
-        try:
-            with anyio.fail_after(self._timeout):
-                return await anyio.to_thread.run_sync(self._decide_on, policy, input, abandon_on_cancel=True)
-        except TimeoutError:
-            return Decision.failed(f"policy timed out after {self._timeout * 1000:.0f} ms", policy.revision)
-        finally:
-            self._limiter.release()
+            return Decision.failed(
+                f"policy engine overloaded: no decision within {self._queue_timeout:g} s", policy.revision
+            )
 
     async def aclose(self) -> None:
         return None
