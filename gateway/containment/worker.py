@@ -19,6 +19,7 @@ import anyio.abc
 import orjson
 
 from connectors.jsonrpc import JsonRpcPeer, ProgressFn, UpstreamError
+from connectors.lines import NOT_JSON, JsonLines, LineTooLong
 from gateway.containment.launcher import WorkerProcess
 from gateway.containment.profile import Profile
 
@@ -121,30 +122,18 @@ class StdioWorker(JsonRpcPeer):
     async def _read_stdout(self) -> None:
         stdout = self.proc.proc.stdout
         assert stdout is not None
-        buf = bytearray()
+        lines = JsonLines(MAX_LINE_BYTES)
         try:
             async for chunk in stdout:
-                scan = len(buf)
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n", scan)
-                    if nl < 0:
-                        break
-                    line = bytes(buf[:nl])
-                    del buf[: nl + 1]
-                    scan = 0
-                    if not line.strip():
-                        continue
-                    try:
-                        msg = orjson.loads(line)
-                    except orjson.JSONDecodeError:
+                for msg in lines.feed(chunk):
+                    if msg is NOT_JSON:
                         log.debug("worker %s of %s wrote a line that is not JSON; ignored", self.id, self.name)
-                        continue
-                    await self._dispatch(msg)
-                if len(buf) > MAX_LINE_BYTES:
-                    log.warning("worker %s of %s sent an oversized message; killing it", self.id, self.name)
-                    await self.proc.kill("output")
-                    return
+                    else:
+                        await self._dispatch(msg)
+        except LineTooLong:
+            log.warning("worker %s of %s sent an oversized message; killing it", self.id, self.name)
+            await self.proc.kill("output")
+            return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         # stdout closed: the server is gone (or closed it on purpose); make sure the process follows
