@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import OrderedDict
@@ -54,8 +55,6 @@ def trim(value: Any, limit: int, depth: int = 0) -> Any:
 
 
 def digest(value: Any) -> str:
-    import hashlib
-
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -65,7 +65,6 @@ class Pipeline:
         with tracing.span("policy.decision"):
             decision = await self.decider.decide(inp)
         if not self.recorder.decision(req, inp, decision, up.name, tool_name):
-            decision = Decision.failed("audit record could not be written", decision.revision)
             self.metrics.count_call(up.name, tool_name, team, agent, "error")
             raise GatewayError(UPSTREAM_FAILED, "the gateway cannot record this call, so it was not made")
         if not decision.allow:

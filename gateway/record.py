@@ -42,9 +42,10 @@ class Recorder:
         logs.bind(req.decision_id)
         tracing.annotate_call(req, decision, server, tool)
         args = req.arguments
+        args_digest = digest(args) if args is not None else None
         recorded_input = dict(input)
         if not self._record_arguments and args is not None:
-            recorded_input["arguments"] = {"digest": digest(args), "keys": sorted(args)}
+            recorded_input["arguments"] = {"digest": args_digest, "keys": sorted(args)}
         record: dict[str, Any] = {
             "type": "decision",
             "decision_id": req.decision_id,
@@ -58,7 +59,7 @@ class Recorder:
             "server": server,
             "tool": tool,
             "resource": req.uri,
-            "arguments_digest": digest(args) if args is not None else None,
+            "arguments_digest": args_digest,
             "allow": decision.allow,
             "reasons": list(decision.reasons),
             "error": decision.error,

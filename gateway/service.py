@@ -77,7 +77,7 @@ class Gateway:
 
     def _upstream_state(self, name: str, up: bool) -> None:
         self.metrics.upstream_up.labels(name).set(1 if up else 0)
-        if not up:
+        if not up and self.started:  # a stop at shutdown, or a failed first start, is not a restart
             self.metrics.upstream_restarts.labels(name).inc()
         log.info("upstream %s is %s", name, "up" if up else "down")
 
