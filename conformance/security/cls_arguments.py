@@ -1,0 +1,5 @@
+"""arguments (to come)."""
+
+
+def start(work):
+    raise RuntimeError("not written yet")

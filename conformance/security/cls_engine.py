@@ -1,0 +1,5 @@
+"""engine (to come)."""
+
+
+def start(work):
+    raise RuntimeError("not written yet")
