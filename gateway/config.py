@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.containment.settings import ContainmentConfig
+from gateway.names import parse_roles
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -52,17 +53,26 @@ class ServerConfig(_Model):
         return int(self.listen.rpartition(":")[2])
 
 
+def _roles(v: list[str]) -> list[str]:
+    """Roles are exact tokens: no whitespace or control characters (see gateway/names.py)."""
+    return list(parse_roles(v))
+
+
 class ApiKeyConfig(_Model):
     agent: Annotated[str, Field(pattern=_NAME)]
     team: Annotated[str, Field(pattern=_NAME)]
     roles: list[str] = []
     sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
+    _check_roles = field_validator("roles")(_roles)
+
 
 class AnonymousConfig(_Model):
     agent: Annotated[str, Field(pattern=_NAME)] = "anonymous"
     team: Annotated[str, Field(pattern=_NAME)] = "public"
     roles: list[str] = []
+
+    _check_roles = field_validator("roles")(_roles)
 
 
 class JwtConfig(_Model):
