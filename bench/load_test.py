@@ -320,7 +320,7 @@ def main() -> int:
         leaked_children = rounds[1]["children"] - base["children"]
         print(f"\nmemory growth from round 1 to round 2: {growth:+.1f} MiB; fds left over: {leaked_fds:+d}; "
               f"child processes left over: {leaked_children:+d}")
-        ready = httpx2.get(gw.base + "/readyz").json()
+        ready = httpx2.get(gw.admin_base + "/readyz").json()
         print(f"readyz after the rounds: ready={ready['ready']}")
         kids = descendants(pid)
         completed, in_flight, missing = anyio.run(drain_on_shutdown, url, pid, gw.audit, 20, args.agents)

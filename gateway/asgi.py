@@ -3,37 +3,29 @@
 In order, for ``/mcp`` and ``/mcp/<upstream>``: Host/Origin check (DNS rebinding), body-size limit,
 authentication, session ownership (a session id is usable only by the agent that opened it), then the SDK's
 streamable-HTTP transport. Everything is configured once in ``__init__``; ``__call__`` stays lean.
-Also serves ``/healthz``, ``/readyz``, ``/metrics`` and the OAuth protected-resource metadata (RFC 9728).
+Also serves ``/healthz`` and the OAuth protected-resource metadata (RFC 9728).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import time
 from typing import Any
 
 import anyio
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.fastpath import FastPath, modern_client, parse_tool_call
 from gateway.frontend import AGENT_KEY
 from gateway.identity import AuthError
+from gateway.sdk_adapter import server_exiting
 from gateway.service import Gateway
 
 log = logging.getLogger("gateway.http")
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
-
-
-def _server_exiting() -> bool:
-    """Has uvicorn been told to stop? (Its signal handler is a bound method of the server: sse-starlette's way.)"""
-    handler = signal.getsignal(signal.SIGTERM)
-    server = getattr(handler, "__self__", None)
-    return bool(getattr(server, "should_exit", False))
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,13 +145,8 @@ class GatewayApp:
                     await self._mcp(scope, receive, send, path)
                 finally:
                     self._in_flight -= 1
-            elif path == "/metrics":
-                await _respond(send, 200, generate_latest(self.gw.metrics.registry), CONTENT_TYPE_LATEST.encode())
             elif path == "/healthz":
                 await _respond(send, 200, b'{"status":"ok"}', b"application/json")
-            elif path == "/readyz":
-                ok, detail = self.gw.readiness()
-                await _respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
             elif path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/"):
                 await self._resource_metadata(send, path)
             else:
@@ -194,7 +181,7 @@ class GatewayApp:
         from sse_starlette.sse import AppStatus
 
         AppStatus.disable_automatic_graceful_drain()
-        while not _server_exiting():
+        while not server_exiting():
             await anyio.sleep(0.05)
         log.info("shutting down: %d requests in flight", self._in_flight)
         while self._in_flight:

@@ -49,8 +49,6 @@ def serve(config_path: str, log_level: str | None) -> None:
     """Run the gateway."""
     logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
-    import uvicorn
-
     from gateway import logs, tracing
     from gateway.asgi import GatewayApp
     from gateway.service import Gateway
@@ -66,17 +64,27 @@ def serve(config_path: str, log_level: str | None) -> None:
     except (OSError, ValueError) as exc:
         click.echo(f"{config_path}: cannot start: {exc}", err=True)
         sys.exit(2)
-    logging.getLogger("gateway").info("agents connect to http://%s/mcp", cfg.server.listen)
+    from gateway.http.admin import AdminApp
+    from gateway.http.server import bind
+    from gateway.http.server import serve as serve_http
+
+    server = cfg.server
+    try:
+        agent_sock = bind(server.host, server.port)
+        admin_sock = bind(server.admin_host, server.admin_port)
+    except OSError as exc:
+        click.echo(f"{config_path}: cannot listen: {exc}", err=True)
+        sys.exit(2)
+    logging.getLogger("gateway").info("agents connect to http://%s/mcp; metrics and readiness at http://%s/",
+                                      server.listen, server.admin_listen)
     app = GatewayApp(gw)
-    uvicorn.run(
+    serve_http(
         tracing.TracingMiddleware(app) if tracing.enabled() else app,
-        host=cfg.server.host,
-        port=cfg.server.port,
-        log_level="warning" if log_level != "debug" else "debug",
-        log_config=None,  # uvicorn's lines go through the gateway's handler (JSON when configured)
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=10,
+        AdminApp(gw),
+        server,
+        "warning" if log_level != "debug" else "debug",
+        agent_sock,
+        admin_sock,
     )
     tracing.shutdown()
 

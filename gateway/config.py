@@ -25,8 +25,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+    return v
+
+
 class ServerConfig(_Model):
     listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:9464"
+    """Where /metrics, /readyz and /healthz are served: never on the agents' port (they name every agent)."""
     max_request_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 4 * 1024 * 1024
     allowed_hosts: list[str] | None = None
     """Host headers accepted (DNS-rebinding protection); default: the listen address and localhost."""
@@ -36,13 +45,16 @@ class ServerConfig(_Model):
     public_url: str | None = None
     """The URL agents use, when it differs from http://listen (used in OAuth resource metadata)."""
 
-    @field_validator("listen")
+    @field_validator("listen", "admin_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT with a port from 1 to 65535")
-        return v
+        return _host_port(v)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ServerConfig:
+        if self.admin_listen == self.listen:
+            raise ValueError("admin_listen must differ from listen (the admin endpoints never share the agents' port)")
+        return self
 
     @property
     def host(self) -> str:
@@ -51,6 +63,14 @@ class ServerConfig(_Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def admin_host(self) -> str:
+        return self.admin_listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.admin_listen.rpartition(":")[2])
 
 
 def _roles(v: list[str]) -> list[str]:

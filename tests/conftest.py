@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,10 +56,12 @@ def stdio_upstream(name: str, command: list[str], extra: str = "") -> str:
     return f'[[upstreams]]\nname = "{name}"\ntransport = "stdio"\ncommand = {toml_list(command)}\n{extra}\n'
 
 
-def default_config(port: int, workdir: Path, upstreams: str, extra: str = "", policy: Path | None = None) -> str:
+def default_config(port: int, workdir: Path, upstreams: str, extra: str = "", policy: Path | None = None,
+                   admin_port: int | None = None) -> str:
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port or free_port()}"
 
 {api_keys_toml()}
 
@@ -81,10 +84,16 @@ class RunningGateway:
     config: Path
     workdir: Path
     log: Path
+    admin_port: int = 9464
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_base(self) -> str:
+        """The admin listener: /metrics, /readyz, /healthz (never served on the agents' port)."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def url(self) -> str:
@@ -111,9 +120,28 @@ class RunningGateway:
         return [orjson.loads(line) for line in self.audit.read_bytes().splitlines() if line.strip()]
 
 
+def with_admin_port(config_text: str) -> tuple[str, int]:
+    """The config with an admin listener on a free port unless it names one (tests run side by side, so the
+    default 127.0.0.1:9464 would collide), and that port."""
+    import tomllib
+
+    try:
+        server = tomllib.loads(config_text).get("server", {})
+    except tomllib.TOMLDecodeError:
+        return config_text, 9464  # a test of a broken config: the gateway refuses it before listening
+    if "admin_listen" in server:
+        return config_text, int(str(server["admin_listen"]).rpartition(":")[2])
+    port = free_port()
+    line = f'admin_listen = "127.0.0.1:{port}"\n'
+    if re.search(r"^\[server\][ \t]*$", config_text, re.M):
+        return re.sub(r"^\[server\][ \t]*$\n?", lambda m: m.group(0) + line, config_text, count=1, flags=re.M), port
+    return f"[server]\n{line}\n" + config_text, port
+
+
 def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: float = 40.0,
                   env: dict[str, str] | None = None, wait_ready: bool = True) -> RunningGateway:
     workdir.mkdir(parents=True, exist_ok=True)
+    config_text, admin_port = with_admin_port(config_text)
     config = workdir / "gateway.toml"
     config.write_text(config_text)
     log = workdir / "gateway.log"
@@ -121,14 +149,14 @@ def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: flo
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
-    gw = RunningGateway(proc, port, config, workdir, log)
+    gw = RunningGateway(proc, port, config, workdir, log, admin_port)
     deadline = time.monotonic() + ready_timeout
-    path = "/readyz" if wait_ready else "/healthz"
+    url = gw.admin_base + "/readyz" if wait_ready else gw.base + "/healthz"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            r = httpx2.get(gw.base + path, timeout=1)
+            r = httpx2.get(url, timeout=1)
             if r.status_code == 200:
                 return gw
         except httpx2.HTTPError:

@@ -194,7 +194,7 @@ def text(result: Any) -> str:
 
 def metric(gw: RunningGateway, name: str, *labels: str) -> float:
     total = 0.0
-    for line in httpx2.get(gw.base + "/metrics").text.splitlines():
+    for line in httpx2.get(gw.admin_base + "/metrics").text.splitlines():
         if line.startswith(name + "{") and all(label in line for label in labels):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -211,7 +211,7 @@ def outcome(gw: RunningGateway, tool: str) -> dict[str, Any]:
 
 
 async def test_readyz_reports_what_this_host_enforces(cgw: RunningGateway) -> None:
-    ready = httpx2.get(cgw.base + "/readyz").json()
+    ready = httpx2.get(cgw.admin_base + "/readyz").json()
     c = ready["containment"]
     prot = c["protections"]
     assert prot["bubblewrap"] is True and prot["seccomp"] is True and prot["landlock_abi"] >= 1
@@ -387,7 +387,7 @@ async def test_a_profile_this_host_cannot_enforce_refuses_to_start_workers() -> 
         deadline = time.monotonic() + 30
         ready: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            ready = httpx2.get(gw.base + "/readyz").json()
+            ready = httpx2.get(gw.admin_base + "/readyz").json()
             if "upstreams" in ready and ready["upstreams"]["psh"]["up"]:
                 break
             time.sleep(0.1)

@@ -122,7 +122,7 @@ def test_bad_api_key_is_refused_counted_and_audited(jwt_gateway: RunningGateway)
     assert "not-a-key" not in r.text
     records = jwt_gateway.audit_records()[before:]
     assert [x["reason"] for x in records if x["type"] == "auth_failure"] == ["bad_key"]
-    metrics = httpx2.get(jwt_gateway.base + "/metrics").text
+    metrics = httpx2.get(jwt_gateway.admin_base + "/metrics").text
     assert 'mcp_gateway_auth_failures_total{reason="bad_key"}' in metrics
 
 

@@ -36,7 +36,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 
 def scrape(gw: RunningGateway) -> dict[str, float]:
     out = {}
-    for line in httpx2.get(gw.base + "/metrics").text.splitlines():
+    for line in httpx2.get(gw.admin_base + "/metrics").text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
         name, _, value = line.rpartition(" ")
@@ -125,6 +125,6 @@ async def test_upstream_crash_gives_a_clear_error_and_restarts(gateway: RunningG
 
 def test_readyz_and_healthz(gateway: RunningGateway) -> None:
     assert httpx2.get(gateway.base + "/healthz").status_code == 200
-    ready = httpx2.get(gateway.base + "/readyz").json()
+    ready = httpx2.get(gateway.admin_base + "/readyz").json()
     assert ready["ready"] is True
     assert ready["upstreams"]["time"]["up"] and ready["upstreams"]["echo"]["up"]

@@ -71,7 +71,7 @@ async def test_calls_reach_a_remote_http_upstream(gateway: RunningGateway, mode:
 
 
 async def test_stdio_upstream_gets_only_its_configured_environment(gateway: RunningGateway) -> None:
-    ready = httpx2.get(gateway.base + "/readyz").json()
+    ready = httpx2.get(gateway.admin_base + "/readyz").json()
     assert ready["upstreams"]["local"]["up"]
     async with mcp_client(gateway.url + "/local", KEY) as c:
         result = await c.call_tool("env", {})

@@ -261,7 +261,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     gw = start_gateway(workdir, config, port)
     prom = None
     try:
-        prom = start_prometheus(workdir / "prometheus", port)
+        prom = start_prometheus(workdir / "prometheus", gw.admin_port)
         prom.wait_for_scrape_after(time.time())
         anyio.run(phase_one, gw.url)
         revise_policy(gw)
@@ -283,7 +283,7 @@ def revise_policy(gw: RunningGateway, timeout: float = 30) -> None:
     os.kill(gw.proc.pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if 'mcp_gateway_policy_reloads_total{result="success"} 1.0' in httpx2.get(gw.base + "/metrics").text:
+        if 'mcp_gateway_policy_reloads_total{result="success"} 1.0' in httpx2.get(gw.admin_base + "/metrics").text:
             return
         time.sleep(0.1)
     raise AssertionError(f"the policy was not reloaded:\n{gw.log.read_text()[-3000:]}")
@@ -293,7 +293,7 @@ def wait_restarted(gw: RunningGateway, timeout: float = 30) -> None:
     """The crashed upstream is restarted by the gateway; wait until it is counted down once and up again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = httpx2.get(gw.base + "/metrics", timeout=2).text
+        text = httpx2.get(gw.admin_base + "/metrics", timeout=2).text
         if ('mcp_gateway_upstream_restarts_total{server="echo"} 1.0' in text
                 and 'mcp_gateway_upstream_up{server="echo"} 1.0' in text):
             return
@@ -453,7 +453,7 @@ def test_containment_panels_return_data() -> None:
     gw = start_gateway(work, config, port)
     prom = None
     try:
-        prom = start_prometheus(work / "prometheus", port)
+        prom = start_prometheus(work / "prometheus", gw.admin_port)
         prom.wait_for_scrape_after(time.time())
         for _ in range(2):
             anyio.run(contained_calls, gw.url)
@@ -533,7 +533,7 @@ def token(sub: str, team: str) -> str:
 
 
 def families(gw: RunningGateway) -> dict[str, list[Any]]:
-    text = httpx2.get(gw.base + "/metrics", timeout=5).text
+    text = httpx2.get(gw.admin_base + "/metrics", timeout=5).text
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 

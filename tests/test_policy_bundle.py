@@ -112,13 +112,13 @@ async def test_a_gateway_serves_from_a_bundle(tmp_path: Path) -> None:
     port = free_port()
     gw = start_gateway(tmp_path, default_config(port, tmp_path, stdio_upstream("echo", ECHO), policy=bundle), port)
     try:
-        ready = httpx2.get(gw.base + "/readyz").json()
+        ready = httpx2.get(gw.admin_base + "/readyz").json()
         assert ready["policy_revision"] == "bundle-rev-42"
         async with mcp_client(gw.url, KEYS["ci-bot"][2]) as c:
             assert not (await c.call_tool("echo__echo", {"text": "hi"})).is_error
             denied = await c.call_tool("echo__delete_everything", {})
             assert denied.is_error and "destructive tools need the admin role" in denied.content[0].text  # type: ignore[union-attr]
-        metrics = httpx2.get(gw.base + "/metrics").text
+        metrics = httpx2.get(gw.admin_base + "/metrics").text
         assert 'mcp_gateway_policy_revision_info{revision="bundle-rev-42"} 1.0' in metrics
     finally:
         gw.stop()

@@ -235,7 +235,7 @@ async def test_a_gateway_on_opa_records_the_decision_id_and_fails_closed_when_op
             s.stop()
             gone = await c.call_tool("echo__echo", {"text": "opa is gone"})
             assert gone.is_error and "policy evaluation failed" in gone.content[0].text  # type: ignore[union-attr]
-        metrics = httpx2.get(gw.base + "/metrics").text
+        metrics = httpx2.get(gw.admin_base + "/metrics").text
         assert re.search(r"^mcp_gateway_policy_errors_total [1-9]", metrics, re.M), metrics
     finally:
         gw.stop()

@@ -56,7 +56,7 @@ def _new_reason(policy: Path) -> None:
 
 
 def _metric(gw: RunningGateway, pattern: str) -> float:
-    m = re.search(pattern + r" ([0-9.e+]+)$", httpx2.get(gw.base + "/metrics").text, re.M)
+    m = re.search(pattern + r" ([0-9.e+]+)$", httpx2.get(gw.admin_base + "/metrics").text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -70,7 +70,7 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
 
 
 def _revision(gw: RunningGateway) -> str:
-    return str(httpx2.get(gw.base + "/readyz").json()["policy_revision"])
+    return str(httpx2.get(gw.admin_base + "/readyz").json()["policy_revision"])
 
 
 async def _denial(gw: RunningGateway) -> str:

@@ -74,7 +74,7 @@ async def test_malformed_lines_are_dropped_and_the_connection_stays_up(gateway: 
         assert text(await c.call_tool("rec__echo", {"text": "still here"})) == "still here"
     answers = [m for m in received(gateway.workdir / "rec.jsonl") if m.get("id") == "odd-1"]
     assert answers and answers[0]["error"]["code"] == -32600, answers
-    ready = httpx2.get(gateway.base + "/readyz").json()["upstreams"]["rec"]
+    ready = httpx2.get(gateway.admin_base + "/readyz").json()["upstreams"]["rec"]
     assert ready["up"] and not ready["error"]
 
 

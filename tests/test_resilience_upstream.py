@@ -99,7 +99,7 @@ async def test_upstream_killed_mid_call_is_named_audited_restarted(gateway: Runn
         assert failure, "the call should fail when its upstream dies"
         message = str(failure[0])
         assert "upstream 'echo'" in message and "decision id" in message
-        wait_for(lambda: httpx2.get(gateway.base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to restart")
+        wait_for(lambda: httpx2.get(gateway.admin_base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to restart")
         again = await c.call_tool("echo__echo", {"text": "back"})
         assert again.content[0].text == "back"  # type: ignore[union-attr]
         assert int((await c.call_tool("echo__pid", {})).content[0].text) != pid  # type: ignore[union-attr]
@@ -195,8 +195,8 @@ def test_http_upstream_unreachable_at_start_then_recovers(tmp_path: Path) -> Non
     gw = start_gateway(tmp_path, config, port, wait_ready=False)
     remote: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: httpx2.get(gw.base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to come up")
-        ready = httpx2.get(gw.base + "/readyz")
+        wait_for(lambda: httpx2.get(gw.admin_base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to come up")
+        ready = httpx2.get(gw.admin_base + "/readyz")
         assert ready.status_code == 503
         state = ready.json()["upstreams"]["remote"]
         assert state["up"] is False and state["error"]
@@ -209,7 +209,7 @@ def test_http_upstream_unreachable_at_start_then_recovers(tmp_path: Path) -> Non
         assert "echo__echo" in names and not any(n.startswith("remote__") for n in names)
 
         remote = subprocess.Popen([*ECHO, "--transport", "http", "--port", str(up_port)], stderr=subprocess.DEVNULL)
-        wait_for(lambda: httpx2.get(gw.base + "/readyz").status_code == 200, "the remote upstream to be reachable")
+        wait_for(lambda: httpx2.get(gw.admin_base + "/readyz").status_code == 200, "the remote upstream to be reachable")
 
         async def call_remote() -> str:
             async with mcp_client(gw.url, KEY) as c:

@@ -125,7 +125,7 @@ class Context:
             return False
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = httpx2.get(self.gw.base + "/metrics", timeout=5).text
+        text = httpx2.get(self.gw.admin_base + "/metrics", timeout=5).text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name + "{") and labels in line:
@@ -388,7 +388,7 @@ def main() -> int:
         v["GW_PID"] = str(ctx.gw.proc.pid)
         print(f"containment battery: {len(attempts)} attempts x {len(routes)} routes, gateway pid {v['GW_PID']}, "
               f"running as uid {os.geteuid()}", flush=True)
-        ready = httpx2.get(ctx.gw.base + "/readyz", timeout=5).json()
+        ready = httpx2.get(ctx.gw.admin_base + "/readyz", timeout=5).json()
         prot = ready.get("containment", {}).get("protections", {})
         print("protections: " + ", ".join(f"{k}={val}" for k, val in prot.items() if k != "notes"), flush=True)
         anyio.run(prepare, ctx, work)

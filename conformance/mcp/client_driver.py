@@ -30,7 +30,7 @@ def _args_for(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def drive(port: int) -> None:
+async def drive(port: int, admin_port: int) -> None:
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -38,7 +38,7 @@ async def drive(port: int) -> None:
     with anyio.move_on_after(10):  # the gateway starts even when its upstream is not reachable; give it a moment
         while True:
             async with httpx2.AsyncClient() as probe:
-                if (await probe.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                if (await probe.get(f"http://127.0.0.1:{admin_port}/readyz")).status_code == 200:
                     break
             await anyio.sleep(0.1)
     http = httpx2.AsyncClient(timeout=20)
@@ -69,7 +69,7 @@ def main() -> int:
                     f"{oauth}")
         gw, port = start_gateway(workdir, upstream, ready=False, env=env)
         try:
-            anyio.run(drive, port)
+            anyio.run(drive, port, gw.admin_port)
         except Exception as exc:
             print(f"scenario {scenario}: {exc}", file=sys.stderr)
             print((workdir / "gateway.log").read_text()[-4000:], file=sys.stderr)

@@ -61,10 +61,11 @@ def suite_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def gateway_config(workdir: Path, port: int, upstream: str) -> str:
+def gateway_config(workdir: Path, port: int, upstream: str, admin_port: int) -> str:
     return f"""# Written by conformance/run mcp.
 [server]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
 
 [identity.anonymous]
 agent = "conformance"
@@ -99,6 +100,7 @@ class Proc:
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
         self.log = log
+        self.admin_port = 0
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
@@ -129,11 +131,12 @@ class Proc:
 
 def start_gateway(workdir: Path, upstream: str, ready: bool = True,
                   env: dict[str, str] | None = None) -> tuple[Proc, int]:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     config = workdir / "gateway.toml"
-    config.write_text(gateway_config(workdir, port, upstream))
+    config.write_text(gateway_config(workdir, port, upstream, admin_port))
     gw = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config)], workdir / "gateway.log", env)
-    gw.wait_http(f"http://127.0.0.1:{port}/{'readyz' if ready else 'healthz'}", 60)
+    gw.admin_port = admin_port
+    gw.wait_http(f"http://127.0.0.1:{admin_port if ready else port}/{'readyz' if ready else 'healthz'}", 60)
     return gw, port
 
 

@@ -1,0 +1,51 @@
+"""Serve the agent listener and the admin listener in one process and one event loop.
+
+Both sockets are bound before anything starts, so a taken port is a clear start-up error rather than a
+half-started gateway. The agent listener's uvicorn server owns the lifecycle (lifespan, signals); the admin
+server stops when it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from gateway.config import ServerConfig
+from gateway.sdk_adapter import QuietServer
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (IPv6 when the host is an IPv6 address); OSError when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_level: str,
+          agent_sock: socket.socket, admin_sock: socket.socket) -> None:
+    common = {"log_level": log_level, "log_config": None, "access_log": False}
+    agent = uvicorn.Server(uvicorn.Config(
+        agent_app, lifespan="on", timeout_graceful_shutdown=10, **common,  # type: ignore[arg-type]
+    ))
+    admin = QuietServer(uvicorn.Config(admin_app, lifespan="off", **common))  # type: ignore[arg-type]
+
+    async def both() -> None:
+        admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+        try:
+            await agent.serve(sockets=[agent_sock])
+        finally:
+            admin.should_exit = True
+            await admin_task
+
+    asyncio.run(both())
