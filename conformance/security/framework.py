@@ -241,7 +241,7 @@ def rpc(rid: Any, method: str, params: dict[str, Any] | None = None) -> bytes:
 
 def messages(resp: httpx2.Response) -> list[dict[str, Any]]:
     """The JSON-RPC messages of a response, framed as JSON or as SSE events."""
-    text = resp.text
+    text = resp.text.replace("\r\n", "\n")
     if resp.headers.get("content-type", "").startswith("text/event-stream"):
         out = []
         for event in text.split("\n\n"):

@@ -35,8 +35,14 @@ TIMEOUT_S = 120
 async def run_one(a: Attempt, ctx: object) -> Row:
     t0 = time.monotonic()
     try:
-        with anyio.fail_after(TIMEOUT_S):
-            seen = await a.fn(ctx)
+        try:
+            with anyio.fail_after(TIMEOUT_S):
+                seen = await a.fn(ctx)
+        except BaseExceptionGroup as group:  # a task group's failure: judge its first own exception
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         passed, text = True, seen or "held"
     except Breach as exc:
         passed, text = False, f"BREACH: {exc}"
