@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from gateway.catalog import Catalog
 from gateway.config import Config
 from gateway.decide import Decider
 from gateway.frontend import build_server
+from gateway.guard import GuardedTaskGroup
 from gateway.identity import Authenticator
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -25,6 +27,7 @@ from gateway.policy import PolicyEngine
 from gateway.policy.engines import open_engine
 from gateway.policy.reload import PolicyWatcher
 from gateway.record import Recorder
+from gateway.upstream_check import gateway_path
 
 log = logging.getLogger("gateway")
 
@@ -32,6 +35,8 @@ log = logging.getLogger("gateway")
 class Gateway:
     def __init__(self, config: Config):
         self.config = config
+        # stdio upstreams inherit this PATH: the set-up installs the demo upstreams next to the gateway itself
+        os.environ["PATH"] = gateway_path()
         self.metrics = Metrics(config.metrics.max_agents, max_reasons=config.metrics.max_reasons)
         tracing.configure(config.tracing)
         self.auth = tracing.trace_auth(Authenticator(config.identity, config.base_dir))
@@ -89,7 +94,9 @@ class Gateway:
             await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
-            await self.catalog.start(tg)
+            # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz
+            # and retried by its connector; it never stops the gateway serving the others.
+            await self.catalog.start(GuardedTaskGroup(tg))  # type: ignore[arg-type]
             await self.catalog.wait_ready(max((u.start_timeout_s for u in self.config.upstreams), default=0))
             # Lists are fetched when an upstream comes up; give the first fetch a moment to land.
             with anyio.move_on_after(5):

@@ -28,6 +28,8 @@ from gateway.containment.worker import limit_text
 log = logging.getLogger("gateway.containment")
 
 CATALOG_AGENT = "_catalog"
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 """Not a valid configured agent name (they start with a letter or digit), so no agent can be it."""
 
 
@@ -67,7 +69,12 @@ class ContainedBase:
 
     async def _start_runtime(self, tg: anyio.abc.TaskGroup) -> bool:
         """Start the shared runtime; False (and logged, and the reason kept) when the profile is refused here."""
-        await self.runtime.start(tg)
+        try:
+            await self.runtime.start(tg)
+        except Exception as exc:  # say, the egress proxy cannot listen: this upstream is down, the gateway serves
+            self.last_error = f"containment runtime could not start: {exc.__class__.__name__}: {exc}"
+            log.exception("upstream %s: containment runtime could not start", self.name)
+            return False
         need = self.runtime.missing(self.profile)
         if need:
             self.last_error = f"containment profile {self.profile_name!r} cannot be enforced here: {'; '.join(need)}"
@@ -102,6 +109,8 @@ class ContainedUpstream(ContainedBase):
         # relative to the config file (normalised: the sandbox only has the granted paths, not their parents)
         self.cwd = os.path.normpath(base_dir / cfg.cwd) if cfg.cwd and not cfg.cwd.startswith("{") else cfg.cwd
         self._refused = False
+        self._tried = anyio.Event()
+        """Set once the first start attempt has ended, either way."""
 
     def launch_request(self, agent: str, profile: Profile) -> LaunchRequest:
         assert self.cfg.command is not None
@@ -122,23 +131,36 @@ class ContainedUpstream(ContainedBase):
             tg.start_soon(self._first_contact)
 
     async def _first_contact(self) -> None:
-        try:
-            w = await self._worker(CATALOG_AGENT, self.profile)
-        except UpstreamError as exc:
-            self.last_error = exc.detail
-            log.error("upstream %s: %s", self.name, exc.detail)
-            return
-        self.capabilities = w.capabilities
-        self.server_info = w.server_info
-        self.last_error = ""
-        self._ready.set()
-        self.on_state(self, True)
+        """Start the catalog's worker, retrying with backoff until it comes up (a missing program, a missing
+        ``cwd``, a server that exits at once). The gateway serves meanwhile; /readyz names this upstream and why."""
+        backoff = RETRY_FIRST_S
+        while True:
+            try:
+                w = await self._worker(CATALOG_AGENT, self.profile)
+            except UpstreamError as exc:
+                self.last_error = exc.detail
+            except Exception as exc:  # never let one upstream take the gateway's task group down
+                self.last_error = f"worker could not start: {exc.__class__.__name__}"
+                log.exception("upstream %s: worker could not start", self.name)
+            else:
+                self.capabilities = w.capabilities
+                self.server_info = w.server_info
+                self.last_error = ""
+                self._ready.set()
+                self._tried.set()
+                self.on_state(self, True)
+                return
+            self._tried.set()
+            log.error("upstream %s: %s; retrying in %.0f s", self.name, self.last_error, backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_S)
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Up to ``timeout`` for the first start; False as soon as the first attempt has failed (retries go on)."""
         if self._refused:
             return False
         with anyio.move_on_after(timeout):
-            await self._ready.wait()
+            await self._tried.wait()
         return self._ready.is_set()
 
     async def request(self, method: str, params: dict[str, Any] | None, timeout: float,

@@ -60,6 +60,7 @@ class StdioWorker(JsonRpcPeer):
         self._ready = anyio.Event()
         self.done = anyio.Event()
         self._stderr: deque[str] = deque(maxlen=20)
+        self._stderr_done = anyio.Event()
 
     @property
     def id(self) -> str:
@@ -87,6 +88,7 @@ class StdioWorker(JsonRpcPeer):
         """Serve until the process ends. Reports started once the MCP handshake is done (or raises)."""
         t0 = time.perf_counter()
         started = False
+        failed: UpstreamError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 self._spawn = tg.start_soon
@@ -98,16 +100,23 @@ class StdioWorker(JsonRpcPeer):
                     self._adopt(result)
                     await self.notify("notifications/initialized")
                 except (TimeoutError, UpstreamError) as exc:
+                    with anyio.move_on_after(0.5):  # its last words (say, the helper's) are the reason
+                        await self._stderr_done.wait()
                     tail = self.stderr_tail()
                     detail = "did not initialize in time" if isinstance(exc, TimeoutError) else exc.detail
-                    raise UpstreamError(self.name, "unavailable",
-                                        f"worker could not start: {detail}" + (f" [{tail}]" if tail else "")) from None
-                self.start_seconds = time.perf_counter() - t0
-                self._ready.set()
-                started = True
-                task_status.started()
-                self.exit_code = await self.proc.proc.wait()
-                tg.cancel_scope.cancel()
+                    # Raised below, outside the task group (which would wrap it in a group its callers do not expect).
+                    failed = UpstreamError(self.name, "unavailable",
+                                           f"worker could not start: {detail}" + (f" [{tail}]" if tail else ""))
+                    tg.cancel_scope.cancel()
+                else:
+                    self.start_seconds = time.perf_counter() - t0
+                    self._ready.set()
+                    started = True
+                    task_status.started()
+                    self.exit_code = await self.proc.proc.wait()
+                    tg.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
         finally:
             self._spawn = None
             self.reason = self.proc.exit_reason(self.exit_code)
@@ -142,6 +151,10 @@ class StdioWorker(JsonRpcPeer):
                 await self.proc.proc.wait()
             if self.proc.proc.returncode is None:
                 await self.proc.kill("crash")
+        if not self._ready.is_set():  # it can never answer its handshake: fail it now, not at the start timeout
+            code = self.proc.proc.returncode
+            self._fail_all(UpstreamError(self.name, "crashed", "exited before it initialized"
+                                         + (f" (exit code {code})" if code is not None else "")))
 
     async def _drain_stderr(self) -> None:
         stderr = self.proc.proc.stderr
@@ -154,6 +167,8 @@ class StdioWorker(JsonRpcPeer):
                         log.debug("worker %s of %s stderr: %s", self.id, self.name, line[:2000])
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+        finally:
+            self._stderr_done.set()
 
     async def call(self, method: str, params: dict[str, Any] | None, timeout: float,
                    on_progress: ProgressFn | None = None) -> dict[str, Any]:
