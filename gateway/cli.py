@@ -12,6 +12,7 @@ import click
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.policy import PolicyError
+from gateway.upstream_check import check_upstreams
 
 
 def _load(path: str) -> Config:
@@ -95,6 +96,7 @@ def check_config(config_path: str) -> None:
     """Validate a config (and compile its policy); print every error as file: key: what is wrong."""
     cfg = _load(config_path)
     errors = [f"{config_path}: policy.path: {e}" for e in _check_policy(cfg)]
+    errors += check_upstreams(cfg, config_path)  # programs and working directories on this host
     for line in errors:
         click.echo(line, err=True)
     if errors:
