@@ -12,7 +12,9 @@ import httpx2
 import orjson
 import pytest
 
-from tests.test_protocol_bad_input import headers, open_session, recorder_gateway
+from tests.conftest import default_config, free_port, start_gateway, stdio_upstream
+from tests.test_protocol_bad_input import headers, open_session
+from tests.test_resilience_upstream import RECORDER, allow_all_policy
 
 FORGED = "2099-01-01 00:00:00,000 INFO gateway.call: tools/call rec__echo by admin: ok in 1.00 ms"
 NAME = "rec__x\n" + FORGED + "\x1b[2J\x1b[31m\r\u2028\u0085\u202e\x7f"
@@ -28,7 +30,10 @@ def send_calls(url: str, sid: str) -> None:
 @pytest.fixture(scope="module", params=["text", "json"])
 def logged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
     fmt = request.param
-    gw = recorder_gateway(tmp_path_factory.mktemp(f"log-{fmt}"), f'[logging]\nformat = "{fmt}"\n')
+    workdir, port = tmp_path_factory.mktemp(f"log-{fmt}"), free_port()
+    upstream = stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n')
+    config = default_config(port, workdir, upstream, f'[logging]\nformat = "{fmt}"\n', allow_all_policy(workdir))
+    gw = start_gateway(workdir, config, port)
     try:
         send_calls(gw.url, open_session(gw))
     finally:
