@@ -182,7 +182,8 @@ class Gateway:
 
 
 def start(work: Path, upstreams: str, server: dict[str, Any] | None = None, extra: str = "",
-          env: dict[str, str] | None = None, identity: str = "") -> Gateway:
+          env: dict[str, str] | None = None, identity: str = "", policy: Path = POLICY,
+          policy_extra: str = "") -> Gateway:
     """A gateway with the suite's agents and policy in front of ``upstreams``."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -196,8 +197,9 @@ listen = "127.0.0.1:{port}"
 {identity}
 
 [policy]
-path = "{POLICY}"
+path = "{policy}"
 watch = false
+{policy_extra}
 
 [audit]
 path = "{work / 'audit.jsonl'}"
