@@ -21,7 +21,6 @@ from typing import Any
 from conformance.security.framework import (
     Gateway,
     Raw,
-    answer,
     attempt,
     control,
     hold,
@@ -171,19 +170,3 @@ for _aid, _lit in [("num-precision", "100.00000000000001"), ("num-beyond-double"
                    ("num-exponent", "1e3"), ("num-2-70", str(2**70)), ("num-1e400", "1e400"),
                    ("num-neg-zero-exp", "1.00000000000000001e2")]:
     number_case(_aid, _lit)
-
-
-@attempt(CLS, "name-over-128", "a tool name over 128 characters is refused with -32602 before any work")
-async def long_name(ctx: Ctx) -> str:
-    g = ctx.g
-    async with Raw(g) as raw:
-        sid = await raw.open("alice")
-        r = await raw.tool("alice", sid, "pub__nosuch", {})
-        control("error" in r.text, "a missing tool was not an error")
-        before = len(g.audit())
-        r = await raw.tool("alice", sid, "pub__" + "x" * 124, {})
-        code = (answer(r).get("error") or {}).get("code")
-        hold(code == -32602, f"code {code}")
-        size = sum(len(json.dumps(x)) for x in g.audit()[before:])
-        hold(size < 4096, f"{size} bytes of audit for one refused name")
-    return "-32602"

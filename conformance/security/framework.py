@@ -159,6 +159,9 @@ class Gateway:
     def audit(self) -> list[dict[str, Any]]:
         return self.gw.audit_records()
 
+    def audit_size(self) -> int:
+        return self.gw.audit.stat().st_size if self.gw.audit.exists() else 0
+
     def log_text(self) -> bytes:
         return self.gw.log.read_bytes()
 
