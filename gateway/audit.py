@@ -14,7 +14,9 @@ rename and the first new record continues from the newest rotated file.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import re
 import threading
@@ -102,6 +104,98 @@ def chain_head(path: Path) -> str:
     return GENESIS
 
 
+_MAX_DEPTH = 64
+
+
+def recordable(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` orjson can write and read back: what JSON cannot carry exactly becomes text.
+
+    Integers beyond 64 bits become their decimal digits, NaN and infinities their names, keys that are not
+    strings their ``str``, anything nested deeper than 64 levels (orjson's own limits are 254 to write and
+    1024 to read) the text ``[too deep]``, and values of other types their type's name. Only used when the
+    record as it is cannot be written, so the hot path never pays for it.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):  # a lone surrogate (valid in a JSON string escape) is not UTF-8
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth >= _MAX_DEPTH:
+        return "[too deep]"
+    if isinstance(value, dict):
+        return {str(k): recordable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [recordable(v, depth + 1) for v in value]
+    return f"[{type(value).__name__}]"
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as a JSON line's bytes; never raises for any value a JSON parser can produce."""
+    try:
+        return orjson.dumps(record)
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        return orjson.dumps(recordable(record))
+
+
+def canonical(value: Any) -> bytes:
+    """A canonical, injective byte form of any JSON value (sorted keys), for digests; never raises.
+
+    orjson's form when it can write the value, else a JSON-like text of its own, written with an explicit
+    stack (no recursion limit): integers of any size as digits, non-finite floats as ``NaN``/``Infinity``,
+    strings as ASCII JSON strings. The fallback is prefixed with a byte no JSON text starts with, so it never
+    collides with orjson's form of another value.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, ValueError):
+        pass
+    out: list[bytes] = [b"\x00"]
+    stack: list[Any] = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Token):
+            out.append(v.text)
+        elif v is None or isinstance(v, (bool, str)):
+            out.append(json.dumps(v).encode())  # ASCII, so lone surrogates are escaped, not refused
+        elif isinstance(v, int):
+            out.append(str(v).encode())
+        elif isinstance(v, float):
+            out.append(repr(v).encode() if math.isfinite(v) else {"nan": b"NaN", "inf": b"Infinity"}.get(
+                repr(v), b"-Infinity"))
+        elif isinstance(v, dict):
+            items = sorted(((str(k), x) for k, x in v.items()), key=lambda kv: kv[0])
+            stack.append(_CLOSE_OBJ)
+            for i, (k, x) in enumerate(reversed(items)):
+                stack.append(x)
+                stack.append(_Token(json.dumps(k).encode() + b":"))
+                if i < len(items) - 1:
+                    stack.append(_COMMA)
+            stack.append(_OPEN_OBJ)
+        elif isinstance(v, (list, tuple)):
+            stack.append(_CLOSE_LIST)
+            for i, x in enumerate(reversed(v)):
+                stack.append(x)
+                if i < len(v) - 1:
+                    stack.append(_COMMA)
+            stack.append(_OPEN_LIST)
+        else:
+            out.append(orjson.dumps(f"[{type(v).__name__}]"))
+    return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    text: bytes
+
+
+_OPEN_OBJ, _CLOSE_OBJ = _Token(b"{"), _Token(b"}")
+_OPEN_LIST, _CLOSE_LIST = _Token(b"["), _Token(b"]")
+_COMMA = _Token(b",")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -146,12 +240,15 @@ class AuditLog:
         return self._prev
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record synchronously; raises OSError when the record could not be written (then nothing is)."""
+        """Write one record synchronously; raises OSError when the record could not be written (then nothing is).
+
+        Any JSON value in the record is written (``encode_record``): only the disk can refuse a record.
+        """
         with self._lock:
             if self._fd < 0:
                 raise OSError("the audit log is closed")
             record["prev"] = self._prev
-            line = orjson.dumps(record)
+            line = encode_record(record)
             data = line + b"\n"
             if self._max and self._size and self._size + len(data) > self._max:
                 self._rotate()

@@ -9,6 +9,7 @@ the configuration wins (the later one's copy is not reachable through ``/mcp``, 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ class Upstream:
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     templates: list[dict[str, Any]] = field(default_factory=list)
+    template_patterns: list[re.Pattern[str]] = field(default_factory=list)
+    """``templates`` compiled (``template_pattern``): a URI one of them matches is a resource of this upstream."""
     generation: int = 0
     """Bumped whenever a list changes, so caches keyed on it go stale."""
     sessions: SessionUpstreams | None = None
@@ -69,6 +72,9 @@ class Upstream:
         if self.sessions is not None and session_id is not None:
             return self.sessions.connector(self, agent, session_id)
         return self.conn
+
+    def matches_template(self, uri: str) -> bool:
+        return any(p.fullmatch(uri) for p in self.template_patterns)
 
     def timeout_for(self, tool: str | None) -> float:
         if tool is not None and tool in self.config.tool_timeouts_s:
@@ -186,6 +192,7 @@ class Catalog:
                 continue
             if kind == "templates":
                 up.templates = items
+                up.template_patterns = [template_pattern(str(t.get("uriTemplate", ""))) for t in items]
             else:
                 ident = "uri" if kind == "resources" else "name"
                 setattr(up, kind, {str(i.get(ident)): i for i in items if i.get(ident)})
@@ -219,9 +226,12 @@ class Catalog:
         name = self._resource_owner.get(uri)
         if name is not None:
             return self.upstreams[name]
-        # A URI produced from a template is routed to the only upstream with templates, if there is exactly one.
-        with_templates = [u for u in self.upstreams.values() if u.templates]
-        return with_templates[0] if len(with_templates) == 1 else None
+        # A URI produced from a template goes to the first upstream (in configuration order) whose template
+        # matches it.
+        for up in self.upstreams.values():
+            if up.matches_template(uri):
+                return up
+        return None
 
     def in_view(self, view: str | None) -> list[Upstream]:
         if view is not None:
@@ -234,6 +244,27 @@ class Catalog:
             name: {"up": up.conn.up, "error": up.conn.last_error or None, "tools": len(up.tools)}
             for name, up in self.upstreams.items()
         }
+
+
+# RFC 6570 expressions by operator: what an expansion of each can produce (levels 1-4, loosely: a template is
+# the upstream's promise of what it serves, and matching decides only which URIs are routed, not how they are read).
+_EXPANSION = {
+    "": r"[^/?#]*", "+": r".*", "#": r"(?:#.*)?", ".": r"(?:\.[^/?#]*)*", "/": r"(?:/[^/?#]*)*",
+    ";": r"(?:;[^/?#]*)*", "?": r"(?:\?[^#]*)?", "&": r"(?:&[^#]*)?",
+}
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A regular expression matching the URIs an RFC 6570 URI template expands to."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{([^{}]*)\}", template):
+        out.append(re.escape(template[pos:m.start()]))
+        expr = m.group(1)
+        op = expr[:1] if expr[:1] in "+#./;?&" else ""
+        out.append(_EXPANSION[op])
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out), re.DOTALL)
 
 
 def public_name(server: str, name: str, view: str | None) -> str:

@@ -7,23 +7,10 @@ from typing import Any
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
 from gateway.catalog import Upstream, strip_server_meta
 from gateway.decide import Request
+from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 
-
-class GatewayError(Exception):
-    """An error the agent receives as a JSON-RPC error (code, message)."""
-
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-UNKNOWN_TOOL = -32602
-RESOURCE_NOT_FOUND = -32002
-DENIED = -32001
-UPSTREAM_FAILED = -32603
+__all__ = ["GatewayError", "forward"]  # GatewayError lives in gateway.errors; re-exported for older imports
 
 
 async def forward(

@@ -1,7 +1,9 @@
-"""The call pipeline: route -> decide -> record -> forward -> record, for every policy-checked MCP request.
+"""The call pipeline: route -> admit (decide, record, count) -> forward -> record, for every MCP request kind.
 
 Authentication happens before (in the HTTP front end, which hands over an Agent); the pipeline knows nothing
-of HTTP or of the SDK, so a leaner front end can replace the SDK one without touching it.
+of HTTP or of the SDK, so a leaner front end can replace the SDK one without touching it. Every request kind
+routes its name to a ``Target`` and goes through ``Admission.admit`` (``gateway/admission.py``), which treats a
+hidden item as a missing one; every public method is ``guarded``, so no internal exception text reaches an agent.
 """
 
 from __future__ import annotations
@@ -13,10 +15,21 @@ import anyio
 
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
 from gateway import tracing
+from gateway.admission import Admission, Target, guarded
 from gateway.catalog import Catalog, Upstream, public_name
 from gateway.containment.scope import CallScope, is_contained
 from gateway.decide import Decider, Request
-from gateway.forward import DENIED, RESOURCE_NOT_FOUND, UNKNOWN_TOOL, UPSTREAM_FAILED, GatewayError, forward
+from gateway.errors import (
+    DENIED,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    RESOURCE_NOT_FOUND,
+    UNKNOWN_TOOL,
+    UPSTREAM_FAILED,
+    GatewayError,
+)
+from gateway.forward import forward
 from gateway.metrics import Metrics
 from gateway.policy import Decision
 from gateway.record import Recorder
@@ -34,10 +47,35 @@ class Pipeline:
         self.decider = decider
         self.recorder = recorder
         self.metrics = metrics
-        self.relay = Relay(catalog, decider, recorder, metrics)
+        self.admission = Admission(decider, recorder, metrics)
+        self.relay = Relay(catalog, self.admission)
+
+    # --- routing: what a request names ---------------------------------------------------------------------
+
+    def _tool(self, name: str, view: str | None) -> tuple[Upstream | None, str, Target]:
+        up, tool_name = self.catalog.split(name, view)
+        tool = up.tools.get(tool_name) if up is not None else None
+        server = up.name if up is not None else view
+        annotations = (tool or {}).get("annotations") or {}
+        return up, tool_name, Target("tool", server, tool_name, tool is not None, annotations)
+
+    def _prompt(self, name: str, view: str | None) -> tuple[Upstream | None, str, Target]:
+        up, prompt_name = self.catalog.split(name, view)
+        known = up is not None and prompt_name in up.prompts
+        return up, prompt_name, Target("prompt", up.name if up is not None else view, prompt_name, known)
+
+    def _resource(self, uri: str, view: str | None) -> tuple[Upstream | None, Target]:
+        """A URI exists when its upstream lists it or one of its templates matches it; anything else is missing
+        at the gateway (never forwarded), so a hidden URI and an unknown one get the gateway's same answer."""
+        up = self.catalog.resource_owner(uri, view)
+        res = up.resources.get(uri) if up is not None else None
+        known = up is not None and (res is not None or up.matches_template(uri))
+        annotations = (res or {}).get("annotations") or {}
+        return up, Target("resource", up.name if up is not None else view, uri, known, annotations)
 
     # --- tools ---------------------------------------------------------------------------------------------
 
+    @guarded
     async def list_tools(self, req: Request) -> dict[str, Any]:
         ups = await self._list_gate(req, "tools/list")
         tools = []
@@ -45,42 +83,27 @@ class Pipeline:
             for name, tool in up.tools.items():
                 if await self.decider.visible(req, up.name, "tool", name, tool.get("annotations") or {}):
                     tools.append({**tool, "name": public_name(up.name, name, req.view)} if req.view is None else tool)
+        self._shown(req, ups, "tools", tools)
+        self.admission.finish(req, "ok", 0.0)
         return {"tools": tools}
 
+    @guarded
     async def call_tool(self, req: Request, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        up, tool_name = self.catalog.split(req.name or "", req.view)
-        tool = up.tools.get(tool_name) if up is not None else None
-        server = up.name if up is not None else req.view
-        team, agent = req.agent.team, req.agent.id
-        inp = self.decider.build_input(
-            req, server, tool=tool_name, annotations=(tool or {}).get("annotations"), arguments=req.arguments or {}
+        self.admission.check_name(req, "tool")
+        up, tool_name, target = self._tool(req.name or "", req.view)
+        decision = await self.admission.admit(
+            req, target, GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}"),
+            tool=tool_name, annotations=target.annotations, arguments=req.arguments or {},
         )
-        if up is None or tool is None:
-            # Unknown tools are decided and recorded too: probing for names leaves a trace.
-            decision = Decision(False, ("unknown tool",), self.decider.engine.revision)
-            self.recorder.decision(req, inp, decision, server, tool_name)
-            self.metrics.count_call(server or "unknown", "unknown", team, agent, "deny")
-            raise GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}")
-        with tracing.span("policy.decision"):
-            decision = await self.decider.decide(inp)
-        if not self.recorder.decision(req, inp, decision, up.name, tool_name):
-            self.metrics.count_call(up.name, tool_name, team, agent, "error")
-            raise GatewayError(UPSTREAM_FAILED, "the gateway cannot record this call, so it was not made")
+        assert up is not None
         if not decision.allow:
-            self.metrics.count_call(up.name, tool_name, team, agent, "error" if decision.error else "deny")
-            if not decision.error and not await self.decider.visible(
-                req, up.name, "tool", tool_name, tool.get("annotations") or {}
-            ):
-                self.recorder.outcome(req, "denied_hidden", time.perf_counter() - t0)
-                raise GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}")
-            self.recorder.outcome(req, "denied", time.perf_counter() - t0)
+            self.admission.finish(req, "denied", time.perf_counter() - t0)
             return {
                 "content": [{"type": "text", "text": denial_text(decision, req.decision_id)}],
                 "isError": True,
                 "_meta": {"gateway/decision_id": req.decision_id},
             }
-        self.metrics.count_call(up.name, tool_name, team, agent, "allow")
         params = {"name": tool_name, "arguments": req.arguments or {}}
         # The policy may narrow the worker's containment for this call (never widen it); a narrowing for an
         # upstream that is not contained cannot be honoured, so the call is refused rather than run wider.
@@ -90,11 +113,10 @@ class Pipeline:
                        " upstream")
             raise GatewayError(DENIED, f"the policy asks for containment, but {up.name} is not a contained upstream"
                                f" (decision id {req.decision_id})")
+        progress, end_progress = self.admission.bind_progress(req, on_progress)
         try:
             with tracing.forward_span(up.name, "tools/call"), contained:
-                result = await forward(
-                    self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), on_progress
-                )
+                result = await forward(self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), progress)
         except UpstreamError as exc:
             self._done(req, up, t0, "upstream_error", exc.kind, str(exc), **contained.audit())
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
@@ -104,19 +126,22 @@ class Pipeline:
         except anyio.get_cancelled_exc_class():
             # The agent cancelled or went away: the upstream was told (connectors send notifications/cancelled);
             # the record says so, so no forwarded decision is left without its outcome.
-            self._done(req, up, t0, "cancelled", **contained.audit())
+            self.recorder.outcome(req, "cancelled", time.perf_counter() - t0, **contained.audit())
             raise
+        finally:
+            end_progress()
         self._done(req, up, t0, "tool_error" if result.get("isError") else "ok", **contained.audit())
         return result
 
     def _done(self, req: Request, up: Upstream, t0: float, outcome: str, kind: str | None = None,
-              error: str | None = None, **extra: Any):
+              error: str | None = None, **extra: Any) -> None:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_call(up.name, elapsed)
-        self.recorder.outcome(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
+        self.admission.finish(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
 
     # --- prompts -------------------------------------------------------------------------------------------
 
+    @guarded
     async def list_prompts(self, req: Request) -> dict[str, Any]:
         ups = await self._list_gate(req, "prompts/list")
         prompts = []
@@ -124,21 +149,20 @@ class Pipeline:
             for name, prompt in up.prompts.items():
                 if await self.decider.visible(req, up.name, "prompt", name, {}):
                     prompts.append({**prompt, "name": public_name(up.name, name, req.view)})
+        self._shown(req, ups, "prompts", prompts)
+        self.admission.finish(req, "ok", 0.0)
         return {"prompts": prompts}
 
+    @guarded
     async def get_prompt(self, req: Request) -> dict[str, Any]:
-        up, prompt_name = self.catalog.split(req.name or "", req.view)
-        known = up is not None and prompt_name in up.prompts
-        server = up.name if up is not None else req.view
-        inp = self.decider.build_input(req, server, prompt=prompt_name, arguments=req.arguments or {})
-        decision = await self._gate(req, inp, server, None, known)
-        if not known or up is None:
-            raise GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}")
-        if not decision.allow:
-            hidden = decision.error is None and not await self.decider.visible(req, up.name, "prompt", prompt_name, {})
-            if hidden:
-                raise GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}")
-            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        self.admission.check_name(req, "prompt")
+        up, prompt_name, target = self._prompt(req.name or "", req.view)
+        decision = await self.admission.admit(
+            req, target, GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}"),
+            prompt=prompt_name, arguments=req.arguments or {},
+        )
+        assert up is not None
+        self._refuse_denied(req, decision)
         params: dict[str, Any] = {"name": prompt_name}
         if req.arguments:
             params["arguments"] = req.arguments
@@ -146,6 +170,7 @@ class Pipeline:
 
     # --- resources -----------------------------------------------------------------------------------------
 
+    @guarded
     async def list_resources(self, req: Request) -> dict[str, Any]:
         ups = await self._list_gate(req, "resources/list")
         out = []
@@ -155,53 +180,56 @@ class Pipeline:
                     continue
                 if await self.decider.visible(req, up.name, "resource", uri, res.get("annotations") or {}):
                     out.append(res)
+        self._shown(req, ups, "resources", out)
+        self.admission.finish(req, "ok", 0.0)
         return {"resources": out}
 
+    @guarded
     async def list_resource_templates(self, req: Request) -> dict[str, Any]:
+        """Templates are filtered like resources: each is an item the agent may or may not see."""
         ups = await self._list_gate(req, "resources/list")
-        return {"resourceTemplates": [t for up in ups for t in up.templates]}
+        out = []
+        for up in ups:
+            for t in up.templates:
+                uri_template = str(t.get("uriTemplate", ""))
+                if await self.decider.visible(req, up.name, "resource", uri_template, t.get("annotations") or {}):
+                    out.append(t)
+        self.admission.finish(req, "ok", 0.0)
+        return {"resourceTemplates": out}
 
+    @guarded
     async def read_resource(self, req: Request) -> dict[str, Any]:
-        up = self.catalog.resource_owner(req.uri or "", req.view)
-        server = up.name if up is not None else req.view
-        inp = self.decider.build_input(req, server)
-        decision = await self._gate(req, inp, server, None, up is not None)
-        if up is None:
-            raise GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
-        if not decision.allow:
-            if decision.error is None and req.uri in up.resources and not await self.decider.visible(
-                req, up.name, "resource", req.uri or "", {}
-            ):
-                raise GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
-            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        uri = req.uri or ""
+        up, target = self._resource(uri, req.view)
+        decision = await self.admission.admit(
+            req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
+        )
+        assert up is not None
+        self._refuse_denied(req, decision)
         return await self._forward_simple(req, up, "resources/read", {"uri": req.uri})
 
     # --- shared --------------------------------------------------------------------------------------------
 
-    async def _gate(
-        self, req: Request, inp: dict[str, Any], server: str | None, tool: str | None, known: bool
-    ) -> Decision:
-        """Decide and record a non-tool request; unknown targets are recorded as denials without asking policy."""
-        if known:
-            with tracing.span("policy.decision"):
-                decision = await self.decider.decide(inp)
-        else:
-            decision = Decision(False, ("unknown target",), self.decider.engine.revision)
-        written = self.recorder.decision(req, inp, decision, server, tool)
-        if not written:
-            raise GatewayError(UPSTREAM_FAILED, "the gateway cannot record this request, so it was not made")
-        label = "allow" if decision.allow else ("error" if decision.error else "deny")
-        self.metrics.count_request(req.action, server or "unknown", req.agent.team, label)
-        return decision
+    def _refuse_denied(self, req: Request, decision: Decision) -> None:
+        if not decision.allow:
+            self.admission.finish(req, "denied", 0.0)
+            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
 
     async def _list_gate(self, req: Request, action: str) -> list[Upstream]:
-        if req.view is not None and self.catalog.get(req.view) is None:
-            raise GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}")
-        inp = self.decider.build_input(req, req.view, action=action)
-        decision = await self._gate(req, inp, req.view, None, True)
-        if not decision.allow:
-            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        exists = req.view is None or self.catalog.get(req.view) is not None
+        decision = await self.admission.admit(
+            req, Target(None, req.view, exists=exists), GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
+            action=action,
+        )
+        self._refuse_denied(req, decision)
         return [up for up in self.catalog.in_view(req.view) if up.conn.up]
+
+    def _shown(self, req: Request, ups: list[Upstream], kind: str, items: list[dict[str, Any]]) -> None:
+        """Remember which upstreams' lists this session was shown items of: list_changed goes to those."""
+        session = self.session_of(req)
+        if session is not None and items:
+            for up in ups:
+                session.shown.add((up.name, kind))
 
     async def _forward_simple(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -209,12 +237,15 @@ class Pipeline:
             with tracing.forward_span(up.name, method):
                 result = await forward(self.metrics, up, req, method, params, up.config.timeout_s)
         except UpstreamError as exc:
-            self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
+            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
         except RemoteError as exc:
-            self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, exc.message)
+            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
             raise GatewayError(exc.code, exc.message, exc.data) from None
-        self.recorder.outcome(req, "ok", time.perf_counter() - t0)
+        except anyio.get_cancelled_exc_class():
+            self.recorder.outcome(req, "cancelled", time.perf_counter() - t0)
+            raise
+        self.admission.finish(req, "ok", time.perf_counter() - t0)
         return result
 
     # --- relayed requests: logging level, subscriptions, completion ----------------------------------------
@@ -222,39 +253,36 @@ class Pipeline:
     def session_of(self, req: Request) -> AgentSession | None:
         return self.relay.sessions.get(req.session_id) if req.session_id else None
 
-    async def _simple_gate(self, req: Request, up: Upstream | None, server: str | None, **fields: Any) -> Upstream:
-        inp = self.decider.build_input(req, server, **fields)
-        decision = await self._gate(req, inp, server, None, up is not None)
-        if up is None:
-            code = RESOURCE_NOT_FOUND if req.uri is not None else UNKNOWN_TOOL
-            raise GatewayError(code, f"Unknown target of {req.action}")
-        if not decision.allow:
-            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
-        return up
-
+    @guarded
     async def set_log_level(self, req: Request, level: str) -> dict[str, Any]:
         """Policy-checked; the level filters what the relay passes on and goes to this session's own upstreams."""
-        if req.view is not None and self.catalog.get(req.view) is None:
-            raise GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}")
-        inp = self.decider.build_input(req, req.view, arguments={"level": level})
-        decision = await self._gate(req, inp, req.view, None, True)
-        if not decision.allow:
-            raise GatewayError(DENIED, denial_text(decision, req.decision_id))
+        exists = req.view is None or self.catalog.get(req.view) is not None
+        decision = await self.admission.admit(
+            req, Target(None, req.view, exists=exists), GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
+            arguments={"level": level},
+        )
+        self._refuse_denied(req, decision)
         session = self.session_of(req)
         if session is not None:
             await self.relay.set_level(session, level, self.catalog.in_view(req.view))
-        self.recorder.outcome(req, "ok", 0.0)
+        self.admission.finish(req, "ok", 0.0)
         return {}
 
     async def _subscription(self, req: Request, subscribe: bool) -> dict[str, Any]:
         uri = req.uri or ""
-        owner = self.catalog.resource_owner(uri, req.view)
-        up = await self._simple_gate(req, owner, owner.name if owner else req.view)
+        up, target = self._resource(uri, req.view)
+        decision = await self.admission.admit(
+            req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
+        )
+        assert up is not None
+        self._refuse_denied(req, decision)
         if not (up.conn.capabilities.get("resources") or {}).get("subscribe"):
-            raise GatewayError(-32601, f"{req.action} is not supported by this server")
+            self.admission.finish(req, "unsupported", 0.0)
+            raise GatewayError(METHOD_NOT_FOUND, f"{req.action} is not supported by this server")
         session = self.session_of(req)
         if session is None:
-            raise GatewayError(-32600, f"{req.action} needs an MCP session (the 2025 protocol era)")
+            self.admission.finish(req, "unsupported", 0.0)
+            raise GatewayError(INVALID_REQUEST, f"{req.action} needs an MCP session (the 2025 protocol era)")
         t0 = time.perf_counter()
 
         async def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -266,39 +294,54 @@ class Pipeline:
             else:
                 result = await self.relay.unsubscribe(session, up, uri, send)
         except GatewayError as exc:
-            self.recorder.outcome(req, "upstream_error", time.perf_counter() - t0, exc.message)
+            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
             raise
-        self.recorder.outcome(req, "ok", time.perf_counter() - t0)
+        self.admission.finish(req, "ok", time.perf_counter() - t0)
         return result
 
+    @guarded
     async def subscribe(self, req: Request) -> dict[str, Any]:
         return await self._subscription(req, True)
 
+    @guarded
     async def unsubscribe(self, req: Request) -> dict[str, Any]:
         return await self._subscription(req, False)
 
+    @guarded
     async def complete(self, req: Request, params: dict[str, Any]) -> dict[str, Any]:
-        """completion/complete for a prompt argument or a resource template, routed like the prompt or resource."""
+        """completion/complete for a prompt argument or a resource template, routed like the prompt or resource;
+        a hidden prompt or template answers as a missing one."""
         raw_ref, raw_arg = params.get("ref"), params.get("argument")
         ref: dict[str, Any] = raw_ref if isinstance(raw_ref, dict) else {}
         argument: dict[str, Any] = raw_arg if isinstance(raw_arg, dict) else {}
         if ref.get("type") == "ref/prompt":
-            up, name = self.catalog.split(str(ref.get("name", "")), req.view)
-            known = up if up is not None and name in up.prompts else None
-            target = await self._simple_gate(
-                req, known, up.name if up else req.view, prompt=name, arguments=argument
-            )
-            ref = {**ref, "name": name}
+            name = str(ref.get("name", ""))
+            self.admission.check_name(req, "prompt", name)
+            up, prompt_name, target = self._prompt(name, req.view)
+            missing = GatewayError(INVALID_PARAMS, f"Unknown prompt: {name}")
+            decision = await self.admission.admit(req, target, missing, prompt=prompt_name, arguments=argument)
+            ref = {**ref, "name": prompt_name}
         elif ref.get("type") == "ref/resource":
             req.uri = str(ref.get("uri", ""))
-            up = self.catalog.resource_owner(req.uri, req.view)
-            target = await self._simple_gate(req, up, up.name if up else req.view, arguments=argument)
+            up, target = self._template_ref(req.uri, req.view)
+            missing = GatewayError(INVALID_PARAMS, f"Unknown resource: {req.uri}")
+            decision = await self.admission.admit(req, target, missing, arguments=argument)
         else:
-            raise GatewayError(UNKNOWN_TOOL, "completion/complete needs a ref of type ref/prompt or ref/resource")
-        if "completions" not in target.conn.capabilities:
-            self.recorder.outcome(req, "ok", 0.0)
+            raise GatewayError(INVALID_PARAMS, "completion/complete needs a ref of type ref/prompt or ref/resource")
+        assert up is not None
+        self._refuse_denied(req, decision)
+        if "completions" not in up.conn.capabilities:
+            self.admission.finish(req, "ok", 0.0)
             return {"completion": {"values": [], "hasMore": False}}
-        return await self._forward_simple(req, target, "completion/complete", {**params, "ref": ref})
+        return await self._forward_simple(req, up, "completion/complete", {**params, "ref": ref})
+
+    def _template_ref(self, uri: str, view: str | None) -> tuple[Upstream | None, Target]:
+        """A completion's ref/resource names a template (its ``uriTemplate``) or a listed resource."""
+        for up in self.catalog.in_view(view):
+            for t in up.templates:
+                if t.get("uriTemplate") == uri:
+                    return up, Target("resource", up.name, uri, True, t.get("annotations") or {})
+        return self._resource(uri, view)
 
     async def roots_changed(self, session: AgentSession) -> None:
         """The agent's roots changed: tell the upstream sessions that serve it (shared ones never asked)."""

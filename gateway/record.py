@@ -1,17 +1,21 @@
 """The record stage: audit records of decisions and outcomes, in OPA decision-log shape where it fits.
 
 A decision's record is written before its call is forwarded; if it cannot be written the call is refused,
-so nothing reaches an upstream without its record. The outcome follows under the same ``decision_id``.
+so nothing reaches an upstream without its record. The outcome follows under the same ``decision_id``; if it
+cannot be written, the caller withholds the result (see ``gateway.admission``). The recorder never raises:
+any JSON value is written (``audit.encode_record``) and digested (``audit.canonical``), and a write the disk
+refuses is counted, logged and reported as False.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 from gateway import logs, tracing
-from gateway.audit import AuditLog, now_iso
-from gateway.decide import Request, digest
+from gateway.audit import AuditLog, canonical, now_iso
+from gateway.decide import Request
 from gateway.metrics import Metrics
 from gateway.policy import Decision
 
@@ -28,24 +32,29 @@ class Recorder:
     def _write(self, record: dict[str, Any]) -> bool:
         try:
             self._audit.append(record)
-            self._metrics.count_audit(record["type"])
-            return True
-        except OSError as exc:
+        except Exception as exc:  # OSError from the disk; anything else is a bug, and still must not escape
             self._metrics.audit_failures.inc()
-            log.error("audit write failed: %s", exc)
+            log.error("audit write of a %s record (decision id %s) failed: %s", record.get("type"),
+                      record.get("decision_id"), exc)
             return False
+        self._metrics.count_audit(record["type"])
+        return True
 
     def decision(
         self, req: Request, input: dict[str, Any], decision: Decision, server: str | None, tool: str | None
     ) -> bool:
         """Write the decision record; False means it is not on record and the call must not go ahead."""
         logs.bind(req.decision_id)
-        tracing.annotate_call(req, decision, server, tool)
+        try:
+            tracing.annotate_call(req, decision, server, tool)
+        except Exception:  # tracing is best effort; the record is not
+            log.exception("tracing the decision %s failed", req.decision_id)
         args = req.arguments
         args_digest = digest(args) if args is not None else None
         recorded_input = dict(input)
         if not self._record_arguments and args is not None:
-            recorded_input["arguments"] = {"digest": args_digest, "keys": sorted(args)}
+            keys = sorted(str(k) for k in args) if isinstance(args, dict) else None
+            recorded_input["arguments"] = {"digest": args_digest, "keys": keys}
         record: dict[str, Any] = {
             "type": "decision",
             "decision_id": req.decision_id,
@@ -81,7 +90,8 @@ class Recorder:
             )
         return self._write(record)
 
-    def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
+    def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> bool:
+        """Write the outcome record; False means it is not on record (the caller withholds what it would answer)."""
         record: dict[str, Any] = {
             "type": "outcome",
             "decision_id": req.decision_id,
@@ -93,8 +103,11 @@ class Recorder:
         if error is not None:
             record["error"] = error
         record.update(extra)
-        self._write(record)
-        tracing.annotate_outcome(outcome, error)
+        written = self._write(record)
+        try:
+            tracing.annotate_outcome(outcome, error)
+        except Exception:
+            log.exception("tracing the outcome of %s failed", req.decision_id)
         call_log.log(
             logging.WARNING if outcome == "upstream_error" else logging.INFO,
             "%s %s by %s: %s in %.2f ms%s", req.action, req.name or req.uri or "", req.agent.id, outcome,
@@ -102,6 +115,7 @@ class Recorder:
             extra={"agent": req.agent.id, "action": req.action, "outcome": outcome,
                    "duration_ms": record["duration_ms"]},
         )
+        return written
 
     def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
         self._write(
@@ -114,3 +128,8 @@ class Recorder:
                 "allow": False,
             }
         )
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical form of any JSON value (orjson's sorted-key form when it can write it)."""
+    return hashlib.sha256(canonical(value)).hexdigest()

@@ -11,6 +11,14 @@ An agent's session receives only what its own upstream sessions sent, and only w
   upstream. Notifications are decided once per session, upstream and kind, and the decision kept for a while,
   so a chatty upstream costs one decision, not one per message.
 
+Every relayed request and notification is admitted by the same stage as the agent's own requests
+(``gateway.admission``). Notifications about items follow hidden-equals-missing too: a
+``notifications/resources/updated`` for a resource the agent may not see, and a ``list_changed`` of an upstream
+none of whose items of that kind the agent may see (or was shown), never reach it.
+
+Progress notifications are not requests: each belongs to one call in flight and is covered by that call's
+decision (see ``Admission.bind_progress``); they never pass through here.
+
 The relay knows nothing of the SDK: the front end gives each session an ``Outlet`` that sends on its channels.
 """
 
@@ -24,13 +32,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from connectors.jsonrpc import RemoteError, UpstreamError
-from gateway.decide import Decider, Request
+from gateway.decide import Request
+from gateway.errors import DENIED, INTERNAL_ERROR, METHOD_NOT_FOUND
 from gateway.identity import Agent
-from gateway.metrics import Metrics
 from gateway.policy import Decision
-from gateway.record import Recorder
 
 if TYPE_CHECKING:
+    from gateway.admission import Admission
     from gateway.catalog import Catalog, Upstream
 
 log = logging.getLogger("gateway.relay")
@@ -42,7 +50,7 @@ LIST_CHANGED = frozenset(
 _CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 _RELAYED_CAPABILITIES = ("sampling", "elicitation", "roots")
 _NOTIFICATION_DECISION_TTL_S = 10.0
-DENIED = -32001
+_LIST_KIND = {"tools": "tool", "prompts": "prompt", "resources": "resource"}
 
 
 class Outlet(Protocol):
@@ -65,7 +73,9 @@ class AgentSession:
     log_level: str | None = None
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     """(upstream, uri) pairs this session subscribed to."""
-    decisions: dict[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)
+    decisions: dict[tuple[str, str, str], tuple[float, bool]] = field(default_factory=dict)
+    shown: set[tuple[str, str]] = field(default_factory=set)
+    """(upstream, list kind) pairs this session was shown items of: their list_changed concerns it."""
 
     def sees(self, upstream: str) -> bool:
         return self.view is None or self.view == upstream
@@ -78,11 +88,10 @@ def level_passes(level: Any, threshold: str | None) -> bool:
 
 
 class Relay:
-    def __init__(self, catalog: Catalog, decider: Decider, recorder: Recorder, metrics: Metrics):
+    def __init__(self, catalog: Catalog, admission: Admission):
         self.catalog = catalog
-        self.decider = decider
-        self.recorder = recorder
-        self.metrics = metrics
+        self.admission = admission
+        self.recorder = admission.recorder
         self.sessions: dict[str, AgentSession] = {}
         self._shared_subs: dict[tuple[str, str], set[str]] = {}
         """(upstream, uri) of shared upstreams -> agent sessions subscribed to it."""
@@ -121,24 +130,54 @@ class Relay:
         )
 
     async def decide(self, req: Request, server: str | None, **input_fields: Any) -> Decision:
-        """Decide and record one relayed message; an audit record that cannot be written fails it closed."""
-        inp = self.decider.build_input(req, server, arguments=req.arguments, **input_fields)
-        decision = await self.decider.decide(inp)
-        if not self.recorder.decision(req, inp, decision, server, None):
-            decision = Decision.failed("audit record could not be written", decision.revision)
-        label = "allow" if decision.allow else ("error" if decision.error else "deny")
-        self.metrics.count_request(req.action, server or "unknown", req.agent.team, label)
-        return decision
+        """Admit one relayed message (decide, record, count); one that cannot be recorded is not relayed."""
+        return await self.admission.relayed(req, server, **input_fields)
 
-    async def notification_allowed(self, session: AgentSession, upstream: str, method: str) -> bool:
-        key = (upstream, method)
+    async def notification_allowed(self, session: AgentSession, upstream: str, method: str, uri: str | None = None
+                                   ) -> bool:
+        """Decided once per session, upstream, kind (and resource) for a while: a chatty upstream costs one
+        decision and one record, not one per message."""
+        key = (upstream, method, uri or "")
         now = time.monotonic()
         hit = session.decisions.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        decision = await self.decide(self._request(session, method), upstream)
+        decision = await self.decide(self._request(session, method, uri=uri), upstream)
         session.decisions[key] = (now + _NOTIFICATION_DECISION_TTL_S, decision.allow)
         return decision.allow
+
+    async def sees_item(self, session: AgentSession, upstream: str, method: str, params: dict[str, Any]) -> bool:
+        """Hidden equals missing for notifications: may this session's agent see what the notification is about?
+
+        A resource update: the resource, when its upstream lists it (a URI from a template was subscribed to
+        under its own decision). A list change: when the agent was shown items of that list, or may see one now.
+        """
+        up = self.catalog.get(upstream)
+        if up is None or not session.sees(upstream):
+            return False
+        req = self._request(session, method)
+        if method == "notifications/resources/updated":
+            uri = str(params.get("uri", ""))
+            res = up.resources.get(uri)
+            if res is None:
+                return True
+            return await self.admission.visible(req, upstream, "resource", uri, res.get("annotations") or {})
+        if method in LIST_CHANGED:
+            kind = _kind(method)
+            if (upstream, kind) in session.shown:
+                return True
+            items: dict[str, dict[str, Any]] = getattr(up, kind)
+            for name, item in items.items():
+                if await self.admission.visible(req, upstream, _LIST_KIND[kind], name, item.get("annotations") or {}):
+                    return True
+            return False
+        return True
+
+    async def _admitted(self, session: AgentSession, upstream: str, method: str, params: dict[str, Any]) -> bool:
+        uri = str(params.get("uri", "")) if method == "notifications/resources/updated" else None
+        return await self.sees_item(session, upstream, method, params) and await self.notification_allowed(
+            session, upstream, method, uri
+        )
 
     # --- upstream -> agent (SessionHooks for per-session connections) --------------------------------------
 
@@ -168,12 +207,12 @@ class Relay:
             return {}
         session = self.sessions.get(session_id)
         if session is None:
-            raise RemoteError(-32603, "the agent session this upstream session served has ended")
+            raise RemoteError(INTERNAL_ERROR, "the agent session this upstream session served has ended")
         capability = _CAPABILITY_OF.get(method)
         if capability is None:
-            raise RemoteError(-32601, f"{method} is not relayed by the gateway")
+            raise RemoteError(METHOD_NOT_FOUND, f"{method} is not relayed by the gateway")
         if capability not in session.capabilities:
-            raise RemoteError(-32601, f"the agent's client does not support {capability}")
+            raise RemoteError(METHOD_NOT_FOUND, f"the agent's client does not support {capability}")
         req = self._request(session, method, arguments=params)
         decision = await self.decide(req, upstream)
         if not decision.allow:
@@ -193,13 +232,14 @@ class Relay:
             raise
         except TimeoutError:
             outcome = "agent_timeout"
-            raise RemoteError(-32603, f"the agent did not answer {method} within {timeout:g} s") from None
+            raise RemoteError(INTERNAL_ERROR, f"the agent did not answer {method} within {timeout:g} s") from None
         except anyio.get_cancelled_exc_class():  # the upstream session ended (its agent session did)
             outcome = "cancelled"
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise RemoteError(-32603, f"the gateway could not pass {method} to the agent") from None
+            error = f"{type(exc).__name__}: {exc}"  # in the audit record and the log, never to the upstream
+            log.error("relaying %s to the agent failed (decision id %s): %s", method, req.decision_id, error)
+            raise RemoteError(INTERNAL_ERROR, f"the gateway could not pass {method} to the agent") from None
         finally:
             self.recorder.outcome(req, outcome, time.perf_counter() - t0, error)
 
@@ -216,14 +256,14 @@ class Relay:
         elif method not in ("notifications/message", "notifications/resources/updated"):
             log.debug("upstream %s sent %s; not relayed", upstream, method)
             return
-        if await self.notification_allowed(session, upstream, method):
+        if await self._admitted(session, upstream, method, params):
             await session.outlet.notify(upstream, method, params)
 
     # --- shared upstream sessions --------------------------------------------------------------------------
 
     async def list_changed(self, upstream: str, method: str) -> None:
         for session in list(self.sessions.values()):
-            if session.sees(upstream) and await self.notification_allowed(session, upstream, method):
+            if session.sees(upstream) and await self._admitted(session, upstream, method, {}):
                 self._fan_out(session, method, {})
 
     async def shared_notification(self, upstream: str, method: str, params: dict[str, Any]) -> None:
@@ -234,7 +274,7 @@ class Relay:
         uri = str(params.get("uri", ""))
         for session_id in list(self._shared_subs.get((upstream, uri), ())):
             session = self.sessions.get(session_id)
-            if session is not None and await self.notification_allowed(session, upstream, method):
+            if session is not None and await self._admitted(session, upstream, method, params):
                 self._fan_out(session, method, params)
 
     def _fan_out(self, session: AgentSession, method: str, params: dict[str, Any]) -> None:
