@@ -84,11 +84,8 @@ class Admission:
             inp = self.decider.build_input(req, None, prompt=cut)
         inp["arguments"] = None
         decision = Decision(False, (message,), self.decider.engine.revision)
-        saved, req.name = req.name, cut
-        try:
-            self._record(req, inp, decision, Target(kind, None, cut, exists=False))
-        finally:
-            req.name = saved
+        req.name = cut  # what the records and the log lines name from here on
+        self._record(req, inp, decision, Target(kind, None, cut, exists=False))
         self.recorder.outcome(req, "refused", 0.0, message, name_length=len(name))
         raise GatewayError(INVALID_PARAMS, f"Invalid {message}")
 

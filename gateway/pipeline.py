@@ -83,7 +83,7 @@ class Pipeline:
             for name, tool in up.tools.items():
                 if await self.decider.visible(req, up.name, "tool", name, tool.get("annotations") or {}):
                     tools.append({**tool, "name": public_name(up.name, name, req.view)} if req.view is None else tool)
-        self._shown(req, ups, "tools", tools)
+                    self._shown(req, up, "tools")
         self.admission.finish(req, "ok", 0.0)
         return {"tools": tools}
 
@@ -149,7 +149,7 @@ class Pipeline:
             for name, prompt in up.prompts.items():
                 if await self.decider.visible(req, up.name, "prompt", name, {}):
                     prompts.append({**prompt, "name": public_name(up.name, name, req.view)})
-        self._shown(req, ups, "prompts", prompts)
+                    self._shown(req, up, "prompts")
         self.admission.finish(req, "ok", 0.0)
         return {"prompts": prompts}
 
@@ -180,7 +180,7 @@ class Pipeline:
                     continue
                 if await self.decider.visible(req, up.name, "resource", uri, res.get("annotations") or {}):
                     out.append(res)
-        self._shown(req, ups, "resources", out)
+                    self._shown(req, up, "resources")
         self.admission.finish(req, "ok", 0.0)
         return {"resources": out}
 
@@ -224,12 +224,11 @@ class Pipeline:
         self._refuse_denied(req, decision)
         return [up for up in self.catalog.in_view(req.view) if up.conn.up]
 
-    def _shown(self, req: Request, ups: list[Upstream], kind: str, items: list[dict[str, Any]]) -> None:
-        """Remember which upstreams' lists this session was shown items of: list_changed goes to those."""
+    def _shown(self, req: Request, up: Upstream, kind: str) -> None:
+        """Remember which upstreams' lists this session was shown items of: their list_changed concern it."""
         session = self.session_of(req)
-        if session is not None and items:
-            for up in ups:
-                session.shown.add((up.name, kind))
+        if session is not None:
+            session.shown.add((up.name, kind))
 
     async def _forward_simple(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
