@@ -116,6 +116,9 @@ class IdentityConfig(_Model):
     api_keys: list[ApiKeyConfig] = []
     anonymous: AnonymousConfig | None = None
     jwt: JwtConfig | None = None
+    watch: bool = True
+    """Reload [identity] when the config file (or the JWKS file) changes; SIGHUP reloads it either way."""
+    watch_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
 
     @model_validator(mode="after")
     def _unique(self) -> IdentityConfig:
@@ -272,6 +275,8 @@ class Config(_Model):
     containment: ContainmentConfig | None = None
     base_dir: Path = Path(".")
     """Directory of the config file: relative paths in it are resolved against it."""
+    config_file: Path | None = None
+    """The file this configuration was read from (set by load_config; [identity] reloads read it again)."""
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> Config:
@@ -310,8 +315,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def parse_config(data: dict[str, Any], source: str, base_dir: Path) -> Config:
-    if "base_dir" in data:
-        raise ConfigError([f"{source}: base_dir: unknown key"])
+    for internal in ("base_dir", "config_file"):
+        if internal in data:
+            raise ConfigError([f"{source}: {internal}: unknown key"])
     try:
         cfg = Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
@@ -358,4 +364,4 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: (syntax): {exc}"]) from None
-    return parse_config(data, source, path.parent.resolve())
+    return parse_config(data, source, path.parent.resolve()).model_copy(update={"config_file": path.resolve()})

@@ -80,6 +80,10 @@ class Metrics:
             "mcp_gateway_policy_reloads_total",
             "Policy reloads by result: success, unchanged, compile_error, test_failure.", ["result"], registry=r,
         )
+        self.identity_reloads = Counter(
+            "mcp_gateway_identity_reloads_total",
+            "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.", ["result"], registry=r,
+        )
         self.audit_failures = Counter(
             "mcp_gateway_audit_write_failures_total", "Calls refused because their audit record could not be written.",
             registry=r,

@@ -21,6 +21,7 @@ from gateway.decide import Decider
 from gateway.frontend import build_server
 from gateway.guard import GuardedTaskGroup
 from gateway.identity import Authenticator
+from gateway.identity_reload import IdentityWatcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
@@ -92,6 +93,7 @@ class Gateway:
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Reloads the policy on change and SIGHUP, and keeps the revision metric true.
             await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
+            await tg.start(IdentityWatcher(self.auth, self.metrics, self.config).run)  # [identity]: the same
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz

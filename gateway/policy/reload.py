@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from gateway.policy.decision import PolicyError
 from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
 from gateway.policy.loader import is_policy_file, load_policy
 from gateway.policy.tables import report, run_policy_tables
+from gateway.signals import open_sighup_receiver
 
 log = logging.getLogger("gateway.policy")
 
@@ -224,7 +224,7 @@ class PolicyWatcher:
 
     async def _sighup(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
-            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            with open_sighup_receiver() as signals:
                 task_status.started()
                 async for _ in signals:
                     await self.reload("SIGHUP")
