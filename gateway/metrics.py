@@ -85,7 +85,8 @@ class Metrics:
             "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.", ["result"], registry=r,
         )
         self.audit_failures = Counter(
-            "mcp_gateway_audit_write_failures_total", "Calls refused because their audit record could not be written.",
+            "mcp_gateway_audit_write_failures_total",
+            "Audit records that could not be written (a request refused, or its result withheld).",
             registry=r,
         )
         self.denials = Counter(
