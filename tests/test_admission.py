@@ -230,6 +230,34 @@ async def test_names_past_128_characters_are_refused_before_any_work(gateway: Ru
     assert size < 20_000, "a long name was written whole into the audit log"
 
 
+async def test_progress_is_bound_to_its_call_and_well_formed(gateway: RunningGateway) -> None:
+    """Progress is covered by its call's decision: it reaches the agent that made the call, on that call's token,
+    and only as numbers (a hostile upstream's malformed progress is dropped, its call still answered)."""
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    def progress(**params: Any) -> str:
+        import json
+
+        # The fixture writes {id} as this call's JSON id (an integer); the gateway's progress token is "gw-<id>".
+        return json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
+                           "params": {"progressToken": "gw-{id}", **params}})
+
+    lines = [
+        progress(progress=True),
+        progress(progress="1"),
+        progress(progress=1, total="many"),
+        progress(progress=2, total=4, message={"not": "text"}),
+        progress(progress=3, total=4, message="three"),
+    ]
+    async with client(gateway.url, "ci-bot") as c:
+        result = await c.call_tool("hidden__raw", {"lines": lines}, progress_callback=on_progress)
+        assert not result.is_error
+    assert seen == [(2, 4, None), (3, 4, "three")]
+
+
 # --- an outcome that cannot be recorded --------------------------------------------------------------------
 
 
