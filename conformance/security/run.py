@@ -80,6 +80,7 @@ def main() -> int:
                 print(f"{a.cls:12} {a.id:28} {a.title}")
         return 0
     work = Path(tempfile.mkdtemp(prefix="security-suite.", dir="/tmp"))
+    work.chmod(0o711)  # contained workers (their own uids) must traverse it to reach their workspaces
     rows: list[Row] = []
     t_start = time.monotonic()
     try:
