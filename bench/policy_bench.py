@@ -10,7 +10,8 @@ Measures, in one process, interleaved in rounds so machine noise hits every vari
 - ``whole input``: the same decision with the whole input handed to rego-cpp (the engine normally hands it only
   the fields the policy reads);
 - ``trivial policy``: the whole ~1 KB input through a policy that allows everything: the input's own cost;
-- ``16 KB argument``: a call whose argument string is 16 KB, before and after the gateway trims it to 1 KB.
+- ``16 KB argument``: a call whose argument string is 16 KB (the policy sees every argument whole);
+- ``bounds check``: the gateway's check that the arguments are within what the policy can see (before the engine).
 Prints p50 and p99 per variant, the compile time, and the share of a decision spent on the input.
 
     python bench/policy_bench.py [--decisions 3000] [--rounds 6]
@@ -31,9 +32,10 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.decide import Decider, Request, trim  # noqa: E402
+from gateway.decide import Decider, Request  # noqa: E402
 from gateway.identity import Agent  # noqa: E402
 from gateway.metrics import Metrics  # noqa: E402
+from gateway.policy.bounds import Limits  # noqa: E402
 from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine, compile_policy, new_evaluator  # noqa: E402
 from gateway.policy.loader import PolicySource  # noqa: E402
 
@@ -92,11 +94,10 @@ def main() -> None:
     whole = CompiledPolicy(policy.source, "gateway/decision")
     whole.input_shape = None
     engine = EmbeddedEngine(REPO / "rego", "gateway/decision", 1000, threads=1)
-    decider = Decider(engine, Metrics(), 16384)
+    decider = Decider(engine, Metrics(), Limits())
     call = call_input(decider, "pytest -q tests/test_policy_tables.py")
     big = call_input(decider, "ls")
     big["arguments"]["stdin"] = "y" * 16384
-    big_trimmed = {**big, "arguments": trim(big["arguments"], 1024)}
     listing = list_input(decider)
     convert = time_input(decider)
     size = len(orjson.dumps(call))
@@ -129,9 +130,9 @@ def main() -> None:
             lambda n: timed(lambda: policy.decide(ev, convert), n),
         f"list item ({len(orjson.dumps(listing))} B input)": lambda n: timed(lambda: policy.decide(ev, listing), n),
         "trivial policy, whole input": lambda n: timed(lambda: trivial.decide(ev, call), n),
-        f"16 KB argument, untrimmed ({len(orjson.dumps(big))} B)": lambda n: timed(lambda: policy.decide(ev, big), n),
-        f"16 KB argument, trimmed to 1 KB ({len(orjson.dumps(big_trimmed))} B)":
-            lambda n: timed(lambda: policy.decide(ev, big_trimmed), n),
+        f"16 KB argument ({len(orjson.dumps(big))} B)": lambda n: timed(lambda: policy.decide(ev, big), n),
+        "bounds check, 1 KB arguments": lambda n: timed(lambda: decider.refusal(call["arguments"]), n),
+        "bounds check, 16 KB arguments": lambda n: timed(lambda: decider.refusal(big["arguments"]), n),
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     per_round = max(1, args.decisions // args.rounds)

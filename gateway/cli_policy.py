@@ -224,7 +224,7 @@ def _build_input(
     args_json: str | None, annotations_json: str | None, action: str,
 ) -> dict[str, Any]:
     """The input document the gateway would build for this call (gateway.decide.Decider.build_input)."""
-    from gateway.decide import Decider, Request
+    from gateway.decide import Decider, Request, limits_from
     from gateway.identity import Agent
     from gateway.metrics import Metrics
 
@@ -243,7 +243,7 @@ def _build_input(
     if not isinstance(arguments, dict) or not isinstance(annotations, dict):
         _fail(["--args and --annotations must be JSON objects"])
     req = Request(agent=agent, action=action, view=None, name=tool, arguments=arguments)
-    decider = Decider(engine, Metrics(), cfg.policy.max_argument_bytes)
+    decider = Decider(engine, Metrics(), limits_from(cfg.policy))
     return decider.build_input(req, server, tool=tool_name, annotations=annotations, arguments=arguments)
 
 

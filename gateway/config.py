@@ -138,8 +138,20 @@ class PolicyConfig(_Model):
     timeout_ms: Annotated[int, Field(gt=0, le=60000)] = 200
     threads: Annotated[int, Field(ge=0, le=64)] = 4
     """Embedded engine: evaluator threads (rego-cpp releases the GIL); 0 evaluates on the event loop."""
-    max_argument_bytes: Annotated[int, Field(gt=0)] = 16384
-    """Argument strings longer than this are trimmed before they reach policy (policies need paths, not payloads)."""
+    max_argument_bytes: Annotated[int, Field(gt=0)] = 262144
+    """Arguments larger than this (as JSON) are refused before the policy: it decides on all that is forwarded."""
+    max_argument_string: Annotated[int, Field(gt=0)] = 65536
+    """Longest argument string (characters); longer is refused (rego-cpp's regex recursion crashes on huge ones)."""
+    max_argument_keys: Annotated[int, Field(gt=0)] = 1000
+    """Object keys in one request's arguments, all objects together; more is refused."""
+    max_argument_items: Annotated[int, Field(gt=0)] = 1000
+    """List items in one request's arguments, all lists together; more is refused."""
+    max_argument_depth: Annotated[int, Field(gt=0, le=64)] = 32
+    """Deepest nesting of objects and lists in the arguments; deeper is refused."""
+    threads_per_agent: Annotated[int, Field(ge=0, le=64)] = 0
+    """Embedded engine: evaluator threads one agent may hold at once (0: half of ``threads``, at least 1)."""
+    queue_timeout_ms: Annotated[int, Field(gt=0, le=600000)] | None = None
+    """Embedded engine: longest wait for a free evaluator (default: 10 x timeout_ms, at least 1 s)."""
     opa_token_env: str | None = None
     """Name of the environment variable holding the bearer token for OPA (the token never goes in the file)."""
     watch: bool = True

@@ -11,13 +11,14 @@ from typing import Any
 
 import orjson
 
+from gateway.config import PolicyConfig
 from gateway.identity import Agent
 from gateway.metrics import Metrics
 from gateway.policy import Decision, PolicyEngine
+from gateway.policy.bounds import Limits, Refused, check
 
 _VISIBILITY_TTL_S = 10.0
 _VISIBILITY_CACHE = 50_000
-_TRIMMED = "...[trimmed]"
 
 
 @dataclass(slots=True)
@@ -41,17 +42,16 @@ class Request:
     decision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-def trim(value: Any, limit: int, depth: int = 0) -> Any:
-    """Cut long strings and deep structures: policy needs paths, commands and hosts, not megabytes of payload."""
-    if isinstance(value, str):
-        return value if len(value) <= limit else value[:limit] + _TRIMMED
-    if depth > 32:
-        return _TRIMMED
-    if isinstance(value, dict):
-        return {str(k): trim(v, limit, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [trim(v, limit, depth + 1) for v in value[:1000]]
-    return value
+class RefusedInput(dict[str, Any]):
+    """A policy input whose arguments the policy cannot see whole: ``Decider.decide`` refuses it without asking the
+    engine. It is still a plain dict (the audit records it as any input), with the arguments left out."""
+
+    refusal: str = ""
+
+
+def limits_from(cfg: PolicyConfig) -> Limits:
+    return Limits(cfg.max_argument_bytes, cfg.max_argument_string, cfg.max_argument_keys, cfg.max_argument_items,
+                  cfg.max_argument_depth)
 
 
 def digest(value: Any) -> str:
@@ -59,10 +59,10 @@ def digest(value: Any) -> str:
 
 
 class Decider:
-    def __init__(self, engine: PolicyEngine, metrics: Metrics, max_argument_bytes: int):
+    def __init__(self, engine: PolicyEngine, metrics: Metrics, limits: Limits | int):
         self.engine = engine
         self._metrics = metrics
-        self._limit = max_argument_bytes
+        self._limits = limits if isinstance(limits, Limits) else Limits(max_bytes=limits)
         self._visible: OrderedDict[tuple[Any, ...], tuple[float, bool]] = OrderedDict()
 
     def build_input(
@@ -75,20 +75,41 @@ class Decider:
         action: str | None = None,
         arguments: Any = None,
     ) -> dict[str, Any]:
-        return {
+        """The policy input for this request. Arguments the policy cannot see whole (``refusal``) give a
+        ``RefusedInput``: its arguments are left out, and ``decide`` refuses it without asking the engine, so every
+        path that decides (calls, prompts, completions, relayed messages, the fast path) refuses it alike."""
+        refused = self.refusal(arguments)
+        inp = RefusedInput() if refused is not None else {}
+        inp.update({
             "agent": req.agent.as_input(),
             "action": action or req.action,
             "server": server,
             "tool": tool,
-            "arguments": trim(arguments, self._limit) if arguments is not None else None,
+            "arguments": arguments if refused is None else None,
             "annotations": annotations or {},
             "resource": req.uri,
             "prompt": prompt,
             "session": {"id": req.session_id, "client": req.client, "protocol_version": req.protocol_version},
             "request": {"id": req.request_id, "time_ns": req.time_ns, "remote_addr": req.remote_addr},
-        }
+        })
+        if isinstance(inp, RefusedInput) and refused is not None:
+            inp.refusal = refused
+        return inp
+
+    def refusal(self, arguments: Any) -> str | None:
+        """Why the policy cannot see these arguments whole (``arguments exceed what the policy can see: ...``), or
+        None. The policy decides on exactly what is forwarded, so what it cannot see is not forwarded."""
+        if arguments is None:
+            return None
+        try:
+            check(arguments, self._limits)
+        except Refused as exc:
+            return exc.reason
+        return None
 
     async def decide(self, input: dict[str, Any]) -> Decision:
+        if isinstance(input, RefusedInput):
+            return Decision(False, (input.refusal,), getattr(self.engine, "revision", "unknown"))
         t0 = time.perf_counter()
         try:
             decision = await self.engine.decide(input)

@@ -17,7 +17,7 @@ from gateway import tracing
 from gateway.audit import AuditLog
 from gateway.catalog import Catalog
 from gateway.config import Config
-from gateway.decide import Decider
+from gateway.decide import Decider, limits_from
 from gateway.frontend import build_server
 from gateway.guard import GuardedTaskGroup
 from gateway.identity import Authenticator
@@ -57,7 +57,7 @@ class Gateway:
             self.containment = Containment(config.containment, config.base_dir, self.metrics)
             self.containment.log_report()
         self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state, self.containment)
-        self.decider = Decider(self.engine, self.metrics, config.policy.max_argument_bytes)
+        self.decider = Decider(self.engine, self.metrics, limits_from(config.policy))
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
         self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
         self.servers: dict[str | None, Server[Any]] = {None: build_server(self.pipeline, None)}
