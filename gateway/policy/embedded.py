@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,19 @@ from regopy.rego_shared import RegoError
 
 from gateway.policy.decision import Decision, PolicyError
 from gateway.policy.inputs import input_shape, prune
+from gateway.policy.lint import _mask
 from gateway.policy.lint import check as lint
 from gateway.policy.loader import PolicySource, load_policy
 
-_ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
+_UNREADABLE = (
+    "the policy did not allow this call once its control characters were read as they are "
+    "(the embedded engine reads such strings two ways, and both must allow)"
+)
+_CONTROL = re.compile(r'(?<!\\)(?:\\\\)*\\[bfnrtu]')
+"""A control character in orjson's output: an odd run of backslashes, then the letter of its escape (orjson
+escapes only ``"``, ``\\`` and U+0000-U+001F, and spells only the last with ``\\u``)."""
+_ERR = re.compile(
+    r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
 
 
 def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
@@ -90,6 +100,28 @@ def _printed_errors(text: str, source: PolicySource) -> list[str]:
     return list(dict.fromkeys(out)) or [f"{source.root}: the embedded engine could not compile this policy"]
 
 
+def canonical_literals(text: str) -> str:
+    """The module with each double-quoted string literal spelt as orjson spells the input's strings.
+
+    rego-cpp compares strings in their escaped spelling, so a literal ``"\\u00e9"`` never equalled an input
+    ``"é"`` (orjson writes it as it is), nor ``"\\u000a"`` a newline (written ``\\n``): rules on such literals
+    silently never matched. Literals are re-spelt before compiling; what they mean is unchanged (regex patterns
+    included: they are unescaped once either way). A compile error on such a line may point a few columns off.
+    """
+    out, last = [], 0
+    for lit in _mask(text)[1]:
+        if lit.value is None or text[lit.start] != '"':
+            continue
+        try:
+            spelt = orjson.dumps(lit.value).decode()
+        except TypeError:  # a lone surrogate: left as written
+            continue
+        if spelt != text[lit.start:lit.end]:
+            out += [text[last:lit.start], spelt]
+            last = lit.end
+    return "".join(out) + text[last:] if out else text
+
+
 class CompiledPolicy:
     """One revision of the policy, compiled; immutable and shared by every evaluator thread."""
 
@@ -107,7 +139,7 @@ class CompiledPolicy:
         try:
             with _stdout_captured() as printed:
                 for name, text in source.modules.items():
-                    builder.add_module(name, text)
+                    builder.add_module(name, canonical_literals(text))
                 name = "data.json"
                 builder.add_data_json(orjson.dumps(source.data).decode())
                 query = "x := data." + decision_path.replace("/", ".")
@@ -122,15 +154,48 @@ class CompiledPolicy:
         """The parts of the input the policy reads: only those are handed to rego-cpp (it parses every node)."""
 
     def decide(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
+        """Decide; an input whose strings hold control characters is read both ways and allowed only if both allow.
+
+        rego-cpp keeps strings in their JSON-escaped spelling. Comparisons with the policy's literals (``==``,
+        ``contains``, ``startswith``, ``split``, data) are right that way, but ``regex.match``, ``count``,
+        ``upper``, ``substring``... read a newline as backslash and ``n``: a deny rule ``regex.match("[\\s;]", x)``
+        missed ``"a\nb"``. Handed the same value as a built term (``set_input``), rego-cpp holds the real
+        characters: the built-ins that missed them see them, while comparisons with literals holding escapes do not.
+        No single reading is right for every rule, so a decision that allows a control character must allow it on
+        both readings. (``"`` and ``\\`` are spelt as themselves after a backslash: a regex still finds them, and
+        the raw reading would garble them for the built-ins that unescape their arguments, such as glob.match.)
+        """
+        pruned = prune(input, self.input_shape)
         try:
-            input_json = orjson.dumps(prune(input, self.input_shape)).decode()
+            input_json = orjson.dumps(pruned).decode()
         except TypeError as exc:
             return Decision.failed(f"input not serialisable: {exc}", self.revision)
-        return self.evaluate(evaluator, input_json)
+        decision = self.evaluate(evaluator, input_json)
+        if not decision.allow or "\\" not in input_json or _CONTROL.search(input_json) is None:
+            return decision
+        raw = self._evaluate_raw(evaluator, pruned)
+        return decision if raw.allow else raw
+
+    def _evaluate_raw(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
+        """The same decision on the input's real characters (see ``decide``)."""
+        try:
+            evaluator.set_input(input)
+        except Exception:
+            return Decision(False, (_UNREADABLE,), self.revision)
+        decision = self._query(evaluator)
+        if decision.error is not None:  # the result echoes a string rego-cpp cannot print back: still unconfirmed
+            return Decision(False, (_UNREADABLE,), self.revision)
+        return decision
 
     def evaluate(self, evaluator: Interpreter, input_json: str) -> Decision:
         try:
             evaluator.set_input_term(input_json)
+        except Exception as exc:
+            return Decision.failed(f"evaluation error: {exc}", self.revision)
+        return self._query(evaluator)
+
+    def _query(self, evaluator: Interpreter) -> Decision:
+        try:
             out = evaluator.query_bundle(self.bundle)
             if not out.ok():
                 # rego-cpp gives no detail beyond "<error>": a built-in failed (strict) or complete rules conflicted.
@@ -165,17 +230,31 @@ def compile_policy(path: Path, decision_path: str) -> CompiledPolicy:
     return CompiledPolicy(load_policy(path), decision_path)
 
 
+@dataclass(slots=True)
+class _AgentSlots:
+    limiter: anyio.CapacityLimiter
+    users: int = 0
+
+
+def _agent_of(input: dict[str, Any]) -> str:
+    agent = input.get("agent")
+    return str(agent.get("id")) if isinstance(agent, dict) else ""
+
+
 class EmbeddedEngine:
     """Evaluates on worker threads (regopy releases the GIL), bounded by a limiter sized to the cores."""
 
-    def __init__(self, path: Path, decision_path: str, timeout_ms: int, threads: int = 4):
+    def __init__(self, path: Path, decision_path: str, timeout_ms: int, threads: int = 4,
+                 threads_per_agent: int = 0, queue_timeout_ms: int | None = None):
         self._path = path
         self._decision_path = decision_path
         self._timeout = timeout_ms / 1000.0
         self._policy = compile_policy(path, decision_path)
         self._local = threading.local()
         self._limiter = anyio.CapacityLimiter(threads) if threads > 0 else None
-        self._queue_timeout = max(1.0, 10 * self._timeout)
+        self._per_agent = threads_per_agent or max(1, threads // 2)
+        self._agents: dict[str, _AgentSlots] = {}
+        self._queue_timeout = queue_timeout_ms / 1000.0 if queue_timeout_ms else max(1.0, 10 * self._timeout)
 
     @property
     def revision(self) -> str:
@@ -207,33 +286,59 @@ class EmbeddedEngine:
         return policy.decide(self._evaluator(), input)
 
     def _timed(self, policy: CompiledPolicy, input: dict[str, Any]) -> Decision:
-        """Evaluate and judge the evaluation's own time, measured on the thread that ran it."""
-        t0 = time.perf_counter()
+        """Evaluate and judge the evaluation's own time: the CPU time of the thread that ran it, so neither a busy
+        event loop, nor the wait for an evaluator, nor other agents' evaluations sharing the cores count."""
+        t0 = time.thread_time()
         decision = self._decide_on(policy, input)
-        if time.perf_counter() - t0 > self._timeout:
+        if time.thread_time() - t0 > self._timeout:
             return Decision.failed(f"policy took longer than {self._timeout * 1000:.0f} ms", policy.revision)
         return decision
 
-    async def decide(self, input: dict[str, Any]) -> Decision:
-        """Evaluate on a worker thread; ``timeout_ms`` bounds the evaluation itself.
+    def _busy(self, policy: CompiledPolicy) -> Decision:
+        return Decision(
+            False, (f"policy engine busy: no evaluator was free within {self._queue_timeout:g} s; retry later",),
+            policy.revision, {}, f"no evaluator free within {self._queue_timeout:g} s",
+        )
 
-        The evaluation is timed on its own thread, so a busy event loop (or a wait for a free evaluator) never
-        turns a fast decision into a timeout. The loop still bounds the whole wait, so an engine whose threads are
-        all stuck on a pathological policy fails closed instead of queueing calls forever. With ``threads = 0``
-        the decision is evaluated on the event loop itself: no thread hop, but a slow policy stalls every
-        connection.
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        """Evaluate on a worker thread, each agent holding at most ``threads_per_agent`` evaluators.
+
+        Fairness: an agent waits for one of its own slots before it queues for an evaluator, so it never has more
+        than its share waiting or running, and the evaluator queue (FIFO) serves agents in turn: one agent flooding
+        heavy inputs slows itself, not the others. The wait has its own bound (``queue_timeout_ms``); running out
+        of it is its own reason ("policy engine busy"), never an evaluation failure. ``timeout_ms`` judges the
+        evaluation alone. An evaluation, once started, keeps its evaluator until it ends even if the request is
+        cancelled, so abandoned evaluations cannot pile up beyond ``threads``. With ``threads = 0`` the decision is
+        evaluated on the event loop itself: no thread hop, but a slow policy stalls every connection.
         """
         policy = self._policy  # the revision this decision runs on, even if a reload swaps another in meanwhile
         if self._limiter is None:
             return self._timed(policy, input)
+        agent = _agent_of(input)
+        own = self._agents.get(agent)
+        if own is None:
+            own = self._agents[agent] = _AgentSlots(anyio.CapacityLimiter(self._per_agent))
+        own.users += 1
+        held_own = held = False
         try:
-            with anyio.fail_after(self._queue_timeout):
-                async with self._limiter:
-                    return await anyio.to_thread.run_sync(self._timed, policy, input, abandon_on_cancel=True)
-        except TimeoutError:
-            return Decision.failed(
-                f"policy engine overloaded: no decision within {self._queue_timeout:g} s", policy.revision
-            )
+            with anyio.move_on_after(self._queue_timeout):
+                await own.limiter.acquire()
+                held_own = True
+                await self._limiter.acquire()
+                held = True
+            if not held:
+                return self._busy(policy)
+            with anyio.CancelScope(shield=True):
+                decision = await anyio.to_thread.run_sync(self._timed, policy, input)
+            return decision
+        finally:
+            if held:
+                self._limiter.release()
+            if held_own:
+                own.limiter.release()
+            own.users -= 1
+            if own.users == 0:
+                self._agents.pop(agent, None)
 
     async def aclose(self) -> None:
         return None
