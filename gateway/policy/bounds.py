@@ -4,8 +4,8 @@ The policy must decide on exactly what is forwarded. The gateway used to trim lo
 nesting for the policy while forwarding the untrimmed value, so a deny rule was bypassed by padding. Now a value
 the policy cannot see whole, or that an engine would read differently from the upstream, is refused before the
 engine, with a reason: too many bytes, too long a string, too many keys or list items, too deep; an integer
-outside 64 bits (engines and upstreams disagree past it); a float that is not finite or carries more significant
-digits than rego-cpp keeps (``100.00000000000001`` would read as ``100``); a string holding U+0000 (rego-cpp cuts
+outside 64 bits (engines and upstreams disagree past it); a float that is not finite, subnormal, or carries more
+significant digits than rego-cpp keeps (``100.00000000000001`` would read as ``100``); a string holding U+0000 (rego-cpp cuts
 it there) or a lone surrogate (not UTF-8, so not forwardable as it is).
 
 One walk, O(size), in Python, bounded as it goes: the first excess stops it, so a 100,000-key object costs no
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,8 @@ def _number(w: _Walk, v: int | float, path: list[str | int]) -> None:
         return
     if not math.isfinite(v):
         raise Refused(f"{_where(path)} is not a finite number")
+    if v != 0 and abs(v) < sys.float_info.min:
+        raise Refused(f"{_where(path)} is a subnormal number, which the policy engine cannot read")
     if float(f"{v:.{_FLOAT_DIGITS}g}") != v:
         raise Refused(
             f"{_where(path)} = {v!r} has more than {_FLOAT_DIGITS} significant digits (more than the policy engine"

@@ -7,21 +7,23 @@ built-in denies instead of quietly making a deny rule undefined.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
+import queue
 import re
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import orjson
 from regopy import Interpreter
 from regopy.rego_shared import RegoError
@@ -230,6 +232,54 @@ def compile_policy(path: Path, decision_path: str) -> CompiledPolicy:
     return CompiledPolicy(load_policy(path), decision_path)
 
 
+EVALUATOR_STACK_BYTES = 256 * 1024 * 1024
+"""Stack of each evaluator thread. rego-cpp's regexes (C++ std::regex) recurse once per character matched by a
+repetition: with the default 8 MB stack, a URL pattern of the shipped policy crashed the whole process on a 65,536
+character string, and ``(a|b)*`` on 20,000 characters. 256 MB (reserved, touched only as used) holds well past
+``max_argument_string``."""
+
+
+class _Evaluators:
+    """A fixed set of evaluator threads with large stacks, each with its own rego-cpp evaluator."""
+
+    def __init__(self, threads: int):
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Decision], tuple[Any, ...], Future[Decision]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        with _STACK_LOCK:
+            previous = threading.stack_size(EVALUATOR_STACK_BYTES)
+            try:
+                for i in range(threads):
+                    t = threading.Thread(target=self._run, name=f"policy-evaluator-{i}", daemon=True)
+                    t.start()
+                    self._threads.append(t)
+            finally:
+                threading.stack_size(previous)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting task, which fails the decision closed
+                future.set_exception(exc)
+
+    async def run(self, fn: Callable[..., Decision], *args: Any) -> Decision:
+        future: Future[Decision] = Future()
+        self._jobs.put((fn, args, future))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+_STACK_LOCK = threading.Lock()
+
+
 @dataclass(slots=True)
 class _AgentSlots:
     limiter: anyio.CapacityLimiter
@@ -252,6 +302,7 @@ class EmbeddedEngine:
         self._policy = compile_policy(path, decision_path)
         self._local = threading.local()
         self._limiter = anyio.CapacityLimiter(threads) if threads > 0 else None
+        self._pool = _Evaluators(threads) if threads > 0 else None
         self._per_agent = threads_per_agent or max(1, threads // 2)
         self._agents: dict[str, _AgentSlots] = {}
         self._queue_timeout = queue_timeout_ms / 1000.0 if queue_timeout_ms else max(1.0, 10 * self._timeout)
@@ -312,7 +363,7 @@ class EmbeddedEngine:
         evaluated on the event loop itself: no thread hop, but a slow policy stalls every connection.
         """
         policy = self._policy  # the revision this decision runs on, even if a reload swaps another in meanwhile
-        if self._limiter is None:
+        if self._limiter is None or self._pool is None:
             return self._timed(policy, input)
         agent = _agent_of(input)
         own = self._agents.get(agent)
@@ -329,7 +380,7 @@ class EmbeddedEngine:
             if not held:
                 return self._busy(policy)
             with anyio.CancelScope(shield=True):
-                decision = await anyio.to_thread.run_sync(self._timed, policy, input)
+                decision = await self._pool.run(self._timed, policy, input)
             return decision
         finally:
             if held:
@@ -341,4 +392,5 @@ class EmbeddedEngine:
                 self._agents.pop(agent, None)
 
     async def aclose(self) -> None:
-        return None
+        if self._pool is not None:
+            self._pool.close()
