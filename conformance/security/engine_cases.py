@@ -82,6 +82,16 @@ def _nest(depth: int, leaf: Any) -> Any:
     return value
 
 
+EMBEDDED_OVER_DENIALS: list[tuple[str, Any]] = [
+    ("backslash then n (two characters), under contains(v, newline)", "a\\nb"),
+]
+"""Values the embedded engine denies under ``PROBE_POLICY`` where OPA allows (never the reverse). rego-cpp
+compares strings in their JSON-escaped spelling: a backslash followed by the letter n is spelt with two
+backslashes and an n, which holds the two-character spelling of a newline, so ``contains(v, "\\n")`` is true;
+neither reading of the input tells them apart (docs/policy.md). Kept out of the cases above, whose expectations
+hold on both engines."""
+
+
 def engine_differential_cases() -> list[tuple[str, Any, str]]:
     """Every JSON value shape the engine might read differently; see the module docstring."""
     cases: list[tuple[str, Any, str]] = [
@@ -95,9 +105,7 @@ def engine_differential_cases() -> list[tuple[str, Any, str]]:
     cases += [
         ("quote", 'a"b', ALLOWED),
         ("backslash", "a\\b", ALLOWED),
-        # rego-cpp compares the escaped spelling: a\\nb contains the spelling of a newline. OPA allows it; the
-        # embedded engine over-denies (never the reverse: see docs/policy.md).
-        ("backslash then n (two characters), over-denied by rego-cpp", "a\\nb", DENIED),
+        ("backslash then t (two characters)", "a\\tb", ALLOWED),
         ("backslash then real newline", "a\\\nb", DENIED),
         ("escaped quote then newline", 'a\\"\nb', DENIED),
         ("U+2028 line separator", "x\u2028y", DENIED),
