@@ -2,11 +2,11 @@
 
 The policy must decide on exactly what is forwarded. The gateway used to trim long strings, long lists and deep
 nesting for the policy while forwarding the untrimmed value, so a deny rule was bypassed by padding. Now a value
-the policy cannot see whole, or that an engine would read differently from the upstream, is refused before the
+the policy cannot see whole, or that an engine would read otherwise than the upstream, is refused before the
 engine, with a reason: too many bytes, too long a string, too many keys or list items, too deep; an integer
-outside 64 bits (engines and upstreams disagree past it); a float that is not finite, subnormal, or carries more
-significant digits than rego-cpp keeps (``100.00000000000001`` would read as ``100``); a string holding U+0000 (rego-cpp cuts
-it there) or a lone surrogate (not UTF-8, so not forwardable as it is).
+outside 64 bits (engines and upstreams disagree past it); a float that is not finite, is subnormal, or carries
+more significant digits than rego-cpp keeps (``100.00000000000001`` would read as ``100``); a string holding
+U+0000 (rego-cpp cuts it there) or a lone surrogate (not UTF-8, so not forwardable as it is).
 
 One walk, O(size), in Python, bounded as it goes: the first excess stops it, so a 100,000-key object costs no
 more than the first ``max_keys`` keys.
