@@ -38,7 +38,8 @@ mcp-gateway check-config gateway.toml
 free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port="$(free_port)"
 admin="$(free_port)"
-sed "s/^listen = \"127.0.0.1:8080\"/listen = \"127.0.0.1:$port\"\nadmin_listen = \"127.0.0.1:$admin\"/" gateway.toml > "$work/gateway.toml"
+sed -e "s/^listen = \"127.0.0.1:8080\"/listen = \"127.0.0.1:$port\"/" \
+    -e "s/^admin_listen = \"127.0.0.1:9464\"/admin_listen = \"127.0.0.1:$admin\"/" gateway.toml > "$work/gateway.toml"
 grep -q "admin_listen = \"127.0.0.1:$admin\"" "$work/gateway.toml"
 sed -i "s#^path = \"rego\"#path = \"$work/repo/rego\"#; s#^path = \"var/audit.jsonl\"#path = \"$work/audit.jsonl\"#" "$work/gateway.toml"
 mcp-gateway serve --config "$work/gateway.toml" > "$work/serve.log" 2>&1 &

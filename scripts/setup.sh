@@ -68,11 +68,10 @@ else
 fi
 
 # mcp-gateway on PATH; the demo upstreams it launches (mcp-server-time, mcp-server-git) are found next to it
-if [ -w "$BIN_DIR" ] || [ -n "$SUDO" ]; then
-  $SUDO mkdir -p "$BIN_DIR"
-  $SUDO ln -sfn "$VENV/bin/mcp-gateway" "$BIN_DIR/mcp-gateway"
+if $SUDO mkdir -p "$BIN_DIR" && $SUDO ln -sfn "$VENV/bin/mcp-gateway" "$BIN_DIR/mcp-gateway"; then
+  linked="mcp-gateway -> $BIN_DIR/mcp-gateway"
 else
-  echo "setup: cannot link mcp-gateway into $BIN_DIR; run $VENV/bin/mcp-gateway" >&2
+  linked="could not link mcp-gateway into $BIN_DIR: run $VENV/bin/mcp-gateway"
 fi
 
 if [ $want_test -eq 1 ]; then
@@ -80,4 +79,4 @@ if [ $want_test -eq 1 ]; then
     if [ -f "$dir/package.json" ]; then (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error); fi
   done
 fi
-echo "setup done: $VENV (mcp-gateway -> $BIN_DIR/mcp-gateway)"
+echo "setup done: $VENV ($linked)"
