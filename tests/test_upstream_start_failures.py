@@ -95,7 +95,7 @@ transport = "http"
 url = "http://127.0.0.1:{free_port()}/mcp"
 start_timeout_s = 2
 
-{stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"])}
+{stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"], "start_timeout_s = 3")}
 """
     text = default_config(port, work, upstreams, extra=f"""
 [containment]
@@ -111,7 +111,8 @@ env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
 memory_mb = 256
 pids = 64
 """, policy=REPO / "tests" / "containment_policy")
-    g = start_gateway(work, text, port, wait_ready=False)
+    # serving starts within the longest start timeout (10 s); the machine may be slow to start the process
+    g = start_gateway(work, text, port, ready_timeout=120, wait_ready=False)
     yield g
     g.stop()
     shutil.rmtree(work, ignore_errors=True)
