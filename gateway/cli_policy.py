@@ -99,19 +99,23 @@ def policy_test(
     from gateway.policy.loader import load_policy
     from gateway.policy.tables import load_tables, report, run_cases_async, run_policy_tables
 
+    catalogue = None
     if config_path is not None:
+        from gateway.policy.catalogue import builtin_catalogue
+
         cfg = _config(config_path)
         decision = decision or cfg.policy.decision
         path = path or str(cfg.resolve(cfg.policy.path))
+        catalogue = builtin_catalogue(cfg)  # its built-in upstreams' tools, as they declare them
     decision = decision or "gateway/decision"
     target = Path(path or "rego")
     try:
         if opa_url is None:
-            results = run_policy_tables(compile_policy(target, decision))
+            results = run_policy_tables(compile_policy(target, decision), catalogue)
         else:
             from gateway.policy.opa import OpaEngine
 
-            cases = load_tables(load_policy(target))
+            cases = load_tables(load_policy(target), catalogue)
             engine = OpaEngine(PolicyConfig(engine="opa", opa_url=opa_url, decision=decision, timeout_ms=5000))
 
             async def run() -> Any:
@@ -151,7 +155,11 @@ def policy_eval(
     policy_path: str | None, as_json: bool,
 ) -> None:
     """Decide one request against the configured engine, as the gateway would; print the decision, the reasons
-    and the time the decision took. Exits 0 when allowed, 1 when denied, 2 on bad input."""
+    and the time the decision took. Exits 0 when allowed, 1 when denied, 2 on bad input.
+
+    The tool's annotations are those its upstream declares (a built-in's declaration, a stdio or HTTP upstream's
+    tools/list, asked live, else the policy's catalogue.json), unless --annotations (or the input file) gives them.
+    """
     from gateway.policy.tables import complete_input
 
     cfg = _config(config_path)
@@ -167,11 +175,17 @@ def policy_eval(
         if not isinstance(doc, dict):
             _fail([f"{input_file}: an input document must be an object"])
         inp = complete_input(doc)
+        given = "annotations" in doc
     else:
         if agent_id is None or tool is None:
             _fail(["give --agent and --tool (or --input FILE)"])
         assert agent_id is not None and tool is not None
         inp = _build_input(cfg, engine, agent_id, team, roles, tool, args_json, annotations_json, action)
+        given = annotations_json is not None
+    origin = "given" if given else None
+    if not given and inp.get("action") in ("tools/call", "tools/list") and isinstance(inp.get("server"), str):
+        annotations, origin = _declared_annotations(cfg, policy_path, inp["server"], str(inp.get("tool") or ""))
+        inp["annotations"] = annotations
 
     async def decide() -> tuple[Decision, float, float]:
         """The decision, the first decision's time, and the median of warm ones (what the gateway pays)."""
@@ -194,6 +208,7 @@ def policy_eval(
             "allow": decision.allow, "reasons": list(decision.reasons), "result": decision.result,
             "error": decision.error, "revision": decision.revision, "engine_decision_id": decision.engine_decision_id,
             "decision_ms": round(took_ms, 3), "first_decision_ms": round(first_ms, 3), "input": inp,
+            "annotations_from": origin,
         }, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(f"decision:    {'allow' if decision.allow else 'deny'}")
@@ -203,6 +218,8 @@ def policy_eval(
                 click.echo(f"  - {r}")
         if decision.error:
             click.echo(f"error:       {decision.error}")
+        if origin is not None:
+            click.echo(f"annotations: {orjson.dumps(inp['annotations']).decode()} ({origin})")
         if decision.result.get("containment"):
             click.echo(f"containment: {orjson.dumps(decision.result['containment']).decode()}")
         click.echo(f"revision:    {decision.revision} ({_engine_label(cfg, policy_path)})")
@@ -213,10 +230,94 @@ def policy_eval(
     sys.exit(0 if decision.allow else 1)
 
 
+@policy.command("catalogue")
+@click.option("--config", "config_paths", multiple=True, default=["gateway.toml"], show_default=True,
+              help="Catalogue this config's upstreams (repeatable: several configs go in one catalogue).")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Update this catalogue file (e.g. rego/catalogue.json): listed upstreams replace theirs.")
+def policy_catalogue(config_paths: tuple[str, ...], out: str | None) -> None:
+    """Print (or update) the tool catalogue the table tests decide on: each upstream's tools and annotations.
+
+    Built-in upstreams give their declarations; stdio and HTTP upstreams are started and listed. A contained stdio
+    upstream, or one that cannot be listed, is reported and left as it was in the file."""
+    from gateway.policy.catalogue import annotations_of, list_tools, parse_catalogue
+
+    catalogue: dict[str, Any] = {}
+    if out is not None and Path(out).exists():
+        try:
+            catalogue = dict(parse_catalogue(out, Path(out).read_bytes()))
+        except ValueError as exc:
+            _fail([str(exc)])
+    failed = False
+    for config_path in config_paths:
+        cfg = _config(config_path)
+        for up in cfg.upstreams:
+            try:
+                tools = anyio.run(list_tools, cfg, up, min(up.start_timeout_s, 30.0))
+            except ValueError as exc:
+                click.echo(f"{config_path}: {exc}: not catalogued", err=True)
+                failed = True
+                continue
+            catalogue[up.name] = dict(sorted(annotations_of(tools).items()))
+    about = ("The annotations each upstream declares for its tools: table tests decide on them (docs/policy.md). "
+             "Written by: mcp-gateway policy catalogue --config ... --out catalogue.json")
+    text = orjson.dumps({"_about": about, **dict(sorted(catalogue.items()))},
+                        option=orjson.OPT_INDENT_2).decode() + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+    sys.exit(1 if failed else 0)
+
+
 def engine_is_embedded(engine: Any) -> bool:
     from gateway.policy.embedded import EmbeddedEngine
 
     return isinstance(engine, EmbeddedEngine)
+
+
+def _policy_catalogue(cfg: Config, policy_path: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The cached catalogue of the policy decided with (empty for OPA, or a policy that has none)."""
+    from gateway.policy.loader import load_policy
+
+    if policy_path is None and cfg.policy.engine != "embedded":
+        return {}
+    try:
+        return load_policy(Path(policy_path) if policy_path else cfg.resolve(cfg.policy.path)).catalogue
+    except PolicyError:
+        return {}
+
+
+def _declared_annotations(
+    cfg: Config, policy_path: str | None, server: str, tool: str
+) -> tuple[dict[str, Any], str]:
+    """The annotations the gateway would pass for this tool, and where they came from; exits 2 when they cannot be
+    known (deciding on made-up annotations is how an eval says allow where the gateway denies)."""
+    from gateway.policy.catalogue import annotations_of, builtin_tools, list_tools
+
+    up = next((u for u in cfg.upstreams if u.name == server), None)
+    why = f"the config has no upstream {server}"
+    if up is not None:
+        try:
+            if up.transport == "builtin":
+                tools, origin = builtin_tools(up), f"declared by built-in {up.tools} upstream {server}"
+            else:
+                tools = anyio.run(list_tools, cfg, up, min(up.start_timeout_s, 30.0))
+                origin = f"listed by upstream {server}"
+        except ValueError as exc:
+            why = str(exc)
+        else:
+            listed = annotations_of(tools)
+            if tool not in listed:
+                _fail([f"upstream {server} offers no tool {tool!r}: the gateway answers such a call as an unknown "
+                       "tool, without asking the policy"])
+            return listed[tool], origin
+    cached = _policy_catalogue(cfg, policy_path).get(server, {})
+    if tool in cached:
+        return cached[tool], f"from the policy's catalogue.json ({why})"
+    _fail([f"the annotations of {server}__{tool} are unknown ({why}, and the policy's catalogue.json does not "
+           "list it): give them with --annotations"])
+    raise AssertionError  # _fail exits
 
 
 def _build_input(

@@ -35,6 +35,8 @@ class PolicySource:
     """Relative file name -> table-test document (YAML or JSON text), run before a reload goes live."""
     kind: str = "dir"
     """"dir" or "bundle"."""
+    catalogue: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """The cached tool catalogue (``catalogue.json`` at the root): the annotations the table tests decide on."""
 
     def where(self, name: str, offset: int | None = None) -> str:
         """How an error message names one of this policy's files, and the line and column of an offset into a
@@ -62,9 +64,13 @@ def _merge(dst: dict[str, Any], src: dict[str, Any], at: str = "") -> list[str]:
     return clashes
 
 
+CATALOGUE_FILE = "catalogue.json"
+"""The cached tool catalogue (gateway/policy/catalogue.py): read with the tables, not part of the revision."""
+
+
 def is_policy_file(name: str) -> bool:
     base = posixpath.basename(name)
-    return name.endswith(".rego") or base in DATA_FILES or base.endswith(TEST_SUFFIXES)
+    return name.endswith(".rego") or base in DATA_FILES or base.endswith(TEST_SUFFIXES) or name == CATALOGUE_FILE
 
 
 def parse_document(name: str, raw: bytes | str) -> Any:
@@ -83,6 +89,7 @@ class _Collector:
         self.modules: dict[str, str] = {}
         self.data: dict[str, Any] = {}
         self.tests: dict[str, str] = {}
+        self.catalogue: dict[str, dict[str, dict[str, Any]]] = {}
         self.errors: list[str] = []
         self.digest = hashlib.sha256()
         self._where = where
@@ -96,6 +103,14 @@ class _Collector:
             return
         if base.endswith(TEST_SUFFIXES):
             self.tests[rel] = text
+            return
+        if rel == CATALOGUE_FILE:
+            from gateway.policy.catalogue import parse_catalogue
+
+            try:
+                self.catalogue = parse_catalogue(self._where(rel), text)
+            except ValueError as exc:
+                self.errors.append(str(exc))
             return
         self.digest.update(rel.encode() + b"\0" + raw + b"\0")
         if rel.endswith(".rego"):
@@ -122,7 +137,7 @@ class _Collector:
         if self.errors:
             raise PolicyError(self.errors)
         rev = revision or self.digest.hexdigest()[:16]
-        return PolicySource(self.modules, self.data, rev, root, self.tests, kind)
+        return PolicySource(self.modules, self.data, rev, root, self.tests, kind, self.catalogue)
 
 
 def load_policy_dir(root: Path) -> PolicySource:

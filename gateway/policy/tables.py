@@ -20,7 +20,9 @@ the case expects. A file looks like::
         result: {containment: {read_only: true}}                 # a subset of the decision document
 
 Inputs are completed with the fields the gateway always sends (``INPUT_SKELETON``), so ``input.tool == null``
-holds in a test exactly as it does in production.
+holds in a test exactly as it does in production; and a tool's annotations are those its upstream declares (the
+policy's cached catalogue, or the config's built-in upstreams: gateway/policy/catalogue.py) unless the case sets
+``annotations`` itself, so a rule on ``destructiveHint`` is tested on what the gateway will pass it.
 """
 
 from __future__ import annotations
@@ -122,8 +124,25 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
 
 
-def parse_table(where: str, text: str) -> list[Case]:
-    """One table file's cases; PolicyError with ``file: key: problem`` lines when it is malformed."""
+_TOOL_ACTIONS = frozenset({"tools/call", "tools/list"})
+
+
+def declared_annotations(inp: dict[str, Any], catalogue: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The input with the annotations the tool's upstream declares, as the gateway would put them in it."""
+    if inp.get("action") not in _TOOL_ACTIONS or not isinstance(inp.get("server"), str):
+        return inp
+    declared = catalogue.get(inp["server"], {}).get(inp.get("tool") or "")
+    if declared is None:
+        return inp
+    return {**inp, "annotations": copy.deepcopy(declared)}
+
+
+def parse_table(
+    where: str, text: str, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> list[Case]:
+    """One table file's cases; PolicyError with ``file: key: problem`` lines when it is malformed.
+
+    A case that does not set ``annotations`` (nor its file's defaults) gets those of the ``catalogue``."""
     try:
         doc = parse_document(where, text)
     except Exception as exc:
@@ -137,15 +156,24 @@ def parse_table(where: str, text: str) -> list[Case]:
             errors.append(f"{where}: {_loc(err['loc'])}: {msg}")
         raise PolicyError(errors) from None
     base = complete_input(table.defaults)
-    return [Case(where, c.name, merge(base, c.input), c) for c in table.cases]
+    cases = []
+    for c in table.cases:
+        inp = merge(base, c.input)
+        if catalogue and "annotations" not in table.defaults and "annotations" not in c.input:
+            inp = declared_annotations(inp, catalogue)
+        cases.append(Case(where, c.name, inp, c))
+    return cases
 
 
-def load_tables(source: PolicySource) -> list[Case]:
+def load_tables(source: PolicySource, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Case]:
+    """Every table of the policy; tools' annotations from the policy's catalogue, then ``catalogue`` (a config's
+    built-in upstreams), unless a case sets them."""
+    known = {**source.catalogue, **(catalogue or {})}
     cases: list[Case] = []
     errors: list[str] = []
     for name in sorted(source.tests):
         try:
-            cases.extend(parse_table(source.where(name), source.tests[name]))
+            cases.extend(parse_table(source.where(name), source.tests[name], known))
         except PolicyError as exc:
             errors.extend(exc.errors)
     if errors:
@@ -226,9 +254,11 @@ def report(results: list[CaseResult], verbose: bool = True) -> tuple[list[str], 
     return lines, failed
 
 
-def run_policy_tables(policy: Any) -> list[CaseResult]:
+def run_policy_tables(
+    policy: Any, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> list[CaseResult]:
     """Run a compiled embedded policy's own table tests (a CompiledPolicy: its source holds the tables)."""
     from gateway.policy.embedded import new_evaluator
 
     evaluator = new_evaluator()
-    return run_cases(load_tables(policy.source), lambda inp: policy.decide(evaluator, inp))
+    return run_cases(load_tables(policy.source, catalogue), lambda inp: policy.decide(evaluator, inp))

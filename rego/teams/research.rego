@@ -108,5 +108,3 @@ containment := {"read_only": true, "network": "none"} if {
 	lib.is_call
 	input.server == "fetch"
 } else := {}
-
-decision := lib.decide(deny, grants, containment)
