@@ -3,6 +3,7 @@ rego-cpp compiles a call to a built-in it lacks and only fails when that call ru
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,116 @@ def test_call_names_that_abort_rego_cpp_never_reach_it(tmp_path: Path) -> None:
 def test_a_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
     errors = _errors(tmp_path, 'decision := {"allow": true, "reasons": [] if {\n')
     assert errors and all(str(tmp_path / "policy" / "gateway.rego") in e for e in errors), errors
+
+
+# --- names nothing defines (issue 11, findings 3 and 4): refused at load with file:line:col, as OPA does ---------
+
+LIB = "package gateway.lib\n\nimport rego.v1\n\nin_workspace(path) if not startswith(path, \"/\")\n\nis_call if true\n"
+
+
+def _with_lib(tmp_path: Path, body: str) -> list[str]:
+    root = _policy(tmp_path, "import data.gateway.lib\nimport data.gateway.lib as l\n\n" + body)
+    (root / "lib.rego").write_text(LIB)
+    return lint_source(load_policy(root))
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("p if lib.in_workspcae(input.path)",
+         "8:6: lib.in_workspcae is not defined: package gateway.lib has no function in_workspcae"),
+        ("p if l.in_workspcae(input.path)", "8:6: l.in_workspcae is not defined"),
+        ("p if data.gateway.lib.in_workspcae(input.path)", "8:6: data.gateway.lib.in_workspcae is not defined"),
+        ("p if data.gateway.nolib.f(input.path)", "8:6: data.gateway.nolib.f: no package of this policy defines"),
+        ("p if lib.is_cal", "8:6: lib.is_cal is not defined: package gateway.lib has no rule is_cal"),
+        ("p if data.gateway.lib.is_cal", "8:6: data.gateway.lib.is_cal is not defined"),
+        ("p if lib.in_workspace(input.a, input.b, input.c)", "8:6: lib.in_workspace takes 1 argument (function of "
+                                                             "package gateway.lib), called with 3"),
+        ("p if strings.nope(input.a)", "8:6: strings.nope is not a built-in"),
+        ("p := lib.f2(deny) if true", "8:13: deny is undefined: not a rule of package gateway, an import, a built-in, "
+                                      "nor a variable this rule binds"),
+    ],
+)
+def test_a_name_nothing_defines_is_refused_naming_it(tmp_path: Path, line: str, fragment: str) -> None:
+    errors = _with_lib(tmp_path, line + "\n\ndecision := {\"allow\": true, \"reasons\": []}\n")
+    assert any(fragment in e for e in errors), errors
+    assert all(e.startswith(str(tmp_path / "policy" / "gateway.rego") + ":8:") for e in errors
+               if "gateway.rego" in e), errors
+
+
+def test_the_adding_a_team_mistake_names_the_undefined_rules(tmp_path: Path) -> None:
+    """The recipe as it once read: `decision := lib.decide(deny, grants, containment)` in a team that defines only
+    grants. check-config said ok and every decision failed with a generic evaluation error."""
+    root = tmp_path / "rego"
+    shutil.copytree(REPO / "rego", root)
+    (root / "teams" / "qa.rego").write_text(
+        "package gateway.teams.qa\n\nimport data.gateway.lib\nimport rego.v1\n\ndefault grants := false\n\n"
+        "grants if lib.is_call\n\ndecision := lib.decide(deny, grants, containment)\n"
+    )
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[policy]\npath = "{root}"\n')
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    qa = root / "teams" / "qa.rego"
+    assert f"{qa}:10:24: deny is undefined" in proc.stderr
+    assert f"{qa}:10:38: containment is undefined" in proc.stderr
+
+
+def test_a_typo_through_an_import_is_refused_by_check_config_and_serve(tmp_path: Path) -> None:
+    root = tmp_path / "rego"
+    shutil.copytree(REPO / "rego", root)
+    platform = root / "teams" / "platform.rego"
+    platform.write_text(platform.read_text().replace("not lib.in_workspace(cwd)", "not lib.in_workspcae(cwd)"))
+    line = next(i for i, t in enumerate(platform.read_text().splitlines(), 1) if "in_workspcae" in t)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[policy]\npath = "{root}"\n')
+    for argv in (["check-config", str(config)], ["serve", "--config", str(config)]):
+        proc = subprocess.run([sys.executable, "-m", "gateway", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0, argv
+        assert f"{platform}:{line}:6: lib.in_workspcae is not defined" in proc.stderr, proc.stderr
+
+
+def test_what_binds_a_name_is_not_mistaken_for_an_undefined_one(tmp_path: Path) -> None:
+    body = (
+        "import input.agent\n\n"
+        "f(x, {\"k\": y}) := x + y\n\n"
+        "deny contains v if {\n\twalk(input.arguments, [_, v])\n\tv == \"FORBIDDEN\"\n}\n\n"
+        "q if {\n\t[a, b] := split(input.s, \"/\")\n\ta == b\n}\n\n"
+        "r if {\n\tsome k, v in input.m\n\tevery w in v { w > k }\n}\n\n"
+        "s if {\n\tinput.m[k] == 1\n\tk != \"\"\n}\n\n"
+        "t if {\n\tz = input.x\n\tinput.y = u\n\tz == u\n}\n\n"
+        "o if lib.in_workspace(input.p, out)\n\n"
+        "keys := {k | some k, _ in input.m}\n\n"
+        "teams_known if data.gateway.lib\n\n"
+        "who := agent.id\n\n"
+        "d if data.teams.platform.roles.ci\n\n"
+        "decision := {\"allow\": f(1, {\"k\": 2}) == 3, \"reasons\": [x | some x in deny]}\n"
+    )
+    assert _with_lib(tmp_path, body) == []
+
+
+def test_a_missing_brace_is_reported_where_it_is_missing(tmp_path: Path) -> None:
+    """rego-cpp reported the rule below it, or unknown functions many lines away."""
+    root = tmp_path / "rego"
+    shutil.copytree(REPO / "rego", root)
+    platform = root / "teams" / "platform.rego"
+    text = platform.read_text()
+    at = text.index('msg := sprintf("repo_path %v is outside %v"')
+    close = text.index("}\n", at)
+    platform.write_text(text[:close] + text[close + 2 :])
+    opener = text[:at].rindex("{")
+    line, col = text.count("\n", 0, opener) + 1, opener - text.rindex("\n", 0, opener)
+    with pytest.raises(PolicyError) as err:
+        compile_policy(root, "gateway/decision")
+    assert len(err.value.errors) == 1, err.value.errors
+    assert err.value.errors[0].startswith(f"{platform}:{line}:{col}: this {{ is not closed (a }} is missing before "
+                                          f"the rule that starts on line {text.count(chr(10), 0, close) + 2}")
+
+
+def test_a_double_ampersand_is_one_error_at_its_column(tmp_path: Path) -> None:
+    """rego-cpp gave two 'Invalid set operator' errors at adjacent columns."""
+    errors = _errors(tmp_path, 'decision := {"allow": true, "reasons": []} if {\n\tinput.a == 1 && input.b == 2\n}\n')
+    assert errors == [f"{tmp_path / 'policy' / 'gateway.rego'}:6:15: Rego has no && operator: write each condition "
+                      "on its own line of the body (or separate them with ;)"]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from gateway.policy.decision import PolicyError
 from gateway.policy.loader import PolicySource
+from gateway.policy.references import undefined_references
+from gateway.policy.syntax import syntax_errors
 
 DOC = "docs/policy.md#the-supported-rego-subset"
 
@@ -323,6 +325,10 @@ def supported_builtins() -> frozenset[str]:
 
 def lint_source(source: PolicySource) -> list[str]:
     """Every unsupported call in the policy, as ``file:line:col: message`` lines (empty when clean)."""
+    masked = {name: mask(src) for name, src in source.modules.items()}
+    syntax = syntax_errors(source, masked)
+    if syntax:  # the rest would be read out of a misparsed text: report only what to fix first
+        return syntax
     supported = supported_builtins()
     mods = [_scan(name, src) for name, src in sorted(source.modules.items())]
     defined: dict[str, set[str]] = {}
@@ -340,12 +346,14 @@ def lint_source(source: PolicySource) -> list[str]:
                     "arguments: every definition of a function must take the same number (the embedded engine "
                     "aborts on this)"
                 )
+    namespaces = frozenset(n.split(".")[0] for n in _OPA_BUILTINS)
+    errors += undefined_references(source, mods, frozenset(_OPA_BUILTINS) | _SPECIAL, namespaces)
     for mod in mods:
         for fn, start, after in mod.calls:
             first = fn.split(".")[0]
             message = None
             if fn in defined.get(mod.package, ()) or first == "data" or first in mod.aliases:
-                pass
+                pass  # functions of this policy: gateway/policy/references.py checks that they exist
             elif fn in supported:
                 lit = _literal_arg(mod, after)
                 message = _check_literal(fn, lit) if lit else None
