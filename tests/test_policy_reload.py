@@ -181,3 +181,36 @@ def test_a_change_written_while_the_candidate_is_checked_is_not_compiled_uncheck
     assert failure is None and compiled is not None
     assert compiled.revision == checked != load_policy(policy).revision
     assert compiled.source.root == policy
+
+
+async def test_a_refused_reload_logs_every_failing_case_first_ones_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log once kept the last 60 lines of the test output: with many failing cases (each with its diff) the
+    first ones, the ones to fix first, were dropped."""
+    import logging
+
+    from gateway.config import PolicyConfig
+    from gateway.metrics import Metrics
+    from gateway.policy.embedded import EmbeddedEngine
+    from gateway.policy.reload import PolicyWatcher
+
+    policy = tmp_path / "policy"
+    shutil.copytree(REPO / "rego", policy)
+    engine = EmbeddedEngine(policy, "gateway/decision", 1000, threads=1)
+    watcher = PolicyWatcher(engine, Metrics(), PolicyConfig(path=str(policy)))
+    cases = "".join(
+        f"  - name: wrong case {i:02d}\n"
+        f"    input: {{agent: {{id: c, team: platform, roles: [ci]}}, server: time, tool: get_current_time}}\n"
+        f"    reasons: [reason {i}]\n"
+        for i in range(80)
+    )
+    (policy / "many_test.yaml").write_text("defaults: {action: tools/call}\ncases:\n" + cases)
+    with caplog.at_level(logging.ERROR, logger="gateway.policy"):
+        result = await watcher.reload("test")
+    assert result.result == "test_failure"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for i in range(80):
+        assert f"FAIL {policy}/many_test.yaml: wrong case {i:02d}: reasons differ" in logged, i
+    assert logged.index("wrong case 00") < logged.index("wrong case 79")
+    assert re.search(r"\d+ passed, 80 failed", logged)

@@ -73,7 +73,7 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=_PREFLIGHT_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         return ReloadResult("compile_error", "", (f"{path}: compiling and testing took over {_PREFLIGHT_TIMEOUT_S} s",))
-    lines = tuple((proc.stderr + proc.stdout).strip().splitlines()[-60:])
+    lines = bounded((proc.stderr + proc.stdout).strip().splitlines())
     if proc.returncode == 0:
         return None
     if proc.returncode == 1:
@@ -82,6 +82,45 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
         return ReloadResult("compile_error", "", (f"{path}: the embedded engine crashed on this policy (signal "
                                                   f"{-proc.returncode}); it was compiled in a child process",))
     return ReloadResult("compile_error", "", lines)
+
+
+MAX_CASES = 200
+"""Failing cases named in a refused reload's log (each one's FAIL line), first ones first."""
+MAX_LINES = 600
+"""Lines of a refused reload's details in all: every FAIL line first, then as much of each diff as fits."""
+
+
+def bounded(lines: list[str], max_cases: int = MAX_CASES, max_lines: int = MAX_LINES) -> tuple[str, ...]:
+    """What a refused reload logs: every failing case (up to ``max_cases``), first ones first, each with as much of
+    its diff as the bound leaves room for, then the other lines (the totals, compile errors), first ones first.
+
+    Keeping the last lines instead (as ``tail`` would) drops the first failures, which are the ones to fix first."""
+    cases: list[list[str]] = []
+    other: list[str] = []
+    for line in lines:
+        if line.startswith("FAIL "):
+            cases.append([line])
+        elif cases and line.startswith("    "):
+            cases[-1].append(line)
+        elif line.strip():
+            other.append(line)
+    shown = cases[:max_cases]
+    room = max(0, max_lines - len(shown) - min(len(other), max_lines // 4) - 1)
+    out: list[str] = []
+    for case in shown:
+        out.append(case[0])
+        diff = case[1 : 1 + room]
+        room -= len(diff)
+        out.extend(diff)
+        if len(diff) < len(case) - 1:
+            out.append(f"    ... ({len(case) - 1 - len(diff)} more lines of this diff)")
+    if len(cases) > len(shown):
+        out.append(f"... and {len(cases) - len(shown)} more failing cases")
+    keep = max_lines // 4 if cases else max_lines
+    out.extend(other[:keep])
+    if len(other) > keep:
+        out.append(f"... and {len(other) - keep} more lines")
+    return tuple(out)
 
 
 def snapshot(path: Path, into: Path) -> Path:
@@ -122,14 +161,14 @@ def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, Relo
             source = dataclasses.replace(load_policy(copy), root=path)
             policy = CompiledPolicy(source, decision_path)
         except PolicyError as exc:
-            return None, ReloadResult("compile_error", "", named(exc.errors))
+            return None, ReloadResult("compile_error", "", named(bounded(exc.errors)))
     try:
         results = run_policy_tables(policy)
     except PolicyError as exc:  # a malformed table file is a failed test, not a crash
-        return None, ReloadResult("test_failure", "", tuple(exc.errors))
+        return None, ReloadResult("test_failure", "", bounded(exc.errors))
     lines, failed = report(results, verbose=False)
     if failed:
-        return None, ReloadResult("test_failure", "", tuple(lines))
+        return None, ReloadResult("test_failure", "", bounded(lines))
     return policy, None
 
 
@@ -164,7 +203,7 @@ class PolicyWatcher:
                 result = ReloadResult(failure.result, old, failure.details)
                 log.error(
                     "policy reload (%s) refused, revision %s keeps serving: %s\n  %s",
-                    why, old, failure.result, "\n  ".join(failure.details[:50]),
+                    why, old, failure.result, "\n  ".join(failure.details),  # bounded, first ones first
                 )
             elif policy.revision == old:
                 result = ReloadResult("unchanged", old)
@@ -202,7 +241,8 @@ class PolicyWatcher:
             return
         lines, failed = report(results, verbose=False)
         if failed:
-            log.warning("policy %s fails %d of its table tests:\n  %s", engine.revision, failed, "\n  ".join(lines))
+            log.warning("policy %s fails %d of its table tests:\n  %s", engine.revision, failed,
+                        "\n  ".join(bounded(lines)))
         else:
             log.info("policy %s: %s", engine.revision, lines[-1])
 
