@@ -223,8 +223,6 @@ async def test_contained_tools_listed_per_role(contained: RunningGateway) -> Non
         assert not ups["fs"]["up"] and "cannot change to" in ups["fs"]["error"]
 
 
-@pytest.mark.xfail(reason="until the shipped policy's destructive rule lets CI run sh__run and write_file (issue 11, "
-                   "finding 2, being fixed alongside)", strict=False)
 async def test_ci_bot_runs_allow_listed_commands_contained(contained: RunningGateway) -> None:
     ws = contained.workdir / "workspaces" / "ci-bot"
     async with mcp_client(contained.url, CI) as c:
