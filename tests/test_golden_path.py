@@ -293,3 +293,36 @@ async def test_admin_reaches_only_the_allow_listed_hosts(contained: RunningGatew
         assert "No such file" in mine.structured_content["stdout"]
     assert refused() > before
     assert "example.com" in contained.log.read_text()
+
+
+# --- the docs' policy eval example, and eval agreeing with the gateway on the contained example ---------------
+
+
+def eval_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "policy", "eval", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_docs_policy_eval_example_prints_what_the_docs_show() -> None:
+    doc = (REPO / "docs" / "policy.md").read_text()
+    block = re.search(r"```\n\$ (mcp-gateway policy eval .*?)```", doc, re.S)
+    assert block is not None
+    command, _, shown = block.group(1).partition("\n      --args ")
+    args_json, _, output = shown.partition("\n")
+    argv = [*command.replace("\\", " ").split()[3:], "--args", args_json.strip().strip("'")]
+    r = eval_cli(*argv)
+    assert r.returncode == 1, r  # denied
+    want = [line for line in output.splitlines() if not line.startswith(("revision:", "time:"))]
+    got = [line for line in r.stdout.splitlines() if not line.startswith(("revision:", "time:"))]
+    assert got == want
+
+
+def test_policy_eval_agrees_with_the_contained_gateway() -> None:
+    """The issue's case: eval said allow while the gateway denied; both now decide on the tool's real annotations."""
+    r = eval_cli("--config", "examples/contained.toml", "--agent", "ci-bot", "--tool", "sh__run",
+                 "--args", '{"command": "ls -la"}')
+    assert r.returncode == 0 and r.stdout.startswith("decision:    allow"), r
+    assert 'containment: {"network":"none"}' in r.stdout
+    r = eval_cli("--config", "examples/contained.toml", "--agent", "ci-bot", "--tool", "sh__run",
+                 "--args", '{"command": "rm -rf /"}')
+    assert r.returncode == 1 and "command rm is not in the allow-list of your roles" in r.stdout, r
