@@ -134,3 +134,65 @@ def test_json_tables_work_too(tmp_path: Path) -> None:
     compiled = CompiledPolicy(source, "gateway/decision")
     results = [r for r in run_policy_tables(compiled) if r.case.file.endswith("more_test.json")]
     assert len(results) == 1 and results[0].ok
+
+
+# --- annotations: the tables decide on what the tools' upstreams declare (issue 11, finding 2) ------------------
+
+
+def test_a_case_gets_the_annotations_its_tool_declares_unless_it_sets_them(tmp_path: Path) -> None:
+    """The tables once decided sh run without its destructiveHint, so they passed what the gateway denied."""
+    policy = _policy_copy(tmp_path)
+    (policy / "extra_test.yaml").write_text(
+        "defaults: {agent: {id: c, team: platform, roles: [ci]}, action: tools/call}\n"
+        "cases:\n"
+        "  - name: declared\n"
+        "    input: {server: sh, tool: run, arguments: {command: ls}}\n"
+        "    allow: true\n"
+        "  - name: set by the case\n"
+        "    input: {server: sh, tool: run, arguments: {command: ls}, annotations: {}}\n"
+        "    allow: true\n"
+        "  - name: listed\n"
+        "    input: {action: tools/list, server: files, tool: write_file}\n"
+        "    allow: true\n"
+        "  - name: not catalogued\n"
+        "    input: {server: echo, tool: echo}\n"
+        "    allow: true\n"
+    )
+    cases = {c.name: c for c in load_tables(load_policy(policy)) if c.file.endswith("extra_test.yaml")}
+    assert cases["declared"].input["annotations"] == {"destructiveHint": True, "openWorldHint": True}
+    assert cases["set by the case"].input["annotations"] == {}
+    assert cases["listed"].input["annotations"]["destructiveHint"] is True
+    assert cases["not catalogued"].input["annotations"] == {}
+
+
+def test_with_a_config_the_built_in_upstreams_own_declarations_win(tmp_path: Path) -> None:
+    from gateway.cli import _load
+    from gateway.policy.catalogue import builtin_catalogue
+
+    cfg = _load(str(REPO / "examples" / "contained.toml"))
+    policy = _policy_copy(tmp_path)
+    (policy / "catalogue.json").write_text('{"sh": {"run": {"destructiveHint": false}}}')
+    source = load_policy(policy)
+    name = "ci may run an allow-listed command, without network"
+    run = next(c for c in load_tables(source) if c.name == name)
+    assert run.input["annotations"] == {"destructiveHint": False}
+    run = next(c for c in load_tables(source, builtin_catalogue(cfg)) if c.name == name)
+    assert run.input["annotations"]["destructiveHint"] is True
+
+
+@pytest.mark.timeout(300)
+def test_the_shipped_catalogue_is_what_the_shipped_upstreams_declare() -> None:
+    """rego/catalogue.json is a cache: refreshed with `mcp-gateway policy catalogue` (docs/policy.md)."""
+    import anyio
+
+    from gateway.cli import _load
+    from gateway.policy.catalogue import annotations_of, builtin_catalogue, list_tools
+
+    shipped = load_policy(SHIPPED).catalogue
+    contained = _load(str(REPO / "examples" / "contained.toml"))
+    for name, tools in builtin_catalogue(contained).items():
+        assert shipped[name] == tools, name
+    demo = _load(str(REPO / "gateway.toml"))
+    for up in demo.upstreams:
+        listed = annotations_of(anyio.run(list_tools, demo, up, 60.0))
+        assert shipped[up.name] == listed, up.name

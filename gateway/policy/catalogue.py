@@ -24,11 +24,21 @@ Catalogue = dict[str, dict[str, dict[str, Any]]]
 """upstream -> tool (the upstream's own name) -> its annotations."""
 
 
+def _toolsets() -> dict[str, Any]:
+    """The built-in tool sets, wherever the containment package keeps them."""
+    import importlib
+
+    for name in ("gateway.containment.builtin", "connectors.builtin"):
+        try:
+            return dict(importlib.import_module(name).TOOLSETS)
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError("the built-in tool sets (gateway.containment.builtin)")
+
+
 def builtin_tools(up: UpstreamConfig) -> list[dict[str, Any]]:
     """A built-in upstream's tool definitions, as it declares them to the gateway (no worker is started)."""
-    from connectors.builtin import TOOLSETS
-
-    cls = TOOLSETS[str(up.tools)]
+    cls = _toolsets()[str(up.tools)]
     return cls.tools(object.__new__(cls))  # the declarations are static: no runtime is needed to read them
 
 
