@@ -137,17 +137,25 @@ async def s2c_flood(ctx: Ctx) -> str:
         control(ok_result(r), "bob's call failed with no load")
 
         async def flooder() -> None:
-            flood.append(await araw.tool("alice", asid, "hose__flood", {"count": 12000}))
+            with anyio.move_on_after(60):
+                flood.append(await araw.tool("alice", asid, "hose__flood", {"count": 12000}))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(flooder)
             await anyio.sleep(0.3)
             for _ in range(20):
                 t0 = time.perf_counter()
-                r = await braw.tool("bob", bsid, "pub__echo", {"text": "busy"})
+                try:
+                    with anyio.fail_after(15):  # a liveness bound, not a timing assert: a stalled call fails
+                        r = await braw.tool("bob", bsid, "pub__echo", {"text": "busy"})
+                    bob_ok.append(ok_result(r))
+                except TimeoutError:
+                    bob_ok.append(False)
                 lat.append(time.perf_counter() - t0)
-                bob_ok.append(ok_result(r))
-    hold(all(bob_ok), f"{bob_ok.count(False)} of bob's 20 calls failed during the flood")
+                if not bob_ok[-1]:
+                    tg.cancel_scope.cancel()  # judged already: do not wait for the flood to drain
+                    break
+    hold(all(bob_ok), f"bob's call {len(bob_ok)} of 20 failed or stalled 15 s during the flood")
     hold(flood and flood[0].status_code < 500, "the flooding call got no answer")
     hold(g.alive(), "the gateway stopped serving")
     refused = sum(1 for line in g.record("hose") if b'"error"' in line and b"flood-" in line)
