@@ -300,3 +300,31 @@ async def updated_hidden(ctx: Ctx) -> str:
         tg.cancel_scope.cancel()
     hold(leaked == 0, "alice was told the hidden resource sec://pub/secret changed")
     return "subscribed resource's update arrived, hidden one's did not"
+
+
+@attempt(CLS, "unsubscribe-isolation", "another agent's subscribe and unsubscribe of the same URI do not end an "
+         "agent's subscription")
+async def unsubscribe_isolation(ctx: Ctx) -> str:
+    uri = "sec://pub/readme"
+    async with Raw(ctx.g) as raw, anyio.create_task_group() as tg:
+        root = await raw.open("root")
+        alice = await raw.open("alice")
+        r = await raw.call("alice", alice, "resources/subscribe", {"uri": uri})
+        control(ok_result(r), "alice cannot subscribe")
+        st = Stream(raw, "alice", alice)
+        await raw.call("alice", alice, "tools/list")
+        control(await tg.start(st.run) == 200, "alice's stream refused")
+        await anyio.sleep(0.3)
+        method = "notifications/resources/updated"
+        await notify(raw, root, "pub__notify", method, {"uri": uri})
+        control(await wait_for(lambda: st.count(method, uri) > 0, 10), "the first update never came")
+        bob = await raw.open("bob")
+        for m in ("resources/subscribe", "resources/unsubscribe"):
+            control(ok_result(await raw.call("bob", bob, m, {"uri": uri})), f"bob's {m} failed")
+        await raw.http.delete(ctx.g.url, headers=headers("bob", bob))
+        seen = st.count(method, uri)
+        await notify(raw, root, "pub__notify", method, {"uri": uri})
+        arrived = await wait_for(lambda: st.count(method, uri) > seen, 5)
+        tg.cancel_scope.cancel()
+    hold(arrived, "after bob's unsubscribe, alice no longer gets updates")
+    return "alice still subscribed"

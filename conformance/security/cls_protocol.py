@@ -399,3 +399,60 @@ async def host_rebinding(ctx: Ctx) -> str:
         hold(not g.received("pub", m2) and not g.received("pub", m3), "forwarded")
         hold(r1.status_code in (400, 421) and r2.status_code == 403, f"HTTP {r1.status_code} / {r2.status_code}")
     return f"{r1.status_code} / {r2.status_code}"
+
+
+@attempt(CLS, "dup-session-id-case", "two session-id headers spelt in different case count as two: 400")
+async def dup_case_spelling(ctx: Ctx) -> str:
+    g = ctx.g
+    async with Raw(g) as raw:
+        a, b = await raw.open("alice"), await raw.open("bob")
+        m = mark()
+        h = [(k, v) for k, v in headers("bob").items()] + [("mcp-session-id", a), ("MCP-SESSION-ID", b),
+                                                           ("Mcp-Protocol-Version", "2025-11-25")]
+        control(await alive(raw, "alice", a), "alice's session does not answer")
+        r = await raw.http.post(g.url, content=echo_call(m), headers=h)
+        hold(not g.received("pub", m), f"forwarded (HTTP {r.status_code})")
+        hold(r.status_code == 400, f"HTTP {r.status_code}")
+    return "400"
+
+
+@attempt(CLS, "reinit-other-session", "an initialize carrying another agent's session id changes nothing of it")
+async def reinit_other(ctx: Ctx) -> str:
+    g = ctx.g
+    init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "mallory", "version": "1"}})
+    async with Raw(g) as raw:
+        a = await raw.open("alice")
+        control(await alive(raw, "alice", a), "alice's session does not answer")
+        r = await raw.http.post(g.url, content=init, headers=headers("bob", a))
+        hold(r.headers.get("mcp-session-id") != a, "bob was handed alice's session")
+        m = mark()
+        r2 = await raw.post("alice", a, echo_call(m))
+        hold(ok_result(r2) and g.received("pub", m), "alice's session stopped working")
+    return f"HTTP {r.status_code}; alice's session unharmed"
+
+
+@attempt(CLS, "mcp-name-mismatch", "2026 era: Mcp-Name naming an allowed tool cannot carry a body calling a hidden one")
+async def name_mismatch(ctx: Ctx) -> str:
+    g = ctx.g
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def call(name: str, marker: str) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+            "name": name, "arguments": {"text": marker}, "_meta": meta}}).encode()
+
+    def h(name: str) -> dict[str, str]:
+        return {**headers("alice"), "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+                "Mcp-Name": name}
+
+    m1, m2, m3 = mark(), mark(), mark()
+    async with Raw(g) as raw:
+        r = await raw.http.post(g.url, content=call("pub__echo", m1), headers=h("pub__echo"))
+        control(ok_result(r) and g.received("pub", m1), f"a consistent 2026-era call failed: {r.text[:120]}")
+        r = await raw.http.post(g.url, content=call("pub__secret", m2), headers=h("pub__echo"))
+        hold(not g.received("pub", m2), "the hidden tool named in the body was called")
+        r = await raw.http.post(g.url, content=call("pub__echo", m3), headers=h("pub__secret"))
+        hold(r.status_code < 500, f"HTTP {r.status_code}")
+    return f"HTTP {r.status_code}; the body's hidden tool was not called"

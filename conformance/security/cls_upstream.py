@@ -206,3 +206,27 @@ async def after_expiry(ctx: Ctx) -> str:
         hold(not alive, f"a per-session upstream runs for the expired session (pids {alive}, session's was {pid}, "
              f"before {sorted(baseline)}; HTTP {r.status_code} {result_text(r)[:40]})")
     return f"ended with its session; the late call got HTTP {r.status_code}, nothing started"
+
+
+@attempt(CLS, "per-session-cross-agent", "a 2026-era call naming another agent's live session does not reach that "
+         "session's upstream")
+async def cross_agent_session(ctx: Ctx) -> str:
+    g = ctx.g
+    async with Raw(g) as raw:
+        sid = await raw.open("alice")
+        r = await raw.tool("alice", sid, "mine__pid", {})
+        control(ok_result(r), f"mine__pid failed: {result_text(r)[:100]}")
+        pid = int(result_text(r))
+        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "mine__pid", "arguments": {}, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+        h = {"Authorization": f"Bearer {key('bob')}", "Accept": "application/json, text/event-stream",
+             "Content-Type": "application/json", "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+             "Mcp-Name": "mine__pid", "Mcp-Session-Id": sid}
+        r = await raw.http.post(g.url, content=body, headers=h)
+        r2 = await raw.tool("alice", sid, "mine__pid", {})  # keeps alice's session alive and checks it
+        control(ok_result(r2), "alice's session lost its upstream")
+    hold(result_text(r).strip() != str(pid), "bob's call ran in alice's per-session upstream")
+    return f"HTTP {r.status_code}; not alice's upstream"
