@@ -49,6 +49,17 @@ deny contains "accented e" if {
 	contains(v, "\u00e9")
 }
 
+deny contains "starts with a quote" if {
+	is_string(v)
+	regex.match("^\"", v)
+}
+
+deny contains "short tagged string" if {
+	is_string(v)
+	startswith(v, "short:")
+	count(v) < 10
+}
+
 deny contains "over 100" if {
 	is_number(v)
 	v > 100
@@ -104,6 +115,11 @@ def engine_differential_cases() -> list[tuple[str, Any, str]]:
         cases.append((f"control character U+{code:04X}", f"main{chr(code)}x", DENIED))
     cases += [
         ("quote", 'a"b', ALLOWED),
+        ("leading quote (regex ^\")", '"x', DENIED),
+        ("quote at the end", 'x"', ALLOWED),
+        ("short string of quotes (count < 10)", 'short:""', DENIED),
+        ("short string of backslashes (count < 10)", "short:\\\\", DENIED),
+        ("ten characters with quotes (count = 10)", 'short:""""', ALLOWED),
         ("backslash", "a\\b", ALLOWED),
         ("backslash then t (two characters)", "a\\tb", ALLOWED),
         ("backslash then real newline", "a\\\nb", DENIED),

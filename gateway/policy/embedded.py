@@ -156,16 +156,18 @@ class CompiledPolicy:
         """The parts of the input the policy reads: only those are handed to rego-cpp (it parses every node)."""
 
     def decide(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
-        """Decide; an input whose strings hold control characters is read both ways and allowed only if both allow.
+        """Decide; an input whose strings hold characters JSON escapes is read both ways, and allowed only if both
+        readings allow.
 
         rego-cpp keeps strings in their JSON-escaped spelling. Comparisons with the policy's literals (``==``,
         ``contains``, ``startswith``, ``split``, data) are right that way, but ``regex.match``, ``count``,
-        ``upper``, ``substring``... read a newline as backslash and ``n``: a deny rule ``regex.match("[\\s;]", x)``
-        missed ``"a\nb"``. Handed the same value as a built term (``set_input``), rego-cpp holds the real
-        characters: the built-ins that missed them see them, while comparisons with literals holding escapes do not.
-        No single reading is right for every rule, so a decision that allows a control character must allow it on
-        both readings. (``"`` and ``\\`` are spelt as themselves after a backslash: a regex still finds them, and
-        the raw reading would garble them for the built-ins that unescape their arguments, such as glob.match.)
+        ``upper``, ``substring``... read a newline as backslash and ``n`` (a deny rule ``regex.match("[\\s;]", x)``
+        missed ``"a\nb"``), and ``"`` or ``\\`` with a backslash before it (``count`` counts them twice, ``^"``
+        never matches). Handed the same value as a built term (``set_input``), rego-cpp holds the real characters:
+        the built-ins that missed them see them, while comparisons with literals holding escapes do not. No single
+        reading is right for every rule, so an allow must hold on both. When the real-character reading fails
+        (the built-ins that unescape their argument, such as glob.match or a regex pattern, can choke on a real
+        backslash), a control character denies; a quote or backslash alone keeps the escaped reading's decision.
         """
         pruned = prune(input, self.input_shape)
         try:
@@ -173,21 +175,22 @@ class CompiledPolicy:
         except TypeError as exc:
             return Decision.failed(f"input not serialisable: {exc}", self.revision)
         decision = self.evaluate(evaluator, input_json)
-        if not decision.allow or "\\" not in input_json or _CONTROL.search(input_json) is None:
+        if not decision.allow or "\\" not in input_json:
             return decision
         raw = self._evaluate_raw(evaluator, pruned)
+        if raw is None:
+            control = _CONTROL.search(input_json) is not None
+            return Decision(False, (_UNREADABLE,), self.revision) if control else decision
         return decision if raw.allow else raw
 
-    def _evaluate_raw(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision:
-        """The same decision on the input's real characters (see ``decide``)."""
+    def _evaluate_raw(self, evaluator: Interpreter, input: dict[str, Any]) -> Decision | None:
+        """The same decision on the input's real characters (see ``decide``); None when that reading fails."""
         try:
             evaluator.set_input(input)
         except Exception:
-            return Decision(False, (_UNREADABLE,), self.revision)
+            return None
         decision = self._query(evaluator)
-        if decision.error is not None:  # the result echoes a string rego-cpp cannot print back: still unconfirmed
-            return Decision(False, (_UNREADABLE,), self.revision)
-        return decision
+        return None if decision.error is not None else decision
 
     def evaluate(self, evaluator: Interpreter, input_json: str) -> Decision:
         try:
