@@ -346,26 +346,23 @@ async def oversize_chunked(ctx: Ctx) -> str:
     return "413"
 
 
-@attempt(CLS, "content-length-lie", "a Content-Length shorter than the body does not smuggle a second request")
-async def cl_lie(ctx: Ctx) -> str:
+@attempt(CLS, "cl-and-te", "a body framed by both Content-Length and Transfer-Encoding is refused (no desync "
+         "behind a proxy)")
+async def cl_and_te(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
     async with Raw(g) as raw:
         sid = await raw.open("alice")
     m1, m2 = mark(), mark()
-    first = echo_call(m1)
-    second = echo_call(m2)
-    # The second request carries bob's credentials in its body bytes: only a desynchronised parser runs it.
-    smuggled = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key('root')}\r\n"
-                f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
-                f"Mcp-Session-Id: {sid}\r\nContent-Length: {len(second)}\r\n\r\n").encode() + second
-    h = [(k, v) for k, v in headers("alice", sid).items()]
-    lines = ["POST /mcp HTTP/1.1", f"Host: 127.0.0.1:{port}"] + [f"{k}: {v}" for k, v in h]
-    lines.append(f"Content-Length: {len(first)}")
-    got = raw_http(port, ("\r\n".join(lines) + "\r\n\r\n").encode(), first + smuggled, read_timeout=3)
-    control(status_of(got) == 200 and g.received("pub", m1), f"the first request got {status_of(got)}")
-    hold(not g.received("pub", m2), "the smuggled request with root's key in alice's session was forwarded")
-    return "only the first request ran"
+    h = [*base_headers("alice", sid), ("Transfer-Encoding", "chunked")]
+    st = status_of(raw_http(port, head(port, h, b""), chunked(echo_call(m1))))
+    control(st == 200 and g.received("pub", m1), f"a chunked body got {st}")
+    framed = chunked(echo_call(m2))
+    h = [*base_headers("alice", sid), ("Content-Length", str(len(framed))), ("Transfer-Encoding", "chunked")]
+    st = status_of(raw_http(port, head(port, h, b""), framed))
+    hold(not g.received("pub", m2), f"forwarded (HTTP {st})")
+    hold(st == 400, f"HTTP {st}")
+    return "400, not forwarded"
 
 
 # --- admin endpoints -------------------------------------------------------------------------------------------
