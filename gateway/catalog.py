@@ -88,7 +88,7 @@ def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, 
         if containment is None:
             raise ValueError(f"upstream {cfg.name!r} is contained but the gateway has no [containment] section")
         if cfg.transport == "builtin":
-            from connectors.builtin import BuiltinUpstream
+            from gateway.containment.builtin import BuiltinUpstream
 
             return BuiltinUpstream(cfg, containment, on_state)
         from gateway.containment.upstream import ContainedUpstream

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from connectors.builtin.toolset import Toolset, arg, only, text_result
 from connectors.jsonrpc import RemoteError
+from gateway.containment.builtin.toolset import Toolset, arg, only, text_result
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
 from gateway.containment.runtime import RunResult

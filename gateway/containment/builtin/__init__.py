@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from connectors.builtin.files import FilesTools
-from connectors.builtin.shell import ShellTools
-from connectors.builtin.toolset import Toolset
 from connectors.jsonrpc import ProgressFn, RemoteError
+from gateway.containment.builtin.files import FilesTools
+from gateway.containment.builtin.shell import ShellTools
+from gateway.containment.builtin.toolset import Toolset
 from gateway.containment.profile import agent_key
 from gateway.containment.runtime import Containment
 from gateway.containment.upstream import ContainedBase, report
