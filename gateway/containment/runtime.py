@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from connectors.jsonrpc import UpstreamError
 from gateway.containment.egress import EgressGrant, EgressProxy
@@ -70,7 +71,7 @@ class Containment:
         ws_root = Path(cfg.workspace_root)
         ws_root = ws_root if ws_root.is_absolute() else base_dir / ws_root
         try:
-            self.workspaces = Workspaces(ws_root.resolve(), cfg.uid_base, cfg.uid_count, root)
+            self.workspaces = Workspaces(ws_root.resolve(), cfg.uid_base, cfg.uid_count, root, cfg.max_workspace_mb)
         except (WorkspaceError, OSError) as exc:
             raise ContainmentError(f"containment.workspace_root: {exc}") from None
         self._own_runtime = cfg.runtime_dir is None
@@ -143,6 +144,7 @@ class Containment:
         with anyio.CancelScope(shield=True):
             await self.pool.aclose()
         self.caps.cgroups.cleanup()
+        await anyio.to_thread.run_sync(self.workspaces.close)
         if self._own_runtime:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 

@@ -126,9 +126,18 @@ class ContainmentConfig(_Model):
     max_workers: Annotated[int, Field(gt=0, le=100000)] = 64
     max_output_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 65536
     """Built-in tool output (stdout, stderr, file contents) is truncated at this size."""
+    max_answer_bytes: Annotated[int, Field(ge=4096, le=1 << 31)] | None = None
+    """The serialized answer of a built-in tool call (text and structured copies, JSON escaping included) is at
+    most this many bytes; default 2 * max_output_bytes + 8192 (room for both copies of a full output)."""
+    max_workspace_mb: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
+    """Per-agent workspace quota: each workspace is a loop-mounted file system of this size (needs root)."""
     helper_python: str = "/usr/bin/python3"
     """A world-readable Python 3 that runs the in-sandbox helper (Landlock, seccomp, egress bridge)."""
     profiles: dict[Annotated[str, Field(pattern=_NAME)], ProfileConfig] = {}
+
+    @property
+    def answer_limit(self) -> int:
+        return self.max_answer_bytes or 2 * self.max_output_bytes + 8192
 
     @field_validator("helper_python")
     @classmethod

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.jsonrpc import RemoteError
+from gateway.containment.builtin.answer import ENVELOPE, bounded, fit, json_len
 from gateway.containment.builtin.toolset import Toolset, arg, only, text_result
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
@@ -83,7 +84,31 @@ class FilesTools(Toolset):
             err = run.stderr.decode("utf-8", "replace").strip()[-500:]
             return text_result(f"{name} failed in its worker (exit code {run.exit_code}): {err}", error=True), run
         if not answer.get("ok"):
-            return text_result(f"{name}: {answer.get('error')}", error=True), run
+            error = str(answer.get("error"))
+            if "No space left on device" in error:
+                error += f" ({self.workspace_full(agent, True) or 'the workspace quota, containment.max_workspace_mb'})"
+            return bounded(text_result(f"{name}: {error}", error=True), self.answer_limit), run
         result = answer["result"]
-        text = result["content"] if name == "read_file" else json.dumps(result, indent=1)
-        return text_result(text, result), run
+        per_copy = (self.answer_limit - ENVELOPE) // 2  # the answer holds the text and the structured copy
+        if name == "read_file":
+            result["content"], cut = fit(result["content"], per_copy)
+            result["truncated"] = bool(result.get("truncated")) or cut
+        for key in ("entries", "matches"):
+            items = result.get(key)
+            if isinstance(items, list) and json_len(items) > per_copy // 2:  # the text copy is indented JSON
+                keep = _fitting(items, per_copy // 2)
+                result[key], result["truncated"] = items[:keep], True
+        text = result["content"] if name == "read_file" else json.dumps(result, indent=1, ensure_ascii=False)
+        return bounded(text_result(text, result), self.answer_limit), run
+
+
+def _fitting(items: list[Any], budget: int) -> int:
+    """How many leading items fit ``budget`` bytes of JSON."""
+    lo, hi = 0, len(items)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if json_len(items[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

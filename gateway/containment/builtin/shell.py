@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from connectors.jsonrpc import RemoteError
+from gateway.containment.builtin.answer import ENVELOPE, bounded, fit, split_budget
 from gateway.containment.builtin.toolset import Toolset, arg, only, text_result
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
@@ -54,26 +55,35 @@ def resolve_cwd(cwd: str | None) -> str | None:
     return cwd if cwd.startswith("/") else "{workspace}/" + cwd
 
 
-def shell_result(run: RunResult) -> dict[str, Any]:
+def shell_result(run: RunResult, answer_limit: int, workspace_full: str | None = None) -> dict[str, Any]:
+    """The answer: stdout and stderr in a text copy and a structured copy, cut so the serialized whole fits
+    ``answer_limit`` (each copy gets half of what the fixed parts leave; see answer.py)."""
     out = run.stdout.decode("utf-8", "replace")
     err = run.stderr.decode("utf-8", "replace")
+    helper_failed = run.exit_code in (125, 126, 127) and "mcpgw-helper:" in err
+    out_budget, err_budget = split_budget([out, err], (answer_limit - ENVELOPE) // 2)
+    out, out_cut = fit(out, out_budget)
+    err, err_cut = fit(err, err_budget)
     structured = {
         "exit_code": run.exit_code,
         "stdout": out,
         "stderr": err,
-        "stdout_truncated": run.stdout_truncated,
-        "stderr_truncated": run.stderr_truncated,
+        "stdout_truncated": run.stdout_truncated or out_cut,
+        "stderr_truncated": run.stderr_truncated or err_cut,
         "killed": run.kill_reason,
     }
     lines = [f"exit code: {run.exit_code}"]
     if run.limit:
         lines.append(f"stopped: {run.limit}")
-    lines.append("--- stdout ---" + (" (truncated)" if run.stdout_truncated else ""))
+    if workspace_full:
+        structured["workspace_full"] = True
+        lines.append(workspace_full)
+    lines.append("--- stdout ---" + (" (truncated)" if structured["stdout_truncated"] else ""))
     lines.append(out)
-    lines.append("--- stderr ---" + (" (truncated)" if run.stderr_truncated else ""))
+    lines.append("--- stderr ---" + (" (truncated)" if structured["stderr_truncated"] else ""))
     lines.append(err)
-    helper_failed = run.exit_code in (125, 126, 127) and "mcpgw-helper:" in err
-    return text_result("\n".join(lines), structured, error=run.kill_reason is not None or helper_failed)
+    result = text_result("\n".join(lines), structured, error=run.kill_reason is not None or helper_failed)
+    return bounded(result, answer_limit)
 
 
 class ShellTools(Toolset):
@@ -99,4 +109,5 @@ class ShellTools(Toolset):
                 profile = replace(profile, timeout_s=timeout)
         req = LaunchRequest(self.cfg.name, agent, profile, ["/bin/sh", "-c", command], dict(self.cfg.env), cwd)
         run = await self.runtime.run_once(req, stdin.encode("utf-8", "surrogatepass"), timeout, self.output_limit)
-        return shell_result(run), run
+        enospc = b"No space left on device" in run.stderr or b"No space left on device" in run.stdout
+        return shell_result(run, self.answer_limit, self.workspace_full(agent, enospc)), run

@@ -41,6 +41,16 @@ class Toolset:
         self.cfg = cfg
         self.runtime = runtime
         self.output_limit = runtime.cfg.max_output_bytes
+        self.answer_limit: int = runtime.cfg.answer_limit
+
+    def workspace_full(self, agent: str, enospc: bool = False) -> str | None:
+        """A sentence for the answer when the agent's workspace quota is (nearly) used up, or a write of the call
+        failed with ENOSPC (``enospc``: a large write can fail while some room is left), else None."""
+        usage = self.runtime.workspaces.usage(agent)
+        if usage is None or (not enospc and usage[1] - usage[0] > max(64 * 1024, usage[1] // 20)):
+            return None
+        return (f"workspace full: {usage[0] // 1024} KiB of the {usage[1] // 1024} KiB quota "
+                "(containment.max_workspace_mb) are used; writes fail with 'No space left on device'")
 
     def tools(self) -> list[dict[str, Any]]:
         raise NotImplementedError
