@@ -99,12 +99,12 @@ async def test_a_workspace_cannot_grow_past_its_quota(gw: RunningGateway) -> Non
         assert many.structured_content is not None
         used_kib = int(many.structured_content["stdout"].strip() or 0)
         assert used_kib <= QUOTA_MB * 1024, used_kib
-        write = await c.call_tool("files__write_file", {"path": "more", "content": "x" * 1_000_000})
+        write = await c.call_tool("files__write_file", {"path": "more", "content": "x" * 60_000})
         assert write.is_error and "No space left on device" in write.content[0].text  # type: ignore[union-attr]
         assert "max_workspace_mb" in write.content[0].text  # type: ignore[union-attr]
         # Positive control: after removing files, the same write fits again.
         await c.call_tool("sh__run", {"command": "rm -f big f*"})
-        ok = await c.call_tool("files__write_file", {"path": "more", "content": "x" * 1_000_000})
+        ok = await c.call_tool("files__write_file", {"path": "more", "content": "x" * 60_000})
         assert not ok.is_error, ok.content
     # Another agent has its own quota: ci-bot's full workspace takes nothing from it.
     async with mcp_client(gw.url, KEYS["researcher"][2]) as c:
