@@ -266,3 +266,23 @@ def test_a_double_ampersand_is_one_error_at_its_column(tmp_path: Path) -> None:
     errors = _errors(tmp_path, 'decision := {"allow": true, "reasons": []} if {\n\tinput.a == 1 && input.b == 2\n}\n')
     assert errors == [f"{tmp_path / 'policy' / 'gateway.rego'}:6:15: Rego has no && operator: write each condition "
                       "on its own line of the body (or separate them with ;)"]
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('p if startswith("a")', "8:6: startswith takes 2 arguments, called with 1"),
+        ("p := count()", "8:6: count takes 1 argument, called with 0"),  # rego-cpp crashes evaluating this
+        ('p := sprintf("x")', "8:6: sprintf takes 2 arguments, called with 1"),
+        ("p := object.get(input, \"a\")", "8:6: object.get takes 3 arguments, called with 2"),
+    ],
+)
+def test_a_built_in_called_with_the_wrong_number_of_arguments_is_refused(
+    tmp_path: Path, line: str, fragment: str
+) -> None:
+    errors = _with_lib(tmp_path, line + "\n")
+    assert any(fragment in e for e in errors), errors
+
+
+def test_a_built_in_may_take_its_output_argument(tmp_path: Path) -> None:
+    assert _with_lib(tmp_path, "p if {\n\tcount(input.xs, n)\n\tn > 1\n}\n\nq := time.now_ns()\n") == []

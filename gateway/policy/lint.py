@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gateway.policy.decision import PolicyError
 from gateway.policy.loader import PolicySource
-from gateway.policy.references import undefined_references
+from gateway.policy.references import call_args, undefined_references
 from gateway.policy.syntax import syntax_errors
 
 DOC = "docs/policy.md#the-supported-rego-subset"
@@ -51,6 +51,37 @@ _OPA_BUILTIN_NAMES = """
     uuid.parse uuid.rfc4122 walk yaml.is_valid yaml.marshal yaml.unmarshal
 """
 _OPA_BUILTINS = frozenset(_OPA_BUILTIN_NAMES.split())
+
+# How many arguments each built-in takes (one more is the output form: count(x, n) binds n). rego-cpp compiles a
+# call with the wrong number and fails when it runs (count() crashes the process): checked at load instead.
+_ARITIES = """
+    0: opa.runtime time.now_ns
+    1: abs all any array.reverse base64.decode base64.encode base64.is_valid base64url.decode base64url.encode
+       base64url.encode_no_pad bits.negate cast_array cast_boolean cast_null cast_object cast_set cast_string ceil
+       count crypto.md5 crypto.parse_private_keys crypto.sha1 crypto.sha256 crypto.x509.parse_and_verify_certificates
+       crypto.x509.parse_certificate_request crypto.x509.parse_certificates crypto.x509.parse_rsa_private_key floor
+       glob.quote_meta hex.decode hex.encode intersection io.jwt.decode is_array is_boolean is_null is_number
+       is_object is_set is_string json.is_valid json.marshal json.unmarshal lower max min object.keys object.union_n
+       product regex.is_valid round semver.is_valid sort strings.reverse sum time.clock time.date time.format
+       time.parse_duration_ns time.parse_rfc3339_ns time.weekday to_number trim_space type_name union units.parse
+       units.parse_bytes upper urlquery.decode urlquery.decode_object urlquery.encode urlquery.encode_object
+       uuid.parse uuid.rfc4122 walk yaml.is_valid yaml.marshal yaml.unmarshal
+    2: array.concat bits.and bits.lsh bits.or bits.rsh bits.xor concat contains crypto.hmac.equal crypto.hmac.md5
+       crypto.hmac.sha1 crypto.hmac.sha256 crypto.hmac.sha512 crypto.x509.parse_keypair endswith format_int
+       graph.reachable graph.reachable_paths indexof indexof_n io.jwt.decode_verify io.jwt.verify_es256
+       io.jwt.verify_es384 io.jwt.verify_es512 io.jwt.verify_hs256 io.jwt.verify_hs384 io.jwt.verify_hs512
+       io.jwt.verify_ps256 io.jwt.verify_ps384 io.jwt.verify_ps512 io.jwt.verify_rs256 io.jwt.verify_rs384
+       io.jwt.verify_rs512 json.filter json.marshal_with_options json.patch json.remove numbers.range object.filter
+       object.remove object.subset object.union rand.intn regex.globs_match regex.match regex.split semver.compare
+       set_diff split sprintf startswith strings.any_prefix_match strings.any_suffix_match strings.count
+       strings.replace_n time.diff time.parse_ns trim trim_left trim_prefix trim_right trim_suffix
+    3: array.slice glob.match io.jwt.encode_sign io.jwt.encode_sign_raw numbers.range_step object.get
+       regex.find_all_string_submatch_n regex.find_n regex.replace replace substring
+    4: regex.template_match time.add_date
+"""
+_BUILTIN_ARITY = {
+    name: int(n) for n, names in re.findall(r"(\d):([^:]*?)(?=\s\d:|\Z)", _ARITIES, re.S) for name in names.split()
+}
 
 # Built-ins rego-cpp evaluates that its is_builtin() does not list.
 _SPECIAL = frozenset({"print", "set"})
@@ -357,6 +388,11 @@ def lint_source(source: PolicySource) -> list[str]:
             elif fn in supported:
                 lit = _literal_arg(mod, after)
                 message = _check_literal(fn, lit) if lit else None
+                takes = _BUILTIN_ARITY.get(fn)
+                n = call_args(mod.masked, after)
+                if message is None and takes is not None and n not in (takes, takes + 1):
+                    message = (f"{fn} takes {takes} argument{'' if takes == 1 else 's'}, called with {n} (the "
+                               "embedded engine compiles this and fails, or crashes, when it runs)")
             elif fn in _OPA_BUILTINS:
                 message = f"{fn} is not a built-in the embedded engine supports"
             elif "." in fn:

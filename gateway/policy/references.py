@@ -68,7 +68,7 @@ def _depths(masked: str) -> list[int]:
     return out
 
 
-def _call_args(masked: str, after_paren: int) -> int:
+def call_args(masked: str, after_paren: int) -> int:
     """How many arguments the call whose ``(`` ends at ``after_paren`` passes."""
     depth, count, seen = 0, 0, False
     for i in range(after_paren, len(masked)):
@@ -204,7 +204,7 @@ def undefined_references(
             where = source.where(mod.name, start)
             if path is None:
                 if fn in own.arities:
-                    _arity(errors, where, fn, mod.package, own.arities[fn], _call_args(mod.masked, after))
+                    _arity(errors, where, fn, mod.package, own.arities[fn], call_args(mod.masked, after))
                 continue
             found = resolve(path)
             if found is None or "." in found[1]:
@@ -215,7 +215,7 @@ def undefined_references(
             if rule not in packages[pkg].rules:
                 errors.append(f"{where}: {fn} is not defined: package {pkg} has no function {rule}")
             elif rule in packages[pkg].arities:
-                _arity(errors, where, fn, pkg, packages[pkg].arities[rule], _call_args(mod.masked, after))
+                _arity(errors, where, fn, pkg, packages[pkg].arities[rule], call_args(mod.masked, after))
 
         # References (not calls) into a package: lib.is_cal, data.gateway.teams.platform.denny.
         for m in _DOTTED.finditer(mod.masked):
@@ -253,7 +253,7 @@ def undefined_references(
                 path = full_path(fn)
                 found = resolve(path) if path is not None else None
                 arities = packages[found[0]].arities.get(found[1]) if found else own.arities.get(fn)
-                if arities and _call_args(mod.masked, after) - 1 not in arities:
+                if arities and call_args(mod.masked, after) - 1 not in arities:
                     continue  # a function of this policy called without an output argument
                 span = _last_arg(mod.masked, after)
                 if span is not None:
