@@ -63,6 +63,8 @@ make_venv
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ $want_test -eq 1 ]; then
   "$VENV/bin/python" -m pip install -q -e '.[demo,test]'
+  # OPA's own Go evaluator, the oracle of the engine differential tests (it declares Python >= 3.14, runs on 3.11)
+  "$VENV/bin/python" -m pip install -q --ignore-requires-python 'opa-golib-python-bindings==0.4.4'
 else
   "$VENV/bin/python" -m pip install -q -e '.[demo]'
 fi
