@@ -79,6 +79,8 @@ class Decider:
         ``RefusedInput``: its arguments are left out, and ``decide`` refuses it without asking the engine, so every
         path that decides (calls, prompts, completions, relayed messages, the fast path) refuses it alike."""
         refused = self.refusal(arguments)
+        if refused is None and req.uri is not None:  # a resource URI is forwarded too: the same bounds
+            refused = self._refused(req.uri, "resource")
         inp = RefusedInput() if refused is not None else {}
         inp.update({
             "agent": req.agent.as_input(),
@@ -99,10 +101,11 @@ class Decider:
     def refusal(self, arguments: Any) -> str | None:
         """Why the policy cannot see these arguments whole (``arguments exceed what the policy can see: ...``), or
         None. The policy decides on exactly what is forwarded, so what it cannot see is not forwarded."""
-        if arguments is None:
-            return None
+        return None if arguments is None else self._refused(arguments, "arguments")
+
+    def _refused(self, value: Any, root: str) -> str | None:
         try:
-            check(arguments, self._limits)
+            check(value, self._limits, root)
         except Refused as exc:
             return exc.reason
         return None

@@ -166,3 +166,13 @@ def test_one_agent_flooding_heavy_inputs_gets_only_its_share_of_evaluators(tmp_p
     anyio.run(main)
     assert all(d.allow and d.error is None for d in good), [d for d in good if not d.allow][:3]
     assert engine._agents == {}  # no slot left held once the callers are gone
+
+
+def test_a_resource_uri_is_bounded_as_arguments_are() -> None:
+    """The URI of resources/read and subscriptions is forwarded too: the policy must be able to read it exactly."""
+    for uri, refused in [("file:///x\x00y", True), ("file:///" + "a" * 70_000, True), ("file:///ok\ny", False)]:
+        req = Request(agent=_REQ.agent, action="resources/read", view=None, uri=uri)
+        inp = _DECIDER.build_input(req, "rec")
+        got = anyio.run(_DECIDER.decide, inp) if refused else None
+        assert (got is not None and not got.allow and got.reasons[0].startswith(
+            "arguments exceed what the policy can see: resource ")) == refused, (uri[:20], got)

@@ -43,6 +43,7 @@ class Limits:
 @dataclass(slots=True)
 class _Walk:
     limits: Limits
+    root: str
     size: int = 0
     keys: int = 0
     items: int = 0
@@ -56,8 +57,8 @@ class Refused(Exception):
         self.reason = f"{REFUSED}: {detail}"
 
 
-def _where(path: list[str | int]) -> str:
-    out = "arguments"
+def _where(w: _Walk, path: list[str | int]) -> str:
+    out = w.root
     for p in path[:6]:
         out += f"[{p}]" if isinstance(p, int) else f".{p[:40]}"
     return out + ("..." if len(path) > 6 else "")
@@ -66,14 +67,14 @@ def _where(path: list[str | int]) -> str:
 def _string(w: _Walk, s: str, path: list[str | int]) -> None:
     lim = w.limits
     if len(s) > lim.max_string:
-        raise Refused(f"{_where(path)} is a string of {len(s)} characters (max_argument_string = {lim.max_string})")
+        raise Refused(f"{_where(w, path)} is a string of {len(s)} characters (max_argument_string = {lim.max_string})")
     w.size += len(s) + 2
     if w.size > lim.max_bytes:
         raise Refused(f"more than {lim.max_bytes} bytes (max_argument_bytes)")
     bad = _BAD_CHAR.search(s)
     if bad is not None:
         what = "U+0000" if bad.group() == "\x00" else f"a lone surrogate U+{ord(bad.group()):04X}"
-        raise Refused(f"{_where(path)} holds {what}, which the policy engine cannot read as it is")
+        raise Refused(f"{_where(w, path)} holds {what}, which the policy engine cannot read as it is")
     if not s.isascii():
         w.size += len(s.encode("utf-8")) - len(s)
         if w.size > lim.max_bytes:
@@ -83,16 +84,16 @@ def _string(w: _Walk, s: str, path: list[str | int]) -> None:
 def _number(w: _Walk, v: int | float, path: list[str | int]) -> None:
     if isinstance(v, int):
         if not _INT_MIN <= v <= _INT_MAX:
-            raise Refused(f"{_where(path)} is an integer outside 64 bits, which the policy engines read differently")
+            raise Refused(f"{_where(w, path)} is an integer outside 64 bits, which the policy engines read differently")
         w.size += 20
         return
     if not math.isfinite(v):
-        raise Refused(f"{_where(path)} is not a finite number")
+        raise Refused(f"{_where(w, path)} is not a finite number")
     if v != 0 and abs(v) < sys.float_info.min:
-        raise Refused(f"{_where(path)} is a subnormal number, which the policy engine cannot read")
+        raise Refused(f"{_where(w, path)} is a subnormal number, which the policy engine cannot read")
     if float(f"{v:.{_FLOAT_DIGITS}g}") != v:
         raise Refused(
-            f"{_where(path)} = {v!r} has more than {_FLOAT_DIGITS} significant digits (more than the policy engine"
+            f"{_where(w, path)} = {v!r} has more than {_FLOAT_DIGITS} significant digits (more than the policy engine"
             " keeps)"
         )
     w.size += 24
@@ -115,7 +116,7 @@ def _walk(w: _Walk, v: Any, depth: int, path: list[str | int]) -> None:
         w.size += 2
         for k, item in v.items():
             if not isinstance(k, str):
-                raise Refused(f"{_where(path)} has a key that is not a string")
+                raise Refused(f"{_where(w, path)} has a key that is not a string")
             path.append(k)
             _string(w, k, path)
             _walk(w, item, depth + 1, path)
@@ -132,9 +133,10 @@ def _walk(w: _Walk, v: Any, depth: int, path: list[str | int]) -> None:
             _walk(w, item, depth + 1, path)
             path.pop()
     else:
-        raise Refused(f"{_where(path)} is not a JSON value ({type(v).__name__})")
+        raise Refused(f"{_where(w, path)} is not a JSON value ({type(v).__name__})")
 
 
-def check(value: Any, limits: Limits) -> None:
-    """Raise Refused when the policy cannot see ``value`` whole, or an engine would read it otherwise."""
-    _walk(_Walk(limits), value, 0, [])
+def check(value: Any, limits: Limits, root: str = "arguments") -> None:
+    """Raise Refused when the policy cannot see ``value`` whole, or an engine would read it otherwise; ``root``
+    names the value in the reason."""
+    _walk(_Walk(limits, root), value, 0, [])
