@@ -78,7 +78,10 @@ fi
 
 if [ $want_test -eq 1 ]; then
   for dir in conformance/mcp tests/npm; do
-    if [ -f "$dir/package.json" ]; then (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error); fi
+    [ -f "$dir/package.json" ] || continue
+    # npm ci wipes node_modules first: only when what is there does not satisfy package.json
+    if [ -d "$dir/node_modules" ] && (cd "$dir" && npm ls --silent >/dev/null 2>&1); then continue; fi
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   done
 fi
 echo "setup done: $VENV ($linked)"
