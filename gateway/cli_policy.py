@@ -135,6 +135,27 @@ def policy_test(
     sys.exit(1 if failed else 0)
 
 
+@policy.command("lint")
+@click.argument("path", required=False)
+@click.option("--config", "config_path", default=None, help="Take the policy path (and decision) from this config.")
+@click.option("--decision", default=None, help="The decision rule (default: the config's, or gateway/decision).")
+def policy_lint(path: str | None, config_path: str | None, decision: str | None) -> None:
+    """Check the policy at PATH (default: rego, or the config's) as the gateway does before loading it: the Rego
+    subset, names nothing defines, syntax; then compile it. Prints every problem as file:line:col; exits 2 on any."""
+    from gateway.policy.embedded import compile_policy
+
+    if config_path is not None:
+        cfg = _config(config_path)
+        decision = decision or cfg.policy.decision
+        path = path or str(cfg.resolve(cfg.policy.path))
+    target = Path(path or "rego")
+    try:
+        compiled = compile_policy(target, decision or "gateway/decision")
+    except PolicyError as exc:
+        _fail(exc.errors)
+    click.echo(f"{target}: ok (revision {compiled.revision}, {len(compiled.source.modules)} modules)")
+
+
 @policy.command("eval")
 @click.option("--config", "config_path", default="gateway.toml", show_default=True)
 @click.option("--agent", "agent_id", default=None, help="Agent id; team and roles come from its API key entry.")

@@ -286,3 +286,15 @@ def test_a_built_in_called_with_the_wrong_number_of_arguments_is_refused(
 
 def test_a_built_in_may_take_its_output_argument(tmp_path: Path) -> None:
     assert _with_lib(tmp_path, "p if {\n\tcount(input.xs, n)\n\tn > 1\n}\n\nq := time.now_ns()\n") == []
+
+
+def test_policy_lint_names_every_problem_or_says_ok(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "gateway", "policy", "lint", str(REPO / "rego")], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"{REPO / 'rego'}: ok (revision "), ok.stderr
+    root = _policy(tmp_path, "import data.gateway.lib\n\np if lib.nope(input.x)\n")
+    (root / "lib.rego").write_text(LIB)
+    bad = subprocess.run([sys.executable, "-m", "gateway", "policy", "lint", str(root)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert f"{root / 'gateway.rego'}:7:6: lib.nope is not defined" in bad.stderr
