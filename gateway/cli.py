@@ -51,7 +51,6 @@ def serve(config_path: str, log_level: str | None) -> None:
     logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
     from gateway import logs, tracing
-    from gateway.asgi import GatewayApp
     from gateway.service import Gateway
 
     logs.setup(cfg.logging, log_level)
@@ -66,6 +65,7 @@ def serve(config_path: str, log_level: str | None) -> None:
         click.echo(f"{config_path}: cannot start: {exc}", err=True)
         sys.exit(2)
     from gateway.http.admin import AdminApp
+    from gateway.http.app import build_agent_app
     from gateway.http.server import bind
     from gateway.http.server import serve as serve_http
 
@@ -78,14 +78,14 @@ def serve(config_path: str, log_level: str | None) -> None:
         sys.exit(2)
     logging.getLogger("gateway").info("agents connect to http://%s/mcp; metrics and readiness at http://%s/",
                                       server.listen, server.admin_listen)
-    app = GatewayApp(gw)
     serve_http(
-        tracing.TracingMiddleware(app) if tracing.enabled() else app,
+        build_agent_app(gw),
         AdminApp(gw),
         server,
         "warning" if log_level != "debug" else "debug",
         agent_sock,
         admin_sock,
+        lambda limit: gw.metrics.limited.labels(limit).inc(),
     )
     tracing.shutdown()
 

@@ -36,6 +36,14 @@ class ServerConfig(_Model):
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9464"
     """Where /metrics, /readyz and /healthz are served: never on the agents' port (they name every agent)."""
+    max_connections: Annotated[int, Field(gt=0)] = 1000
+    """Open agent connections at most; past it a new connection gets 503 and is closed (bounds a slowloris)."""
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """A connection that has not sent a whole request head within this long is closed."""
+    max_sessions_per_agent: Annotated[int, Field(gt=0)] = 100
+    """Open MCP sessions per agent at most: one agent cannot fill max_sessions for everyone."""
+    max_concurrent_calls_per_agent: Annotated[int, Field(gt=0)] = 64
+    """MCP requests (POSTs) one agent may have in flight at once; past it HTTP 429."""
     max_request_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 4 * 1024 * 1024
     allowed_hosts: list[str] | None = None
     """Host headers accepted (DNS-rebinding protection); default: the listen address and localhost."""

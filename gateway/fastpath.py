@@ -14,9 +14,6 @@ answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's serve
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -25,8 +22,10 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
+from gateway import sdk_adapter
 from gateway.decide import Request
 from gateway.forward import GatewayError
+from gateway.http.headers import RequestHeaders
 from gateway.identity import Agent
 from gateway.pipeline import Pipeline
 
@@ -65,19 +64,17 @@ _CLIENT_META = "io.modelcontextprotocol/clientInfo"
 _SERVER_META = "io.modelcontextprotocol/serverInfo"
 
 
-def modern_client(msg: dict[str, Any], headers: dict[bytes, bytes]) -> dict[str, Any] | None:
+def modern_client(msg: dict[str, Any], headers: RequestHeaders) -> dict[str, Any] | None:
     """clientInfo of a 2026-era request whose headers agree with its body; None sends it to the SDK."""
-    version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
+    version = headers.protocol_version
     if version not in MODERN_PROTOCOL_VERSIONS:
         return None
     meta = msg["params"].get("_meta") or {}
     if meta.get(_PROTOCOL_META) != version:
         return None
-    if headers.get(b"mcp-method") != b"tools/call":
+    if headers.mcp_method != "tools/call" or headers.mcp_name != msg["params"]["name"]:
         return None
-    if headers.get(b"mcp-name", b"").decode("utf-8", "replace") != msg["params"]["name"]:
-        return None
-    if any(k.startswith(b"mcp-param-") for k in headers):
+    if headers.has_mcp_param:
         return None
     info = meta.get(_CLIENT_META)
     if not isinstance(info, dict):
@@ -97,12 +94,8 @@ class FastPath:
         }
 
     def _live_transport(self, view: str | None, session_id: str) -> Any:
-        # The SDK keeps its sessions in a private map; reading it lets the fast path answer only on sessions
-        # the SDK opened and still holds (an unknown or expired id falls through to the SDK's 404).
-        transport = getattr(self._managers[view], "_server_instances", {}).get(session_id)
-        if transport is None or getattr(transport, "_terminated", False):
-            return None
-        return transport
+        # Only sessions the SDK opened and still holds (an unknown or expired id falls through to the SDK's 404).
+        return sdk_adapter.live_transport(self._managers[view], session_id)
 
     def _per_session(self, name: str, view: str | None) -> bool:
         up, _ = self._pipeline.catalog.split(name, view)
@@ -162,7 +155,7 @@ class FastPath:
         )
         body: bytes | None = None
         key = (session_id, msg["id"])
-        with self._holding(transport), anyio.CancelScope() as scope:
+        with sdk_adapter.holding(transport), anyio.CancelScope() as scope:
             if session_id is not None:
                 self._inflight[key] = scope
             try:
@@ -200,23 +193,6 @@ class FastPath:
             return orjson.dumps(
                 {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "internal gateway error"}}
             )
-
-    @contextmanager
-    def _holding(self, transport: Any) -> Iterator[None]:
-        """Hold the SDK session while the call runs, as a request through the SDK would (no idle expiry)."""
-        idle_scope = getattr(transport, "idle_scope", None)
-        timeout = getattr(transport, "_idle_timeout", None)
-        if idle_scope is None or not timeout or not hasattr(transport, "_requests_in_flight"):
-            yield
-            return
-        transport._requests_in_flight += 1
-        idle_scope.deadline = math.inf
-        try:
-            yield
-        finally:
-            transport._requests_in_flight -= 1
-            if not transport._requests_in_flight:
-                idle_scope.deadline = anyio.current_time() + timeout
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -21,15 +21,17 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from connectors.jsonrpc import RemoteError
+from gateway import sdk_adapter
 from gateway.decide import Request
 from gateway.forward import GatewayError
+from gateway.http.authenticate import AGENT_KEY
+from gateway.http.headers import HEADERS_KEY
 from gateway.identity import Agent
 from gateway.pipeline import Pipeline
 from gateway.relay import AgentSession
 
 log = logging.getLogger("gateway.frontend")
 
-AGENT_KEY = "gateway.agent"
 VERSION = "0.1.0"
 
 
@@ -50,6 +52,12 @@ def _recordable_id(rid: Any) -> Any:
     return rid
 
 
+def _session_id(scope: Any) -> str | None:
+    """The Mcp-Session-Id the HTTP front end parsed (one value: a duplicated header was refused with 400)."""
+    headers = scope.get("state", {}).get(HEADERS_KEY)
+    return headers.session_id if headers is not None else None
+
+
 def make_request(ctx: ServerRequestContext[Any, Any], action: str, view: str | None, **fields: Any) -> Request:
     request = ctx.request
     client: dict[str, Any] = {}
@@ -60,7 +68,7 @@ def make_request(ctx: ServerRequestContext[Any, Any], action: str, view: str | N
         agent=agent_of(ctx),
         action=action,
         view=view,
-        session_id=request.headers.get("mcp-session-id") if request is not None else None,
+        session_id=_session_id(request.scope) if request is not None else None,
         client=client,
         protocol_version=ctx.protocol_version,
         request_id=_recordable_id(ctx.request_id),
@@ -160,8 +168,8 @@ _TRACKED = frozenset({"tools/call", "prompts/get", "resources/read", "completion
 class _Outlet:
     """A session's ways to its agent: the streams of its calls in flight, else its standalone stream.
 
-    Reads the SDK's per-connection and per-request channels (``ServerSession._connection`` and
-    ``_request_outbound``): raw dicts both ways, so relayed messages are not re-validated or reshaped.
+    Uses the SDK's per-connection and per-request channels (``sdk_adapter.connection_of`` and
+    ``request_channel``): raw dicts both ways, so relayed messages are not re-validated or reshaped.
     """
 
     def __init__(self, connection: Any):
@@ -202,7 +210,7 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
     relay, catalog = pipeline.relay, pipeline.catalog
 
     def session_of(ctx: ServerRequestContext[Any, Any]) -> AgentSession | None:
-        connection = getattr(ctx.session, "_connection", None)
+        connection = sdk_adapter.connection_of(ctx.session)
         sid = getattr(connection, "session_id", None)
         if connection is None or sid is None or ctx.method == "initialize":
             return None
@@ -244,7 +252,7 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
             return await call_next(ctx)
         outlet = session.outlet
         assert isinstance(outlet, _Outlet)
-        entry = (upstream_of(ctx.method, ctx.params or {}), getattr(ctx.session, "_request_outbound", None))
+        entry = (upstream_of(ctx.method, ctx.params or {}), sdk_adapter.request_channel(ctx.session))
         if entry[1] is None:
             return await call_next(ctx)
         outlet.inflight.append(entry)

@@ -64,6 +64,12 @@ class Metrics:
             registry=r,
         )
         self.sessions = Gauge("mcp_gateway_sessions", "Open MCP sessions of agents.", registry=r)
+        self.limited = Counter(
+            "mcp_gateway_limited_total",
+            "Requests and connections refused by a server limit (sessions_per_agent, calls_per_agent, "
+            "connections, header_timeout).",
+            ["limit"], registry=r,
+        )
         self.upstream_errors = Counter(
             "mcp_gateway_upstream_errors_total", "Upstream failures by kind.", ["server", "kind"], registry=r,
         )

@@ -7,11 +7,15 @@ instead of silently breaking the hot path. ``pyproject.toml`` pins ``mcp`` to th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import anyio
 import uvicorn
 
 log = logging.getLogger("gateway.http")
@@ -32,6 +36,65 @@ class QuietServer(uvicorn.Server):
         yield
 
 
+def guarded_h11(max_connections: int, header_timeout: float,
+                on_refused: Callable[[str], None]) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with two bounds it lacks: open connections (one past ``max_connections`` gets
+    503 and is closed at once) and the time to send a request head (a connection that has not sent a whole
+    request line and headers ``header_timeout`` seconds after it opened, or after its last response, is closed).
+
+    Together they bound what a slowloris client can hold: file descriptors, and for how long.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            if len(self.connections) > max_connections:
+                on_refused("connections")
+                transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                on_refused("header_timeout")
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the request head is in: the body and the answer have their own bounds
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # a kept-alive connection has as long for its next request head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+             b"content-length: 45\r\n\r\ntoo many connections (server.max_connections)")
+
+
 def server_exiting() -> bool:
     """Has uvicorn been told to stop? (Its SIGTERM handler is a bound method of the server: sse-starlette's way.)"""
     handler = signal.getsignal(signal.SIGTERM)
@@ -39,3 +102,84 @@ def server_exiting() -> bool:
     return bool(getattr(server, "should_exit", False))
 
 
+
+
+# --- sse-starlette ---------------------------------------------------------------------------------------------
+
+
+def keep_sse_streams_on_exit() -> None:
+    """Stop sse-starlette from ending every SSE stream the moment the server is told to stop (it would cut
+    calls that answer on a stream); ``close_sse_streams`` ends them once the calls in flight are done."""
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()
+
+
+def close_sse_streams() -> None:
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.should_exit = True
+
+
+# --- MCP SDK: the session manager and its transports -----------------------------------------------------------
+
+
+def live_session_ids(manager: Any) -> Iterable[str]:
+    """The ids of the sessions a ``StreamableHTTPSessionManager`` holds (its private map; the SDK owns their
+    lifetime: idle expiry, DELETE). Session bindings and the sessions gauge follow it."""
+    instances: dict[str, Any] = manager._server_instances
+    return instances.keys()
+
+
+def live_transport(manager: Any, session_id: str) -> Any:
+    """The transport of a session the SDK holds and has not terminated; None otherwise (the SDK answers 404)."""
+    transport = manager._server_instances.get(session_id)
+    if transport is None or transport.is_terminated:
+        return None
+    return transport
+
+
+@contextlib.contextmanager
+def holding(transport: Any) -> Iterator[None]:
+    """Hold an SDK session while a call the SDK never sees runs (the fast path), as the SDK's own
+    ``handle_request`` does: no idle expiry while a request is in flight, the countdown restarts after the last."""
+    idle_scope = transport.idle_scope if transport is not None else None
+    timeout = transport._idle_timeout if idle_scope is not None else None
+    if idle_scope is None or not timeout:
+        yield
+        return
+    transport._requests_in_flight += 1
+    idle_scope.deadline = math.inf
+    try:
+        yield
+    finally:
+        transport._requests_in_flight -= 1
+        if not transport._requests_in_flight:
+            idle_scope.deadline = anyio.current_time() + timeout
+
+
+def attach_session_manager(server: Any, manager: Any) -> None:
+    """Give a low-level ``Server`` the session manager built for it (``Server.session_manager`` reads it; the
+    SDK sets it only in ``streamable_http_app()``, which the gateway does not use)."""
+    server._session_manager = manager
+
+
+# --- MCP SDK: a request context's channels to the agent ---------------------------------------------------------
+
+
+def connection_of(session: Any) -> Any:
+    """The per-connection ``Connection`` of a ``ServerSession`` (its session id, its standalone outbound channel,
+    its exit stack), or None."""
+    return getattr(session, "_connection", None)
+
+
+def request_channel(session: Any) -> Any:
+    """The outbound channel of the request a ``ServerSession`` serves (messages related to that request go on its
+    SSE stream), or None."""
+    return getattr(session, "_request_outbound", None)
+
+
+def drop_sdk_spans(server: Any) -> None:
+    """Remove the SDK's own per-request span middleware: the gateway's call span replaces it (same names and
+    attributes), so the tree is call -> auth, decision, forward instead of a second server span in between."""
+    server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]

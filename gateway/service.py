@@ -13,7 +13,7 @@ from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
-from gateway import tracing
+from gateway import sdk_adapter, tracing
 from gateway.audit import AuditLog
 from gateway.catalog import Catalog
 from gateway.config import Config
@@ -76,9 +76,9 @@ class Gateway:
             for view, server in self.servers.items()
         }
         for view, server in self.servers.items():
-            server._session_manager = self.session_managers[view]
+            sdk_adapter.attach_session_manager(server, self.session_managers[view])
             if tracing.enabled():
-                tracing.drop_sdk_spans(server)
+                sdk_adapter.drop_sdk_spans(server)
         self.started = False
 
     def _upstream_state(self, name: str, up: bool) -> None:

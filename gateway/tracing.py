@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import TracingConfig
+from gateway.http.headers import headers_of
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -176,14 +177,6 @@ def trace_auth(auth: Authenticator) -> Authenticator:
     return auth
 
 
-def drop_sdk_spans(server: Any) -> None:
-    """Remove the SDK's own per-request span middleware: the gateway's call span replaces it (same names and
-    attributes), so the tree is call -> auth, decision, forward instead of a second server span in between."""
-    middleware = getattr(server, "middleware", None)
-    if isinstance(middleware, list):
-        server.middleware = [m for m in middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
-
-
 class TracingMiddleware:
     """Opens the call span for each MCP POST before authentication, so auth is a child of it."""
 
@@ -203,7 +196,8 @@ class TracingMiddleware:
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind, StatusCode
 
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = headers_of(scope)  # parsed once (a duplicated traceparent was refused with 400)
+        carrier = {"traceparent": headers.traceparent or "", "tracestate": headers.tracestate or ""}
         with tracer.start_as_current_span(
             "mcp.request",
             context=extract(carrier),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.config import ServerConfig
-from gateway.sdk_adapter import QuietServer
+from gateway.sdk_adapter import QuietServer, guarded_h11
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -33,10 +34,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_level: str,
-          agent_sock: socket.socket, admin_sock: socket.socket) -> None:
+          agent_sock: socket.socket, admin_sock: socket.socket, on_refused: Callable[[str], None]) -> None:
+    """Run until told to stop (SIGTERM/SIGINT). The agent port's connections are bounded in number
+    (``max_connections``) and in the time to send a request head (``header_timeout_s``)."""
     common = {"log_level": log_level, "log_config": None, "access_log": False}
+    protocol = guarded_h11(server.max_connections, server.header_timeout_s, on_refused)
     agent = uvicorn.Server(uvicorn.Config(
-        agent_app, lifespan="on", timeout_graceful_shutdown=10, **common,  # type: ignore[arg-type]
+        agent_app, lifespan="on", timeout_graceful_shutdown=10, http=protocol, **common,  # type: ignore[arg-type]
     ))
     admin = QuietServer(uvicorn.Config(admin_app, lifespan="off", **common))  # type: ignore[arg-type]
 

@@ -1,0 +1,65 @@
+"""The gateway's lifecycle under the agent listener: start and stop it with the ASGI lifespan, drain on exit.
+
+Graceful shutdown: calls in flight finish (and are recorded) before the SDK's SSE streams are closed. By default
+sse-starlette ends every SSE stream the moment the server is told to stop, cutting calls that answer on a
+stream; here the streams stay up while any MCP request other than a GET is in flight (bounded by the server's
+own graceful-shutdown timeout), then are closed so idle listening streams do not hold the shutdown up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway import sdk_adapter
+from gateway.service import Gateway
+
+log = logging.getLogger("gateway.http")
+
+
+class Lifespan:
+    def __init__(self, app: ASGIApp, gateway: Gateway):
+        self.app = app
+        self.gw = gateway
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http" and scope["method"] != "GET" and scope["path"].startswith("/mcp"):
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        msg = await receive()
+        assert msg["type"] == "lifespan.startup"
+        try:
+            async with self.gw.running(), anyio.create_task_group() as tg:
+                tg.start_soon(self._drain_on_exit)
+                await send({"type": "lifespan.startup.complete"})
+                msg = await receive()
+                # lifespan.shutdown: leaving the block stops upstreams and session managers
+                tg.cancel_scope.cancel()
+        except Exception as exc:
+            log.exception("gateway failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _drain_on_exit(self) -> None:
+        sdk_adapter.keep_sse_streams_on_exit()
+        while not sdk_adapter.server_exiting():
+            await anyio.sleep(0.05)
+        log.info("shutting down: %d requests in flight", self.in_flight)
+        while self.in_flight:
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # let clients take in their last answers before their listening streams go
+        sdk_adapter.close_sse_streams()

@@ -1,0 +1,181 @@
+"""One test per private hook of gateway/sdk_adapter.py: an SDK, uvicorn or sse-starlette release that changes
+one of them fails the test named after it (and pyproject.toml pins ``mcp`` to the minor series they passed on)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import signal
+import socket
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+import uvicorn
+from mcp.server import Server
+from mcp.server.session import ServerSession
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+
+from gateway import sdk_adapter
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_quiet_server_leaves_signal_handlers_alone() -> None:
+    assert hasattr(uvicorn.Server, "capture_signals")
+    before = signal.getsignal(signal.SIGTERM)
+    server = sdk_adapter.QuietServer(uvicorn.Config(lambda *a: None))
+    with server.capture_signals():
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_server_exiting_reads_uvicorn_s_signal_handler() -> None:
+    server = uvicorn.Server(uvicorn.Config(lambda *a: None))
+    with server.capture_signals():
+        assert not sdk_adapter.server_exiting()
+        server.should_exit = True
+        assert sdk_adapter.server_exiting()
+    server.should_exit = False
+
+
+async def _serve_guarded(max_connections: int, timeout: float, refused: list[str]) -> tuple[uvicorn.Server, int, Any]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_config=None,
+                            http=sdk_adapter.guarded_h11(max_connections, timeout, refused.append))
+    server = sdk_adapter.QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, sock.getsockname()[1], task
+
+
+@pytest.mark.anyio
+async def test_guarded_h11_bounds_connections_and_request_heads() -> None:
+    """uvicorn's h11 protocol (connection_made, data_received, on_response_complete, conn.their_state)."""
+    refused: list[str] = []
+    server, port, task = await _serve_guarded(2, 0.3, refused)
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        idle[0][1].write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a head
+        extra = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(extra[0].read(), 5)).startswith(b"HTTP/1.1 503")
+        for reader, _ in idle:
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the head timeout
+        assert refused.count("connections") == 1 and refused.count("header_timeout") == 2
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # control: a whole request is served
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # kept alive, then its next head timed out
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_sse_starlette_drain_switches() -> None:
+    from sse_starlette.sse import AppStatus
+
+    assert callable(AppStatus.disable_automatic_graceful_drain)
+    saved = AppStatus.enable_automatic_graceful_drain, AppStatus.should_exit
+    try:
+        sdk_adapter.keep_sse_streams_on_exit()
+        assert AppStatus.enable_automatic_graceful_drain is False
+        sdk_adapter.close_sse_streams()
+        assert AppStatus.should_exit is True
+    finally:
+        AppStatus.enable_automatic_graceful_drain, AppStatus.should_exit = saved
+
+
+def _manager() -> StreamableHTTPSessionManager:
+    return StreamableHTTPSessionManager(
+        app=Server("t"), security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        session_idle_timeout=60,
+    )
+
+
+async def _initialize(manager: StreamableHTTPSessionManager) -> str:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "query_string": b"", "headers": [
+        (b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")]}
+    with anyio.fail_after(10):
+        await manager.handle_request(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return dict(start["headers"])[b"mcp-session-id"].decode()
+
+
+@pytest.mark.anyio
+async def test_live_session_ids_and_transport_read_the_manager_s_sessions() -> None:
+    manager = _manager()
+    async with manager.run():
+        assert list(sdk_adapter.live_session_ids(manager)) == []
+        sid = await _initialize(manager)
+        assert list(sdk_adapter.live_session_ids(manager)) == [sid]
+        transport = sdk_adapter.live_transport(manager, sid)
+        assert isinstance(transport, StreamableHTTPServerTransport)
+        assert sdk_adapter.live_transport(manager, "no-such-session") is None
+        await transport.terminate()
+        assert sdk_adapter.live_transport(manager, sid) is None  # terminated: the SDK answers 404
+
+
+@pytest.mark.anyio
+async def test_holding_suspends_idle_expiry_as_the_sdk_does() -> None:
+    # The counter and deadline are the ones the SDK's own handle_request uses.
+    source = inspect.getsource(StreamableHTTPServerTransport.handle_request)
+    assert "_requests_in_flight" in source and "idle_scope.deadline" in source
+    transport = StreamableHTTPServerTransport("abc", idle_timeout=5)
+    transport.idle_scope = anyio.CancelScope()
+    with sdk_adapter.holding(transport):
+        assert transport.idle_scope.deadline == math.inf and transport._requests_in_flight == 1
+    assert transport._requests_in_flight == 0
+    assert transport.idle_scope.deadline <= anyio.current_time() + 5
+    with sdk_adapter.holding(None):  # a 2026-era call has no session to hold
+        pass
+
+
+def test_attach_session_manager() -> None:
+    server: Server[Any] = Server("t")
+    manager = _manager()
+    sdk_adapter.attach_session_manager(server, manager)
+    assert server.session_manager is manager
+
+
+def test_connection_and_request_channel_of_a_server_session() -> None:
+    assert list(inspect.signature(ServerSession.__init__).parameters)[1:3] == ["request_outbound", "connection"]
+    from types import SimpleNamespace
+
+    outbound, connection = object(), SimpleNamespace(protocol_version="2025-11-25")
+    session = ServerSession(outbound, connection)  # type: ignore[arg-type]
+    assert sdk_adapter.connection_of(session) is connection
+    assert sdk_adapter.request_channel(session) is outbound
+
+
+def test_drop_sdk_spans() -> None:
+    server: Server[Any] = Server("t")
+    assert any(type(m).__name__ == "OpenTelemetryMiddleware" for m in server.middleware)
+    sdk_adapter.drop_sdk_spans(server)
+    assert not any(type(m).__name__ == "OpenTelemetryMiddleware" for m in server.middleware)
