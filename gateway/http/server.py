@@ -8,6 +8,7 @@ server stops when it does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp
 
 from gateway.config import ServerConfig
 from gateway.sdk_adapter import QuietServer, guarded_h11
+
+log = logging.getLogger("gateway.http")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -33,12 +36,38 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+FD_RESERVE = 128
+"""Descriptors kept for everything but agent connections: upstream pipes and sockets, the audit log, workers."""
+
+
+def connection_budget(wanted: int) -> int:
+    """``max_connections``, within what the process may open: the soft descriptor limit is raised to the hard
+    one, and agent connections never take the last ``FD_RESERVE`` (a flood of connections must not leave the
+    gateway unable to start an upstream or write its audit log)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    budget = max(1, soft - FD_RESERVE)
+    if wanted > budget:
+        log.warning("server.max_connections = %d exceeds what %d descriptors allow: %d connections at most",
+                    wanted, soft, budget)
+        return budget
+    return wanted
+
+
 def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_level: str,
           agent_sock: socket.socket, admin_sock: socket.socket, on_refused: Callable[[str], None]) -> None:
     """Run until told to stop (SIGTERM/SIGINT). The agent port's connections are bounded in number
     (``max_connections``) and in the time to send a request head (``header_timeout_s``)."""
     common = {"log_level": log_level, "log_config": None, "access_log": False}
-    protocol = guarded_h11(server.max_connections, server.header_timeout_s, on_refused)
+    protocol = guarded_h11(connection_budget(server.max_connections), server.header_timeout_s, on_refused)
     agent = uvicorn.Server(uvicorn.Config(
         agent_app, lifespan="on", timeout_graceful_shutdown=10, http=protocol, **common,  # type: ignore[arg-type]
     ))
