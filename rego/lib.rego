@@ -141,9 +141,10 @@ in_dated_window(w) if {
 
 # --- the decision ------------------------------------------------------------------------------------------
 
-# Every team defines grants (a boolean, default false) and ends with
-#   decision := lib.decide(deny, grants, containment)
-# allowed when something grants the request and nothing denies it; the reasons are every deny message;
+# The router (gateway.rego) decides each team's requests with
+#   lib.decide(deny, grants, containment)
+# from what the team defines (each may be left out: nothing denied, nothing granted, no narrowing): allowed when
+# something grants the request and nothing denies it; the reasons are every deny message (and the global ones);
 # containment (only on allowed calls) narrows the worker's profile for this call, never widens it.
 decide(deny, grants, containment) := {"allow": false, "reasons": r} if {
 	r := deny | global_deny

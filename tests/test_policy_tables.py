@@ -196,3 +196,36 @@ def test_the_shipped_catalogue_is_what_the_shipped_upstreams_declare() -> None:
     for up in demo.upstreams:
         listed = annotations_of(anyio.run(list_tools, demo, up, 60.0))
         assert shipped[up.name] == listed, up.name
+
+
+def test_a_team_may_leave_out_deny_containment_and_decision(tmp_path: Path) -> None:
+    """The router decides from what a team defines; what it leaves out is nothing denied, no narrowing (the recipe
+    once required a decision line naming deny and containment, and every decision failed without them)."""
+    policy = _policy_copy(tmp_path)
+    (policy / "teams" / "minimal.rego").write_text(
+        "package gateway.teams.minimal\n\nimport rego.v1\n\ndefault grants := false\n\n"
+        'grants if input.server == "time"\n'
+    )
+    (policy / "teams" / "custom.rego").write_text(
+        "package gateway.teams.custom\n\nimport rego.v1\n\n"
+        'decision := {"allow": input.server == "time", "reasons": ["custom"], "note": "own decision"}\n'
+    )
+    compiled = compile_policy(policy, "gateway/decision")
+    ev = new_evaluator()
+
+    def decide(team: str, server: str, action: str = "tools/call", **extra: object) -> tuple[bool, list[str], dict]:
+        inp = {**INPUT_SKELETON, "agent": {**INPUT_SKELETON["agent"], "id": "a", "team": team}, "action": action,
+               "server": server, "tool": "get_current_time", **extra}
+        d = compiled.decide(ev, inp)
+        assert d.error is None, d.error
+        return d.allow, sorted(d.reasons), d.result
+
+    assert decide("minimal", "time")[:2] == (True, [])
+    assert decide("minimal", "sh")[:2] == (False, ["no rule allows this request"])
+    assert decide("minimal", "time", "tools/list")[:2] == (True, [])
+    assert decide("minimal", "time", "logging/setLevel")[:2] == (False, ["no rule allows this request"])
+    assert decide("minimal", "time", agent={"id": "compromised-bot", "team": "minimal", "roles": []})[:2] == (
+        False, ["agent compromised-bot is suspended"])
+    allow, reasons, result = decide("custom", "time")
+    assert allow and reasons == ["custom"] and result["note"] == "own decision"
+    assert decide("nosuchteam", "time")[:2] == (False, ["no policy for this agent's team"])
