@@ -111,3 +111,42 @@ async def test_a_workspace_cannot_grow_past_its_quota(gw: RunningGateway) -> Non
         other = await c.call_tool("sh__run", {"command": "head -c 3000000 /dev/zero > f && echo ok"})
         assert other.structured_content is not None and other.structured_content["stdout"] == "ok\n"
     assert os.path.ismount(gw.workdir / "workspaces" / "ci-bot")
+
+
+async def test_a_quota_workspace_keeps_its_files_and_owner_across_a_restart() -> None:
+    work = traversable_tmp("mcpgw-quota-restart-")
+    port = free_port()
+    extra = f"""
+[containment]
+workspace_root = "{work}/workspaces"
+uid_base = 321000
+uid_count = 50
+max_workspace_mb = {QUOTA_MB}
+
+[containment.profiles.box]
+tier = "sandbox"
+read_only = ["/usr"]
+read_write = ["{{workspace}}"]
+env = {{ PATH = "/usr/bin:/bin" }}
+"""
+    upstreams = '[[upstreams]]\nname = "sh"\ntransport = "builtin"\ntools = "shell"\ncontainment = "box"\n'
+    config = default_config(port, work, upstreams, extra, allow_all_policy(work))
+    try:
+        for command, expected in (("echo kept > note; id -u", None), ("cat note; id -u", "kept\n")):
+            g = start_gateway(work, config, port)
+            try:
+                if expected is None:  # another agent takes the first uid of the range first, this time only
+                    async with mcp_client(g.url, KEYS["researcher"][2]) as c:
+                        await c.call_tool("sh__run", {"command": "true"})
+                async with mcp_client(g.url, KEYS["ci-bot"][2]) as c:
+                    r = await c.call_tool("sh__run", {"command": command})
+            finally:
+                g.stop()
+            s = r.structured_content
+            assert s is not None and s["exit_code"] == 0, s
+            if expected is None:
+                uid = s["stdout"].strip()
+            else:
+                assert s["stdout"] == expected + uid + "\n"  # the same file, read by the same uid
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

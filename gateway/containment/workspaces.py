@@ -135,7 +135,7 @@ class Workspaces:
                     if not stat.S_ISDIR(st.st_mode):
                         raise WorkspaceError(f"{path} exists and is not a directory") from None
                 if self.quota_mb is not None:
-                    self._mount_quota(agent, path)
+                    self._mount_quota(agent, path, uid)
                 os.chown(path, uid, uid, follow_symlinks=False)
                 os.chmod(path, 0o700)  # checked above: a directory, not a link, under a root-owned root
                 ws = Workspace(agent, str(path), uid, uid)
@@ -144,11 +144,17 @@ class Workspaces:
 
     # --- quota -----------------------------------------------------------------------------------------
 
-    def _mount_quota(self, agent: str, path: Path) -> None:
+    def _mount_quota(self, agent: str, path: Path, uid: int) -> None:
         """Make ``path`` the mount point of the agent's own file system of ``quota_mb`` (see module doc)."""
         if os.path.ismount(path):
             return
-        if any(os.scandir(path)):
+        # The directory under the mount records the agent's uid too: after a restart the scan finds it there
+        # (the image's files belong to that uid), before the image is mounted again.
+        os.chown(path, uid, uid, follow_symlinks=False)
+        os.chmod(path, 0o700)
+        with os.scandir(path) as entries:
+            occupied = any(entries)
+        if occupied:
             raise WorkspaceError(f"{path} holds files but is not its quota file system: move them out, or into "
                                  "the workspace once mounted (max_workspace_mb applies to new workspaces)")
         images = self.root / ".images"
