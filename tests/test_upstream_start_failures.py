@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import (
     ECHO,
@@ -177,13 +178,33 @@ async def test_it_keeps_serving_past_the_start_timeouts_and_retries(gw: RunningG
     assert "background task" not in log.read_text()  # nothing needed the guard: each connector handled its own
 
 
-async def test_an_upstream_comes_up_when_what_it_lacked_appears(gw: RunningGateway) -> None:
-    wait_for(gw, "late reported down", lambda code, d: "cannot change to" in (d["upstreams"]["late"]["error"] or ""))
+def bring_late_up(gw: RunningGateway) -> None:
     later = gw.workdir / "workspaces" / "_catalog" / "later"
-    later.mkdir()
-    os.chmod(later, 0o755)
+    if not later.exists():
+        wait_for(gw, "late reported down",
+                 lambda code, d: "cannot change to" in (d["upstreams"]["late"]["error"] or ""))
+        later.mkdir()
+        os.chmod(later, 0o755)
     wait_for(gw, "late up after a retry", lambda code, d: d["upstreams"]["late"]["up"]
              and d["upstreams"]["late"]["tools"] > 0)
+
+
+async def test_an_upstream_comes_up_when_what_it_lacked_appears(gw: RunningGateway) -> None:
+    bring_late_up(gw)
     async with mcp_client(gw.url, KEYS["ci-bot"][2]) as c:
         names = {t.name for t in (await c.list_tools()).tools}
         assert "late__list_directory" in names, names
+
+
+async def test_an_agents_worker_that_cannot_start_is_reported_without_host_details(gw: RunningGateway) -> None:
+    """The catalog's worker of "late" runs (its workspace has later/), an agent's own worker cannot: the agent is
+    told its call's worker could not start; the host paths and the server's stderr stay in the gateway's log."""
+    bring_late_up(gw)
+    async with mcp_client(gw.url, KEYS["ci-bot"][2]) as c:
+        with pytest.raises(MCPError) as failed:
+            await c.call_tool("late__list_directory", {"path": "."})
+    message = failed.value.message
+    assert "worker could not start" in message and "decision id" in message, message
+    assert str(gw.workdir) not in message and "mcpgw-helper" not in message and "later" not in message, message
+    assert "worker for agent ci-bot: worker could not start" in gw.log.read_text()
+    assert "cannot change to" in gw.log.read_text()

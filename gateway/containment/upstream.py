@@ -185,7 +185,14 @@ class AgentConnection:
                       on_progress: ProgressFn | None = None) -> dict[str, Any]:
         up = self.upstream
         profile, scope = up.call_profile()
-        w = await up._worker(self.agent, profile)
+        try:
+            w = await up._worker(self.agent, profile)
+        except UpstreamError as exc:
+            if not exc.detail.startswith("worker could not start"):
+                raise  # say, no room for another worker: the agent may know
+            # The detail names host paths and carries the server's own stderr: for the log, not for the agent.
+            log.error("upstream %s: worker for agent %s: %s", up.name, self.agent, exc.detail)
+            raise UpstreamError(up.name, "unavailable", "worker could not start (the gateway's log says why)") from None
         report(scope, profile.tier, profile, w.id)
         try:
             return await w.call(method, params, min(timeout, profile.timeout_s), on_progress)
