@@ -28,7 +28,7 @@ _FLOAT_DIGITS = 15
 """Significant digits rego-cpp keeps exactly (measured: 16 and 17-digit values are rounded, so 100.00000000000001
 compares equal to 100)."""
 
-_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +71,13 @@ def _string(w: _Walk, s: str, path: list[str | int]) -> None:
     w.size += len(s) + 2
     if w.size > lim.max_bytes:
         raise Refused(f"more than {lim.max_bytes} bytes (max_argument_bytes)")
-    bad = _BAD_CHAR.search(s)
-    if bad is not None:
-        what = "U+0000" if bad.group() == "\x00" else f"a lone surrogate U+{ord(bad.group()):04X}"
-        raise Refused(f"{_where(w, path)} holds {what}, which the policy engine cannot read as it is")
+    if "\x00" in s:
+        raise Refused(f"{_where(w, path)} holds U+0000, which the policy engine cannot read as it is")
     if not s.isascii():
+        bad = _SURROGATE.search(s)
+        if bad is not None:
+            raise Refused(f"{_where(w, path)} holds a lone surrogate U+{ord(bad.group()):04X}, which the policy "
+                          "engine cannot read as it is")
         w.size += len(s.encode("utf-8")) - len(s)
         if w.size > lim.max_bytes:
             raise Refused(f"more than {lim.max_bytes} bytes (max_argument_bytes)")
