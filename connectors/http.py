@@ -7,11 +7,22 @@ so progress notifications and server-to-client requests reach the gateway while 
 ends before its response is resumed with a GET and ``Last-Event-ID`` after the server's ``retry`` delay
 (SEP-1699), and a standalone GET stream carries what the server sends outside calls (list changes, resource
 updates), when the server offers one.
+
+Nothing an upstream sends is held past ``Limits.max_message_bytes``: a JSON body is read in chunks and cut at
+the limit (a Content-Length above it is refused unread), an SSE event is cut while it grows (its unfinished
+line included, so an event that never ends or a line without a newline costs at most the limit), and an error
+body is read for its first 500 bytes only. A cut answer fails its request with an ``oversize`` UpstreamError.
+
+SSE is parsed by httpx2's ``EventSource`` (the SDK's own client uses it) with ``max_event_size``. Measured
+against the former hand-written line reader (``aiter_lines``) on this machine: 6.4 vs 6.1 us per 200-byte event,
+32 vs 19 us per 10 KB event, 65 vs 66 ms per 10 MB event: within noise of a gateway call (milliseconds), so
+the maintained, bounded parser wins over keeping a second one here.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -20,12 +31,20 @@ import httpx2
 import orjson
 from mcp.client.auth.exceptions import OAuthFlowError
 
+from connectors.base import Limits, StateFn
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 
 log = logging.getLogger("gateway.upstream")
 
 _DEFAULT_RETRY_S = 1.0
 _MAX_RESUMES = 5
+_ERROR_BODY_BYTES = 500
+
+
+def _is_sse(resp: httpx2.Response) -> bool:
+    """Judged as EventSource does (its own check would raise SSEError, which here means an oversized event)."""
+    ctype = resp.headers.get("content-type", "").partition(";")[0]
+    return ctype.strip().lower() == "text/event-stream"
 
 
 class HttpConnector(JsonRpcPeer):
@@ -35,10 +54,11 @@ class HttpConnector(JsonRpcPeer):
         url: str,
         headers: dict[str, str] | None = None,
         start_timeout: float = 30.0,
-        on_state: Any = None,
+        on_state: StateFn | None = None,
         auth: httpx2.Auth | None = None,
+        limits: Limits | None = None,
     ):
-        super().__init__(name)
+        super().__init__(name, limits)
         self.url = url
         self._headers = {
             "Accept": "application/json, text/event-stream",
@@ -90,9 +110,11 @@ class HttpConnector(JsonRpcPeer):
                 if self._listener is not None:
                     self._listener.cancel()
             except Exception as exc:  # whatever the upstream does, the gateway keeps running and retries
-                self.last_error = exc.detail if isinstance(exc, UpstreamError) else f"{exc.__class__.__name__}: {exc}"
+                # last_error reaches agents ("is not reachable (...)"): the exception's own text stays in the log
+                self.last_error = exc.detail if isinstance(exc, UpstreamError) else exc.__class__.__name__
                 self._attempted.set()
-                log.warning("upstream %s: %s; retrying in %.1f s", self.name, self.last_error, backoff)
+                log.warning("upstream %s: %s; retrying in %.1f s", self.name,
+                            self.last_error if isinstance(exc, UpstreamError) else f"{exc!r}", backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -140,15 +162,14 @@ class HttpConnector(JsonRpcPeer):
                     self._mark_down("the server ended the session")
                     raise UpstreamError(self.name, "unavailable", "ended the session; reconnecting")
                 if resp.status_code >= 400:
-                    body = (await resp.aread())[:500].decode("utf-8", "replace")
+                    body = await self._head(resp)
                     raise UpstreamError(self.name, "protocol", f"answered HTTP {resp.status_code}: {body}")
                 sid = resp.headers.get("mcp-session-id")
                 if sid and message.get("method") == "initialize":
                     self._session_id = sid
                 if "id" not in message or "method" not in message or resp.status_code == 202:
                     return
-                ctype = resp.headers.get("content-type", "")
-                if ctype.startswith("text/event-stream"):
+                if _is_sse(resp):
                     last_id, retry = await self._read_sse(resp)
                     if self._waiting(message["id"]):
                         if last_id is None:  # nothing to resume from: the answer will never come
@@ -156,7 +177,7 @@ class HttpConnector(JsonRpcPeer):
                                                 "without answering it")
                         resume = (last_id, retry)
                 else:
-                    await self._dispatch(orjson.loads(await resp.aread()))
+                    await self._dispatch(orjson.loads(await self._read_body(resp)))
                     if self._waiting(message["id"]):
                         raise UpstreamError(self.name, "protocol", f"answered {message['method']} with JSON that "
                                             "is not its response")
@@ -168,7 +189,36 @@ class HttpConnector(JsonRpcPeer):
         except orjson.JSONDecodeError:
             raise UpstreamError(self.name, "protocol", "sent a body that is not JSON") from None
         except (OAuthFlowError, ValueError, RuntimeError) as exc:  # the OAuth flow (see connectors.oauth) failed
-            raise UpstreamError(self.name, "unauthorized", f"could not be authorized: {exc}") from None
+            log.warning("upstream %s: OAuth failed: %r", self.name, exc)
+            raise UpstreamError(self.name, "unauthorized", f"could not be authorized ({type(exc).__name__})") from None
+
+    def _oversize(self, what: str) -> UpstreamError:
+        limit = self.limits.max_message_bytes
+        log.warning("upstream %s sent %s over %d bytes; cut", self.name, what, limit)
+        return UpstreamError(self.name, "oversize", f"sent {what} over the limit of {limit} bytes; not read further")
+
+    async def _read_body(self, resp: httpx2.Response) -> bytearray:
+        """The whole body, read in chunks and refused as soon as it exceeds the message limit."""
+        limit = self.limits.max_message_bytes
+        length = resp.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise self._oversize("a body")
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise self._oversize("a body")
+        return body
+
+    @staticmethod
+    async def _head(resp: httpx2.Response) -> str:
+        """The start of an error body, for the message (the rest is never read)."""
+        head = bytearray()
+        async for chunk in resp.aiter_bytes():
+            head += chunk
+            if len(head) >= _ERROR_BODY_BYTES:
+                break
+        return head[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
 
     def _waiting(self, rid: Any) -> bool:
         pending = self._pending.get(rid) if isinstance(rid, int) else None
@@ -180,7 +230,7 @@ class HttpConnector(JsonRpcPeer):
             await anyio.sleep(retry)
             headers = {**self._session_headers(), "Accept": "text/event-stream", "Last-Event-ID": last_id}
             async with self._client.stream("GET", self.url, headers=headers) as resp:
-                if resp.status_code >= 400 or not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                if resp.status_code >= 400 or not _is_sse(resp):
                     raise UpstreamError(self.name, "protocol", f"refused to resume a stream (HTTP {resp.status_code})")
                 new_id, retry = await self._read_sse(resp, until=rid)
             if not self._waiting(rid):
@@ -201,13 +251,12 @@ class HttpConnector(JsonRpcPeer):
                     headers["Last-Event-ID"] = last_id
                 try:
                     async with self._client.stream("GET", self.url, headers=headers) as resp:
-                        ctype = resp.headers.get("content-type", "")
-                        if resp.status_code >= 400 or not ctype.startswith("text/event-stream"):
+                        if resp.status_code >= 400 or not _is_sse(resp):
                             return  # no standalone stream offered (405) or not for us: nothing to listen to
                         failures = 0
                         new_id, retry = await self._read_sse(resp)
                         last_id = new_id or last_id
-                except httpx2.TransportError:
+                except (httpx2.TransportError, UpstreamError):  # an oversized event cuts the stream: reconnect
                     failures += 1
                 await anyio.sleep(retry * (1 + failures))
 
@@ -215,28 +264,29 @@ class HttpConnector(JsonRpcPeer):
         """Dispatch every event of a stream; returns its last event id and the server's retry delay (seconds).
 
         With ``until``, stops as soon as that request has its answer (a resumed GET stream may stay open).
+        An event over the message limit cuts the stream (UpstreamError ``oversize``).
         """
-        data: list[str] = []
         last_id: str | None = None
         retry = _DEFAULT_RETRY_S
-        async for line in resp.aiter_lines():
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-            elif line.startswith("id:"):
-                last_id = line[3:].strip() or last_id
-            elif line.startswith("retry:") and line[6:].strip().isdigit():
-                retry = min(int(line[6:].strip()) / 1000, 60.0)
-            elif line == "":
-                payload = "\n".join(data).strip()
-                data = []
-                if not payload:
-                    continue  # a priming event: an id and no data
-                try:
-                    await self._dispatch(orjson.loads(payload))
-                except orjson.JSONDecodeError:
-                    self._ignored("an SSE event that is not JSON")
-                if until is not None and not self._waiting(until):
-                    break
+        events = httpx2.EventSource(resp, max_event_size=self.limits.max_message_bytes)
+        try:
+            async with aclosing(events.__aiter__()) as stream:  # type: ignore[type-var]  # an async generator
+                async for event in stream:
+                    last_id = event.id or last_id
+                    if event.retry is not None:
+                        retry = min(max(event.retry, 0) / 1000, 60.0)
+                    if not event.data.strip():
+                        continue  # a priming event: an id and no data
+                    try:
+                        msg = orjson.loads(event.data)
+                    except orjson.JSONDecodeError:
+                        self._ignored("an SSE event that is not JSON")
+                        continue
+                    await self._dispatch(msg)
+                    if until is not None and not self._waiting(until):
+                        break
+        except httpx2.SSEError:  # the content type was checked before: this is the size limit
+            raise self._oversize("an SSE event") from None
         return last_id, retry
 
     async def aclose(self) -> None:

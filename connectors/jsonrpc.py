@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+
+from connectors.base import Limits, NotificationFn, ProgressFn, RequestFn
+
+__all__ = ["JsonRpcPeer", "Limits", "NotificationFn", "ProgressFn", "RemoteError", "RequestFn", "UpstreamError"]
 
 log = logging.getLogger("gateway.upstream")
 
 PROTOCOL_VERSION = "2025-11-25"
 CLIENT_INFO = {"name": "mcp-containment-gateway", "version": "0.1.0"}
 
-ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
-NotificationFn = Callable[[str, dict[str, Any]], Awaitable[None]]
-RequestFn = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+BUSY = -32000
+"""JSON-RPC error code (implementation-defined server error) of a server-to-client request refused as excess."""
+_YIELD_EVERY = 32
+"""Messages dispatched in a row before the reader lets the other tasks run (a burst must not hold the loop)."""
 
 
 class UpstreamError(Exception):
-    """The upstream could not answer: ``kind`` is a bounded label (unavailable, timeout, crashed, protocol)."""
+    """The upstream could not answer: ``kind`` is a bounded label (unavailable, timeout, crashed, protocol,
+    oversize). Its text reaches the agent: it names what happened, never internal exception text."""
 
     def __init__(self, server: str, kind: str, detail: str):
         super().__init__(f"upstream {server!r} {detail}")
@@ -61,8 +68,9 @@ def _key(rid: Any) -> int | str | None:
 class JsonRpcPeer:
     """Request/response bookkeeping over one upstream session."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, limits: Limits | None = None):
         self.name = name
+        self.limits = limits or Limits()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._progress: dict[str, ProgressFn] = {}
@@ -81,6 +89,11 @@ class JsonRpcPeer:
         """Server-to-client requests being answered, by id: the upstream may cancel them."""
         self.ignored: dict[str, int] = {}
         """Messages from the upstream dropped as malformed, by kind (a fixed description)."""
+        self._answers = 0
+        """Server-to-client requests being answered. One beyond ``limits.max_server_requests`` is refused with
+        BUSY from the reader itself, so a flood slows down to the pace of its refusals (this upstream's own
+        stream waits) and never becomes thousands of tasks competing with every other agent's work."""
+        self._burst = 0
 
     async def _send(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -160,7 +173,14 @@ class JsonRpcPeer:
 
     async def _dispatch(self, msg: Any) -> None:
         """Route one incoming message. Never raises: whatever the upstream sends, or a handler does with it, the
-        connection's reader goes on (an exception here would take the connection, and every call on it, down)."""
+        connection's reader goes on (an exception here would take the connection, and every call on it, down).
+
+        Every few messages it yields to the event loop: a burst that arrived in one read (thousands of messages
+        in one chunk) would otherwise be dispatched without a pause while every other agent's work waits."""
+        self._burst += 1
+        if self._burst >= _YIELD_EVERY:
+            self._burst = 0
+            await anyio.lowlevel.checkpoint()
         if not isinstance(msg, dict):
             self._ignored("a message that is not a JSON object")
             return
@@ -175,9 +195,13 @@ class JsonRpcPeer:
         raw = msg.get("params")
         params: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if "id" in msg:
-            if self._spawn is not None:
+            if self._answers >= self.limits.max_server_requests:
+                await self._refuse(msg["id"], method)
+            elif self._spawn is not None:
+                self._answers += 1
                 self._spawn(self._answer, msg["id"], method, params)
             else:
+                self._answers += 1
                 await self._answer(msg["id"], method, params)
             return
         if not isinstance(method, str):
@@ -203,20 +227,33 @@ class JsonRpcPeer:
         """Answer a server-to-client request. Never raises (it runs in the connection's task group). The upstream
         may cancel it meanwhile (notifications/cancelled): then it is not answered, as MCP asks."""
         key = _key(rid)
-        with anyio.CancelScope() as scope:
-            if key is not None:
-                self._answering[key] = scope
-            try:
-                outcome = await self._outcome(method, params)
-            finally:
-                if key is not None and self._answering.get(key) is scope:
-                    del self._answering[key]
-        if scope.cancelled_caught:
-            return
         try:
-            await self._send({"jsonrpc": "2.0", "id": rid, **outcome})
+            with anyio.CancelScope() as scope:
+                if key is not None:
+                    self._answering[key] = scope
+                try:
+                    outcome = await self._outcome(method, params)
+                finally:
+                    if key is not None and self._answering.get(key) is scope:
+                        del self._answering[key]
+            if scope.cancelled_caught:
+                return
+            await self._reply({"jsonrpc": "2.0", "id": rid, **outcome}, method)
+        finally:
+            self._answers -= 1
+
+    async def _refuse(self, rid: Any, method: Any) -> None:
+        """Refuse a server-to-client request beyond the in-flight limit (counted, logged sparingly)."""
+        self._ignored("server-to-client requests beyond the in-flight limit")
+        message = f"the gateway is already answering {self.limits.max_server_requests} requests of this upstream"
+        await self._reply({"jsonrpc": "2.0", "id": rid, "error": {"code": BUSY, "message": message}}, method)
+
+    async def _reply(self, message: dict[str, Any], method: Any) -> None:
+        try:
+            await self._send(message)
         except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
-            log.info("upstream %s: could not answer its %s request: %s", self.name, method, exc)
+            log.info("upstream %s: could not answer its %s request: %s", self.name, str(method)[:100],
+                     type(exc).__name__)
 
     async def _outcome(self, method: Any, params: dict[str, Any]) -> dict[str, Any]:
         """The ``result`` or ``error`` member of the answer to a server-to-client request."""
@@ -236,8 +273,9 @@ class JsonRpcPeer:
             }}
         except RemoteError as exc:
             return {"error": {"code": exc.code, "message": exc.message}}
-        except Exception as exc:
-            return {"error": {"code": -32603, "message": f"gateway could not relay {method}: {exc}"}}
+        except Exception:  # its text stays in the gateway's log: the upstream is not trusted with it either
+            log.exception("upstream %s: relaying its %s request failed", self.name, method)
+            return {"error": {"code": -32603, "message": f"gateway could not relay {method}"}}
 
     def _initialize_params(self) -> dict[str, Any]:
         caps = self.client_capabilities

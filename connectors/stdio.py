@@ -17,12 +17,14 @@ import anyio
 import anyio.abc
 import orjson
 
+from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits, StateFn
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 from connectors.lines import NOT_JSON, JsonLines, LineTooLong
 
 log = logging.getLogger("gateway.upstream")
 
-MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_LINE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
+"""Kept for callers that read it; each connector cuts at its own ``limits.max_message_bytes``."""
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -34,9 +36,10 @@ class StdioConnector(JsonRpcPeer):
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         start_timeout: float = 30.0,
-        on_state: Any = None,
+        on_state: StateFn | None = None,
+        limits: Limits | None = None,
     ):
-        super().__init__(name)
+        super().__init__(name, limits)
         self.command = list(command)
         # A clean environment: only what the config names, plus a PATH so the command can be found.
         self.env = {"PATH": os.environ.get("PATH", _BASE_PATH), **(env or {})}
@@ -51,6 +54,8 @@ class StdioConnector(JsonRpcPeer):
         self.last_error = "not started"
         self._stop_reason = ""
         """Why the gateway stopped the running process itself (else its exit code says why it stopped)."""
+        self._stop_kind = "crashed"
+        """How the calls in flight fail when it stops: ``oversize`` when it was stopped for an oversized message."""
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -116,6 +121,8 @@ class StdioConnector(JsonRpcPeer):
         )
         self._proc = proc
         self._stop_reason = ""
+        self._stop_kind = "crashed"
+        self._answers = 0  # the previous process's answers in flight were cancelled with it
         try:
             async with anyio.create_task_group() as tg:
                 self._spawn = tg.start_soon
@@ -145,13 +152,14 @@ class StdioConnector(JsonRpcPeer):
             if self._ready.is_set():
                 self._ready = anyio.Event()
             why = f"stopped while the call was in flight ({self.last_error})"
-            self._fail_all(UpstreamError(self.name, "crashed", why))
+            self._fail_all(UpstreamError(self.name, self._stop_kind, why))
             with anyio.CancelScope(shield=True):
                 await self._kill(proc)
 
     async def _read_stdout(self, proc: anyio.abc.Process) -> None:
         assert proc.stdout is not None
-        lines = JsonLines(MAX_LINE_BYTES)
+        limit = self.limits.max_message_bytes
+        lines = JsonLines(limit)
         try:
             async for chunk in proc.stdout:
                 for msg in lines.feed(chunk):
@@ -160,8 +168,9 @@ class StdioConnector(JsonRpcPeer):
                     else:
                         await self._dispatch(msg)
         except LineTooLong:
-            log.error("upstream %s sent a message over %d bytes; killing it", self.name, MAX_LINE_BYTES)
-            self._stop_reason = "sent an oversized message"
+            log.error("upstream %s sent a message over %d bytes; killing it", self.name, limit)
+            self._stop_reason = f"sent a message over the limit of {limit} bytes"
+            self._stop_kind = "oversize"
             await self._kill(proc)
             return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from connectors.base import CallTarget, Connector, PerAgent
 from connectors.http import HttpConnector
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
 from connectors.stdio import StdioConnector
@@ -44,7 +45,7 @@ _CHANGED = {
 @dataclass
 class Upstream:
     config: UpstreamConfig
-    conn: StdioConnector | HttpConnector
+    conn: Connector
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -56,19 +57,22 @@ class Upstream:
     sessions: SessionUpstreams | None = None
     """Set when the upstream runs with ``session_mode = "per_session"``."""
 
+    def __post_init__(self) -> None:
+        # Judged once: an isinstance against a runtime protocol costs tens of microseconds, too much per call.
+        self._per_agent = self.conn if isinstance(self.conn, PerAgent) else None
+
     @property
     def name(self) -> str:
         return self.config.name
 
-    def connector_for(self, agent: Any, session_id: str | None) -> Any:
+    def connector_for(self, agent: Any, session_id: str | None) -> CallTarget:
         """The connection that serves this agent's request.
 
         One shared connection today; contained upstreams (a worker per agent and profile) and per-session upstream
         sessions (for server-to-client relaying) plug in here.
         """
-        contained = getattr(self.conn, "connector_for", None)
-        if contained is not None:  # contained and built-in upstreams: the agent's own worker
-            return contained(agent, session_id)
+        if self._per_agent is not None:  # contained and built-in upstreams: the agent's own worker
+            return self._per_agent.connector_for(agent, session_id)
         if self.sessions is not None and session_id is not None:
             return self.sessions.connector(self, agent, session_id)
         return self.conn
@@ -97,14 +101,14 @@ def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, 
     if cfg.transport == "stdio":
         assert cfg.command is not None
         cwd = str(base_dir / cfg.cwd) if cfg.cwd else None
-        return StdioConnector(cfg.name, cfg.command, cfg.env, cwd, cfg.start_timeout_s, on_state)
+        return StdioConnector(cfg.name, cfg.command, cfg.env, cwd, cfg.start_timeout_s, on_state, cfg.limits())
     assert cfg.url is not None
     auth = None
     if cfg.oauth is not None:
         from connectors.oauth import oauth_provider
 
         auth = oauth_provider(cfg.name, cfg.url, cfg.oauth)
-    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state, auth)
+    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state, auth, cfg.limits())
 
 
 class Catalog:

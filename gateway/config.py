@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from gateway.containment.settings import ContainmentConfig
 from gateway.names import parse_roles
 
@@ -241,6 +242,14 @@ class UpstreamConfig(_Model):
     """A profile of [containment.profiles]: the server runs as contained workers, one per agent (stdio, builtin)."""
     tools: Literal["shell", "files"] | None = None
     """For transport = "builtin": which built-in tool set."""
+    max_message_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = DEFAULT_MAX_MESSAGE_BYTES
+    """One message from the upstream (JSON body, SSE event, stdio line) at most; cut while reading."""
+    max_server_requests: Annotated[int, Field(ge=1, le=10_000)] = 16
+    """Server-to-client requests of one upstream session answered at once; the excess is refused (JSON-RPC error)."""
+    max_sessions: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """per_session: upstream sessions of this upstream open at once (all agents)."""
+    max_sessions_per_agent: Annotated[int, Field(ge=1, le=100_000)] = 32
+    """per_session: upstream sessions of this upstream one agent may hold open at once."""
 
     @field_validator("name")
     @classmethod
@@ -266,6 +275,8 @@ class UpstreamConfig(_Model):
         if self.containment is not None and self.session_mode != "shared":
             raise ValueError("session_mode = 'per_session' is not available for contained upstreams (their unit is"
                              " the agent's worker)")
+        if self.session_mode != "per_session" and {"max_sessions", "max_sessions_per_agent"} & self.model_fields_set:
+            raise ValueError("max_sessions and max_sessions_per_agent are for session_mode = 'per_session'")
         if self.transport == "stdio":
             if not self.command:
                 raise ValueError("stdio upstreams need command = [program, args...]")
@@ -277,6 +288,9 @@ class UpstreamConfig(_Model):
             if self.command is not None or self.env:
                 raise ValueError("command and env are for stdio upstreams")
         return self
+
+    def limits(self) -> Limits:
+        return Limits(self.max_message_bytes, self.max_server_requests)
 
     def resolved_headers(self) -> dict[str, str]:
         """Header values with ``${VAR}`` replaced from the environment, at connect time (never logged)."""
