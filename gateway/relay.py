@@ -187,6 +187,9 @@ class Relay:
         caps = session.capabilities if session is not None else {}
         return {k: caps[k] for k in _RELAYED_CAPABILITIES if k in caps}
 
+    def session_live(self, session_id: str) -> bool:
+        return session_id in self.sessions
+
     def upstream_ready(self, upstream: str, session_id: str) -> None:
         """A session's upstream connection is up: the level the agent set goes first, before the call that opened it."""
         session = self.sessions.get(session_id)

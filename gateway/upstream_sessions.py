@@ -7,6 +7,13 @@ log message is meant for: over stdio nothing in the message names the call it be
 capabilities, so everything that connection sends belongs to exactly one agent session. It is opened on first
 use (from a started spare when one fits) and closed when the agent session ends. The stateless 2026 era has no
 session and uses the shared connection.
+
+A connection is opened only for an agent session the relay holds open (``SessionHooks.session_live``): a request
+that names a session which ended (a stateless request still carrying its ``Mcp-Session-Id``) must not start an
+upstream process that nothing would ever stop. A sweep closes, as a second lock, any connection whose session is
+no longer live. Each upstream caps its sessions in all (``max_sessions``) and per agent
+(``max_sessions_per_agent``), and all per-session connections together are capped too, so one agent cannot take
+every connection.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ class SessionHooks(Protocol):
 
     def capabilities_for(self, session_id: str) -> dict[str, Any]: ...
 
+    def session_live(self, session_id: str) -> bool:
+        """Whether the agent session is open (it was opened and has not ended)."""
+        ...
+
     async def upstream_request(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> Any: ...
 
     async def upstream_notification(
@@ -55,6 +66,10 @@ def _owner(agent: Any) -> tuple[str, str, str]:
     return (str(agent.id), str(agent.auth), str(agent.team))
 
 
+SWEEP_INTERVAL_S = 10.0
+"""How often connections whose agent session is no longer live are looked for (and closed)."""
+
+
 class SessionUpstreams:
     """Per-session connections, plus one started spare per stdio upstream so a new session does not wait for a
     process to start: the spare declared the capabilities of the last session, and is only handed to a session
@@ -71,6 +86,7 @@ class SessionUpstreams:
 
     def bind(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        tg.start_soon(self._sweep)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,9 +106,11 @@ class SessionUpstreams:
             return entry.conn
         if self._tg is None or self._closing:
             raise UpstreamError(up.name, "unavailable", "is not accepting new sessions (the gateway is stopping)")
-        if len(self._entries) >= self._max:
-            raise UpstreamError(up.name, "unavailable", f"has reached the limit of {self._max} per-session connections")
-        caps = self.hooks.capabilities_for(session_id) if self.hooks is not None else {}
+        if self.hooks is None or not self.hooks.session_live(session_id):
+            raise UpstreamError(up.name, "unavailable", "has no upstream session for this request: its agent session "
+                                "is not open (it ended, or the request is stateless)")
+        self._check_limits(up, _owner(agent))
+        caps = self.hooks.capabilities_for(session_id)
         spare = self._spares.get(up.name)
         fits = spare is not None and spare.capabilities == caps
         entry = self._spares.pop(up.name) if fits else self._open(up, caps)
@@ -107,6 +125,19 @@ class SessionUpstreams:
             self.spawn(self._close, self._spares.pop(up.name))
             self._spares[up.name] = self._open(up, caps)
         return entry.conn
+
+    def _check_limits(self, up: Upstream, owner: tuple[str, str, str]) -> None:
+        """Refuse one more connection past the global cap, the upstream's, or the agent's share of it."""
+        if len(self._entries) >= self._max:
+            raise UpstreamError(up.name, "unavailable", f"has reached the gateway's limit of {self._max} per-session "
+                                "connections")
+        mine = [e for (_, name), e in self._entries.items() if name == up.name]
+        if len(mine) >= up.config.max_sessions:
+            raise UpstreamError(up.name, "unavailable", f"has reached its limit of {up.config.max_sessions} sessions")
+        per_agent = up.config.max_sessions_per_agent
+        if sum(1 for e in mine if e.owner == owner) >= per_agent:
+            raise UpstreamError(up.name, "unavailable", f"has reached its limit of {per_agent} sessions for one agent "
+                                "(close another session of this agent first)")
 
     def _open(self, up: Upstream, caps: dict[str, Any]) -> _Entry:
         from gateway.catalog import make_connector  # the catalog imports this module; import at use, not at load
@@ -144,6 +175,20 @@ class SessionUpstreams:
         with entry.scope:
             async with anyio.create_task_group() as tg:
                 await entry.conn.start(tg)
+
+    async def _sweep(self) -> None:
+        """Close connections whose agent session is no longer live (its end was missed, or raced an open)."""
+        while not self._closing:
+            await anyio.sleep(SWEEP_INTERVAL_S)
+            await self.prune()
+
+    async def prune(self) -> None:
+        hooks = self.hooks
+        if hooks is None:
+            return
+        for sid in {sid for sid, _ in self._entries if not hooks.session_live(sid)}:
+            log.info("agent session %s is no longer open: closing its upstream sessions", sid[:8])
+            await self.close_session(sid)
 
     async def close_session(self, session_id: str) -> None:
         """The agent session ended: close every upstream connection it had."""
