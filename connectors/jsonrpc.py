@@ -94,6 +94,9 @@ class JsonRpcPeer:
         BUSY from the reader itself, so a flood slows down to the pace of its refusals (this upstream's own
         stream waits) and never becomes thousands of tasks competing with every other agent's work."""
         self._burst = 0
+        self._replying = anyio.Lock()
+        """Answers to the upstream go one at a time: over HTTP each is a POST, and a flood answered in parallel
+        would fill the event loop with this one upstream's traffic while every other agent's calls wait."""
 
     async def _send(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -250,7 +253,8 @@ class JsonRpcPeer:
 
     async def _reply(self, message: dict[str, Any], method: Any) -> None:
         try:
-            await self._send(message)
+            async with self._replying:
+                await self._send(message)
         except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
             log.info("upstream %s: could not answer its %s request: %s", self.name, str(method)[:100],
                      type(exc).__name__)
