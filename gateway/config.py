@@ -380,6 +380,13 @@ def _check_files(cfg: Config, source: str) -> list[str]:
     jwt = cfg.identity.jwt
     if jwt and jwt.jwks_file and not cfg.resolve(jwt.jwks_file).is_file():
         errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} does not exist")
+    elif jwt and jwt.jwks_file:
+        from gateway.identity import load_jwks  # identity imports this module
+
+        try:
+            load_jwks(cfg.resolve(jwt.jwks_file))
+        except ValueError as exc:
+            errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} {exc}")
     if jwt and jwt.hs256_secret_env and not os.environ.get(jwt.hs256_secret_env):
         errors.append(
             f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set"
