@@ -391,6 +391,9 @@ def _check_files(cfg: Config, source: str) -> list[str]:
         errors.append(
             f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set"
         )
+    elif jwt and jwt.hs256_secret_env and len(os.environ[jwt.hs256_secret_env].encode()) < 32:
+        errors.append(f"{source}: identity.jwt.hs256_secret_env: the secret in {jwt.hs256_secret_env} is shorter "
+                      "than 32 bytes (HS256 needs a key of at least 256 bits, RFC 7518 section 3.2)")
     return errors
 
 

@@ -1,8 +1,9 @@
-"""A JWKS the gateway cannot use is a configuration error (check-config, serve, identity reload), named."""
+"""JWT keys the gateway cannot use are configuration errors (check-config, serve, identity reload), named."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,14 @@ def test_a_good_jwks_passes(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(tmp_path / "g.toml")], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("secret", "ok"), [("short-secret", False), ("x" * 32, True)])
+def test_an_hs256_secret_needs_256_bits(tmp_path: Path, secret: str, ok: bool) -> None:
+    (tmp_path / "g.toml").write_text(f'[policy]\npath = "{REPO / "rego"}"\n[identity.jwt]\nissuer = "i"\n'
+                                     'audience = "a"\nhs256_secret_env = "T_SECRET"\n')
+    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(tmp_path / "g.toml")], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "T_SECRET": secret})
+    assert (r.returncode == 0) is ok, r.stdout + r.stderr
+    assert ok or "shorter than 32 bytes" in r.stdout + r.stderr
+    assert secret not in r.stdout + r.stderr  # the secret itself is never printed
