@@ -30,6 +30,7 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.forward import forward
+from gateway.identity import Agent
 from gateway.metrics import Metrics
 from gateway.policy import Decision
 from gateway.record import Recorder
@@ -72,6 +73,23 @@ class Pipeline:
         known = up is not None and (res is not None or up.matches_template(uri))
         annotations = (res or {}).get("annotations") or {}
         return up, Target("resource", up.name if up is not None else view, uri, known, annotations)
+
+    async def view_visible(self, agent: Agent, view: str) -> bool:
+        """May this agent see the upstream behind ``/mcp/<view>``? When it may see any of its items (the cached
+        per-item list decisions); an upstream that lists nothing yet, when its catalogue decision allows."""
+        up = self.catalog.get(view)
+        if up is None:
+            return False
+        req = Request(agent=agent, action="tools/list", view=view)
+        items = [("tool", n, i) for n, i in up.tools.items()] + [("prompt", n, i) for n, i in up.prompts.items()]
+        items += [("resource", uri, i) for uri, i in up.resources.items()]
+        items += [("resource", str(t.get("uriTemplate", "")), t) for t in up.templates]
+        for kind, name, item in items:
+            if await self.decider.visible(req, view, kind, name, item.get("annotations") or {}):
+                return True
+        if items:
+            return False
+        return (await self.decider.decide(self.decider.build_input(req, view, action="tools/list"))).allow
 
     # --- tools ---------------------------------------------------------------------------------------------
 

@@ -160,6 +160,22 @@ async def test_a_hidden_item_answers_as_a_missing_one_with_the_same_work(gateway
         await c.subscribe_resource("test://watched-resource")
 
 
+def test_a_hidden_upstream_endpoint_answers_as_a_missing_one(gateway: RunningGateway) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+
+    def post(path: str, agent: str | None) -> httpx2.Response:
+        auth = {"Authorization": f"Bearer {key(agent)}"} if agent else {}
+        return httpx2.post(gateway.url + path, json=init, headers={**accept, **auth}, timeout=30)
+
+    assert post("/hidden", "ci-bot").status_code == 200  # the positive control: it exists
+    hidden, missing = post("/hidden", "researcher"), post("/nope", "researcher")
+    assert (hidden.status_code, hidden.content) == (missing.status_code, missing.content) and hidden.status_code == 404
+    hidden, missing = post("/hidden", None), post("/nope", None)  # and without credentials
+    assert (hidden.status_code, hidden.content) == (missing.status_code, missing.content) and hidden.status_code == 401
+
+
 async def test_templates_are_filtered_like_resources(gateway: RunningGateway) -> None:
     async with client(gateway.url, "researcher") as c:
         assert (await c.list_resource_templates()).resource_templates == []

@@ -4,7 +4,7 @@ Each stage is a small ASGI middleware with one job, configured in its ``__init__
 this order (see docs/architecture.md):
 
     ParseHeaders -> Lifespan (drain accounting) -> Router
-        /mcp, /mcp/<upstream>: HostOrigin -> BodyLimit -> Authenticate -> AgentConcurrency -> SessionBinding
+        /mcp, /mcp/<upstream>: HostOrigin -> BodyLimit -> Authenticate -> ViewGate -> AgentConcurrency -> SessionBinding
                                -> Dispatch (fast path or the SDK's transport)
         /healthz, /.well-known/oauth-protected-resource[/...]: answered by the router
 
@@ -25,8 +25,9 @@ from gateway.http.headers import ParseHeaders
 from gateway.http.hostorigin import HostOrigin, default_hosts
 from gateway.http.lifespan import Lifespan
 from gateway.http.limits import AgentConcurrency
-from gateway.http.respond import JSON, jsonrpc_error, respond
+from gateway.http.respond import JSON, respond
 from gateway.http.sessions import SessionBinding
+from gateway.http.viewgate import ViewGate
 from gateway.service import Gateway
 
 
@@ -47,11 +48,8 @@ class Router:
             scope["state"][VIEW_KEY] = None
             await self.mcp(scope, receive, send)
         elif path.startswith("/mcp/"):
-            view = path[5:].rstrip("/")
-            if view not in self.views:
-                await jsonrpc_error(send, 404, -32601, f"no upstream named {view!r} on this gateway")
-                return
-            scope["state"][VIEW_KEY] = view
+            # An unknown upstream is answered by ViewGate after authentication, as a hidden one is.
+            scope["state"][VIEW_KEY] = path[5:].rstrip("/")
             await self.mcp(scope, receive, send)
         elif path == "/healthz":
             await respond(send, 200, b'{"status":"ok"}', JSON)
@@ -93,6 +91,7 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
     sessions = SessionBinding(dispatch, live_ids, server.max_sessions_per_agent, limited)
     metrics.sessions.set_function(lambda: len(live_ids()))
     chain: ASGIApp = AgentConcurrency(sessions, server.max_concurrent_calls_per_agent, limited)
+    chain = ViewGate(chain, set(managers), gw.pipeline)
     chain = Authenticate(chain, gw.auth, metrics, gw.recorder, f"{public}{WELL_KNOWN}/mcp")
     chain = BodyLimit(chain, server.max_request_bytes)
     hosts = set(server.allowed_hosts) if server.allowed_hosts is not None else default_hosts(server.host, server.port)
