@@ -129,6 +129,8 @@ class Catalog:
         self._resource_owner: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self.on_list_changed: Callable[[str, str], Any] | None = None
+        self._changing: dict[tuple[str, str, bool], bool] = {}
+        """(upstream, list, announced) being refreshed -> whether another change arrived meanwhile (then once more)."""
         self.on_notification: Callable[[str, str, dict[str, Any]], Any] | None = None
         """Other notifications of shared upstream sessions (resource updates, log messages), for the relay."""
 
@@ -161,16 +163,34 @@ class Catalog:
             kind = _CHANGED.get(method)
             if kind is not None and self._tg is not None:
                 # Not inline: this runs in the connection's reader, which must stay free to read the list's answer.
-                self._tg.start_soon(self._list_changed, up, kind, method)
+                self.refresh_soon(up, kind, method)
             elif self.on_notification is not None:
                 await self.on_notification(up.name, method, params)
 
         return handle
 
-    async def _list_changed(self, up: Upstream, kind: str, method: str) -> None:
-        await self.refresh(up, kind)
-        if self.on_list_changed is not None:
-            await self.on_list_changed(up.name, method)
+    def refresh_soon(self, up: Upstream, kind: str, announce: str | None = None) -> None:
+        """Refresh one list in the background, then announce ``announce`` (a list_changed method) to the agents.
+
+        Coalesced: a burst of changes is one refresh (and one more if a change came during it), never a task
+        per notification (an upstream can send thousands in one read)."""
+        key = (up.name, kind, announce is not None)
+        if key not in self._changing and self._tg is not None:
+            self._tg.start_soon(self._list_changed, up, kind, announce)
+        self._changing[key] = key in self._changing
+
+    async def _list_changed(self, up: Upstream, kind: str, method: str | None) -> None:
+        key = (up.name, kind, method is not None)
+        try:
+            again = True
+            while again:
+                self._changing[key] = False
+                await self.refresh(up, kind)
+                if self.on_list_changed is not None and method is not None:
+                    await self.on_list_changed(up.name, method)
+                again = self._changing.get(key, False)
+        finally:
+            self._changing.pop(key, None)
 
     async def refresh(self, up: Upstream, only: str | None) -> None:
         """Fetch the upstream's lists (following pagination); a list it does not offer stays empty."""

@@ -255,7 +255,7 @@ class Relay:
         if method in LIST_CHANGED:
             up = self.catalog.get(upstream)
             if up is not None:
-                self.catalog.session_upstreams.spawn(self.catalog.refresh, up, _kind(method))
+                self.catalog.refresh_soon(up, _kind(method))
         elif method not in ("notifications/message", "notifications/resources/updated"):
             log.debug("upstream %s sent %s; not relayed", upstream, method)
             return

@@ -337,3 +337,23 @@ async def test_one_agent_cannot_take_every_per_session_connection(tmp_path: Path
                 assert text(await b.call_tool("echo__echo", {"text": "b"})) == "b"
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("server", ["hhttp", "hstdio"])
+async def test_a_burst_of_list_changes_is_one_refresh_not_one_each(hostile: RunningGateway, server: str) -> None:
+    """2,000 notifications/tools/list_changed in one burst: the gateway refreshes the list a few times, not 2,000
+    (each was a task and a tools/list request, and an announcement to every agent session)."""
+
+    async def lists(c: Any) -> int:
+        return int(orjson.loads(text(await c.call_tool(f"{server}__stats", {})))["lists"])
+
+    async with mcp_client(hostile.url, KEY) as c:
+        before = await lists(c)
+        assert text(await c.call_tool(f"{server}__list_flood", {"count": 2000})) == "flooded"
+        seen, settled = await lists(c), 0
+        while settled < 3:  # until the refreshes are over
+            await anyio.sleep(0.5)
+            now = await lists(c)
+            settled = settled + 1 if now == seen else 0
+            seen = now
+    assert 1 <= seen - before < 50, seen - before
