@@ -16,6 +16,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_PARAMS",
     "INVALID_REQUEST",
+    "LIMITED",
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "REQUEST_CANCELLED",
@@ -29,6 +30,8 @@ DENIED = -32001
 """Refused by policy (or before it, with the reason in the message and the decision id)."""
 RESOURCE_NOT_FOUND = -32002
 """MCP's code for a resource URI no upstream serves (the SDK has no constant for it)."""
+LIMITED = -32000
+"""A per-agent limit was reached (requests in flight, sessions): retry later; the message names the limit."""
 REQUEST_CANCELLED = -32800
 """The agent cancelled the request (the code the SDK answers a cancelled request with)."""
 UNKNOWN_TOOL = INVALID_PARAMS

@@ -24,6 +24,7 @@ from starlette.types import Receive, Send
 
 from gateway import sdk_adapter
 from gateway.decide import Request
+from gateway.errors import INTERNAL_ERROR, REQUEST_CANCELLED
 from gateway.forward import GatewayError
 from gateway.http.headers import RequestHeaders
 from gateway.identity import Agent
@@ -167,7 +168,7 @@ class FastPath:
                 self._inflight.pop(key, None)
         if body is None:  # cancelled by the agent: the request is over, answer it as such
             body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"],
-                                 "error": {"code": -32800, "message": "Request cancelled"}})
+                                 "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"}})
         try:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
@@ -191,7 +192,8 @@ class FastPath:
         except Exception:
             log.exception("tools/call failed (decision id %s)", req.decision_id)
             return orjson.dumps(
-                {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": "internal gateway error"}}
+                {"jsonrpc": "2.0", "id": msg["id"], "error": {
+                    "code": INTERNAL_ERROR, "message": f"internal gateway error (decision id {req.decision_id})"}}
             )
 
 

@@ -23,6 +23,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from connectors.jsonrpc import RemoteError
 from gateway import sdk_adapter
 from gateway.decide import Request
+from gateway.errors import DENIED
 from gateway.forward import GatewayError
 from gateway.http.authenticate import AGENT_KEY
 from gateway.http.headers import HEADERS_KEY
@@ -41,7 +42,7 @@ def agent_of(ctx: ServerRequestContext[Any, Any]) -> Agent:
     if not isinstance(agent, Agent):
         # The HTTP front end authenticates every request before the SDK sees it; reaching here without an
         # agent means the server was mounted without it. Refuse rather than guess.
-        raise MCPError(-32001, "no authenticated agent on this request")
+        raise MCPError(DENIED, "no authenticated agent on this request")
     return agent
 
 

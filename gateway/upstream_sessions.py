@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
+from gateway.errors import INTERNAL_ERROR
 
 if TYPE_CHECKING:
     from gateway.catalog import Upstream
@@ -158,7 +159,7 @@ class SessionUpstreams:
                 if entry.session_id is None:
                     if method == "ping":
                         return {}
-                    raise RemoteError(-32603, "no agent session is attached to this upstream session yet")
+                    raise RemoteError(INTERNAL_ERROR, "no agent session is attached to this upstream session yet")
                 return await hooks.upstream_request(name, entry.session_id, method, params)
 
             async def on_notification(method: str, params: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.errors import DENIED
 from gateway.http.headers import headers_of
 from gateway.http.respond import jsonrpc_error
 from gateway.identity import Agent, Authenticator, AuthError
@@ -53,4 +54,4 @@ class Authenticate:
             challenge = f'Bearer realm="mcp-gateway", error="invalid_token", error_description="{desc}"'
         if self.backend.jwt_issuer is not None:  # read per request: an identity reload may add or drop JWTs
             challenge += f', resource_metadata="{self.resource_metadata_url}"'
-        await jsonrpc_error(send, 401, -32001, exc.detail, [(b"www-authenticate", challenge.encode())])
+        await jsonrpc_error(send, 401, DENIED, exc.detail, [(b"www-authenticate", challenge.encode())])

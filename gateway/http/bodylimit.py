@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import INVALID_REQUEST
 from gateway.http.headers import headers_of
 from gateway.http.respond import jsonrpc_error
 
@@ -28,7 +29,7 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = headers_of(scope).content_length
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await jsonrpc_error(send, 413, -32600, self.message)
+            await jsonrpc_error(send, 413, INVALID_REQUEST, self.message)
             return
         started = False
         size = 0
@@ -54,7 +55,7 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await jsonrpc_error(send, 413, -32600, self.message)
+            await jsonrpc_error(send, 413, INVALID_REQUEST, self.message)
 
 
 async def read_body(receive: Receive) -> bytes:

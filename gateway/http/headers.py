@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.errors import INVALID_REQUEST
 from gateway.http.respond import jsonrpc_error
 
 HEADERS_KEY = "gateway.headers"
@@ -105,7 +106,7 @@ class ParseHeaders:
         parsed = parse(scope["headers"])
         if isinstance(parsed, bytes):
             name = parsed.decode("latin-1")[:64]
-            await jsonrpc_error(send, 400, -32600, f"the {name} header may be sent only once")
+            await jsonrpc_error(send, 400, INVALID_REQUEST, f"the {name} header may be sent only once")
             return
         state = scope.get("state")
         if state is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.errors import LIMITED
 from gateway.http.authenticate import agent_of
 from gateway.http.respond import jsonrpc_error
 
@@ -35,7 +36,7 @@ class AgentConcurrency:
         count = self.in_flight.get(key, 0)
         if count >= self.max_per_agent:
             self.on_limited("calls_per_agent")
-            await jsonrpc_error(send, 429, -32000, self.message)
+            await jsonrpc_error(send, 429, LIMITED, self.message)
             return
         self.in_flight[key] = count + 1
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import INVALID_REQUEST, LIMITED
 from gateway.http.authenticate import agent_of
 from gateway.http.bodylimit import read_body, replay
 from gateway.http.headers import headers_of
@@ -86,7 +87,7 @@ class SessionBinding:
         if sid is not None:
             bound = self.sessions.get(sid)
             if bound is None or bound.owner != owner:
-                await jsonrpc_error(send, 404, -32600, "Session not found")
+                await jsonrpc_error(send, 404, INVALID_REQUEST, "Session not found")
                 return
         method = scope["method"]
         if method == "POST":
@@ -112,7 +113,7 @@ class SessionBinding:
             self._prune(force=True)
             if self._open[owner] + self._opening[owner] >= self.max_per_agent:
                 self.on_limited("sessions_per_agent")
-                await jsonrpc_error(send, 429, -32000, self._limit_message)
+                await jsonrpc_error(send, 429, LIMITED, self._limit_message)
                 return
         self._opening[owner] += 1
         try:

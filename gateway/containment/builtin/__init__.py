@@ -20,6 +20,7 @@ from gateway.containment.builtin.toolset import Toolset
 from gateway.containment.profile import agent_key
 from gateway.containment.runtime import Containment
 from gateway.containment.upstream import ContainedBase, report
+from gateway.errors import INVALID_PARAMS, METHOD_NOT_FOUND
 
 TOOLSETS: dict[str, type[Toolset]] = {"shell": ShellTools, "files": FilesTools}
 
@@ -48,7 +49,7 @@ class BuiltinUpstream(ContainedBase):
             return {"tools": self.toolset.tools()}
         if method == "ping":
             return {}
-        raise RemoteError(-32601, f"{method} is not offered by built-in {self.cfg.tools} tools")
+        raise RemoteError(METHOD_NOT_FOUND, f"{method} is not offered by built-in {self.cfg.tools} tools")
 
     def connector_for(self, agent: Any, session_id: str | None) -> BuiltinConnection:
         return BuiltinConnection(self, agent_key(agent.id, agent.auth))
@@ -69,7 +70,7 @@ class BuiltinConnection:
         name = str(params.get("name", ""))
         args = params.get("arguments") or {}
         if not isinstance(args, dict):
-            raise RemoteError(-32602, "arguments must be an object")
+            raise RemoteError(INVALID_PARAMS, "arguments must be an object")
         profile, scope = up.call_profile()
         result, run = await up.toolset.call(name, args, self.agent, profile, min(timeout, profile.timeout_s))
         if run is not None:

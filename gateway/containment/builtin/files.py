@@ -16,6 +16,7 @@ from gateway.containment.builtin.toolset import Toolset, arg, only, text_result
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
 from gateway.containment.runtime import RunResult
+from gateway.errors import INVALID_PARAMS
 
 WORKER_SCRIPT = (Path(__file__).parent / "files_worker.py").read_bytes()
 _PATH = {"type": "string", "description": "A path relative to your workspace, or absolute within your grants."}
@@ -64,7 +65,7 @@ class FilesTools(Toolset):
                    timeout: float) -> tuple[dict[str, Any], RunResult | None]:
         spec = _ARGS.get(name)
         if spec is None:
-            raise RemoteError(-32602, f"Unknown tool: {name}")
+            raise RemoteError(INVALID_PARAMS, f"Unknown tool: {name}")
         only(args, spec)
         req: dict[str, Any] = {"op": name, "limit": self.output_limit}
         for key, kind in spec.items():
@@ -72,7 +73,7 @@ class FilesTools(Toolset):
             if value is not None:
                 req[key] = value
         if "\x00" in req["path"]:
-            raise RemoteError(-32602, "path must not contain NUL")
+            raise RemoteError(INVALID_PARAMS, "path must not contain NUL")
         launch = LaunchRequest(self.cfg.name, agent, profile, [], dict(self.cfg.env), None, WORKER_SCRIPT)
         capture = 8 * self.output_limit + 65536  # JSON escaping can grow the content; the worker caps the content
         run = await self.runtime.run_once(launch, json.dumps(req).encode(), timeout, capture)

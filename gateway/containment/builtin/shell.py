@@ -11,6 +11,7 @@ from gateway.containment.builtin.toolset import Toolset, arg, only, text_result
 from gateway.containment.launcher import LaunchRequest
 from gateway.containment.profile import Profile
 from gateway.containment.runtime import RunResult
+from gateway.errors import INVALID_PARAMS
 
 RUN_TOOL = {
     "name": "run",
@@ -51,7 +52,7 @@ def resolve_cwd(cwd: str | None) -> str | None:
     if cwd is None or cwd == "":
         return None
     if "\x00" in cwd:
-        raise RemoteError(-32602, "cwd must not contain NUL")
+        raise RemoteError(INVALID_PARAMS, "cwd must not contain NUL")
     return cwd if cwd.startswith("/") else "{workspace}/" + cwd
 
 
@@ -93,17 +94,17 @@ class ShellTools(Toolset):
     async def call(self, name: str, args: dict[str, Any], agent: str, profile: Profile,
                    timeout: float) -> tuple[dict[str, Any], RunResult | None]:
         if name != "run":
-            raise RemoteError(-32602, f"Unknown tool: {name}")
+            raise RemoteError(INVALID_PARAMS, f"Unknown tool: {name}")
         only(args, ("command", "stdin", "cwd", "timeout_s"))
         command = arg(args, "command", str, required=True)
         if "\x00" in command:
-            raise RemoteError(-32602, "command must not contain NUL")
+            raise RemoteError(INVALID_PARAMS, "command must not contain NUL")
         stdin = arg(args, "stdin", str) or ""
         cwd = resolve_cwd(arg(args, "cwd", str))
         t = arg(args, "timeout_s", (int, float))
         if t is not None:
             if t <= 0:
-                raise RemoteError(-32602, "timeout_s must be positive")
+                raise RemoteError(INVALID_PARAMS, "timeout_s must be positive")
             timeout = min(timeout, float(t))
             if timeout < profile.timeout_s:
                 profile = replace(profile, timeout_s=timeout)

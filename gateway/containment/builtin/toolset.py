@@ -8,6 +8,7 @@ from connectors.jsonrpc import RemoteError
 from gateway.containment.profile import Profile
 from gateway.containment.runtime import Containment, RunResult
 from gateway.containment.upstream import text_result
+from gateway.errors import INVALID_PARAMS
 
 __all__ = ["Toolset", "arg", "only", "text_result"]
 
@@ -18,14 +19,14 @@ def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required
     value = args.get(name)
     if value is None:
         if required:
-            raise RemoteError(-32602, f"argument {name!r} is required")
+            raise RemoteError(INVALID_PARAMS, f"argument {name!r} is required")
         return None
     if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise RemoteError(-32602, f"argument {name!r} must be a number")
+        raise RemoteError(INVALID_PARAMS, f"argument {name!r} must be a number")
     if not isinstance(value, kind):
-        raise RemoteError(-32602, f"argument {name!r} has the wrong type")
+        raise RemoteError(INVALID_PARAMS, f"argument {name!r} has the wrong type")
     if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-        raise RemoteError(-32602, f"argument {name!r} must be at least {minimum}")
+        raise RemoteError(INVALID_PARAMS, f"argument {name!r} must be at least {minimum}")
     return value
 
 
@@ -33,7 +34,7 @@ def only(args: dict[str, Any], names: Any) -> None:
     """Refuse arguments the tool does not have (its schema says additionalProperties: false)."""
     unknown = sorted(set(args) - set(names))
     if unknown:
-        raise RemoteError(-32602, f"unknown argument(s): {', '.join(map(repr, unknown))}")
+        raise RemoteError(INVALID_PARAMS, f"unknown argument(s): {', '.join(map(repr, unknown))}")
 
 
 class Toolset:
