@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -150,3 +151,11 @@ env = {{ PATH = "/usr/bin:/bin" }}
                 assert s["stdout"] == expected + uid + "\n"  # the same file, read by the same uid
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_quota_that_cannot_be_enforced_is_refused(tmp_path: Path) -> None:
+    from gateway.containment.workspaces import WorkspaceError, Workspaces
+
+    with pytest.raises(WorkspaceError, match=r"max_workspace_mb cannot be enforced here.*does not run as root"):
+        Workspaces(tmp_path / "ws", 322000, 10, as_root=False, quota_mb=4)
+    Workspaces(tmp_path / "ws", 322000, 10, as_root=False)  # control: no quota, no refusal

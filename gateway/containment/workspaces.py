@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import threading
@@ -56,9 +57,11 @@ class Workspaces:
         self.as_root = as_root
         self.quota_mb = quota_mb
         self._mounted: list[str] = []
-        if quota_mb is not None and not as_root:
-            raise WorkspaceError("max_workspace_mb needs the gateway to run as root (workspaces are loop-mounted "
-                                 "file systems of that size)")
+        if quota_mb is not None:
+            missing = quota_needs(as_root)
+            if missing:
+                raise WorkspaceError(f"max_workspace_mb cannot be enforced here (each workspace is a loop-mounted "
+                                     f"file system of that size): {missing}")
         self._base = uid_base
         self._count = uid_count
         self._lock = threading.Lock()
@@ -194,6 +197,19 @@ class Workspaces:
                         _run(["umount", "-l", path])  # a worker still inside: detach, the kernel finishes
             self._mounted.clear()
             self._by_agent.clear()
+
+
+def quota_needs(as_root: bool) -> str | None:
+    """What this host lacks to enforce a workspace quota, or None."""
+    if not as_root:
+        return "the gateway does not run as root"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop devices (/dev/loop-control)"
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    for tool in ("mkfs.ext4", "mount", "umount"):
+        if shutil.which(tool, path=path) is None:
+            return f"{tool} is not installed"
+    return None
 
 
 def _run(argv: list[str]) -> None:
