@@ -23,14 +23,13 @@ from conformance.security.framework import (
     Raw,
     attempt,
     control,
+    core,
     hold,
     leaks,
     ok_result,
     refused,
     result_text,
-    sec_upstream,
 )
-from conformance.security.framework import start as launch
 
 CLS = "arguments"
 
@@ -41,11 +40,11 @@ class Ctx:
     sid: str = ""
 
     def stop(self) -> None:
-        self.g.stop()
+        pass  # the shared gateway stops with the run
 
 
 def start(work: Path) -> Ctx:
-    return Ctx(launch(work, sec_upstream("pub", work)))
+    return Ctx(core(work.parent))
 
 
 def mark() -> str:

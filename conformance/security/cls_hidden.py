@@ -27,14 +27,13 @@ from conformance.security.framework import (
     answer,
     attempt,
     control,
+    core,
     headers,
     hold,
     key,
     normal,
     ok_result,
-    sec_upstream,
 )
-from conformance.security.framework import start as launch
 
 CLS = "hidden"
 
@@ -44,11 +43,11 @@ class Ctx:
     g: Gateway
 
     def stop(self) -> None:
-        self.g.stop()
+        pass  # the shared gateway stops with the run
 
 
 def start(work: Path) -> Ctx:
-    return Ctx(launch(work, sec_upstream("pub", work) + sec_upstream("priv", work)))
+    return Ctx(core(work.parent))
 
 
 async def same(raw: Raw, method: str, hidden: dict[str, Any], missing: dict[str, Any], path: str = "/mcp",

@@ -21,19 +21,20 @@ from typing import Any
 import httpx2
 
 from conformance.security.framework import (
+    JWT_AUD,
+    JWT_ISS,
+    JWT_SECRET,
     Gateway,
     attempt,
     control,
+    core,
     hold,
     key,
     leaks,
-    sec_upstream,
 )
-from conformance.security.framework import start as launch
 
 CLS = "identity"
-SECRET = "security-suite-hs256-secret-0123456789abcdef"
-ISS, AUD = "https://idp.sec.example", "mcp-gateway"
+SECRET, ISS, AUD = JWT_SECRET, JWT_ISS, JWT_AUD
 INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}}}).encode()
 
@@ -43,12 +44,11 @@ class Ctx:
     g: Gateway
 
     def stop(self) -> None:
-        self.g.stop()
+        pass  # the shared gateway stops with the run
 
 
 def start(work: Path) -> Ctx:
-    identity = (f'[identity.jwt]\nissuer = "{ISS}"\naudience = "{AUD}"\nhs256_secret_env = "SEC_JWT_SECRET"\n')
-    return Ctx(launch(work, sec_upstream("pub", work), identity=identity, env={"SEC_JWT_SECRET": SECRET}))
+    return Ctx(core(work.parent))
 
 
 def b64(data: bytes) -> str:

@@ -18,12 +18,14 @@ import httpx2
 import orjson
 
 from conformance.security.framework import (
+    CORE_LIMIT,
     Gateway,
     NotYet,
     Raw,
     answer,
     attempt,
     control,
+    core,
     headers,
     hold,
     key,
@@ -31,13 +33,11 @@ from conformance.security.framework import (
     ok_result,
     raw_http,
     rpc,
-    sec_upstream,
     status_of,
 )
-from conformance.security.framework import start as launch
 
 CLS = "protocol"
-LIMIT = 65536
+LIMIT = CORE_LIMIT
 
 
 @dataclass
@@ -45,12 +45,11 @@ class Ctx:
     g: Gateway
 
     def stop(self) -> None:
-        self.g.stop()
+        pass  # the shared gateway stops with the run
 
 
 def start(work: Path) -> Ctx:
-    ups = sec_upstream("pub", work) + sec_upstream("priv", work)
-    return Ctx(launch(work, ups, server={"max_request_bytes": LIMIT}))
+    return Ctx(core(work.parent))
 
 
 def mark() -> str:

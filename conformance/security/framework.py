@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -215,7 +216,36 @@ calls = true
 
 {upstreams}
 """
-    return Gateway(start_gateway(work, text, port, env=env), work, missing)
+    return Gateway(start_gateway(work, text, port, ready_timeout=180, env=env), work, missing)
+
+
+CORE_LIMIT = 1 << 20
+"""max_request_bytes of the shared gateway (the protocol class sends bodies just under and over it)."""
+JWT_SECRET = "security-suite-hs256-secret-0123456789abcdef"
+JWT_ISS, JWT_AUD = "https://idp.sec.example", "mcp-gateway"
+_shared: dict[str, Gateway] = {}
+_shared_lock = threading.Lock()
+
+
+def core(root: Path) -> Gateway:
+    """The gateway the protocol, hidden, arguments, audit and identity classes share (started once, by whichever
+    class comes first): upstreams pub and priv, the suite's API keys and an HS256 JWT issuer."""
+    with _shared_lock:
+        if "core" not in _shared:
+            work = root / "core"
+            identity = (f'[identity.jwt]\nissuer = "{JWT_ISS}"\naudience = "{JWT_AUD}"\n'
+                        'hs256_secret_env = "SEC_JWT_SECRET"\n')
+            _shared["core"] = start(work, sec_upstream("pub", work) + sec_upstream("priv", work),
+                                    server={"max_request_bytes": CORE_LIMIT}, identity=identity,
+                                    env={"SEC_JWT_SECRET": JWT_SECRET})
+        return _shared["core"]
+
+
+def stop_shared() -> None:
+    with _shared_lock:
+        for g in _shared.values():
+            g.stop()
+        _shared.clear()
 
 
 def need(g: Gateway, *settings: str) -> None:

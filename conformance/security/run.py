@@ -16,6 +16,7 @@ import importlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 import anyio  # noqa: E402
 
-from conformance.security.framework import REGISTRY, Attempt, Breach, NotYet, Row, Vacuous  # noqa: E402
+from conformance.security.framework import REGISTRY, Attempt, Breach, NotYet, Row, Vacuous, stop_shared  # noqa: E402
 
 CLASSES = ["protocol", "hidden", "arguments", "engine", "identity", "audit", "abuse", "upstream", "containment"]
 """Class name -> module conformance/security/cls_<name>.py, run in this order."""
@@ -83,25 +84,43 @@ def main() -> int:
     work.chmod(0o711)  # contained workers (their own uids) must traverse it to reach their workspaces
     rows: list[Row] = []
     t_start = time.monotonic()
+    chosen = {c: [a for a in REGISTRY if a.cls == c and (not only or a.id in only)] for c in classes}
+    chosen = {c: a for c, a in chosen.items() if a}
+    contexts: dict[str, object] = {}
+    failures: dict[str, str] = {}
+    threads: dict[str, threading.Thread] = {}
+
+    def boot(c: str) -> None:
+        try:
+            contexts[c] = modules[c].start(work / c)
+        except Exception as exc:  # a class that cannot start fails every one of its attempts
+            failures[c] = " ".join(f"{type(exc).__name__}: {exc}".split())[:240]
+
     try:
-        for c in classes:
-            attempts = [a for a in REGISTRY if a.cls == c and (not only or a.id in only)]
-            if not attempts:
-                continue
-            print(f"[{c}] {len(attempts)} attempts", flush=True)
-            ctx = None
-            try:
-                ctx = modules[c].start(work / c)
-                rows += anyio.run(run_class, attempts, ctx)
-            except Exception as exc:  # a class that cannot start fails every one of its attempts
-                why = " ".join(f"{type(exc).__name__}: {exc}".split())[:240]
+        # Every class's gateways start at once, in the background (each takes seconds to import); a class runs as
+        # soon as its own are ready.
+        threads.update({c: threading.Thread(target=boot, args=(c,), daemon=True) for c in chosen})
+        for t in threads.values():
+            t.start()
+        for c, attempts in chosen.items():
+            threads[c].join()
+            print(f"[{c}] {len(attempts)} attempts (t = {time.monotonic() - t_start:.0f}s)", flush=True)
+            if c in failures:
                 for a in attempts:
-                    rows.append(Row(a.cls, a.id, a.title, False, f"CLASS SET-UP FAILED: {why}", 0.0))
-                print(f"  class set-up failed: {why}", flush=True)
+                    rows.append(Row(a.cls, a.id, a.title, False, f"CLASS SET-UP FAILED: {failures[c]}", 0.0))
+                print(f"  class set-up failed: {failures[c]}", flush=True)
+                continue
+            ctx = contexts.pop(c)
+            try:
+                rows += anyio.run(run_class, attempts, ctx)
             finally:
-                if ctx is not None:
-                    ctx.stop()
+                ctx.stop()  # type: ignore[attr-defined]
     finally:
+        for t in threads.values():
+            t.join()
+        for ctx in contexts.values():
+            ctx.stop()  # type: ignore[attr-defined]
+        stop_shared()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
