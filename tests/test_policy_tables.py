@@ -4,6 +4,7 @@ runner itself: it must catch a wrong expectation, show a diff, and refuse a malf
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,12 @@ def test_the_shipped_catalogue_is_what_the_shipped_upstreams_declare() -> None:
     for up in demo.upstreams:
         listed = annotations_of(anyio.run(list_tools, demo, up, 60.0))
         assert shipped[up.name] == listed, up.name
+    fs = next(u for u in contained.upstreams if u.name == "fs")
+    assert fs.command is not None and fs.cwd is not None
+    if (contained.base_dir / fs.cwd).is_dir():  # contained: listed here uncontained, in an empty directory
+        empty = tempfile.mkdtemp()
+        bare = fs.model_copy(update={"containment": None, "command": [*fs.command[:-1], empty]})
+        assert shipped["fs"] == annotations_of(anyio.run(list_tools, contained, bare, 60.0))
 
 
 def test_a_team_may_leave_out_deny_containment_and_decision(tmp_path: Path) -> None:
