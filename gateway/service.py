@@ -56,6 +56,8 @@ class Gateway:
 
             self.containment = Containment(config.containment, config.base_dir, self.metrics)
             self.containment.log_report()
+        self._first_attempt = {u.name: anyio.Event() for u in config.upstreams}
+        """Set when an upstream first reports up or down: the start-up wait need not last its whole timeout."""
         self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state, self.containment)
         self.decider = Decider(self.engine, self.metrics, limits_from(config.policy))
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
@@ -82,6 +84,8 @@ class Gateway:
         self.started = False
 
     def _upstream_state(self, name: str, up: bool) -> None:
+        if name in self._first_attempt:
+            self._first_attempt[name].set()
         self.metrics.upstream_up.labels(name).set(1 if up else 0)
         if not up and self.started:  # a stop at shutdown, or a failed first start, is not a restart
             self.metrics.upstream_restarts.labels(name).inc()
@@ -99,7 +103,7 @@ class Gateway:
             # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz
             # and retried by its connector; it never stops the gateway serving the others.
             await self.catalog.start(GuardedTaskGroup(tg))  # type: ignore[arg-type]
-            await self.catalog.wait_ready(max((u.start_timeout_s for u in self.config.upstreams), default=0))
+            await self._wait_first_attempts()
             # Lists are fetched when an upstream comes up; give the first fetch a moment to land.
             with anyio.move_on_after(5):
                 while any(u.conn.up and u.generation == 0 for u in self.catalog.upstreams.values()):
@@ -117,6 +121,25 @@ class Gateway:
                 tg.cancel_scope.cancel()
         self.audit.close()
         tracing.shutdown()
+
+    async def _wait_first_attempts(self) -> None:
+        """Serve once each upstream is up or has failed its first attempt, each waited for at most its own
+        ``start_timeout_s`` (side by side): a missing program or an unreachable server does not hold the others'
+        agents up for its whole timeout. Those still down are retried by their connectors meanwhile."""
+        async def one(name: str, conn: Any, timeout: float) -> None:
+            with anyio.move_on_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    async def ready() -> None:
+                        await conn.wait_ready(timeout)
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(ready)
+                    await self._first_attempt[name].wait()
+                    tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for up in self.catalog.upstreams.values():
+                tg.start_soon(one, up.name, up.conn, up.config.start_timeout_s)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         ups = self.catalog.ready()
