@@ -73,7 +73,7 @@ class AgentSession:
     log_level: str | None = None
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     """(upstream, uri) pairs this session subscribed to."""
-    decisions: dict[tuple[str, str, str], tuple[float, bool]] = field(default_factory=dict)
+    decisions: dict[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)
     shown: set[tuple[str, str]] = field(default_factory=set)
     """(upstream, list kind) pairs this session was shown items of: their list_changed concerns it."""
 
@@ -133,16 +133,16 @@ class Relay:
         """Admit one relayed message (decide, record, count); one that cannot be recorded is not relayed."""
         return await self.admission.relayed(req, server, **input_fields)
 
-    async def notification_allowed(self, session: AgentSession, upstream: str, method: str, uri: str | None = None
-                                   ) -> bool:
-        """Decided once per session, upstream, kind (and resource) for a while: a chatty upstream costs one
-        decision and one record, not one per message."""
-        key = (upstream, method, uri or "")
+    async def notification_allowed(self, session: AgentSession, upstream: str, method: str) -> bool:
+        """Decided once per session, upstream and kind for a while: a chatty upstream (or one sending updates
+        for ever new URIs) costs one decision and one record, not one per message. What the notification is
+        about is judged by ``sees_item`` (the cached, bounded per-item visibility)."""
+        key = (upstream, method)
         now = time.monotonic()
         hit = session.decisions.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        decision = await self.decide(self._request(session, method, uri=uri), upstream)
+        decision = await self.decide(self._request(session, method), upstream)
         session.decisions[key] = (now + _NOTIFICATION_DECISION_TTL_S, decision.allow)
         return decision.allow
 
@@ -174,9 +174,8 @@ class Relay:
         return True
 
     async def _admitted(self, session: AgentSession, upstream: str, method: str, params: dict[str, Any]) -> bool:
-        uri = str(params.get("uri", "")) if method == "notifications/resources/updated" else None
         return await self.sees_item(session, upstream, method, params) and await self.notification_allowed(
-            session, upstream, method, uri
+            session, upstream, method
         )
 
     # --- upstream -> agent (SessionHooks for per-session connections) --------------------------------------
