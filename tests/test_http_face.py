@@ -39,3 +39,18 @@ def test_admin_listen_must_differ_from_listen(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
     assert any("admin_listen" in e for e in err.value.errors)
+
+
+def test_header_parsing_reads_the_same_whether_or_not_some_name_repeats() -> None:
+    """parse() has a fast path (no name twice) and a scan (some name twice): both read the same values, and the
+    scan refuses every single-valued header sent twice."""
+    from gateway.http.headers import SINGLE, RequestHeaders, parse
+
+    base = [(b"host", b"h:1"), (b"authorization", b""), (b"mcp-session-id", b"s"), (b"mcp-method", b"tools/call"),
+            (b"mcp-name", "n\u00e9".encode()), (b"mcp-param-x", b"1"), (b"tracestate", b"a=1"), (b"accept", b"*/*")]
+    fast = parse(base)
+    assert isinstance(fast, RequestHeaders)
+    assert fast.authorization == "" and fast.mcp_name == "n\u00e9" and fast.has_mcp_param and fast.tracestate == "a=1"
+    assert parse([*base, (b"accept", b"text/plain")]) == fast  # a harmless repeat takes the scan: same values
+    for name in [*SINGLE, b"mcp-param-x"]:
+        assert parse([*base, (name, b"v"), (name, b"w")]) == name

@@ -95,7 +95,8 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
     chain = Authenticate(chain, gw.auth, metrics, gw.recorder, f"{public}{WELL_KNOWN}/mcp")
     chain = BodyLimit(chain, server.max_request_bytes)
     hosts = set(server.allowed_hosts) if server.allowed_hosts is not None else default_hosts(server.host, server.port)
-    chain = HostOrigin(chain, hosts, server.allowed_origins)
+    if hosts:  # bound to a routable address without allowed_hosts: Host is not checked (logged at start)
+        chain = HostOrigin(chain, hosts, server.allowed_origins)
     if tracing.enabled():
         chain = tracing.TracingMiddleware(chain)
     router = Router(chain, set(managers), gw, public)

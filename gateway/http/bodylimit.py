@@ -31,7 +31,9 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await jsonrpc_error(send, 413, INVALID_REQUEST, self.message)
             return
-        started = False
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
         size = 0
         limit = self.limit
 
@@ -44,17 +46,11 @@ class BodyLimit:
                     raise BodyTooLarge
             return message
 
-        async def watched(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, bounded, watched)
+            await self.app(scope, bounded, send)
         except BodyTooLarge:
-            if started:
-                raise
+            # Raised while the body is read (sessions.py reads it whole, before anything answers): no response
+            # has started yet.
             await jsonrpc_error(send, 413, INVALID_REQUEST, self.message)
 
 

@@ -10,7 +10,7 @@ value as every stage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,9 +28,9 @@ SINGLE = frozenset({
 _PARAM = b"mcp-param-"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHeaders:
-    """The single values of the headers the gateway reads (latin-1 text, as HTTP carries it)."""
+class RequestHeaders(NamedTuple):
+    """The single values of the headers the gateway reads (latin-1 text, as HTTP carries it). A tuple: immutable,
+    and built in one step on the hot path."""
 
     host: str | None = None
     origin: str | None = None
@@ -41,50 +41,81 @@ class RequestHeaders:
     mcp_method: str | None = None
     mcp_name: str | None = None
     """``Mcp-Name`` decoded as UTF-8 (the 2026 era sends the tool name there, as in the body)."""
-    has_mcp_param: bool = False
     traceparent: str | None = None
+    has_mcp_param: bool = False
+    """Any ``Mcp-Param-*`` header; looked for only on a request with ``Mcp-Method`` (the 2026 era's, the only
+    ones that carry them: without Mcp-Method the fast path does not take the request anyway)."""
     tracestate: str | None = None
 
 
+# Header name -> its field's index in RequestHeaders; -1 for single-valued headers the gateway does not read.
+_SLOT = {
+    b"host": 0, b"origin": 1, b"authorization": 2, b"mcp-session-id": 3, b"mcp-protocol-version": 4,
+    b"content-length": 5, b"mcp-method": 6, b"mcp-name": 7, b"traceparent": 8,
+    **{name: -1 for name in SINGLE if name not in (b"host", b"origin", b"authorization", b"mcp-session-id",
+                                                   b"mcp-protocol-version", b"content-length", b"mcp-method",
+                                                   b"mcp-name", b"traceparent")},
+}
+_NAME_SLOT = 7
+
+
 def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
-    """The parsed headers, or the name of a header sent twice (ASGI names are lower case)."""
-    seen: dict[bytes, bytes] = {}
-    has_param = False
-    tracestate: list[bytes] = []
-    for name, value in raw:
-        if name in SINGLE:
-            if name in seen:
-                return name
-            seen[name] = value
-        elif name.startswith(_PARAM):
-            if name in seen:
-                return name
-            seen[name] = value
-            has_param = True
-        elif name == b"tracestate":
-            tracestate.append(value)  # W3C: several tracestate headers are one list
-    if not seen:
-        return RequestHeaders(tracestate=",".join(v.decode("latin-1") for v in tracestate) or None)
-    get = seen.get
+    """The parsed headers, or the name of a header sent twice (ASGI names are lower case).
 
-    def text(name: bytes) -> str | None:
-        value = get(name)
-        return None if value is None else value.decode("latin-1")
-
-    name_raw = get(b"mcp-name")
-    return RequestHeaders(
-        host=text(b"host"),
-        origin=text(b"origin"),
-        authorization=text(b"authorization"),
-        session_id=text(b"mcp-session-id"),
-        protocol_version=text(b"mcp-protocol-version"),
-        content_length=text(b"content-length"),
-        mcp_method=text(b"mcp-method"),
-        mcp_name=None if name_raw is None else name_raw.decode("utf-8", "replace"),
-        has_mcp_param=has_param,
-        traceparent=text(b"traceparent"),
-        tracestate=",".join(v.decode("latin-1") for v in tracestate) or None,
+    The common case, no header name twice, costs one C-level dict build and a lookup per field; only a request
+    that repeats some name (any name) is scanned header by header.
+    """
+    found = dict(raw)
+    if len(found) != len(raw):
+        return _parse_repeated(raw)
+    get = found.get
+    host, origin, auth, sid, version, length, method, name, parent = (
+        get(b"host"), get(b"origin"), get(b"authorization"), get(b"mcp-session-id"),
+        get(b"mcp-protocol-version"), get(b"content-length"), get(b"mcp-method"), get(b"mcp-name"),
+        get(b"traceparent"),
     )
+    state = get(b"tracestate")
+    return RequestHeaders(
+        None if host is None else host.decode("latin-1"),
+        None if origin is None else origin.decode("latin-1"),
+        None if auth is None else auth.decode("latin-1"),
+        None if sid is None else sid.decode("latin-1"),
+        None if version is None else version.decode("latin-1"),
+        None if length is None else length.decode("latin-1"),
+        None if method is None else method.decode("latin-1"),
+        None if name is None else name.decode("utf-8", "replace"),
+        None if parent is None else parent.decode("latin-1"),
+        False if method is None else any(k.startswith(_PARAM) for k in found),
+        None if state is None else state.decode("latin-1"),
+    )
+
+
+def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
+    values: list[Any] = [None] * 9
+    others: list[bytes] = []
+    tracestate: list[bytes] | None = None
+    has_param = False
+    slot_of = _SLOT.get
+    for name, value in raw:
+        slot = slot_of(name)
+        if slot is None:
+            if name.startswith(_PARAM):
+                if name in others:
+                    return name
+                others.append(name)
+                has_param = True
+            elif name == b"tracestate":  # W3C: several tracestate headers are one list
+                tracestate = [*(tracestate or []), value]
+        elif slot >= 0:
+            if values[slot] is not None:
+                return name
+            values[slot] = value.decode("utf-8", "replace") if slot == _NAME_SLOT else value.decode("latin-1")
+        elif name in others:
+            return name
+        else:
+            others.append(name)
+    state = b",".join(tracestate).decode("latin-1") if tracestate else None
+    return RequestHeaders._make([*values, has_param, state])
 
 
 def headers_of(scope: Scope) -> RequestHeaders:
