@@ -64,7 +64,7 @@ def serve(config_path: str, log_level: str | None) -> None:
     except (OSError, ValueError) as exc:
         click.echo(f"{config_path}: cannot start: {exc}", err=True)
         sys.exit(2)
-    from gateway.http.admin import AdminApp
+    from gateway.http.admin import build_admin_app
     from gateway.http.app import build_agent_app
     from gateway.http.server import bind
     from gateway.http.server import serve as serve_http
@@ -80,7 +80,7 @@ def serve(config_path: str, log_level: str | None) -> None:
                                       server.listen, server.admin_listen)
     serve_http(
         build_agent_app(gw),
-        AdminApp(gw),
+        build_admin_app(gw),
         server,
         "warning" if log_level != "debug" else "debug",
         agent_sock,

@@ -54,3 +54,9 @@ def test_header_parsing_reads_the_same_whether_or_not_some_name_repeats() -> Non
     assert parse([*base, (b"accept", b"text/plain")]) == fast  # a harmless repeat takes the scan: same values
     for name in [*SINGLE, b"mcp-param-x"]:
         assert parse([*base, (name, b"v"), (name, b"w")]) == name
+
+
+def test_the_admin_listener_checks_host_on_loopback(gw: RunningGateway) -> None:
+    """A browser page that rebinds its own name to 127.0.0.1 sends its own Host: refused; a scraper is served."""
+    assert httpx2.get(gw.admin_base + "/metrics", headers={"Host": "attacker.example"}).status_code == 421
+    assert httpx2.get(gw.admin_base + "/metrics", headers={"Host": f"localhost:{gw.admin_port}"}).status_code == 200

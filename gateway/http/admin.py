@@ -1,15 +1,18 @@
 """The admin listener: ``/metrics``, ``/readyz`` and ``/healthz``, on their own address (``[server] admin_listen``).
 
 They name every agent, team and tool, so they are never served on the port agents use. Default loopback;
-put it behind whatever guards your scrapers' network.
+put it behind whatever guards your scrapers' network. On loopback the Host header is checked too, so a web page
+in a browser on the same machine cannot read them through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.http.headers import ParseHeaders
+from gateway.http.hostorigin import HostOrigin, is_loopback, loopback_hosts
 from gateway.http.respond import respond
 from gateway.service import Gateway
 
@@ -32,3 +35,11 @@ class AdminApp:
             await respond(send, 200, b'{"status":"ok"}', b"application/json")
         else:
             await respond(send, 404, b'{"error":"not found"}', b"application/json")
+
+
+def build_admin_app(gw: Gateway) -> ASGIApp:
+    server = gw.config.server
+    app: ASGIApp = AdminApp(gw)
+    if is_loopback(server.admin_host):
+        app = HostOrigin(app, loopback_hosts(server.admin_port))
+    return ParseHeaders(app)

@@ -23,10 +23,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def loopback_hosts(port: int) -> set[str]:
+    return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {"127.0.0.1", "localhost"}
+
+
 def default_hosts(host: str, port: int) -> set[str]:
     """Bound to loopback: its names with and without the port. Routable without a list: none (not checked)."""
     if is_loopback(host):
-        return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {"127.0.0.1", "localhost"}
+        return loopback_hosts(port)
     log.warning("server.allowed_hosts is not set and the gateway listens on %s: Host headers are not checked", host)
     return set()
 
