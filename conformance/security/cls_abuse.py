@@ -95,8 +95,12 @@ async def session_cap(ctx: Ctx) -> str:
         for _ in range(30):
             r = await raw.http.post(g.url, content=init, headers=headers("zero"))
             statuses.append(r.status_code)
+            if "mcp-session-id" in r.headers:
+                raw.opened.append(("zero", r.headers["mcp-session-id"], "/mcp"))  # ended when the attempt ends
         control(statuses[0] == 200, f"zero could not open even one session: {statuses[0]}")
         r = await raw.http.post(g.url, content=init, headers=headers("alice"))
+        if "mcp-session-id" in r.headers:
+            raw.opened.append(("alice", r.headers["mcp-session-id"], "/mcp"))
         hold(r.status_code == 200, f"alice got HTTP {r.status_code} after zero's 30 sessions")
         refusals = [s for s in statuses if s != 200]
         hold(refusals, "zero was never refused (no per-agent cap)")
@@ -133,15 +137,18 @@ async def concurrent_cap(ctx: Ctx) -> str:
     return f"alice {results.count(True)} ran, {results.count(False)} refused ({texts[-1]}); bob served"
 
 
-def slowloris(port: int, count: int, stop: threading.Event, opened: list[socket.socket]) -> None:
-    """Half-sent request heads that trickle a header line every 2 s and never finish."""
+def slowloris(port: int, count: int, stop: threading.Event, opened: list[socket.socket], errors: list[str],
+              peak: list[int]) -> None:
+    """Half-sent request heads that trickle a header line every 2 s and never finish (those the server closes
+    are not reopened: the attempt is about what one burst of them does)."""
     for _ in range(count):
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             s.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
             opened.append(s)
-        except OSError:
-            pass
+            peak[0] = max(peak[0], len(opened))
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
     while not stop.wait(2):
         for s in list(opened):
             try:
@@ -166,13 +173,16 @@ async def slow_heads(ctx: Ctx) -> str:
 
     def served() -> bool:
         try:
-            return httpx2.post(g.url, content=body, headers=headers("alice"), timeout=3).status_code == 200
+            r = httpx2.post(g.url, content=body, headers=headers("alice"), timeout=3)
+            if "mcp-session-id" in r.headers:  # end it: alice's sessions are capped too
+                httpx2.delete(g.url, headers=headers("alice", r.headers["mcp-session-id"]), timeout=3)
+            return r.status_code == 200
         except httpx2.HTTPError:
             return False
 
     control(served(), "alice was not served before the attack")
-    stop, opened = threading.Event(), []
-    t = threading.Thread(target=slowloris, args=(port, 1100, stop, opened), daemon=True)
+    stop, opened, errors, held = threading.Event(), [], [], [0]
+    t = threading.Thread(target=slowloris, args=(port, 1100, stop, opened, errors, held), daemon=True)
     t.start()
     peak = 0
     ok = False
@@ -180,18 +190,18 @@ async def slow_heads(ctx: Ctx) -> str:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             peak = max(peak, fds(g.gw.proc.pid))
-            if len(opened) >= 1000 and served():
+            if held[0] >= 1000 and served():
                 ok = True
                 break
             await anyio.sleep(0.5)
-        held = len(opened)
     finally:
         stop.set()
         t.join(10)
         for s in opened:
             s.close()
-    control(held >= 1000, f"only {held} half-sent heads were held open")
+    control(held[0] >= 1000, f"only {held[0]} half-sent heads were open at once ({len(errors)} failed: {errors[:1]})")
     hold(g.gw.proc.poll() is None, "the gateway died")
+    hold(peak < NOFILE, f"the gateway ran out of file descriptors ({peak} of {NOFILE} open)")
     hold(ok, f"alice was not served within 30 s of 1,100 half-sent heads (gateway fds peaked at {peak})")
     hold(served(), "alice was not served after the attack")
     return f"served during the attack; gateway fds peaked at {peak}"

@@ -324,11 +324,18 @@ class Raw:
         self.g = g
         self.http = httpx2.AsyncClient(timeout=timeout)
         self.rid = 100
+        self.opened: list[tuple[str, str, str]] = []
 
     async def __aenter__(self) -> Raw:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Ends the sessions it opened (per-agent session caps would otherwise fill up across attempts)."""
+        for agent, sid, path in self.opened:
+            try:
+                await self.http.delete(self.g.base + path, headers=headers(agent, sid), timeout=10)
+            except httpx2.HTTPError:
+                pass
         await self.http.aclose()
 
     def next_id(self) -> int:
@@ -346,6 +353,7 @@ class Raw:
         r = await self.http.post(self.g.base + path, content=note, headers=headers(agent, sid))
         if r.status_code != 202:
             raise Vacuous(f"initialized notification refused: {r.status_code}")
+        self.opened.append((agent, sid, path))
         return sid
 
     async def post(self, agent: str | None, sid: str | None, body: bytes, path: str = "/mcp",
