@@ -25,7 +25,9 @@ from gateway.policy.loader import PolicySource
 
 _IDENT = re.compile(r"(?<![\w.$])([A-Za-z_]\w*)")
 _IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
-_STATEMENT = re.compile(r"^(?!else\b)(?:default\s+)?([A-Za-z_]\w*)", re.M)
+_STATEMENT = re.compile(
+    r"^[ \t]*(?!(?:else|if|not|some|every|with|contains|in|as)\b)(?:default\s+)?([A-Za-z_]\w*)", re.M
+)
 _DOTTED = re.compile(r"(?<![\w.$])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 _KEYWORDS = frozenset(
     {"package", "import", "as", "default", "else", "not", "some", "every", "with", "in", "if", "contains",
