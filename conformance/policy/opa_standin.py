@@ -187,7 +187,12 @@ def main() -> None:
     ap.add_argument("--no-decision-ids", action="store_true", help="answer without decision_id (logging off)")
     args = ap.parse_args()
     source = load_policy(Path(args.policy))
-    app = build_app(make_backend(args.backend, source), args.token, not args.no_decision_ids)
+    backend = make_backend(args.backend, source)
+    try:  # compile before /health answers: a first decision compiled under load outlasted the gateway's timeout_ms
+        backend.evaluate("gateway/decision", {})
+    except Exception:  # a policy without that rule, or one that fails on {}, is still served
+        pass
+    app = build_app(backend, args.token, not args.no_decision_ids)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
