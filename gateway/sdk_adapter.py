@@ -183,3 +183,53 @@ def drop_sdk_spans(server: Any) -> None:
     """Remove the SDK's own per-request span middleware: the gateway's call span replaces it (same names and
     attributes), so the tree is call -> auth, decision, forward instead of a second server span in between."""
     server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
+
+
+# --- MCP SDK: its transport's error text ------------------------------------------------------------------------
+
+_SAFE_INVALID = "Invalid JSON-RPC message: not a valid request, notification or response"
+
+
+def scrub_transport_errors(send: Any) -> Any:
+    """The SDK's streamable-HTTP transport answers a message that fails JSON-RPC validation with HTTP 400 and
+    pydantic's whole report (model names, input values, links): internal text that must not reach an agent.
+    This ``send`` holds any answer of status 400 or more, and replaces such a message with a fixed one (the code
+    and the status are kept). Answers below 400 pass untouched, so the calls' path pays one comparison."""
+    held: list[Any] = []
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held[:] = [message, b""]
+            return
+        if held and message["type"] == "http.response.body":
+            held[1] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            start, body = held
+            held.clear()
+            body = _scrubbed(body)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    return wrapped
+
+
+def _scrubbed(body: bytes) -> bytes:
+    import orjson
+
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    error = msg.get("error") if isinstance(msg, dict) else None
+    if not isinstance(error, dict):
+        return body
+    text = error.get("message")
+    if isinstance(text, str) and ("alidation error" in text or "pydantic" in text):
+        error["message"] = _SAFE_INVALID
+        error.pop("data", None)
+        return orjson.dumps(msg)
+    return body

@@ -201,3 +201,45 @@ def test_a_complete_request_is_not_cut_by_the_header_timeout(gw: RunningGateway)
                        headers=with_sids(A, sid), timeout=20)
     assert "error" not in parse(resp), resp.text
     httpx2.delete(gw.url, headers=with_sids(A, sid))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["rec__echo"]}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": ["tools/call"]}',
+    b'[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]',
+])
+def test_invalid_json_rpc_gets_a_plain_error_without_internal_text(gw: RunningGateway, body: bytes) -> None:
+    """The SDK's transport answers these with pydantic's report (model names, input values, links): scrubbed."""
+    sid = open_session(gw, A)
+    try:
+        resp = httpx2.post(gw.url, content=body, headers=with_sids(A, sid))
+        assert resp.status_code == 400
+        error = resp.json()["error"]
+        assert error["message"].startswith("Invalid JSON-RPC message") and "pydantic" not in resp.text, resp.text
+        still_serving(gw, sid)
+    finally:
+        httpx2.delete(gw.url, headers=with_sids(A, sid))
+
+
+def test_a_body_framed_two_ways_is_refused(gw: RunningGateway) -> None:
+    """Content-Length and Transfer-Encoding together: a proxy in front may frame another body (request smuggling)."""
+    sid = open_session(gw, A)
+    try:
+        call = rpc(12, "tools/call", {"name": "rec__echo", "arguments": {"text": "framed"}})
+        chunked = f"{len(call):x}\r\n".encode() + call + b"\r\n0\r\n\r\n"
+        base = [("Host", f"127.0.0.1:{gw.port}"), *with_sids(A, sid)]
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            head = "".join(f"{k}: {v}\r\n" for k, v in base)
+            sock.sendall(f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nContent-Length: {len(chunked)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + chunked)
+            answer = _recv_all(sock, 10)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"Transfer-Encoding" in answer, answer
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:  # control: chunked alone is served
+            head = "".join(f"{k}: {v}\r\n" for k, v in base)
+            sock.sendall(f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                         .encode() + chunked)
+            answer = _recv_all(sock, 10)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"framed" in answer, answer
+    finally:
+        httpx2.delete(gw.url, headers=with_sids(A, sid))

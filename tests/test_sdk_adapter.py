@@ -179,3 +179,26 @@ def test_drop_sdk_spans() -> None:
     assert any(type(m).__name__ == "OpenTelemetryMiddleware" for m in server.middleware)
     sdk_adapter.drop_sdk_spans(server)
     assert not any(type(m).__name__ == "OpenTelemetryMiddleware" for m in server.middleware)
+
+
+@pytest.mark.anyio
+async def test_scrub_transport_errors() -> None:
+    """The SDK's transport reports a JSON-RPC validation failure as "Validation error: ..." with pydantic's text
+    (tests/test_http_chain.py drives the real one); only answers of status 400 or more are read."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scrub = sdk_adapter.scrub_transport_errors(send)
+    report = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32602, "message":
+                           "Validation error: 1 validation error for JSONRPCRequest ... errors.pydantic.dev"}})
+    await scrub({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"9")]})
+    await scrub({"type": "http.response.body", "body": report[:10], "more_body": True})
+    await scrub({"type": "http.response.body", "body": report[10:]})
+    body = sent[1]["body"]
+    assert b"pydantic" not in body and orjson.loads(body)["error"]["code"] == -32602
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    ok = {"type": "http.response.start", "status": 200, "headers": []}
+    await scrub(ok)
+    assert sent[-1] is ok

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
+from gateway import sdk_adapter
 from gateway.fastpath import FastPath, modern_client, parse_tool_call
 from gateway.http.authenticate import agent_of
 from gateway.http.headers import headers_of
@@ -56,4 +57,4 @@ class Dispatch:
                         return
             elif sid is not None:
                 self.fast.cancel(sid, body)
-        await self.sdk_apps[view](scope, receive, send)
+        await self.sdk_apps[view](scope, receive, sdk_adapter.scrub_transport_errors(send))

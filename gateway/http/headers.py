@@ -75,6 +75,8 @@ def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
         get(b"traceparent"),
     )
     state = get(b"tracestate")
+    if length is not None and b"transfer-encoding" in found:
+        return b"content-length"  # framed two ways: a proxy in front may read another body than the gateway
     return RequestHeaders(
         None if host is None else host.decode("latin-1"),
         None if origin is None else origin.decode("latin-1"),
@@ -114,8 +116,14 @@ def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
             return name
         else:
             others.append(name)
+    if values[5] is not None and b"transfer-encoding" in others:
+        return b"content-length"
     state = b",".join(tracestate).decode("latin-1") if tracestate else None
     return RequestHeaders._make([*values, has_param, state])
+
+
+def _repeated_length(scope: Scope) -> bool:
+    return sum(1 for k, _ in scope["headers"] if k == b"content-length") > 1
 
 
 def headers_of(scope: Scope) -> RequestHeaders:
@@ -137,7 +145,9 @@ class ParseHeaders:
         parsed = parse(scope["headers"])
         if isinstance(parsed, bytes):
             name = parsed.decode("latin-1")[:64]
-            await jsonrpc_error(send, 400, INVALID_REQUEST, f"the {name} header may be sent only once")
+            message = (f"the {name} header may be sent only once" if name != "content-length" or _repeated_length(scope)
+                       else "a request may not carry both Content-Length and Transfer-Encoding")
+            await jsonrpc_error(send, 400, INVALID_REQUEST, message)
             return
         state = scope.get("state")
         if state is None:
