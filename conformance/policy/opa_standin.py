@@ -154,7 +154,15 @@ def build_app(backend: RegopyBackend | OpaGoBackend, token: str | None, decision
             out["result"] = value
         return Response(orjson.dumps(out), 200, media_type="application/json")
 
+    warm = [False]
+
     async def health(request: Request) -> Response:
+        if not warm[0]:  # the first evaluation on a worker thread (thread, Go runtime) outlasted a 200 ms deadline
+            warm[0] = True
+            try:
+                await anyio.to_thread.run_sync(backend.evaluate, "gateway/decision", {})
+            except Exception:  # a policy without that rule, or one that fails on {}, is still served
+                pass
         return JSONResponse({})
 
     async def fault(request: Request) -> Response:
