@@ -112,6 +112,8 @@ class HttpConnector(JsonRpcPeer):
             except Exception as exc:  # whatever the upstream does, the gateway keeps running and retries
                 # last_error reaches agents ("is not reachable (...)"): the exception's own text stays in the log
                 self.last_error = exc.detail if isinstance(exc, UpstreamError) else exc.__class__.__name__
+                if not self._attempted.is_set() and self.on_state:
+                    self.on_state(self, False)  # its first attempt failed: the gateway need not wait for it to serve
                 self._attempted.set()
                 log.warning("upstream %s: %s; retrying in %.1f s", self.name,
                             self.last_error if isinstance(exc, UpstreamError) else f"{exc!r}", backoff)

@@ -211,15 +211,23 @@ async def test_an_agents_worker_that_cannot_start_is_reported_without_host_detai
 
 
 async def test_a_failed_first_start_does_not_hold_the_gateway_for_its_whole_timeout(tmp_path: Path) -> None:
-    """A missing program fails at once: the gateway serves then, not after start_timeout_s (10 minutes here)."""
+    """A missing program, a server nobody listens for: each fails at once, and the gateway serves then, not after
+    start_timeout_s (10 minutes here)."""
     port = free_port()
     upstreams = stdio_upstream("echo", ECHO) + stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"],
-                                                              "start_timeout_s = 600")
+                                                              "start_timeout_s = 600") + f"""
+[[upstreams]]
+name = "nohttp"
+transport = "http"
+url = "http://127.0.0.1:{free_port()}/mcp"
+start_timeout_s = 600
+"""
     g = start_gateway(tmp_path, default_config(port, tmp_path, upstreams), port, ready_timeout=120, wait_ready=False)
     try:
         code, detail = readiness(g)
         assert code == 503 and not detail["upstreams"]["missing"]["up"], detail
         assert "no-such-mcp-server" in detail["upstreams"]["missing"]["error"]
+        assert not detail["upstreams"]["nohttp"]["up"] and "not reachable" in detail["upstreams"]["nohttp"]["error"]
         async with mcp_client(g.url, KEYS["ci-bot"][2]) as c:
             r = await c.call_tool("echo__echo", {"text": "served"})
             assert "served" in text(r)
