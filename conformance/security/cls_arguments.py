@@ -40,7 +40,7 @@ class Ctx:
     sid: str = ""
 
     def stop(self) -> None:
-        pass  # the shared gateway stops with the run
+        self.g.end_lingering()  # the shared gateway itself stops with the run
 
 
 def start(work: Path) -> Ctx:
@@ -75,7 +75,7 @@ def smuggle(aid: str, title: str, attack: str, plain: str, good: str, same_value
     ``audited``: the refusal must be on record as a decision (not for requests the protocol layer rejects)."""
     async def run(ctx: Ctx) -> str:
         g = ctx.g
-        async with Raw(g) as raw:
+        async with Raw(g, linger=True) as raw:
             m = mark()
             r = await send(ctx, raw, good.replace("MARK", m))
             control(ok_result(r) and g.received("pub", m), f"the benign call failed: {result_text(r)[:120]}")
@@ -141,7 +141,7 @@ def number_case(aid: str, literal: str) -> None:
     """n written as ``literal``: if forwarded, the upstream must not read a number over 100 (read exactly)."""
     async def run(ctx: Ctx) -> str:
         g = ctx.g
-        async with Raw(g) as raw:
+        async with Raw(g, linger=True) as raw:
             m = mark()
             r = await send(ctx, raw, f'{{"text": "{m}", "n": 50}}')
             control(ok_result(r) and g.received("pub", m), "n = 50 was not forwarded")

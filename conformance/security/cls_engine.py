@@ -57,6 +57,7 @@ class Ctx:
 
     def stop(self) -> None:
         for g in self.gateways.values():
+            g.end_lingering()
             g.stop()
         if self.opa is not None:
             self.opa.terminate()
@@ -126,7 +127,7 @@ def case_attempt(i: int, name: str, value: Any, expect: str) -> None:
     async def run(ctx: Ctx) -> str:
         out = {}
         for engine, g in ctx.gateways.items():
-            async with Raw(g) as raw:
+            async with Raw(g, linger=True) as raw:
                 r, fwd, _ = await send(ctx, raw, engine, '"plain"')
                 control(ok_result(r) and fwd, f"{engine}: a plain value was not forwarded")
                 r, fwd, sent = await send(ctx, raw, engine, encode(value))

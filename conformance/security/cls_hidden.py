@@ -43,7 +43,7 @@ class Ctx:
     g: Gateway
 
     def stop(self) -> None:
-        pass  # the shared gateway stops with the run
+        self.g.end_lingering()  # the shared gateway itself stops with the run
 
 
 def start(work: Path) -> Ctx:

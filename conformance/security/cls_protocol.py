@@ -45,7 +45,7 @@ class Ctx:
     g: Gateway
 
     def stop(self) -> None:
-        pass  # the shared gateway stops with the run
+        self.g.end_lingering()  # the shared gateway itself stops with the run
 
 
 def start(work: Path) -> Ctx:
@@ -96,7 +96,7 @@ def dup_case(name: str, single: str, values: list[str] | None = None, te: bool =
     async def run(ctx: Ctx) -> str:
         g = ctx.g
         port = g.gw.port
-        async with Raw(g) as raw:
+        async with Raw(g, linger=True) as raw:
             sid = await raw.open("alice")
             sid2 = await raw.open("alice")
         vals = values or [single, single]
@@ -143,7 +143,7 @@ for _name, _single, _values, _te in [
 async def dup_content_length(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
-    async with Raw(g) as raw:
+    async with Raw(g, linger=True) as raw:
         sid = await raw.open("alice")
     m1, m2 = mark(), mark()
     body = echo_call(m1)
@@ -183,7 +183,7 @@ async def hijack_delete_dup(ctx: Ctx) -> str:
 async def hijack_get_dup(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
-    async with Raw(g) as raw:
+    async with Raw(g, linger=True) as raw:
         a, b = await raw.open("alice"), await raw.open("bob")
     h = [("Authorization", f"Bearer {key('bob')}"), ("Accept", "text/event-stream"),
          ("Mcp-Protocol-Version", "2025-11-25")]
@@ -333,7 +333,7 @@ async def oversize(ctx: Ctx) -> str:
 async def oversize_chunked(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
-    async with Raw(g) as raw:
+    async with Raw(g, linger=True) as raw:
         sid = await raw.open("alice")
     m1, m2 = mark(), mark()
     h = [*base_headers("alice", sid), ("Transfer-Encoding", "chunked")]
@@ -350,7 +350,7 @@ async def oversize_chunked(ctx: Ctx) -> str:
 async def cl_and_te(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
-    async with Raw(g) as raw:
+    async with Raw(g, linger=True) as raw:
         sid = await raw.open("alice")
     m1, m2 = mark(), mark()
     h = [*base_headers("alice", sid), ("Transfer-Encoding", "chunked")]

@@ -135,6 +135,16 @@ class Gateway:
     gw: RunningGateway
     work: Path
     missing_settings: set[str] = field(default_factory=set)
+    lingering: list[tuple[str, str, str]] = field(default_factory=list)
+    """Sessions attempts keep past their own end (see Raw's ``linger``); ended by ``end_lingering``."""
+
+    def end_lingering(self) -> None:
+        for agent, sid, path in self.lingering:
+            try:
+                httpx2.delete(self.base + path, headers=headers(agent, sid), timeout=10)
+            except httpx2.HTTPError:
+                pass
+        self.lingering.clear()
 
     @property
     def url(self) -> str:
@@ -320,8 +330,11 @@ def leaks(text: str) -> str | None:
 class Raw:
     """Raw JSON-RPC over HTTP for one gateway: sessions opened by hand, requests the SDK would never send."""
 
-    def __init__(self, g: Gateway, timeout: float = 60):
+    def __init__(self, g: Gateway, timeout: float = 60, linger: bool = False):
+        """``linger``: the sessions it opens outlive it (until the class ends), for attempts that go on using
+        them over raw sockets or keep one across attempts."""
         self.g = g
+        self.linger = linger
         self.http = httpx2.AsyncClient(timeout=timeout)
         self.rid = 100
         self.opened: list[tuple[str, str, str]] = []
@@ -331,6 +344,9 @@ class Raw:
 
     async def __aexit__(self, *exc: object) -> None:
         """Ends the sessions it opened (per-agent session caps would otherwise fill up across attempts)."""
+        if self.linger:
+            self.g.lingering += self.opened
+            self.opened = []
         for agent, sid, path in self.opened:
             try:
                 await self.http.delete(self.g.base + path, headers=headers(agent, sid), timeout=10)
