@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -36,14 +37,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-FD_RESERVE = 128
-"""Descriptors kept for everything but agent connections: upstream pipes and sockets, the audit log, workers."""
+ACCEPT_BURST = 128
+"""The listen backlog, which is also how many connections asyncio accepts in one go before it closes the ones past
+``max_connections``: a burst of new connections takes at most this many descriptors for a moment."""
+FD_RESERVE = 128 + ACCEPT_BURST
+"""Descriptors kept for everything but agent connections (upstream pipes and sockets, the audit log, workers,
+an accept burst), at least: a quarter of the limit when that is more, on top of what is already open at start."""
 
 
 def connection_budget(wanted: int) -> int:
     """``max_connections``, within what the process may open: the soft descriptor limit is raised to the hard
-    one, and agent connections never take the last ``FD_RESERVE`` (a flood of connections must not leave the
-    gateway unable to start an upstream or write its audit log)."""
+    one, and agent connections never take the descriptors kept for the rest (a flood of connections must not
+    leave the gateway unable to accept, start an upstream or write its audit log)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -54,7 +59,11 @@ def connection_budget(wanted: int) -> int:
             soft = target
         except (ValueError, OSError):
             pass
-    budget = max(1, soft - FD_RESERVE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    budget = max(1, soft - max(FD_RESERVE, soft // 4) - open_now)
     if wanted > budget:
         log.warning("server.max_connections = %d exceeds what %d descriptors allow: %d connections at most",
                     wanted, soft, budget)
@@ -69,7 +78,8 @@ def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_leve
     common = {"log_level": log_level, "log_config": None, "access_log": False}
     protocol = guarded_h11(connection_budget(server.max_connections), server.header_timeout_s, on_refused)
     agent = uvicorn.Server(uvicorn.Config(
-        agent_app, lifespan="on", timeout_graceful_shutdown=10, http=protocol, **common,  # type: ignore[arg-type]
+        agent_app, lifespan="on", timeout_graceful_shutdown=10, http=protocol, backlog=ACCEPT_BURST,
+        **common,  # type: ignore[arg-type]
     ))
     admin = QuietServer(uvicorn.Config(admin_app, lifespan="off", **common))  # type: ignore[arg-type]
 
