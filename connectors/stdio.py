@@ -52,6 +52,8 @@ class StdioConnector(JsonRpcPeer):
         self._write_lock = anyio.Lock()
         self.restarts = 0
         self.last_error = "not started"
+        self._unsaid = False
+        """last_error is an exception's own text (for /readyz and the log): agents are told less."""
         self._stop_reason = ""
         """Why the gateway stopped the running process itself (else its exit code says why it stopped)."""
         self._stop_kind = "crashed"
@@ -75,7 +77,8 @@ class StdioConnector(JsonRpcPeer):
         if not self._ready.is_set() and (
             self._stopping or not await self.wait_ready(min(timeout, self.start_timeout))
         ):
-            raise UpstreamError(self.name, "unavailable", f"is not running ({self.last_error})")
+            why = "it could not be started; the gateway's log says why" if self._unsaid else self.last_error
+            raise UpstreamError(self.name, "unavailable", f"is not running ({why})")
         return await super().request(method, params, timeout, on_progress)
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -97,6 +100,7 @@ class StdioConnector(JsonRpcPeer):
                 await self._run_once()
             except Exception as exc:
                 self.last_error = str(exc)
+                self._unsaid = not isinstance(exc, UpstreamError)
                 log.warning("upstream %s: %s", self.name, exc)
             if self.on_state:
                 self.on_state(self, False)
@@ -139,6 +143,7 @@ class StdioConnector(JsonRpcPeer):
                     raise UpstreamError(self.name, "unavailable", "did not initialize in time") from None
                 self._ready.set()
                 self.last_error = ""
+                self._unsaid = False
                 if self.on_state:
                     self.on_state(self, True)
                 code = await proc.wait()

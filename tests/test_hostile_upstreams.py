@@ -19,6 +19,7 @@ import orjson
 import pytest
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import (
     ECHO,
@@ -357,3 +358,24 @@ async def test_a_burst_of_list_changes_is_one_refresh_not_one_each(hostile: Runn
             settled = settled + 1 if now == seen else 0
             seen = now
     assert 1 <= seen - before < 50, seen - before
+
+
+async def test_an_upstream_that_cannot_restart_is_named_without_the_exception_text(tmp_path: Path) -> None:
+    """The agent learns that the upstream could not be started, not the OS error's text (a path, an errno)."""
+    port = free_port()
+    (tmp_path / "secret-dir").mkdir()
+    upstream = stdio_upstream("echo", ECHO, 'cwd = "secret-dir"\ntimeout_s = 5\n')
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, upstream, policy=allow_all_policy(tmp_path)), port)
+    try:
+        async with mcp_client(gw.url, KEY) as c:
+            assert text(await c.call_tool("echo__echo", {"text": "up"})) == "up"
+            (tmp_path / "secret-dir").rmdir()  # its restart will fail in the OS, with a path in the error
+            with pytest.raises(MCPError):  # the server exits mid-call
+                await c.call_tool("echo__crash", {})
+            with pytest.raises(Exception) as info:
+                await c.call_tool("echo__echo", {"text": "down"})
+        message = str(info.value)
+        assert "could not be started" in message, message
+        assert "secret-dir" not in message and "Errno" not in message, message
+    finally:
+        gw.stop()
