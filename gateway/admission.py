@@ -22,7 +22,6 @@ import contextvars
 import functools
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,7 +43,7 @@ _LIST_ACTION = {"tool": "tools/list", "prompt": "prompts/list", "resource": "res
 
 # Where the request the current task handles stands: (decision id, "decided" or "finished"). ``guarded`` reads
 # it to write what an unexpected exception left unwritten, so no request leaves without its records.
-_progress: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("admission", default=None)
+_stage: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("admission", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ class Admission:
                 f"the gateway could not record the outcome of this request, so its result is withheld "
                 f"(decision id {req.decision_id})",
             )
-        _progress.set((req.decision_id, "finished"))
+        _stage.set((req.decision_id, "finished"))
 
     def bind_progress(
         self, req: Request, on_progress: ProgressFn | None
@@ -207,12 +206,12 @@ class Admission:
                 INTERNAL_ERROR,
                 f"the gateway cannot record this request, so it was not made (decision id {req.decision_id})",
             )
-        _progress.set((req.decision_id, "decided"))
+        _stage.set((req.decision_id, "decided"))
 
     def internal_error(self, req: Request, exc: BaseException) -> GatewayError:
         """An unexpected exception: its text goes to the log only; the records it left unwritten are written."""
         log.error("%s failed (decision id %s)", req.action, req.decision_id, exc_info=exc)
-        state = _progress.get()
+        state = _stage.get()
         stage = state[1] if state is not None and state[0] == req.decision_id else None
         if stage is None:
             decision = Decision.failed("internal gateway error", self.decider.engine.revision)
@@ -239,7 +238,7 @@ def guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, req: Request, *args: Any, **kwargs: Any) -> Any:
-        token = _progress.set(None)
+        token = _stage.set(None)
         try:
             return await fn(self, req, *args, **kwargs)
         except GatewayError:
@@ -247,10 +246,6 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             raise self.admission.internal_error(req, exc) from None
         finally:
-            _progress.reset(token)
+            _stage.reset(token)
 
     return wrapper  # type: ignore[return-value]
-
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
