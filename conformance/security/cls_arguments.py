@@ -51,16 +51,20 @@ def mark() -> str:
     return "MARK" + secrets.token_hex(6)
 
 
-def body(args_json: str) -> bytes:
+SDK_PATH = ', "_meta": {"progressToken": "p1"}'
+"""A progress token sends a call down the SDK's path instead of the fast path: both must decide the same."""
+
+
+def body(args_json: str, meta: str = "") -> bytes:
     """A tools/call of pub__echo whose arguments are the given JSON text, as written."""
     return ('{"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {"name": "pub__echo", "arguments": '
-            + args_json + "}}").encode()
+            + args_json + meta + "}}").encode()
 
 
-async def send(ctx: Ctx, raw: Raw, args_json: str) -> Any:
+async def send(ctx: Ctx, raw: Raw, args_json: str, meta: str = "") -> Any:
     if not ctx.sid:
         ctx.sid = await raw.open("alice")
-    return await raw.post("alice", ctx.sid, body(args_json))
+    return await raw.post("alice", ctx.sid, body(args_json, meta))
 
 
 def denial_on_record(g: Gateway, before: int) -> bool:
@@ -69,7 +73,7 @@ def denial_on_record(g: Gateway, before: int) -> bool:
 
 
 def smuggle(aid: str, title: str, attack: str, plain: str, good: str, same_value: bool = False,
-            audited: bool = True) -> None:
+            audited: bool = True, meta: str = "") -> None:
     """``attack``, ``plain`` and ``good`` are JSON texts with MARK where the marker goes. ``same_value``: the
     gateway may also forward the value its policy saw (the marked one is the one it must not let through).
     ``audited``: the refusal must be on record as a decision (not for requests the protocol layer rejects)."""
@@ -77,14 +81,14 @@ def smuggle(aid: str, title: str, attack: str, plain: str, good: str, same_value
         g = ctx.g
         async with Raw(g, linger=True) as raw:
             m = mark()
-            r = await send(ctx, raw, good.replace("MARK", m))
+            r = await send(ctx, raw, good.replace("MARK", m), meta)
             control(ok_result(r) and g.received("pub", m), f"the benign call failed: {result_text(r)[:120]}")
             m = mark()
-            r = await send(ctx, raw, plain.replace("MARK", m))
+            r = await send(ctx, raw, plain.replace("MARK", m), meta)
             control(refused(r) and not g.received("pub", m), "the value in plain sight was not denied")
             m = mark()
             before = len(g.audit())
-            r = await send(ctx, raw, attack.replace("MARK", m))
+            r = await send(ctx, raw, attack.replace("MARK", m), meta)
             hold(not g.received("pub", m), "forwarded: the upstream received what the policy did not decide on")
             hold(leaks(r.text) is None, f"internal text reached the agent: {leaks(r.text)}")
             if same_value and ok_result(r):
@@ -135,6 +139,18 @@ for _name, _esc in [("newline", "\\n"), ("tab", "\\t"), ("cr", "\\r"), ("vtab", 
     smuggle(f"ref-{_name}", f"a ref holding {_name} (written {_esc}) is denied like one holding a space",
             '{"text": "MARK", "ref": "main' + _esc + 'x"}', '{"text": "MARK", "ref": "main x"}',
             '{"text": "MARK", "ref": "main"}')
+
+
+smuggle("pad-string-sdk", "a shell operator after 17,000 spaces, on the SDK path", json.dumps(
+    {"command": "ls" + " " * 17000 + "; rm -rf / MARK"}), '{"command": "ls; MARK"}', '{"command": "ls MARK"}',
+    meta=SDK_PATH)
+smuggle("list-1001-sdk", "a bad item after 1,000 good ones, on the SDK path",
+        '{"text": "MARK", "items": ' + json.dumps(["ok"] * 1000 + ["bad"]) + "}",
+        '{"text": "MARK", "items": ["bad"]}', '{"text": "MARK", "items": ["ok", "ok"]}', meta=SDK_PATH)
+smuggle("ref-newline-sdk", "a ref holding a newline, on the SDK path", '{"text": "MARK", "ref": "main\\nx"}',
+        '{"text": "MARK", "ref": "main x"}', '{"text": "MARK", "ref": "main"}', meta=SDK_PATH)
+smuggle("dup-keys-sdk", "duplicate argument keys, on the SDK path", '{"command": "ls; MARK", "command": "ls"}',
+        '{"command": "ls; MARK"}', '{"command": "ls MARK"}', True, meta=SDK_PATH)
 
 
 def number_case(aid: str, literal: str) -> None:

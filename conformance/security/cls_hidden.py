@@ -101,6 +101,13 @@ pair("tool-hidden-upstream", "tools/call: a tool of a hidden upstream answers li
      "tools/call", call("priv__echo", text="hi"), call("ghost__echo", text="hi"), call("pub__echo", text="hi"))
 pair("tool-hidden-view", "tools/call on /mcp/pub: a hidden tool answers like a missing one", "tools/call",
      call("secret"), call("nosuch"), call("echo", text="hi"), "/mcp/pub")
+pair("prompt-hidden-view", "prompts/get on /mcp/pub: a hidden prompt answers like a missing one", "prompts/get",
+     {"name": "secret"}, {"name": "nosuch"}, {"name": "greet"}, "/mcp/pub")
+pair("resource-hidden-view", "resources/read on /mcp/pub: a hidden resource answers like a missing one",
+     "resources/read", {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"},
+     "/mcp/pub")
+pair("unsubscribe-hidden", "resources/unsubscribe on a hidden resource answers like on a missing one",
+     "resources/unsubscribe", {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"})
 pair("prompt-hidden", "prompts/get: a hidden prompt answers like a missing one", "prompts/get",
      {"name": "pub__secret"}, {"name": "pub__nosuch"}, {"name": "pub__greet"})
 pair("prompt-hidden-upstream", "prompts/get: a prompt of a hidden upstream answers like a missing one",
