@@ -26,6 +26,7 @@ from conformance.security.framework import (
     attempt,
     control,
     core,
+    headers,
     hold,
     leaks,
     ok_result,
@@ -213,3 +214,27 @@ async def denial_recorded(ctx: Ctx) -> str:
             hold(any(x.get("allow") is False for x in recs), f"{name}: no decision record with allow false")
             out.append(json.dumps([x.get("type") for x in recs]))
     return " / ".join(out)
+
+
+@attempt(CLS, "int-2-70-2026", "a 2026-era (stateless) call with 2**70 in its arguments is recorded, no internal text")
+async def int_2026(ctx: Ctx) -> str:
+    g = ctx.g
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    h = {**headers("alice"), "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "pub__echo"}
+
+    def call(args: str) -> bytes:
+        return ('{"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "pub__echo", '
+                f'"arguments": {args}, "_meta": {json.dumps(meta)}}}}}').encode()
+
+    async with Raw(g) as raw:
+        before = len(g.audit())
+        r = await raw.http.post(g.url, content=call('{"text": "x"}'), headers=h)
+        control(ok_result(r) and records_for(g, before), f"a plain 2026-era call failed: {r.text[:100]}")
+        before = len(g.audit())
+        r = await raw.http.post(g.url, content=call(f'{{"text": "x", "n": {2**70}}}'), headers=h)
+    hold(leaks(r.text) is None, f"internal text reached the agent: {leaks(r.text)}")
+    hold(r.status_code < 500, f"HTTP {r.status_code}")
+    hold(records_for(g, before), "no decision record")
+    return f"recorded; answered {'ok' if ok_result(r) else 'with a refusal'}"

@@ -125,6 +125,9 @@ refusal("no-credentials", "no Authorization: 401, recorded")
 refusal("bad-key", "an unknown API key: 401, recorded", "sec-key-mallory")
 refusal("two-keys-one-header", "two bearer keys in one header: 401, recorded",
         raw_header=f"Bearer {key('alice')}, Bearer {key('root')}")
+refusal("empty-bearer", "the Bearer scheme with no token: 401, recorded", raw_header="Bearer")
+refusal("key-with-trailer", "a valid key followed by more words: 401, recorded",
+        raw_header=f"Bearer {key('alice')} {key('root')}")
 refusal("basic-scheme", "the key under the Basic scheme: 401, recorded", raw_header=f"Basic {key('alice')}")
 refusal("huge-authorization", "a 60 KB Authorization header: 401 (not 500), recorded", "x" * 60_000)
 refusal("alg-none", "an unsigned token (alg none): 401, recorded", token(payload(), alg="none"))
