@@ -194,14 +194,16 @@ def check_isolation(port: int) -> str:
     from mcp.client.streamable_http import streamable_http_client
 
     async def probe() -> str:
+        # An upstream the identity may see nothing of is answered like a missing one (404 at initialize); one it
+        # sees but may not list is denied at tools/list. Either is a denial; a listing is the failure.
         http = httpx2.AsyncClient(timeout=10)
-        async with http, Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp/other", http_client=http),
-                                mode="legacy", cache=None) as c:
-            try:
+        try:
+            async with http, Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp/other", http_client=http),
+                                    mode="legacy", cache=None) as c:
                 await c.list_tools()
-            except Exception as exc:
-                return f"denied ({exc})"
-            return "ALLOWED (the policy should deny it)"
+        except Exception as exc:
+            return f"denied ({exc})"
+        return "ALLOWED (the policy should deny it)"
 
     return anyio.run(probe)
 
