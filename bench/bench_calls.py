@@ -130,8 +130,10 @@ def main() -> None:
             "gateway -> HTTP upstream": (gw.url, "echo__echo"),
             "gateway -> stdio upstream": (gw.url, "echostdio__echo"),
         }
-        print(f"mcp-gateway bench: {args.calls} sequential calls per path (interleaved), "
-              f"{args.concurrency} sessions x {args.seconds:g} s for throughput, client mode {args.mode}")
+        print(
+            f"mcp-gateway bench: {args.calls} sequential calls per path (interleaved), "
+            f"{args.concurrency} sessions x {args.seconds:g} s for throughput, client mode {args.mode}"
+        )
         lat = anyio.run(latency, targets, args.calls, args.mode)
         tput: dict[str, list[float]] = {name: [] for name in targets}
         for _ in range(2):  # interleaved rounds

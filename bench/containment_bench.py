@@ -69,12 +69,20 @@ def pss_kb(pid: int) -> int:
 
 
 async def bench_runtime(args: argparse.Namespace, work: Path) -> None:
-    cfg = ContainmentConfig(workspace_root=str(work / "ws"), uid_base=330000, uid_count=1000, idle_timeout_s=3600,
-                            max_workers=200, profiles=profiles())
+    cfg = ContainmentConfig(
+        workspace_root=str(work / "ws"),
+        uid_base=330000,
+        uid_count=1000,
+        idle_timeout_s=3600,
+        max_workers=200,
+        profiles=profiles(),
+    )
     rt = Containment(cfg, work, Metrics())
     prot = rt.caps.protections()
-    print(f"host: root={prot['running_as_root']} bwrap={prot['bubblewrap']} landlock_abi={prot['landlock_abi']} "
-          f"seccomp={prot['seccomp']} cgroup={prot['cgroup']} cpus={os.cpu_count()}")
+    print(
+        f"host: root={prot['running_as_root']} bwrap={prot['bubblewrap']} landlock_abi={prot['landlock_abi']} "
+        f"seccomp={prot['seccomp']} cgroup={prot['cgroup']} cpus={os.cpu_count()}"
+    )
     ps: dict[str, Profile] = {name: build_profile(name, p, work) for name, p in cfg.profiles.items()}
     async with anyio.create_task_group() as tg:
         await rt.start(tg)
@@ -135,11 +143,15 @@ async def bench_runtime(args: argparse.Namespace, work: Path) -> None:
             pss.append(sum(pss_kb(p) for p in procs) / 1024)
             if w.proc.cgroup is not None:
                 cg.append(w.proc.cgroup.memory_current_bytes() / 1048576)
-        print(f"   PSS per worker (bwrap, its init, the server): median {statistics.median(pss):.1f} MiB, "
-              f"max {max(pss):.1f} MiB")
+        print(
+            f"   PSS per worker (bwrap, its init, the server): median {statistics.median(pss):.1f} MiB, "
+            f"max {max(pss):.1f} MiB"
+        )
         if cg:
-            print(f"   cgroup memory charged per worker:           median {statistics.median(cg):.1f} MiB, "
-                  f"max {max(cg):.1f} MiB")
+            print(
+                f"   cgroup memory charged per worker:           median {statistics.median(cg):.1f} MiB, "
+                f"max {max(cg):.1f} MiB"
+            )
         for w in idle:
             await rt.pool.stop(w, "idle")
         tg.cancel_scope.cancel()
@@ -149,9 +161,12 @@ async def bench_runtime(args: argparse.Namespace, work: Path) -> None:
 async def bench_gateway(args: argparse.Namespace, work: Path) -> None:
     from tests.conftest import KEYS, default_config, free_port, mcp_client, start_gateway
 
-    box = f'command = {BOX!r}'.replace("'", '"')
+    box = f"command = {BOX!r}".replace("'", '"')
     port = free_port()
-    text = default_config(port, work, f"""
+    text = default_config(
+        port,
+        work,
+        f"""
 [[upstreams]]
 name = "plain"
 transport = "stdio"
@@ -168,7 +183,8 @@ name = "sh"
 transport = "builtin"
 tools = "shell"
 containment = "sandbox"
-""", extra=f"""
+""",
+        extra=f"""
 [containment]
 workspace_root = "{work}/gw-ws"
 uid_base = 331000
@@ -178,7 +194,9 @@ tier = "sandbox"
 read_only = ["/usr", "{REPO}/conformance/containment"]
 read_write = ["{{workspace}}"]
 env = {{ PATH = "/usr/bin:/bin" }}
-""", policy=REPO / "tests" / "containment_policy")
+""",
+        policy=REPO / "tests" / "containment_policy",
+    )
     gw = start_gateway(work / "gw", text, port)
     try:
         async with mcp_client(gw.url, KEYS["ci-bot"][2]) as c:

@@ -102,8 +102,11 @@ class RawSession:
 
     def __init__(self, http: httpx2.AsyncClient, url: str, key: str):
         self.http, self.url = http, url
-        self.headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
-                        "Content-Type": "application/json"}
+        self.headers = {
+            "Authorization": f"Bearer {key}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
         self.ids = 0
 
     async def post(self, method: str, params: dict[str, Any] | None = None, notify: bool = False) -> Any:
@@ -129,8 +132,10 @@ class RawSession:
         return answer["result"]
 
     async def open(self) -> None:
-        await self.post("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                       "clientInfo": {"name": "load", "version": "1"}})
+        await self.post(
+            "initialize",
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "load", "version": "1"}},
+        )
         await self.post("notifications/initialized", notify=True)
 
     async def close(self) -> None:
@@ -242,15 +247,19 @@ def report(name: str, tally: Tally, seconds: float, snap: dict[str, int], base: 
     calls = tally.allowed + tally.denied + tally.per_session
     print(f"\n{name}: {tally.sessions} sessions opened, {calls} calls in {seconds:.1f} s ({calls / seconds:.0f}/s)")
     print(f"  allowed {tally.allowed}, denied as expected {tally.denied}, per-session upstream {tally.per_session}")
-    print(f"  allowed-call latency under load: p50 {statistics.median(lat) * 1000:.1f} ms, "
-          f"p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms")
+    print(
+        f"  allowed-call latency under load: p50 {statistics.median(lat) * 1000:.1f} ms, "
+        f"p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms"
+    )
     print(f"  errors beyond the denials: {len(tally.errors)}")
     for err in tally.errors[:5]:
         print(f"    {err[:300]}")
     grew = (snap["rss_kb"] - base["rss_kb"]) / 1024
-    print(f"  after the sessions closed: rss {snap['rss_kb'] / 1024:.1f} MiB ({grew:+.1f}),"
-          f" fds {snap['fds']} ({snap['fds'] - base['fds']:+d}), child processes {snap['children']}"
-          f" ({snap['children'] - base['children']:+d})")
+    print(
+        f"  after the sessions closed: rss {snap['rss_kb'] / 1024:.1f} MiB ({grew:+.1f}),"
+        f" fds {snap['fds']} ({snap['fds'] - base['fds']:+d}), child processes {snap['children']}"
+        f" ({snap['children'] - base['children']:+d})"
+    )
 
 
 async def drain_on_shutdown(url: str, pid: int, audit: Path, calls: int, agents: int) -> tuple[int, int, int]:
@@ -295,13 +304,17 @@ def main() -> int:
     pid = gw.proc.pid
     url = gw.url
     try:
-        print(f"gateway pid {pid}, {args.sessions} concurrent sessions of {args.agents} agents, "
-              f"{args.seconds:g} s per round; workdir {workdir}")
+        print(
+            f"gateway pid {pid}, {args.sessions} concurrent sessions of {args.agents} agents, "
+            f"{args.seconds:g} s per round; workdir {workdir}"
+        )
         anyio.run(round_of, url, args.sessions, args.agents, 2.0)
         time.sleep(3)  # the warm-up's per-session upstreams close with their sessions (a started spare stays)
         base = snapshot(pid)
-        print(f"baseline after warm-up: rss {base['rss_kb'] / 1024:.1f} MiB, fds {base['fds']}, "
-              f"child processes {base['children']}")
+        print(
+            f"baseline after warm-up: rss {base['rss_kb'] / 1024:.1f} MiB, fds {base['fds']}, "
+            f"child processes {base['children']}"
+        )
         failures = 0
         rounds = []
         for n in (1, 2):
@@ -311,15 +324,19 @@ def main() -> int:
             snap = settle(pid, base)
             report(f"round {n}", tally, elapsed, snap, base)
             calls = tally.allowed + tally.denied + tally.per_session
-            print(f"  gateway CPU: {cpu:.1f} s for the round, {cpu / max(calls, 1) * 1000:.2f} ms per call "
-                  f"(sessions opened and closed included)")
+            print(
+                f"  gateway CPU: {cpu:.1f} s for the round, {cpu / max(calls, 1) * 1000:.2f} ms per call "
+                f"(sessions opened and closed included)"
+            )
             rounds.append(snap)
             failures += len(tally.errors)
         growth = (rounds[1]["rss_kb"] - rounds[0]["rss_kb"]) / 1024
         leaked_fds = rounds[1]["fds"] - base["fds"]
         leaked_children = rounds[1]["children"] - base["children"]
-        print(f"\nmemory growth from round 1 to round 2: {growth:+.1f} MiB; fds left over: {leaked_fds:+d}; "
-              f"child processes left over: {leaked_children:+d}")
+        print(
+            f"\nmemory growth from round 1 to round 2: {growth:+.1f} MiB; fds left over: {leaked_fds:+d}; "
+            f"child processes left over: {leaked_children:+d}"
+        )
         ready = httpx2.get(gw.admin_base + "/readyz").json()
         print(f"readyz after the rounds: ready={ready['ready']}")
         kids = descendants(pid)
@@ -327,11 +344,19 @@ def main() -> int:
         gw.proc.wait(30)
         time.sleep(0.5)
         survivors = [k for k in kids if Path(f"/proc/{k}").exists()]
-        print(f"graceful shutdown: {completed} of 20 calls in flight completed; {in_flight} decisions recorded, "
-              f"{missing} without an outcome; gateway exit code {gw.proc.returncode}; "
-              f"upstream processes left running: {len(survivors)}")
-        ok = (failures == 0 and leaked_children <= 0 and leaked_fds <= 2 and completed == 20 and missing == 0
-              and not survivors)
+        print(
+            f"graceful shutdown: {completed} of 20 calls in flight completed; {in_flight} decisions recorded, "
+            f"{missing} without an outcome; gateway exit code {gw.proc.returncode}; "
+            f"upstream processes left running: {len(survivors)}"
+        )
+        ok = (
+            failures == 0
+            and leaked_children <= 0
+            and leaked_fds <= 2
+            and completed == 20
+            and missing == 0
+            and not survivors
+        )
         print("RESULT: " + ("ok" if ok else "PROBLEMS (see above)"))
         return 0 if ok else 1
     finally:

@@ -44,33 +44,48 @@ def call_input(decider: Decider, command: str) -> dict[str, Any]:
     """A realistic ~1 KB tools/call input, built by the gateway's own Decider."""
     req = Request(
         agent=Agent("ci-bot", "platform", ("ci",), "api_key"),
-        action="tools/call", view=None, name="sh__run",
+        action="tools/call",
+        view=None,
+        name="sh__run",
         arguments={"command": command, "cwd": "build", "timeout_s": 60, "stdin": "x" * 400},
         session_id="5f0c2d1e9a8b4c7d8e9f0a1b2c3d4e5f",
         client={"name": "claude-code", "version": "2.1.7", "title": "Claude Code"},
-        protocol_version="2025-11-25", request_id=17, remote_addr="127.0.0.1",
+        protocol_version="2025-11-25",
+        request_id=17,
+        remote_addr="127.0.0.1",
     )
-    annotations = {"title": "Run a shell command", "readOnlyHint": False, "destructiveHint": False,
-                   "openWorldHint": False}
+    annotations = {
+        "title": "Run a shell command",
+        "readOnlyHint": False,
+        "destructiveHint": False,
+        "openWorldHint": False,
+    }
     return decider.build_input(req, "sh", tool="run", annotations=annotations, arguments=req.arguments)
 
 
 def time_input(decider: Decider) -> dict[str, Any]:
     req = Request(
-        agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/call", view=None,
+        agent=Agent("ci-bot", "platform", ("ci",), "api_key"),
+        action="tools/call",
+        view=None,
         name="time__convert_time",
         arguments={"source_timezone": "Europe/Paris", "time": "16:30", "target_timezone": "Asia/Tokyo"},
-        session_id="5f0c2d1e9a8b4c7d8e9f0a1b2c3d4e5f", client={"name": "claude-code", "version": "2.1.7"},
-        protocol_version="2025-11-25", request_id=18, remote_addr="127.0.0.1",
+        session_id="5f0c2d1e9a8b4c7d8e9f0a1b2c3d4e5f",
+        client={"name": "claude-code", "version": "2.1.7"},
+        protocol_version="2025-11-25",
+        request_id=18,
+        remote_addr="127.0.0.1",
     )
-    return decider.build_input(req, "time", tool="convert_time", annotations={"readOnlyHint": True},
-                               arguments=req.arguments)
+    return decider.build_input(
+        req, "time", tool="convert_time", annotations={"readOnlyHint": True}, arguments=req.arguments
+    )
 
 
 def list_input(decider: Decider) -> dict[str, Any]:
     req = Request(agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/list", view=None)
-    return decider.build_input(req, "time", tool="get_current_time", annotations={"readOnlyHint": True},
-                               action="tools/list")
+    return decider.build_input(
+        req, "time", tool="get_current_time", annotations={"readOnlyHint": True}, action="tools/list"
+    )
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -88,8 +103,14 @@ def main() -> None:
     policy = compile_policy(REPO / "rego", "gateway/decision")
     compile_ms = (time.perf_counter() - t0) * 1000
     trivial = CompiledPolicy(
-        PolicySource({"t.rego": 'package gateway\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": []}\n'},
-                     {}, "trivial", Path("trivial")), "gateway/decision")
+        PolicySource(
+            {"t.rego": 'package gateway\n\nimport rego.v1\n\ndecision := {"allow": true, "reasons": []}\n'},
+            {},
+            "trivial",
+            Path("trivial"),
+        ),
+        "gateway/decision",
+    )
     trivial.input_shape = None  # measure the whole input, not the nothing this policy reads
     whole = CompiledPolicy(policy.source, "gateway/decision")
     whole.input_shape = None
@@ -126,8 +147,9 @@ def main() -> None:
         f"sh__run call ({size} B input)": lambda n: timed(lambda: policy.decide(ev, call), n),
         "decide (gateway path, thread hop)": lambda n: anyio.run(gateway_path, n),
         "decide, whole input handed to rego-cpp": lambda n: timed(lambda: whole.decide(ev, call), n),
-        f"time__convert_time call ({len(orjson.dumps(convert))} B input)":
-            lambda n: timed(lambda: policy.decide(ev, convert), n),
+        f"time__convert_time call ({len(orjson.dumps(convert))} B input)": lambda n: timed(
+            lambda: policy.decide(ev, convert), n
+        ),
         f"list item ({len(orjson.dumps(listing))} B input)": lambda n: timed(lambda: policy.decide(ev, listing), n),
         "trivial policy, whole input": lambda n: timed(lambda: trivial.decide(ev, call), n),
         f"16 KB argument ({len(orjson.dumps(big))} B)": lambda n: timed(lambda: policy.decide(ev, big), n),
@@ -142,8 +164,10 @@ def main() -> None:
         for k, fn in variants.items():
             samples[k].extend(fn(per_round))
 
-    print(f"shipped policy {policy.revision}: compiled in {compile_ms:.0f} ms; "
-          f"{per_round * args.rounds} decisions per variant")
+    print(
+        f"shipped policy {policy.revision}: compiled in {compile_ms:.0f} ms; "
+        f"{per_round * args.rounds} decisions per variant"
+    )
     print(f"{'variant':<52} {'p50 ms':>8} {'p99 ms':>8}")
     for k, s in samples.items():
         p50, p99 = percentiles(s)

@@ -67,9 +67,7 @@ class HttpConnector(JsonRpcPeer):
         }
         self.start_timeout = start_timeout
         self.on_state = on_state
-        self._client = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(None, connect=5.0), follow_redirects=False, auth=auth
-        )
+        self._client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=5.0), follow_redirects=False, auth=auth)
         self._session_id: str | None = None
         self._ready = anyio.Event()
         self._reconnect = anyio.Event()
@@ -115,8 +113,12 @@ class HttpConnector(JsonRpcPeer):
                 if not self._attempted.is_set() and self.on_state:
                     self.on_state(self, False)  # its first attempt failed: the gateway need not wait for it to serve
                 self._attempted.set()
-                log.warning("upstream %s: %s; retrying in %.1f s", self.name,
-                            self.last_error if isinstance(exc, UpstreamError) else f"{exc!r}", backoff)
+                log.warning(
+                    "upstream %s: %s; retrying in %.1f s",
+                    self.name,
+                    self.last_error if isinstance(exc, UpstreamError) else f"{exc!r}",
+                    backoff,
+                )
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -175,14 +177,16 @@ class HttpConnector(JsonRpcPeer):
                     last_id, retry = await self._read_sse(resp)
                     if self._waiting(message["id"]):
                         if last_id is None:  # nothing to resume from: the answer will never come
-                            raise UpstreamError(self.name, "protocol", f"ended the stream of {message['method']} "
-                                                "without answering it")
+                            raise UpstreamError(
+                                self.name, "protocol", f"ended the stream of {message['method']} without answering it"
+                            )
                         resume = (last_id, retry)
                 else:
                     await self._dispatch(orjson.loads(await self._read_body(resp)))
                     if self._waiting(message["id"]):
-                        raise UpstreamError(self.name, "protocol", f"answered {message['method']} with JSON that "
-                                            "is not its response")
+                        raise UpstreamError(
+                            self.name, "protocol", f"answered {message['method']} with JSON that is not its response"
+                        )
             if resume is not None:
                 await self._resume(message["id"], *resume)
         except httpx2.TransportError as exc:

@@ -142,8 +142,9 @@ class JsonRpcPeer:
         if "error" in resp:
             err = resp["error"] if isinstance(resp["error"], dict) else {}
             code = err.get("code")
-            raise RemoteError(code if type(code) is int else -32603, str(err.get("message", "upstream error")),
-                              err.get("data"))
+            raise RemoteError(
+                code if type(code) is int else -32603, str(err.get("message", "upstream error")), err.get("data")
+            )
         result = resp.get("result")
         if not isinstance(result, dict):
             raise UpstreamError(self.name, "protocol", "sent a response without a result object")
@@ -256,8 +257,9 @@ class JsonRpcPeer:
             async with self._replying:
                 await self._send(message)
         except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
-            log.info("upstream %s: could not answer its %s request: %s", self.name, str(method)[:100],
-                     type(exc).__name__)
+            log.info(
+                "upstream %s: could not answer its %s request: %s", self.name, str(method)[:100], type(exc).__name__
+            )
 
     async def _outcome(self, method: Any, params: dict[str, Any]) -> dict[str, Any]:
         """The ``result`` or ``error`` member of the answer to a server-to-client request."""
@@ -270,11 +272,13 @@ class JsonRpcPeer:
                 return {"result": {}}
             if method == "roots/list":
                 return {"result": {"roots": []}}
-            return {"error": {
-                "code": -32601,
-                "message": f"{method} is not relayed to agents on a shared upstream session "
-                "(set session_mode = \"per_session\" on this upstream)",
-            }}
+            return {
+                "error": {
+                    "code": -32601,
+                    "message": f"{method} is not relayed to agents on a shared upstream session "
+                    '(set session_mode = "per_session" on this upstream)',
+                }
+            }
         except RemoteError as exc:
             return {"error": {"code": exc.code, "message": exc.message}}
         except Exception:  # its text stays in the gateway's log: the upstream is not trusted with it either

@@ -56,4 +56,3 @@ class JsonLines:
                 return orjson.loads(line)
         except orjson.JSONDecodeError:
             return _BLANK if not buf[start:end].strip() else NOT_JSON
-

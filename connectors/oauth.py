@@ -60,8 +60,10 @@ class HeadlessAuthorization:
         query = parse_qs(urlparse(location).query)
         if resp.status_code not in (301, 302, 303, 307, 308) or "code" not in query:
             error = (query.get("error") or [f"HTTP {resp.status_code} without a code"])[0]
-            raise RuntimeError(f"upstream {self._name!r}: the authorization server did not authorize the gateway "
-                               f"without a user ({error}); configure a token in headers instead")
+            raise RuntimeError(
+                f"upstream {self._name!r}: the authorization server did not authorize the gateway "
+                f"without a user ({error}); configure a token in headers instead"
+            )
         self._result = AuthorizationCodeResult(
             code=query["code"][0],
             state=query["state"][0] if "state" in query else None,
@@ -79,8 +81,11 @@ def oauth_provider(name: str, url: str, cfg: Any) -> httpx2.Auth:
     """``cfg`` is the upstream's ``oauth`` table (see gateway.config.UpstreamOAuth)."""
     secret = os.environ.get(cfg.client_secret_env, "") if cfg.client_secret_env else None
     if cfg.client_secret_env and not secret:  # said now: the flow would fail later with the server's words only
-        log.warning("upstream %s: oauth.client_secret_env names %s, which is not set; authorizing without a client "
-                    "secret", name, cfg.client_secret_env)
+        log.warning(
+            "upstream %s: oauth.client_secret_env names %s, which is not set; authorizing without a client secret",
+            name,
+            cfg.client_secret_env,
+        )
     method = cfg.token_endpoint_auth_method or ("client_secret_basic" if secret else "none")
     metadata = OAuthClientMetadata(
         redirect_uris=[AnyUrl(cfg.redirect_uri)],

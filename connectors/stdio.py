@@ -74,9 +74,7 @@ class StdioConnector(JsonRpcPeer):
         return self._ready.is_set()
 
     async def request(self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: Any = None):
-        if not self._ready.is_set() and (
-            self._stopping or not await self.wait_ready(min(timeout, self.start_timeout))
-        ):
+        if not self._ready.is_set() and (self._stopping or not await self.wait_ready(min(timeout, self.start_timeout))):
             why = "it could not be started; the gateway's log says why" if self._unsaid else self.last_error
             raise UpstreamError(self.name, "unavailable", f"is not running ({why})")
         return await super().request(method, params, timeout, on_progress)

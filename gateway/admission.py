@@ -127,8 +127,7 @@ class Admission:
         """May the agent see this item in a list (cached briefly, for lists and relayed notifications)."""
         return await self.decider.visible(req, server, kind, name, annotations)
 
-    def finish(self, req: Request, outcome: str, duration_s: float, error: str | None = None,
-               **extra: Any) -> None:
+    def finish(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
         """Write the outcome record; when it cannot be written, withhold the answer: raise an error naming the
         decision id (the failure is counted in ``mcp_gateway_audit_write_failures_total``)."""
         if not self.recorder.outcome(req, outcome, duration_s, error, **extra):
@@ -197,8 +196,9 @@ class Admission:
             label = "error"
         server = target.server or "unknown"
         if req.action == "tools/call":
-            self.metrics.count_call(server, tool if target.exists and tool else "unknown", req.agent.team,
-                                    req.agent.id, label)
+            self.metrics.count_call(
+                server, tool if target.exists and tool else "unknown", req.agent.team, req.agent.id, label
+            )
         else:
             self.metrics.count_request(req.action, server, req.agent.team, label)
         if not written:

@@ -163,8 +163,9 @@ def canonical(value: Any) -> bytes:
         elif isinstance(v, int):
             out.append(str(v).encode())
         elif isinstance(v, float):
-            out.append(repr(v).encode() if math.isfinite(v) else {"nan": b"NaN", "inf": b"Infinity"}.get(
-                repr(v), b"-Infinity"))
+            out.append(
+                repr(v).encode() if math.isfinite(v) else {"nan": b"NaN", "inf": b"Infinity"}.get(repr(v), b"-Infinity")
+            )
         elif isinstance(v, dict):
             items = sorted(((str(k), x) for k, x in v.items()), key=lambda kv: kv[0])
             stack.append(_CLOSE_OBJ)
@@ -425,8 +426,11 @@ def verify_chain(paths: Iterable[Path], start: str | None = None, head: str | No
         torn.append(pending_torn[0])  # a crash's torn last line, not yet linked over
     if head is not None and prev != head:
         return VerifyResult(
-            False, count, f"chain ends at {prev}, not at the expected head {head} (records after it are missing)",
-            prev, first,
+            False,
+            count,
+            f"chain ends at {prev}, not at the expected head {head} (records after it are missing)",
+            prev,
+            first,
         )
     origin = "from the first record ever written" if first in (None, GENESIS) else f"continuing from {first}"
     msg = f"{count} records, chain intact {origin}; head {prev or GENESIS}"

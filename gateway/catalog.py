@@ -86,8 +86,9 @@ class Upstream:
         return self.config.timeout_s
 
 
-def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None],
-                   containment: Any = None) -> Any:
+def make_connector(
+    cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None], containment: Any = None
+) -> Any:
     if cfg.transport == "builtin" or cfg.containment is not None:
         if containment is None:
             raise ValueError(f"upstream {cfg.name!r} is contained but the gateway has no [containment] section")
@@ -112,8 +113,13 @@ def make_connector(cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, 
 
 
 class Catalog:
-    def __init__(self, configs: list[UpstreamConfig], base_dir: Any, on_state: Callable[[str, bool], None],
-                 containment: Any = None):
+    def __init__(
+        self,
+        configs: list[UpstreamConfig],
+        base_dir: Any,
+        on_state: Callable[[str, bool], None],
+        containment: Any = None,
+    ):
         self._on_state = on_state
         self.upstreams: dict[str, Upstream] = {}
         self.session_upstreams = SessionUpstreams(base_dir)
@@ -273,8 +279,14 @@ class Catalog:
 # RFC 6570 expressions by operator: what an expansion of each can produce (levels 1-4, loosely: a template is
 # the upstream's promise of what it serves, and matching decides only which URIs are routed, not how they are read).
 _EXPANSION = {
-    "": r"[^/?#]*", "+": r".*", "#": r"(?:#.*)?", ".": r"(?:\.[^/?#]*)*", "/": r"(?:/[^/?#]*)*",
-    ";": r"(?:;[^/?#]*)*", "?": r"(?:\?[^#]*)?", "&": r"(?:&[^#]*)?",
+    "": r"[^/?#]*",
+    "+": r".*",
+    "#": r"(?:#.*)?",
+    ".": r"(?:\.[^/?#]*)*",
+    "/": r"(?:/[^/?#]*)*",
+    ";": r"(?:;[^/?#]*)*",
+    "?": r"(?:\?[^#]*)?",
+    "&": r"(?:&[^#]*)?",
 }
 
 
@@ -282,7 +294,7 @@ def template_pattern(template: str) -> re.Pattern[str]:
     """A regular expression matching the URIs an RFC 6570 URI template expands to."""
     out, pos = [], 0
     for m in re.finditer(r"\{([^{}]*)\}", template):
-        out.append(re.escape(template[pos:m.start()]))
+        out.append(re.escape(template[pos : m.start()]))
         expr = m.group(1)
         op = expr[:1] if expr[:1] in "+#./;?&" else ""
         out.append(_EXPANSION[op])

@@ -44,8 +44,12 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", default="gateway.toml", show_default=True, help="Gateway TOML config.")
-@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Overrides [logging] level.")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Overrides [logging] level.",
+)
 def serve(config_path: str, log_level: str | None) -> None:
     """Run the gateway."""
     logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,8 +80,9 @@ def serve(config_path: str, log_level: str | None) -> None:
     except OSError as exc:
         click.echo(f"{config_path}: cannot listen: {exc}", err=True)
         sys.exit(2)
-    logging.getLogger("gateway").info("agents connect to http://%s/mcp; metrics and readiness at http://%s/",
-                                      server.listen, server.admin_listen)
+    logging.getLogger("gateway").info(
+        "agents connect to http://%s/mcp; metrics and readiness at http://%s/", server.listen, server.admin_listen
+    )
     serve_http(
         build_agent_app(gw),
         build_admin_app(gw),
@@ -123,8 +128,13 @@ def audit() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--as-given", is_flag=True, help="Check FILES in the order given (default: rotated sets in chain order).")
 @click.option("--genesis", is_flag=True, help="The first file must begin the chain (catches deleted oldest records).")
-@click.option("--head", "head", default=None, metavar="SHA256",
-              help="The hash the last record must have (an anchor kept elsewhere: catches a cut-off tail).")
+@click.option(
+    "--head",
+    "head",
+    default=None,
+    metavar="SHA256",
+    help="The hash the last record must have (an anchor kept elsewhere: catches a cut-off tail).",
+)
 def audit_verify(files: tuple[Path, ...], as_given: bool, genesis: bool, head: str | None) -> None:
     """Check the hash chain across FILES; report the first broken link.
 
@@ -140,8 +150,9 @@ def audit_verify(files: tuple[Path, ...], as_given: bool, genesis: bool, head: s
             click.echo(f"{f}: no such file", err=True)
             sys.exit(2)
         if f.is_dir():
-            click.echo(f"{f}: is a directory; give the audit log file (its rotated files are found beside it)",
-                       err=True)
+            click.echo(
+                f"{f}: is a directory; give the audit log file (its rotated files are found beside it)", err=True
+            )
             sys.exit(2)
         for p in audit_set(f) if not as_given else [f]:
             if p not in paths:

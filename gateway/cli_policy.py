@@ -87,7 +87,11 @@ def policy() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print failures and the total only.")
 @click.option("--allow-no-tests", is_flag=True, help="A policy without table tests passes (it still must compile).")
 def policy_test(
-    path: str | None, config_path: str | None, opa_url: str | None, decision: str | None, quiet: bool,
+    path: str | None,
+    config_path: str | None,
+    opa_url: str | None,
+    decision: str | None,
+    quiet: bool,
     allow_no_tests: bool,
 ) -> None:
     """Run the table tests (**/*_test.yaml, *_test.json) of the policy at PATH (default: rego, or the config's).
@@ -163,17 +167,35 @@ def policy_lint(path: str | None, config_path: str | None, decision: str | None)
 @click.option("--role", "roles", multiple=True, help="Role (repeatable; default: the agent's, from the config).")
 @click.option("--tool", default=None, metavar="SERVER__TOOL", help="The tool as agents name it.")
 @click.option("--args", "args_json", default=None, metavar="JSON", help="The call's arguments.")
-@click.option("--annotations", "annotations_json", default=None, metavar="JSON",
-              help='The tool\'s annotations, e.g. \'{"destructiveHint": true}\'.')
+@click.option(
+    "--annotations",
+    "annotations_json",
+    default=None,
+    metavar="JSON",
+    help="The tool's annotations, e.g. '{\"destructiveHint\": true}'.",
+)
 @click.option("--action", default="tools/call", show_default=True)
-@click.option("--input", "input_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A whole input document (JSON or YAML) instead of the options above; missing fields are filled.")
+@click.option(
+    "--input",
+    "input_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A whole input document (JSON or YAML) instead of the options above; missing fields are filled.",
+)
 @click.option("--policy", "policy_path", default=None, help="Decide with the embedded engine on this policy instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def policy_eval(
-    config_path: str, agent_id: str | None, team: str | None, roles: tuple[str, ...], tool: str | None,
-    args_json: str | None, annotations_json: str | None, action: str, input_file: str | None,
-    policy_path: str | None, as_json: bool,
+    config_path: str,
+    agent_id: str | None,
+    team: str | None,
+    roles: tuple[str, ...],
+    tool: str | None,
+    args_json: str | None,
+    annotations_json: str | None,
+    action: str,
+    input_file: str | None,
+    policy_path: str | None,
+    as_json: bool,
 ) -> None:
     """Decide one request against the configured engine, as the gateway would; print the decision, the reasons
     and the time the decision took. Exits 0 when allowed, 1 when denied, 2 on bad input.
@@ -225,12 +247,23 @@ def policy_eval(
 
     decision, first_ms, took_ms = anyio.run(decide)
     if as_json:
-        click.echo(orjson.dumps({
-            "allow": decision.allow, "reasons": list(decision.reasons), "result": decision.result,
-            "error": decision.error, "revision": decision.revision, "engine_decision_id": decision.engine_decision_id,
-            "decision_ms": round(took_ms, 3), "first_decision_ms": round(first_ms, 3), "input": inp,
-            "annotations_from": origin,
-        }, option=orjson.OPT_INDENT_2).decode())
+        click.echo(
+            orjson.dumps(
+                {
+                    "allow": decision.allow,
+                    "reasons": list(decision.reasons),
+                    "result": decision.result,
+                    "error": decision.error,
+                    "revision": decision.revision,
+                    "engine_decision_id": decision.engine_decision_id,
+                    "decision_ms": round(took_ms, 3),
+                    "first_decision_ms": round(first_ms, 3),
+                    "input": inp,
+                    "annotations_from": origin,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
     else:
         click.echo(f"decision:    {'allow' if decision.allow else 'deny'}")
         if decision.reasons:
@@ -252,10 +285,21 @@ def policy_eval(
 
 
 @policy.command("catalogue")
-@click.option("--config", "config_paths", multiple=True, default=["gateway.toml"], show_default=True,
-              help="Catalogue this config's upstreams (repeatable: several configs go in one catalogue).")
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="Update this catalogue file (e.g. rego/catalogue.json): listed upstreams replace theirs.")
+@click.option(
+    "--config",
+    "config_paths",
+    multiple=True,
+    default=["gateway.toml"],
+    show_default=True,
+    help="Catalogue this config's upstreams (repeatable: several configs go in one catalogue).",
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Update this catalogue file (e.g. rego/catalogue.json): listed upstreams replace theirs.",
+)
 def policy_catalogue(config_paths: tuple[str, ...], out: str | None) -> None:
     """Print (or update) the tool catalogue the table tests decide on: each upstream's tools and annotations.
 
@@ -280,10 +324,13 @@ def policy_catalogue(config_paths: tuple[str, ...], out: str | None) -> None:
                 failed = True
                 continue
             catalogue[up.name] = dict(sorted(annotations_of(tools).items()))
-    about = ("The annotations each upstream declares for its tools: table tests decide on them (docs/policy.md). "
-             "Written by: mcp-gateway policy catalogue --config ... --out catalogue.json")
-    text = orjson.dumps({"_about": about, **dict(sorted(catalogue.items()))},
-                        option=orjson.OPT_INDENT_2).decode() + "\n"
+    about = (
+        "The annotations each upstream declares for its tools: table tests decide on them (docs/policy.md). "
+        "Written by: mcp-gateway policy catalogue --config ... --out catalogue.json"
+    )
+    text = (
+        orjson.dumps({"_about": about, **dict(sorted(catalogue.items()))}, option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -309,9 +356,7 @@ def _policy_catalogue(cfg: Config, policy_path: str | None) -> dict[str, dict[st
         return {}
 
 
-def _declared_annotations(
-    cfg: Config, policy_path: str | None, server: str, tool: str
-) -> tuple[dict[str, Any], str]:
+def _declared_annotations(cfg: Config, policy_path: str | None, server: str, tool: str) -> tuple[dict[str, Any], str]:
     """The annotations the gateway would pass for this tool, and where they came from; exits 2 when they cannot be
     known (deciding on made-up annotations is how an eval says allow where the gateway denies)."""
     from gateway.policy.catalogue import annotations_of, builtin_tools, list_tools
@@ -330,20 +375,35 @@ def _declared_annotations(
         else:
             listed = annotations_of(tools)
             if tool not in listed:
-                _fail([f"upstream {server} offers no tool {tool!r}: the gateway answers such a call as an unknown "
-                       "tool, without asking the policy"])
+                _fail(
+                    [
+                        f"upstream {server} offers no tool {tool!r}: the gateway answers such a call as an unknown "
+                        "tool, without asking the policy"
+                    ]
+                )
             return listed[tool], origin
     cached = _policy_catalogue(cfg, policy_path).get(server, {})
     if tool in cached:
         return cached[tool], f"from the policy's catalogue.json ({why})"
-    _fail([f"the annotations of {server}__{tool} are unknown ({why}, and the policy's catalogue.json does not "
-           "list it): give them with --annotations"])
+    _fail(
+        [
+            f"the annotations of {server}__{tool} are unknown ({why}, and the policy's catalogue.json does not "
+            "list it): give them with --annotations"
+        ]
+    )
     raise AssertionError  # _fail exits
 
 
 def _build_input(
-    cfg: Config, engine: PolicyEngine, agent_id: str, team: str | None, roles: tuple[str, ...], tool: str,
-    args_json: str | None, annotations_json: str | None, action: str,
+    cfg: Config,
+    engine: PolicyEngine,
+    agent_id: str,
+    team: str | None,
+    roles: tuple[str, ...],
+    tool: str,
+    args_json: str | None,
+    annotations_json: str | None,
+    action: str,
 ) -> dict[str, Any]:
     """The input document the gateway would build for this call (gateway.decide.Decider.build_input)."""
     from gateway.decide import Decider, Request, limits_from
@@ -354,7 +414,9 @@ def _build_input(
     if key is None and team is None:
         _fail([f"agent {agent_id!r} has no [[identity.api_keys]] entry in the config: give --team (and --role)"])
     agent = Agent(
-        agent_id, team or (key.team if key else ""), tuple(roles) if roles else tuple(key.roles if key else ()),
+        agent_id,
+        team or (key.team if key else ""),
+        tuple(roles) if roles else tuple(key.roles if key else ()),
         "api_key",
     )
     server, sep, tool_name = tool.partition("__")
@@ -382,8 +444,11 @@ class _Record:
         """Argument values were not recorded (only their digest and keys): the policy saw more than we have."""
         masked = self.rec.get("masked")
         args = (self.rec.get("input") or {}).get("arguments")
-        shaped = isinstance(args, dict) and set(args) == {"digest", "keys"} and \
-            args.get("digest") == self.rec.get("arguments_digest")
+        shaped = (
+            isinstance(args, dict)
+            and set(args) == {"digest", "keys"}
+            and args.get("digest") == self.rec.get("arguments_digest")
+        )
         return (isinstance(masked, list) and "/input/arguments" in masked) or shaped
 
     @property
@@ -453,8 +518,12 @@ def _describe(s: tuple[bool, tuple[str, ...], Any]) -> str:
 @click.command("replay")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--config", "config_path", default="gateway.toml", show_default=True)
-@click.option("--policy", "policy_path", default=None,
-              help="Replay against this candidate policy (directory or bundle) instead of the configured one.")
+@click.option(
+    "--policy",
+    "policy_path",
+    default=None,
+    help="Replay against this candidate policy (directory or bundle) instead of the configured one.",
+)
 @click.option("--as-given", is_flag=True, help="Read FILES only, in the order given (default: with rotated files).")
 def audit_replay(files: tuple[Path, ...], config_path: str, policy_path: str | None, as_given: bool) -> None:
     """Re-decide the decision records in FILES against the current policy; list those decided differently now.

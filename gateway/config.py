@@ -273,8 +273,10 @@ class UpstreamConfig(_Model):
         if self.containment is not None and self.transport != "stdio":
             raise ValueError("containment is for stdio and builtin upstreams")
         if self.containment is not None and self.session_mode != "shared":
-            raise ValueError("session_mode = 'per_session' is not available for contained upstreams (their unit is"
-                             " the agent's worker)")
+            raise ValueError(
+                "session_mode = 'per_session' is not available for contained upstreams (their unit is"
+                " the agent's worker)"
+            )
         if self.session_mode != "per_session" and {"max_sessions", "max_sessions_per_agent"} & self.model_fields_set:
             raise ValueError("max_sessions and max_sessions_per_agent are for session_mode = 'per_session'")
         if self.transport == "stdio":
@@ -321,8 +323,10 @@ class Config(_Model):
         profiles = self.containment.profiles if self.containment is not None else {}
         for u in self.upstreams:
             if u.containment is not None and u.containment not in profiles:
-                raise ValueError(f"upstream {u.name!r}: containment profile {u.containment!r} is not defined"
-                                 " in [containment.profiles]")
+                raise ValueError(
+                    f"upstream {u.name!r}: containment profile {u.containment!r} is not defined"
+                    " in [containment.profiles]"
+                )
         return self
 
     def resolve(self, path: str) -> Path:
@@ -392,8 +396,10 @@ def _check_files(cfg: Config, source: str) -> list[str]:
             f"{source}: identity.jwt.hs256_secret_env: environment variable {jwt.hs256_secret_env} is not set"
         )
     elif jwt and jwt.hs256_secret_env and len(os.environ[jwt.hs256_secret_env].encode()) < 32:
-        errors.append(f"{source}: identity.jwt.hs256_secret_env: the secret in {jwt.hs256_secret_env} is shorter "
-                      "than 32 bytes (HS256 needs a key of at least 256 bits, RFC 7518 section 3.2)")
+        errors.append(
+            f"{source}: identity.jwt.hs256_secret_env: the secret in {jwt.hs256_secret_env} is shorter "
+            "than 32 bytes (HS256 needs a key of at least 256 bits, RFC 7518 section 3.2)"
+        )
     return errors
 
 

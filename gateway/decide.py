@@ -50,8 +50,13 @@ class RefusedInput(dict[str, Any]):
 
 
 def limits_from(cfg: PolicyConfig) -> Limits:
-    return Limits(cfg.max_argument_bytes, cfg.max_argument_string, cfg.max_argument_keys, cfg.max_argument_items,
-                  cfg.max_argument_depth)
+    return Limits(
+        cfg.max_argument_bytes,
+        cfg.max_argument_string,
+        cfg.max_argument_keys,
+        cfg.max_argument_items,
+        cfg.max_argument_depth,
+    )
 
 
 def digest(value: Any) -> str:
@@ -82,18 +87,20 @@ class Decider:
         if refused is None and req.uri is not None:  # a resource URI is forwarded too: the same bounds
             refused = self._refused(req.uri, "resource")
         inp = RefusedInput() if refused is not None else {}
-        inp.update({
-            "agent": req.agent.as_input(),
-            "action": action or req.action,
-            "server": server,
-            "tool": tool,
-            "arguments": arguments if refused is None else None,
-            "annotations": annotations or {},
-            "resource": req.uri,
-            "prompt": prompt,
-            "session": {"id": req.session_id, "client": req.client, "protocol_version": req.protocol_version},
-            "request": {"id": req.request_id, "time_ns": req.time_ns, "remote_addr": req.remote_addr},
-        })
+        inp.update(
+            {
+                "agent": req.agent.as_input(),
+                "action": action or req.action,
+                "server": server,
+                "tool": tool,
+                "arguments": arguments if refused is None else None,
+                "annotations": annotations or {},
+                "resource": req.uri,
+                "prompt": prompt,
+                "session": {"id": req.session_id, "client": req.client, "protocol_version": req.protocol_version},
+                "request": {"id": req.request_id, "time_ns": req.time_ns, "remote_addr": req.remote_addr},
+            }
+        )
         if isinstance(inp, RefusedInput) and refused is not None:
             inp.refusal = refused
         return inp

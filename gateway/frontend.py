@@ -222,12 +222,17 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
             if not isinstance(agent, Agent):
                 return None
             info = ctx.session.client_params.client_info if ctx.session.client_params is not None else None
-            session = relay.open(AgentSession(
-                sid, agent, view, _Outlet(connection),
-                capabilities=_dump(ctx.session.client_capabilities),
-                client={"name": info.name, "version": info.version} if info is not None else {},
-                protocol_version=ctx.protocol_version,
-            ))
+            session = relay.open(
+                AgentSession(
+                    sid,
+                    agent,
+                    view,
+                    _Outlet(connection),
+                    capabilities=_dump(ctx.session.client_capabilities),
+                    client={"name": info.name, "version": info.version} if info is not None else {},
+                    protocol_version=ctx.protocol_version,
+                )
+            )
             connection.exit_stack.push_async_callback(relay.close, sid)
         return session
 

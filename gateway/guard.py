@@ -43,8 +43,9 @@ class GuardedTaskGroup:
 
     def _failed(self, func: Callable[..., Any]) -> None:
         self.failures += 1
-        log.exception("background task %s failed; the gateway goes on without it",
-                      getattr(func, "__qualname__", repr(func)))
+        log.exception(
+            "background task %s failed; the gateway goes on without it", getattr(func, "__qualname__", repr(func))
+        )
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
         async def guarded() -> None:

@@ -315,11 +315,17 @@ class _JwtVerifier:
         agent_id = claims.get(cfg.agent_claim)
         team = claims.get(cfg.team_claim, "")
         if not isinstance(agent_id, str) or len(agent_id) > MAX_NAME_CHARS or unprintable(agent_id):
-            raise AuthError("bad_claims", f"claim {cfg.agent_claim!r} must be a non-empty string of at most "
-                            f"{MAX_NAME_CHARS} characters without whitespace or control characters")
+            raise AuthError(
+                "bad_claims",
+                f"claim {cfg.agent_claim!r} must be a non-empty string of at most "
+                f"{MAX_NAME_CHARS} characters without whitespace or control characters",
+            )
         if not isinstance(team, str) or len(team) > MAX_NAME_CHARS or (team and unprintable(team)):
-            raise AuthError("bad_claims", f"claim {cfg.team_claim!r} must be a string of at most "
-                            f"{MAX_NAME_CHARS} characters without whitespace or control characters")
+            raise AuthError(
+                "bad_claims",
+                f"claim {cfg.team_claim!r} must be a string of at most "
+                f"{MAX_NAME_CHARS} characters without whitespace or control characters",
+            )
         try:
             roles = parse_roles(claims.get(cfg.roles_claim, []))
         except ValueError as exc:

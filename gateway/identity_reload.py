@@ -74,13 +74,19 @@ def prepare(path: Path, serving: Config) -> tuple[Config | None, IdentityTable |
     except ConfigError as exc:
         return None, None, IdentityReload("refused", tuple(exc.errors))
     if (cfg.identity.jwt is None) != (serving.identity.jwt is None):
-        return None, None, IdentityReload("refused", (
-            f"{path}: identity.jwt: turning JWT authentication on or off needs a restart",))
+        return (
+            None,
+            None,
+            IdentityReload("refused", (f"{path}: identity.jwt: turning JWT authentication on or off needs a restart",)),
+        )
     try:
         table = IdentityTable.build(cfg.identity, cfg.base_dir)
     except Exception as exc:  # an unreadable JWKS, a malformed key, an unset secret: the old table keeps serving
-        return None, None, IdentityReload("refused", (f"{path}: identity: cannot be used: {type(exc).__name__}: "
-                                                      f"{str(exc)[:200]}",))
+        return (
+            None,
+            None,
+            IdentityReload("refused", (f"{path}: identity: cannot be used: {type(exc).__name__}: {str(exc)[:200]}",)),
+        )
     return cfg, table, None
 
 
@@ -113,8 +119,9 @@ class IdentityWatcher:
     async def _reload(self, path: Path, why: str) -> IdentityReload:
         cfg, table, refused = await anyio.to_thread.run_sync(prepare, path, self.config)
         if refused is not None:
-            log.error("identity reload (%s) refused, the serving identity stays: %s",
-                      why, "; ".join(refused.details[:50]))
+            log.error(
+                "identity reload (%s) refused, the serving identity stays: %s", why, "; ".join(refused.details[:50])
+            )
             return refused
         assert cfg is not None and table is not None
         digest = await anyio.to_thread.run_sync(_digest, _jwks_path(cfg))
@@ -127,11 +134,20 @@ class IdentityWatcher:
         self.config = self.config.model_copy(update={"identity": cfg.identity})
         self._jwks_digest = digest
         self._seen = self._fingerprint()
-        log.info("identity reload (%s): %d API keys, %s; replaces %d API keys", why, len(cfg.identity.api_keys),
-                 "JWT keys re-read" if cfg.identity.jwt else "no JWT", len(old.api_keys))
+        log.info(
+            "identity reload (%s): %d API keys, %s; replaces %d API keys",
+            why,
+            len(cfg.identity.api_keys),
+            "JWT keys re-read" if cfg.identity.jwt else "no JWT",
+            len(old.api_keys),
+        )
         if changed:
-            log.warning("identity reload (%s): the config file also changed [%s]; only [identity] is reloaded, the "
-                        "rest takes effect at the next start", why, ", ".join(changed))
+            log.warning(
+                "identity reload (%s): the config file also changed [%s]; only [identity] is reloaded, the "
+                "rest takes effect at the next start",
+                why,
+                ", ".join(changed),
+            )
         return IdentityReload("success")
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

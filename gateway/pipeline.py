@@ -111,8 +111,12 @@ class Pipeline:
         self.admission.check_name(req, "tool")
         up, tool_name, target = self._tool(req.name or "", req.view)
         decision = await self.admission.admit(
-            req, target, GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}"),
-            tool=tool_name, annotations=target.annotations, arguments=req.arguments or {},
+            req,
+            target,
+            GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}"),
+            tool=tool_name,
+            annotations=target.annotations,
+            arguments=req.arguments or {},
         )
         assert up is not None
         if not decision.allow:
@@ -127,10 +131,14 @@ class Pipeline:
         # upstream that is not contained cannot be honoured, so the call is refused rather than run wider.
         contained = CallScope(decision.result.get("containment"))
         if contained.narrowing is not None and not is_contained(up.conn):
-            self._done(req, up, t0, "upstream_error", "containment", "policy narrowed containment of an uncontained"
-                       " upstream")
-            raise GatewayError(DENIED, f"the policy asks for containment, but {up.name} is not a contained upstream"
-                               f" (decision id {req.decision_id})")
+            self._done(
+                req, up, t0, "upstream_error", "containment", "policy narrowed containment of an uncontained upstream"
+            )
+            raise GatewayError(
+                DENIED,
+                f"the policy asks for containment, but {up.name} is not a contained upstream"
+                f" (decision id {req.decision_id})",
+            )
         progress, end_progress = self.admission.bind_progress(req, on_progress)
         try:
             with tracing.forward_span(up.name, "tools/call"), contained:
@@ -151,8 +159,16 @@ class Pipeline:
         self._done(req, up, t0, "tool_error" if result.get("isError") else "ok", **contained.audit())
         return result
 
-    def _done(self, req: Request, up: Upstream, t0: float, outcome: str, kind: str | None = None,
-              error: str | None = None, **extra: Any) -> None:
+    def _done(
+        self,
+        req: Request,
+        up: Upstream,
+        t0: float,
+        outcome: str,
+        kind: str | None = None,
+        error: str | None = None,
+        **extra: Any,
+    ) -> None:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_call(up.name, elapsed)
         self.admission.finish(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
@@ -176,8 +192,11 @@ class Pipeline:
         self.admission.check_name(req, "prompt")
         up, prompt_name, target = self._prompt(req.name or "", req.view)
         decision = await self.admission.admit(
-            req, target, GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}"),
-            prompt=prompt_name, arguments=req.arguments or {},
+            req,
+            target,
+            GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}"),
+            prompt=prompt_name,
+            arguments=req.arguments or {},
         )
         assert up is not None
         self._refuse_denied(req, decision)
@@ -236,7 +255,9 @@ class Pipeline:
     async def _list_gate(self, req: Request, action: str) -> list[Upstream]:
         exists = req.view is None or self.catalog.get(req.view) is not None
         decision = await self.admission.admit(
-            req, Target(None, req.view, exists=exists), GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
+            req,
+            Target(None, req.view, exists=exists),
+            GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
             action=action,
         )
         self._refuse_denied(req, decision)
@@ -275,7 +296,9 @@ class Pipeline:
         """Policy-checked; the level filters what the relay passes on and goes to this session's own upstreams."""
         exists = req.view is None or self.catalog.get(req.view) is not None
         decision = await self.admission.admit(
-            req, Target(None, req.view, exists=exists), GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
+            req,
+            Target(None, req.view, exists=exists),
+            GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
             arguments={"level": level},
         )
         self._refuse_denied(req, decision)

@@ -34,8 +34,12 @@ class Recorder:
             self._audit.append(record)
         except Exception as exc:  # OSError from the disk; anything else is a bug, and still must not escape
             self._metrics.audit_failures.inc()
-            log.error("audit write of a %s record (decision id %s) failed: %s", record.get("type"),
-                      record.get("decision_id"), exc)
+            log.error(
+                "audit write of a %s record (decision id %s) failed: %s",
+                record.get("type"),
+                record.get("decision_id"),
+                exc,
+            )
             return False
         self._metrics.count_audit(record["type"])
         return True
@@ -85,8 +89,12 @@ class Recorder:
         if not decision.allow:
             self._metrics.count_denial(server or "unknown", req.agent.team, decision.reasons)
             call_log.info(
-                "denied %s %s for %s: %s", req.action, req.name or req.uri or "", req.agent.id,
-                "; ".join(decision.reasons) or "no reason given", extra={"agent": req.agent.id, "action": req.action},
+                "denied %s %s for %s: %s",
+                req.action,
+                req.name or req.uri or "",
+                req.agent.id,
+                "; ".join(decision.reasons) or "no reason given",
+                extra={"agent": req.agent.id, "action": req.action},
             )
         return self._write(record)
 
@@ -110,10 +118,19 @@ class Recorder:
             log.exception("tracing the outcome of %s failed", req.decision_id)
         call_log.log(
             logging.WARNING if outcome == "upstream_error" else logging.INFO,
-            "%s %s by %s: %s in %.2f ms%s", req.action, req.name or req.uri or "", req.agent.id, outcome,
-            duration_s * 1000, f" ({error})" if error else "",
-            extra={"agent": req.agent.id, "action": req.action, "outcome": outcome,
-                   "duration_ms": record["duration_ms"]},
+            "%s %s by %s: %s in %.2f ms%s",
+            req.action,
+            req.name or req.uri or "",
+            req.agent.id,
+            outcome,
+            duration_s * 1000,
+            f" ({error})" if error else "",
+            extra={
+                "agent": req.agent.id,
+                "action": req.action,
+                "outcome": outcome,
+                "duration_ms": record["duration_ms"],
+            },
         )
         return written
 

@@ -36,8 +36,9 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def guarded_h11(max_connections: int, header_timeout: float,
-                on_refused: Callable[[str], None]) -> type[asyncio.Protocol]:
+def guarded_h11(
+    max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
+) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol with two bounds it lacks: open connections (one past ``max_connections`` gets
     503 and is closed at once) and the time to send a request head (a connection that has not sent a whole
     request line and headers ``header_timeout`` seconds after it opened, or after its last response, is closed).
@@ -91,8 +92,10 @@ def guarded_h11(max_connections: int, header_timeout: float,
     return GuardedH11Protocol
 
 
-_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
-             b"content-length: 45\r\n\r\ntoo many connections (server.max_connections)")
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: 45\r\n\r\ntoo many connections (server.max_connections)"
+)
 
 
 def server_exiting() -> bool:
@@ -100,8 +103,6 @@ def server_exiting() -> bool:
     handler = signal.getsignal(signal.SIGTERM)
     server = getattr(handler, "__self__", None)
     return bool(getattr(server, "should_exit", False))
-
-
 
 
 # --- sse-starlette ---------------------------------------------------------------------------------------------

@@ -126,9 +126,11 @@ class Gateway:
         """Serve once each upstream is up or has failed its first attempt, each waited for at most its own
         ``start_timeout_s`` (side by side): a missing program or an unreachable server does not hold the others'
         agents up for its whole timeout. Those still down are retried by their connectors meanwhile."""
+
         async def one(name: str, conn: Any, timeout: float) -> None:
             with anyio.move_on_after(timeout):
                 async with anyio.create_task_group() as tg:
+
                     async def ready() -> None:
                         await conn.wait_ready(timeout)
                         tg.cancel_scope.cancel()

@@ -218,4 +218,3 @@ class TracingMiddleware:
                 await self.app(scope, receive, traced_send)
             finally:
                 _call_span.reset(token)
-

@@ -108,8 +108,12 @@ class SessionUpstreams:
         if self._tg is None or self._closing:
             raise UpstreamError(up.name, "unavailable", "is not accepting new sessions (the gateway is stopping)")
         if self.hooks is None or not self.hooks.session_live(session_id):
-            raise UpstreamError(up.name, "unavailable", "has no upstream session for this request: its agent session "
-                                "is not open (it ended, or the request is stateless)")
+            raise UpstreamError(
+                up.name,
+                "unavailable",
+                "has no upstream session for this request: its agent session "
+                "is not open (it ended, or the request is stateless)",
+            )
         self._check_limits(up, _owner(agent))
         caps = self.hooks.capabilities_for(session_id)
         spare = self._spares.get(up.name)
@@ -130,15 +134,20 @@ class SessionUpstreams:
     def _check_limits(self, up: Upstream, owner: tuple[str, str, str]) -> None:
         """Refuse one more connection past the global cap, the upstream's, or the agent's share of it."""
         if len(self._entries) >= self._max:
-            raise UpstreamError(up.name, "unavailable", f"has reached the gateway's limit of {self._max} per-session "
-                                "connections")
+            raise UpstreamError(
+                up.name, "unavailable", f"has reached the gateway's limit of {self._max} per-session connections"
+            )
         mine = [e for (_, name), e in self._entries.items() if name == up.name]
         if len(mine) >= up.config.max_sessions:
             raise UpstreamError(up.name, "unavailable", f"has reached its limit of {up.config.max_sessions} sessions")
         per_agent = up.config.max_sessions_per_agent
         if sum(1 for e in mine if e.owner == owner) >= per_agent:
-            raise UpstreamError(up.name, "unavailable", f"has reached its limit of {per_agent} sessions for one agent "
-                                "(close another session of this agent first)")
+            raise UpstreamError(
+                up.name,
+                "unavailable",
+                f"has reached its limit of {per_agent} sessions for one agent "
+                "(close another session of this agent first)",
+            )
 
     def _open(self, up: Upstream, caps: dict[str, Any]) -> _Entry:
         from gateway.catalog import make_connector  # the catalog imports this module; import at use, not at load

@@ -69,18 +69,28 @@ def micro() -> None:
     from gateway.audit import AuditLog
     from gateway.config import LoggingConfig
 
-    record = {"type": "decision", "decision_id": "6f1c2b1e-8d1a-4a57-9a53-2f8a1c0d9e11", "agent": "ci-bot",
-              "input": {"agent": {"id": "ci-bot", "roles": ["ci"]},
-                        "arguments": {"digest": "ab" * 32, "keys": ["text"]},
-                        "session": {"id": "0" * 32}, "request": {"id": 7, "time_ns": time.time_ns()}},
-              "result": {"allow": True, "reasons": []}, "bundles": {"gateway": {"revision": "32c8d3497e6e0d0b"}},
-              "pad": "x" * 600}
+    record = {
+        "type": "decision",
+        "decision_id": "6f1c2b1e-8d1a-4a57-9a53-2f8a1c0d9e11",
+        "agent": "ci-bot",
+        "input": {
+            "agent": {"id": "ci-bot", "roles": ["ci"]},
+            "arguments": {"digest": "ab" * 32, "keys": ["text"]},
+            "session": {"id": "0" * 32},
+            "request": {"id": 7, "time_ns": time.time_ns()},
+        },
+        "result": {"allow": True, "reasons": []},
+        "bundles": {"gateway": {"revision": "32c8d3497e6e0d0b"}},
+        "pad": "x" * 600,
+    }
     with tempfile.TemporaryDirectory(dir=REPO) as d:
         plain = AuditLog(Path(d) / "a.jsonl")
         synced = AuditLog(Path(d) / "b.jsonl", fsync=True)
-        print(f"audit append (~{len(orjson.dumps(record))} B record):  "
-              f"{_per_op_us(lambda: plain.append(dict(record)), 20000):7.1f} us   "
-              f"with fsync: {_per_op_us(lambda: synced.append(dict(record)), 300):7.1f} us  (filesystem of {REPO})")
+        print(
+            f"audit append (~{len(orjson.dumps(record))} B record):  "
+            f"{_per_op_us(lambda: plain.append(dict(record)), 20000):7.1f} us   "
+            f"with fsync: {_per_op_us(lambda: synced.append(dict(record)), 300):7.1f} us  (filesystem of {REPO})"
+        )
         plain.close()
         synced.close()
     buffer = io.StringIO()
@@ -89,8 +99,15 @@ def micro() -> None:
     logs.bind("6f1c2b1e-8d1a-4a57-9a53-2f8a1c0d9e11")
 
     def line() -> None:
-        call_log.info("%s %s by %s: %s in %.2f ms", "tools/call", "echo__echo", "ci-bot", "ok", 1.234,
-                      extra={"agent": "ci-bot", "action": "tools/call", "outcome": "ok", "duration_ms": 1.234})
+        call_log.info(
+            "%s %s by %s: %s in %.2f ms",
+            "tools/call",
+            "echo__echo",
+            "ci-bot",
+            "ok",
+            1.234,
+            extra={"agent": "ci-bot", "action": "tools/call", "outcome": "ok", "duration_ms": 1.234},
+        )
         buffer.seek(0)
         buffer.truncate()
 
@@ -131,7 +148,7 @@ def main() -> None:
         "baseline": "[logging]\ncalls = false\n",
         "json-logs": '[logging]\nformat = "json"\n',
         "tracing": f'[logging]\nformat = "json"\n[tracing]\nexporter = "otlp"\n'
-                   f'endpoint = "http://127.0.0.1:{sink.server_address[1]}/v1/traces"\n',
+        f'endpoint = "http://127.0.0.1:{sink.server_address[1]}/v1/traces"\n',
         "fsync": "[logging]\ncalls = false\n",
     }
     root = Path(tempfile.mkdtemp(prefix="bench-obs-"))

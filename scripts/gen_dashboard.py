@@ -33,8 +33,14 @@ class Layout:
     def row(self, title: str) -> None:
         self._newline()
         self.panels.append(
-            {"type": "row", "title": title, "id": self._id(), "collapsed": False, "panels": [],
-             "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}}
+            {
+                "type": "row",
+                "title": title,
+                "id": self._id(),
+                "collapsed": False,
+                "panels": [],
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+            }
         )
         self.y += 1
 
@@ -77,13 +83,16 @@ def timeseries(title: str, desc: str, unit: str, *exprs: tuple[str, str], stack:
         "datasource": DS,
         "targets": targets(*exprs),
         "fieldConfig": {"defaults": {"unit": unit, "custom": custom}, "overrides": []},
-        "options": {"legend": {"displayMode": "table", "placement": "right", "calcs": ["mean", "max"]},
-                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "options": {
+            "legend": {"displayMode": "table", "placement": "right", "calcs": ["mean", "max"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
     }
 
 
-def stat(title: str, desc: str, unit: str, expr: str, legend: str = "", thresholds: list[Any] | None = None
-         ) -> dict[str, Any]:
+def stat(
+    title: str, desc: str, unit: str, expr: str, legend: str = "", thresholds: list[Any] | None = None
+) -> dict[str, Any]:
     steps = thresholds or [{"color": "green", "value": None}]
     return {
         "type": "stat",
@@ -91,10 +100,16 @@ def stat(title: str, desc: str, unit: str, expr: str, legend: str = "", threshol
         "description": desc,
         "datasource": DS,
         "targets": targets((expr, legend)),
-        "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
-                        "overrides": []},
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "value", "graphMode": "area", "textMode": "auto"},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        },
     }
 
 
@@ -110,8 +125,12 @@ def bars(title: str, desc: str, expr: str, legend: str) -> dict[str, Any]:
         "datasource": DS,
         "targets": t,
         "fieldConfig": {"defaults": {"unit": "short", "min": 0}, "overrides": []},
-        "options": {"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        "options": {
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "showUnfilled": True,
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        },
     }
 
 
@@ -119,8 +138,10 @@ def quantiles(metric: str, by: str, sel: str) -> list[tuple[str, str]]:
     by_le = f"le, {by}" if by else "le"
     suffix = f" {{{{{by}}}}}" if by else ""
     return [
-        (f"histogram_quantile({q}, sum by ({by_le}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
-         f"p{int(q * 100)}{suffix}")
+        (
+            f"histogram_quantile({q}, sum by ({by_le}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
+            f"p{int(q * 100)}{suffix}",
+        )
         for q in (0.5, 0.95, 0.99)
     ]
 
@@ -146,122 +167,272 @@ def build() -> dict[str, Any]:
     lay = Layout()
 
     lay.row("Calls and decisions")
-    lay.add(timeseries(
-        "Tool calls by decision", "tools/call per second: allow, deny (policy said no, or unknown tool), error "
-        "(the engine failed or the audit record could not be written: fail closed).", "reqps",
-        (f"sum by (decision) (rate(mcp_gateway_tool_calls_total{{{CALLS}}}[{RI}]))", "{{decision}}"), stack=True))
-    lay.add(stat(
-        "Deny ratio", "Denied and failed tool calls over all tool calls, over the dashboard's time range.",
-        "percentunit",
-        f'sum(increase(mcp_gateway_tool_calls_total{{{CALLS},decision!="allow"}}[$__range])) '
-        f"/ clamp_min(sum(increase(mcp_gateway_tool_calls_total{{{CALLS}}}[$__range])), 1)",
-        thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 0.2},
-                    {"color": "red", "value": 0.5}]), w=4)
-    lay.add(stat(
-        "Auth failures", "Requests refused before an identity was established, over the time range.", "short",
-        f"sum(increase(mcp_gateway_auth_failures_total{{{INST}}}[$__range]))",
-        thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 10},
-                    {"color": "red", "value": 100}]), w=4)
-    lay.add(stat("Active sessions", "Open MCP sessions of agents (2025 protocol era).", "short",
-                 f"sum(mcp_gateway_sessions{{{INST}}})"), w=4)
-    lay.add(timeseries(
-        "Allowed vs denied per team", "Tool calls per second by team and decision.", "reqps",
-        (f'sum by (team, decision) (rate(mcp_gateway_tool_calls_total{{{CALLS},decision=~"allow|deny"}}[{RI}]))',
-         "{{team}} {{decision}}")))
-    lay.add(timeseries(
-        "Allowed vs denied per agent", "Tool calls per second by agent and decision. Agents past "
-        "metrics.max_agents are counted as \"other\".", "reqps",
-        (f'sum by (agent, decision) (rate(mcp_gateway_tool_calls_total{{{CALLS},decision=~"allow|deny"}}[{RI}]))',
-         "{{agent}} {{decision}}")))
-    lay.add(bars(
-        "Calls per tool (top 15)", "Tool calls over the time range by upstream, tool and decision.",
-        f"topk(15, sum by (server, tool, decision) (increase(mcp_gateway_tool_calls_total{{{CALLS}}}[$__range])))",
-        "{{server}}/{{tool}} {{decision}}"))
-    lay.add(bars(
-        "Top deny reasons", "Reasons the policy gave for denials over the time range (a denial with several "
-        "reasons counts under each). Reasons past metrics.max_reasons are counted as \"other\".",
-        f'topk(10, sum by (reason) (increase(mcp_gateway_denials_total{{{INST},team=~"$team",server=~"$server"}}'
-        f"[$__range])))",
-        "{{reason}}"))
-    lay.add(timeseries(
-        "Other policy-checked requests", "Lists, prompts, resources and other non-call requests per second "
-        "(server \"unknown\": the aggregate endpoint /mcp).", "reqps",
-        (f'sum by (action, decision) (rate(mcp_gateway_requests_total{{{INST},team=~"$team"}}[{RI}]))',
-         "{{action}} {{decision}}")), w=24)
+    lay.add(
+        timeseries(
+            "Tool calls by decision",
+            "tools/call per second: allow, deny (policy said no, or unknown tool), error "
+            "(the engine failed or the audit record could not be written: fail closed).",
+            "reqps",
+            (f"sum by (decision) (rate(mcp_gateway_tool_calls_total{{{CALLS}}}[{RI}]))", "{{decision}}"),
+            stack=True,
+        )
+    )
+    lay.add(
+        stat(
+            "Deny ratio",
+            "Denied and failed tool calls over all tool calls, over the dashboard's time range.",
+            "percentunit",
+            f'sum(increase(mcp_gateway_tool_calls_total{{{CALLS},decision!="allow"}}[$__range])) '
+            f"/ clamp_min(sum(increase(mcp_gateway_tool_calls_total{{{CALLS}}}[$__range])), 1)",
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 0.2},
+                {"color": "red", "value": 0.5},
+            ],
+        ),
+        w=4,
+    )
+    lay.add(
+        stat(
+            "Auth failures",
+            "Requests refused before an identity was established, over the time range.",
+            "short",
+            f"sum(increase(mcp_gateway_auth_failures_total{{{INST}}}[$__range]))",
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 10},
+                {"color": "red", "value": 100},
+            ],
+        ),
+        w=4,
+    )
+    lay.add(
+        stat(
+            "Active sessions",
+            "Open MCP sessions of agents (2025 protocol era).",
+            "short",
+            f"sum(mcp_gateway_sessions{{{INST}}})",
+        ),
+        w=4,
+    )
+    lay.add(
+        timeseries(
+            "Allowed vs denied per team",
+            "Tool calls per second by team and decision.",
+            "reqps",
+            (
+                f'sum by (team, decision) (rate(mcp_gateway_tool_calls_total{{{CALLS},decision=~"allow|deny"}}[{RI}]))',
+                "{{team}} {{decision}}",
+            ),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Allowed vs denied per agent",
+            'Tool calls per second by agent and decision. Agents past metrics.max_agents are counted as "other".',
+            "reqps",
+            (
+                f'sum by (agent, decision) (rate(mcp_gateway_tool_calls_total{{{CALLS},decision=~"allow|deny"}}[{RI}]))',  # noqa: E501
+                "{{agent}} {{decision}}",
+            ),
+        )
+    )
+    lay.add(
+        bars(
+            "Calls per tool (top 15)",
+            "Tool calls over the time range by upstream, tool and decision.",
+            f"topk(15, sum by (server, tool, decision) (increase(mcp_gateway_tool_calls_total{{{CALLS}}}[$__range])))",
+            "{{server}}/{{tool}} {{decision}}",
+        )
+    )
+    lay.add(
+        bars(
+            "Top deny reasons",
+            "Reasons the policy gave for denials over the time range (a denial with several "
+            'reasons counts under each). Reasons past metrics.max_reasons are counted as "other".',
+            f'topk(10, sum by (reason) (increase(mcp_gateway_denials_total{{{INST},team=~"$team",server=~"$server"}}'
+            f"[$__range])))",
+            "{{reason}}",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Other policy-checked requests",
+            "Lists, prompts, resources and other non-call requests per second "
+            '(server "unknown": the aggregate endpoint /mcp).',
+            "reqps",
+            (
+                f'sum by (action, decision) (rate(mcp_gateway_requests_total{{{INST},team=~"$team"}}[{RI}]))',
+                "{{action}} {{decision}}",
+            ),
+        ),
+        w=24,
+    )
 
     lay.row("Policy")
-    lay.add(timeseries(
-        "Policy decision latency", "Time to evaluate one decision (every call, list item and request).", "s",
-        *quantiles("mcp_gateway_policy_decision_seconds", "", INST)))
-    lay.add(timeseries(
-        "Policy decisions and errors", "Decisions per second, and decisions that failed closed because the "
-        "engine failed (every one of them denied a request).", "reqps",
-        (f"sum(rate(mcp_gateway_policy_decision_seconds_count{{{INST}}}[{RI}]))", "decisions"),
-        (f"sum(rate(mcp_gateway_policy_errors_total{{{INST}}}[{RI}]))", "errors")))
-    lay.add(bars("Policy revision in force", "The policy revision each gateway instance runs.",
-                 f"count by (instance, revision) (mcp_gateway_policy_revision_info{{{INST}}})",
-                 "{{instance}} {{revision}}"), h=6)
-    lay.add(bars("Policy reloads", "Reloads over the time range by result: success, unchanged, compile_error and "
-                 "test_failure (refused: the previous revision kept serving).",
-                 f"sum by (result) (increase(mcp_gateway_policy_reloads_total{{{INST}}}[$__range]))", "{{result}}"),
-            h=6)
+    lay.add(
+        timeseries(
+            "Policy decision latency",
+            "Time to evaluate one decision (every call, list item and request).",
+            "s",
+            *quantiles("mcp_gateway_policy_decision_seconds", "", INST),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Policy decisions and errors",
+            "Decisions per second, and decisions that failed closed because the "
+            "engine failed (every one of them denied a request).",
+            "reqps",
+            (f"sum(rate(mcp_gateway_policy_decision_seconds_count{{{INST}}}[{RI}]))", "decisions"),
+            (f"sum(rate(mcp_gateway_policy_errors_total{{{INST}}}[{RI}]))", "errors"),
+        )
+    )
+    lay.add(
+        bars(
+            "Policy revision in force",
+            "The policy revision each gateway instance runs.",
+            f"count by (instance, revision) (mcp_gateway_policy_revision_info{{{INST}}})",
+            "{{instance}} {{revision}}",
+        ),
+        h=6,
+    )
+    lay.add(
+        bars(
+            "Policy reloads",
+            "Reloads over the time range by result: success, unchanged, compile_error and "
+            "test_failure (refused: the previous revision kept serving).",
+            f"sum by (result) (increase(mcp_gateway_policy_reloads_total{{{INST}}}[$__range]))",
+            "{{result}}",
+        ),
+        h=6,
+    )
 
     lay.row("Upstreams")
-    lay.add(timeseries(
-        "Tool call latency per upstream", "Allowed tool calls, gateway in to gateway out (upstream time plus "
-        "the gateway's own few hundred microseconds).", "s",
-        *quantiles("mcp_gateway_tool_call_seconds", "server", f'{INST},server=~"$server"')))
-    lay.add(timeseries(
-        "Upstream errors by kind", "Upstream failures per second: timeouts, crashes, protocol errors, and the "
-        "upstream's own JSON-RPC errors (remote_error).", "reqps",
-        (f'sum by (server, kind) (rate(mcp_gateway_upstream_errors_total{{{INST},server=~"$server"}}[{RI}]))',
-         "{{server}} {{kind}}")))
-    lay.add(timeseries(
-        "Upstreams up", "1 when the gateway's connection to the upstream is up.", "short",
-        (f'min by (server) (mcp_gateway_upstream_up{{{INST},server=~"$server"}})', "{{server}}")))
-    lay.add(timeseries(
-        "Upstream restarts", "Upstream processes that died and were restarted.", "short",
-        (f'sum by (server) (increase(mcp_gateway_upstream_restarts_total{{{INST},server=~"$server"}}[{RI}]))',
-         "{{server}}")))
+    lay.add(
+        timeseries(
+            "Tool call latency per upstream",
+            "Allowed tool calls, gateway in to gateway out (upstream time plus "
+            "the gateway's own few hundred microseconds).",
+            "s",
+            *quantiles("mcp_gateway_tool_call_seconds", "server", f'{INST},server=~"$server"'),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Upstream errors by kind",
+            "Upstream failures per second: timeouts, crashes, protocol errors, and the "
+            "upstream's own JSON-RPC errors (remote_error).",
+            "reqps",
+            (
+                f'sum by (server, kind) (rate(mcp_gateway_upstream_errors_total{{{INST},server=~"$server"}}[{RI}]))',
+                "{{server}} {{kind}}",
+            ),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Upstreams up",
+            "1 when the gateway's connection to the upstream is up.",
+            "short",
+            (f'min by (server) (mcp_gateway_upstream_up{{{INST},server=~"$server"}})', "{{server}}"),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Upstream restarts",
+            "Upstream processes that died and were restarted.",
+            "short",
+            (
+                f'sum by (server) (increase(mcp_gateway_upstream_restarts_total{{{INST},server=~"$server"}}[{RI}]))',
+                "{{server}}",
+            ),
+        )
+    )
 
     lay.row("Containment")
-    lay.add(timeseries(
-        "Workers by upstream and tier", "Contained worker processes alive.", "short",
-        (f'sum by (server, tier) (mcp_gateway_workers{{{INST},server=~"$server"}})', "{{server}} {{tier}}")))
-    lay.add(timeseries(
-        "Worker kills by reason", "Workers killed for breaching a limit (timeout, memory, pids, cpu) or found "
-        "crashed.", "short",
-        (f'sum by (server, reason) (increase(mcp_gateway_worker_kills_total{{{INST},server=~"$server"}}[{RI}]))',
-         "{{server}} {{reason}}")))
-    lay.add(timeseries(
-        "Worker starts and start time", "Worker starts per second, and the p95 start time.", "s",
-        (f'sum by (server, tier) (rate(mcp_gateway_worker_starts_total{{{INST},server=~"$server"}}[{RI}]))',
-         "starts/s {{server}} {{tier}}"),
-        (f"histogram_quantile(0.95, sum by (le) (rate(mcp_gateway_worker_start_seconds_bucket{{{INST}}}[{RI}])))",
-         "p95 start time")))
-    lay.add(timeseries(
-        "Egress refusals", "Connections from contained workers that the egress proxy refused.", "short",
-        (f'sum by (server) (increase(mcp_gateway_egress_denied_total{{{INST},server=~"$server"}}[{RI}]))',
-         "{{server}}")))
+    lay.add(
+        timeseries(
+            "Workers by upstream and tier",
+            "Contained worker processes alive.",
+            "short",
+            (f'sum by (server, tier) (mcp_gateway_workers{{{INST},server=~"$server"}})', "{{server}} {{tier}}"),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Worker kills by reason",
+            "Workers killed for breaching a limit (timeout, memory, pids, cpu) or found crashed.",
+            "short",
+            (
+                f'sum by (server, reason) (increase(mcp_gateway_worker_kills_total{{{INST},server=~"$server"}}[{RI}]))',
+                "{{server}} {{reason}}",
+            ),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Worker starts and start time",
+            "Worker starts per second, and the p95 start time.",
+            "s",
+            (
+                f'sum by (server, tier) (rate(mcp_gateway_worker_starts_total{{{INST},server=~"$server"}}[{RI}]))',
+                "starts/s {{server}} {{tier}}",
+            ),
+            (
+                f"histogram_quantile(0.95, sum by (le) (rate(mcp_gateway_worker_start_seconds_bucket{{{INST}}}[{RI}])))",  # noqa: E501
+                "p95 start time",
+            ),
+        )
+    )
+    lay.add(
+        timeseries(
+            "Egress refusals",
+            "Connections from contained workers that the egress proxy refused.",
+            "short",
+            (
+                f'sum by (server) (increase(mcp_gateway_egress_denied_total{{{INST},server=~"$server"}}[{RI}]))',
+                "{{server}}",
+            ),
+        )
+    )
 
     lay.row("Sessions, authentication, audit")
-    lay.add(timeseries(
-        "Active sessions", "Open MCP sessions per gateway instance.", "short",
-        (f"sum by (instance) (mcp_gateway_sessions{{{INST}}})", "{{instance}}")), w=8)
-    lay.add(timeseries(
-        "Auth failures by reason", "missing, malformed, bad_key, bad_token, expired, bad_audience, bad_issuer.",
-        "reqps", (f"sum by (reason) (rate(mcp_gateway_auth_failures_total{{{INST}}}[{RI}]))", "{{reason}}")), w=8)
-    lay.add(timeseries(
-        "Audit records and write failures", "Records written per second by type; write failures refuse the "
-        "call (nothing reaches an upstream unrecorded), so any failure is an incident.", "reqps",
-        (f"sum by (type) (rate(mcp_gateway_audit_records_total{{{INST}}}[{RI}]))", "{{type}}"),
-        (f"sum(rate(mcp_gateway_audit_write_failures_total{{{INST}}}[{RI}]))", "write failures")), w=8)
+    lay.add(
+        timeseries(
+            "Active sessions",
+            "Open MCP sessions per gateway instance.",
+            "short",
+            (f"sum by (instance) (mcp_gateway_sessions{{{INST}}})", "{{instance}}"),
+        ),
+        w=8,
+    )
+    lay.add(
+        timeseries(
+            "Auth failures by reason",
+            "missing, malformed, bad_key, bad_token, expired, bad_audience, bad_issuer.",
+            "reqps",
+            (f"sum by (reason) (rate(mcp_gateway_auth_failures_total{{{INST}}}[{RI}]))", "{{reason}}"),
+        ),
+        w=8,
+    )
+    lay.add(
+        timeseries(
+            "Audit records and write failures",
+            "Records written per second by type; write failures refuse the "
+            "call (nothing reaches an upstream unrecorded), so any failure is an incident.",
+            "reqps",
+            (f"sum by (type) (rate(mcp_gateway_audit_records_total{{{INST}}}[{RI}]))", "{{type}}"),
+            (f"sum(rate(mcp_gateway_audit_write_failures_total{{{INST}}}[{RI}]))", "write failures"),
+        ),
+        w=8,
+    )
 
     return {
         "title": "MCP gateway",
         "uid": "mcp-gateway",
         "description": "Calls, decisions, policy, upstreams, containment and audit of the MCP containment gateway. "
-                       "Metric reference: docs/metrics.md.",
+        "Metric reference: docs/metrics.md.",
         "tags": ["mcp", "mcp-gateway"],
         "editable": True,
         "graphTooltip": 1,
@@ -272,14 +443,23 @@ def build() -> dict[str, Any]:
         "timezone": "utc",
         "annotations": {"list": []},
         "links": [],
-        "templating": {"list": [
-            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0, "refresh": 1},
-            variable("instance", "Instance", "label_values(mcp_gateway_sessions, instance)"),
-            variable("team", "Team", "label_values(mcp_gateway_tool_calls_total, team)"),
-            variable("agent", "Agent", 'label_values(mcp_gateway_tool_calls_total{team=~"$team"}, agent)'),
-            variable("server", "Upstream", "label_values(mcp_gateway_upstream_up, server)"),
-        ]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                },
+                variable("instance", "Instance", "label_values(mcp_gateway_sessions, instance)"),
+                variable("team", "Team", "label_values(mcp_gateway_tool_calls_total, team)"),
+                variable("agent", "Agent", 'label_values(mcp_gateway_tool_calls_total{team=~"$team"}, agent)'),
+                variable("server", "Upstream", "label_values(mcp_gateway_upstream_up, server)"),
+            ]
+        },
         "panels": lay.panels,
     }
 

@@ -78,8 +78,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     upstreams = (
         stdio_upstream("fixture", FIXTURE)
         + stdio_upstream("hidden", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "hidden.jsonl"}" }}\n')
-        + stdio_upstream("own", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "own.jsonl"}" }}\n'
-                         'session_mode = "per_session"\n')
+        + stdio_upstream(
+            "own", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "own.jsonl"}" }}\nsession_mode = "per_session"\n'
+        )
     )
     config = default_config(port, workdir, upstreams, policy=write_policy(workdir))
     gw = start_gateway(workdir, config, port, ready_timeout=120)
@@ -90,8 +91,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 @asynccontextmanager
 async def client(url: str, agent: str, **callbacks: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key(agent)}"}, timeout=30)
-    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None,
-                            **callbacks) as c:
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None, **callbacks) as c:
         yield c
 
 
@@ -121,8 +121,10 @@ async def refusal(gw: RunningGateway, c: Client, call: Any, name: str) -> tuple[
         await call
     e = err.value
     answer = (e.code, e.message.replace(name, "<name>"), e.data)
-    return answer, metric(gw, "mcp_gateway_policy_decision_seconds_count") - evaluations, (
-        len(gw.audit_records()) - records
+    return (
+        answer,
+        metric(gw, "mcp_gateway_policy_decision_seconds_count") - evaluations,
+        (len(gw.audit_records()) - records),
     )
 
 
@@ -133,18 +135,32 @@ async def test_a_hidden_item_answers_as_a_missing_one_with_the_same_work(gateway
         await c.list_tools()  # warms the visibility cache with the hidden items: the answer must not depend on it
         pairs: list[tuple[str, Any, Any, str, str]] = [
             ("tools/call", lambda n: c.call_tool(n, {}), None, "fixture__test_image_content", "fixture__nope"),
-            ("tools/call (SDK path)", lambda n: c.call_tool(n, {}, progress_callback=ignore_progress), None,
-             "fixture__test_image_content", "fixture__nope"),
+            (
+                "tools/call (SDK path)",
+                lambda n: c.call_tool(n, {}, progress_callback=ignore_progress),
+                None,
+                "fixture__test_image_content",
+                "fixture__nope",
+            ),
             ("prompts/get", lambda n: c.get_prompt(n, {}), None, "fixture__test_simple_prompt", "fixture__nope"),
             ("resources/read", lambda n: c.read_resource(n), None, "test://static-text", "test://nope"),
-            ("resources/subscribe", lambda n: c.subscribe_resource(n), None, "test://watched-resource",
-             "test://nope"),
-            ("completion/complete prompt", lambda n: c.complete(
-                types.PromptReference(type="ref/prompt", name=n), {"name": "arg1", "value": "pa"}), None,
-             "fixture__test_prompt_with_arguments", "fixture__nope"),
-            ("completion/complete resource", lambda n: c.complete(
-                types.ResourceTemplateReference(type="ref/resource", uri=n), {"name": "id", "value": "1"}), None,
-             "test://template/{id}/data", "test://nope/{id}"),
+            ("resources/subscribe", lambda n: c.subscribe_resource(n), None, "test://watched-resource", "test://nope"),
+            (
+                "completion/complete prompt",
+                lambda n: c.complete(types.PromptReference(type="ref/prompt", name=n), {"name": "arg1", "value": "pa"}),
+                None,
+                "fixture__test_prompt_with_arguments",
+                "fixture__nope",
+            ),
+            (
+                "completion/complete resource",
+                lambda n: c.complete(
+                    types.ResourceTemplateReference(type="ref/resource", uri=n), {"name": "id", "value": "1"}
+                ),
+                None,
+                "test://template/{id}/data",
+                "test://nope/{id}",
+            ),
         ]
         for what, make, _, hidden, missing in pairs:
             for _ in range(2):  # the second round runs on warm caches
@@ -161,8 +177,12 @@ async def test_a_hidden_item_answers_as_a_missing_one_with_the_same_work(gateway
 
 
 def test_a_hidden_upstream_endpoint_answers_as_a_missing_one(gateway: RunningGateway) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     accept = {"Accept": "application/json, text/event-stream"}
 
     def post(path: str, agent: str | None) -> httpx2.Response:
@@ -235,8 +255,11 @@ async def test_names_past_128_characters_are_refused_before_any_work(gateway: Ru
     long_name = "fixture__" + "x" * 200_000
     async with client(gateway.url, "ci-bot") as c:
         evaluations = metric(gateway, "mcp_gateway_policy_decision_seconds_count")
-        for call in (c.call_tool(long_name, {}), c.call_tool(long_name, {}, progress_callback=ignore_progress),
-                     c.get_prompt(long_name, {})):
+        for call in (
+            c.call_tool(long_name, {}),
+            c.call_tool(long_name, {}, progress_callback=ignore_progress),
+            c.get_prompt(long_name, {}),
+        ):
             with pytest.raises(MCPError) as err:
                 await call
             assert err.value.code == types.INVALID_PARAMS and "longer than 128 characters" in err.value.message
@@ -258,8 +281,9 @@ async def test_progress_is_bound_to_its_call_and_well_formed(gateway: RunningGat
         import json
 
         # The fixture writes {id} as this call's JSON id (an integer); the gateway's progress token is "gw-<id>".
-        return json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
-                           "params": {"progressToken": "gw-{id}", **params}})
+        return json.dumps(
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "gw-{id}", **params}}
+        )
 
     lines = [
         progress(progress=True),
@@ -282,8 +306,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True,
-                       capture_output=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True, capture_output=True)
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         pytest.skip(f"cannot mount a tmpfs here: {exc}")
     try:
@@ -309,8 +332,12 @@ async def test_an_outcome_that_cannot_be_recorded_withholds_the_result(small_dis
     workdir = tmp_path / "gw"
     workdir.mkdir()
     port = free_port()
-    config = default_config(port, workdir, stdio_upstream("rec", RECORDER, 'env = { RECORD_FILE = "/dev/null" }\n'),
-                            policy=write_policy(workdir))
+    config = default_config(
+        port,
+        workdir,
+        stdio_upstream("rec", RECORDER, 'env = { RECORD_FILE = "/dev/null" }\n'),
+        policy=write_policy(workdir),
+    )
     config = config.replace(f'path = "{workdir / "audit.jsonl"}"', f'path = "{small_disk / "audit.jsonl"}"')
     gw = start_gateway(workdir, config, port, ready_timeout=120)
     audit = small_disk / "audit.jsonl"

@@ -28,7 +28,9 @@ def lines(path: Path) -> list[bytes]:
 def verify_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "audit", "verify", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -11,8 +11,13 @@ from tests.conftest import REPO, api_keys_toml
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "check-config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_missing_programs_and_working_directories_are_errors(tmp_path: Path) -> None:
@@ -22,7 +27,7 @@ def test_missing_programs_and_working_directories_are_errors(tmp_path: Path) -> 
     cfg.write_text(f"""
 {api_keys_toml()}
 [policy]
-path = "{REPO / 'rego'}"
+path = "{REPO / "rego"}"
 
 [[upstreams]]
 name = "bare"
@@ -68,8 +73,9 @@ command = ["{sys.executable}", "-V"]
 def test_a_contained_upstream_is_checked_too(tmp_path: Path) -> None:
     """The contained example's ``fs`` upstream without its node_modules: the case that took the gateway down."""
     text = (REPO / "examples" / "contained.toml").read_text()
-    text = text.replace('"../rego"', f'"{REPO / "rego"}"').replace('"contained.mxc.json"',
-                                                                  f'"{REPO / "examples" / "contained.mxc.json"}"')
+    text = text.replace('"../rego"', f'"{REPO / "rego"}"').replace(
+        '"contained.mxc.json"', f'"{REPO / "examples" / "contained.mxc.json"}"'
+    )
     text = text.replace('cwd = "../tests/npm/node_modules/', 'cwd = "../missing/node_modules/')
     cfg = tmp_path / "examples" / "contained.toml"
     cfg.parent.mkdir()
@@ -78,7 +84,8 @@ def test_a_contained_upstream_is_checked_too(tmp_path: Path) -> None:
     assert r.returncode == 2, r
     assert r.stderr.strip().splitlines() == [
         f"{cfg}: upstreams[2].cwd: upstream 'fs': {tmp_path}/missing/node_modules/@modelcontextprotocol/"
-        "server-filesystem is not a directory on this host"], r.stderr
+        "server-filesystem is not a directory on this host"
+    ], r.stderr
 
 
 def test_the_shipped_demo_config_is_ok() -> None:

@@ -108,8 +108,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, workspace: Path) -> Iterat
 @asynccontextmanager
 async def client(url: str, **callbacks: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None,
-                            **callbacks) as c:
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None, **callbacks) as c:
         yield c
 
 
@@ -122,8 +121,9 @@ async def test_server_everything_with_relayed_sampling_elicitation_and_roots(gat
 
     async def sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         asked["sampling"] = params.messages[0].content.text  # type: ignore[union-attr]
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="sampled!"),
-                                         model="m", stop_reason="endTurn")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled!"), model="m", stop_reason="endTurn"
+        )
 
     async def elicit(ctx: Any, params: Any) -> types.ElicitResult:
         asked["elicitation"] = params.message
@@ -133,8 +133,9 @@ async def test_server_everything_with_relayed_sampling_elicitation_and_roots(gat
         asked["roots"] = True
         return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///agent/project"), name="project")])
 
-    async with client(gateway.url, sampling_callback=sample, elicitation_callback=elicit,
-                      list_roots_callback=roots) as c:
+    async with client(
+        gateway.url, sampling_callback=sample, elicitation_callback=elicit, list_roots_callback=roots
+    ) as c:
         names = {t.name for t in (await c.list_tools()).tools}
         assert {"everything__get-sum", "everything__trigger-sampling-request"} <= names
         assert "The sum of 2 and 3 is 5" in text(await c.call_tool("everything__get-sum", {"a": 2, "b": 3}))
@@ -178,7 +179,10 @@ def inspector(gateway: RunningGateway, *args: str) -> dict[str, Any]:
     build = npm_package("@modelcontextprotocol/inspector-cli") / "build"
     proc = subprocess.run(
         [node(), "index.js", gateway.url, "--transport", "http", "--header", f"Authorization: Bearer {KEY}", *args],
-        cwd=build, capture_output=True, text=True, timeout=60,
+        cwd=build,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return dict(json.loads(proc.stdout))
@@ -190,15 +194,28 @@ def test_inspector_cli_is_a_second_client(gateway: RunningGateway, workspace: Pa
     assert {"everything__echo", "fs__read_text_file", "git__git_log"} <= names
     echoed = inspector(gateway, "--method", "tools/call", "--tool-name", "everything__echo", "--tool-arg", "message=hi")
     assert "hi" in json.dumps(echoed["content"])
-    denied = inspector(gateway, "--method", "tools/call", "--tool-name", "fs__write_file",
-                       "--tool-arg", f"path={workspace / 'x.txt'}", "content=x")
+    denied = inspector(
+        gateway,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "fs__write_file",
+        "--tool-arg",
+        f"path={workspace / 'x.txt'}",
+        "content=x",
+    )
     assert denied["isError"] and "read-only" in json.dumps(denied["content"])
 
 
 def test_inspector_cli_without_a_key_is_refused(gateway: RunningGateway) -> None:
     build = npm_package("@modelcontextprotocol/inspector-cli") / "build"
-    proc = subprocess.run([node(), "index.js", gateway.url, "--transport", "http", "--method", "tools/list"],
-                          cwd=build, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [node(), "index.js", gateway.url, "--transport", "http", "--method", "tools/list"],
+        cwd=build,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "authentication required" in proc.stderr + proc.stdout
 

@@ -18,8 +18,10 @@ from tests.test_containment_gateway import traversable_tmp
 from tests.test_protocol_bad_input import headers, open_session, parse
 from tests.test_resilience_upstream import allow_all_policy
 
-pytestmark = [pytest.mark.anyio, pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
-                                                     reason="needs root and bubblewrap")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"), reason="needs root and bubblewrap"),
+]
 OUTPUT = 65536
 ANSWER = 2 * OUTPUT + 8192
 QUOTA_MB = 4
@@ -29,8 +31,10 @@ QUOTA_MB = 4
 def gw() -> Iterator[RunningGateway]:
     work = traversable_tmp("mcpgw-quota-")
     port = free_port()
-    upstreams = "".join(f'[[upstreams]]\nname = "{n}"\ntransport = "builtin"\ntools = "{t}"\ncontainment = "box"\n\n'
-                        for n, t in (("sh", "shell"), ("files", "files")))
+    upstreams = "".join(
+        f'[[upstreams]]\nname = "{n}"\ntransport = "builtin"\ntools = "{t}"\ncontainment = "box"\n\n'
+        for n, t in (("sh", "shell"), ("files", "files"))
+    )
     extra = f"""
 [containment]
 workspace_root = "{work}/workspaces"
@@ -58,15 +62,19 @@ max_file_mb = 64
 
 def raw_call(gw: RunningGateway, sid: str, tool: str, args: dict[str, Any]) -> httpx2.Response:
     body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": args}})
-    return httpx2.post(gw.url, content=body, timeout=120,
-                       headers=headers("ci-bot", sid) | {"MCP-Protocol-Version": "2025-11-25"})
+    return httpx2.post(
+        gw.url, content=body, timeout=120, headers=headers("ci-bot", sid) | {"MCP-Protocol-Version": "2025-11-25"}
+    )
 
 
-@pytest.mark.parametrize("command", [
-    "head -c 50000000 /dev/zero",                       # NUL: six bytes each in JSON
-    "head -c 50000000 /dev/urandom",                    # invalid UTF-8 and controls: U+FFFD, \\u escapes
-    "head -c 30000000 /dev/urandom >&2; head -c 30000000 /dev/zero | tr '\\0' '\\1'",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "head -c 50000000 /dev/zero",  # NUL: six bytes each in JSON
+        "head -c 50000000 /dev/urandom",  # invalid UTF-8 and controls: U+FFFD, \\u escapes
+        "head -c 30000000 /dev/urandom >&2; head -c 30000000 /dev/zero | tr '\\0' '\\1'",
+    ],
+)
 def test_the_serialized_answer_is_bounded(gw: RunningGateway, command: str) -> None:
     sid = open_session(gw)
     r = raw_call(gw, sid, "sh__run", {"command": command})
@@ -80,8 +88,12 @@ def test_the_serialized_answer_is_bounded(gw: RunningGateway, command: str) -> N
 
 def test_a_file_read_is_bounded_too(gw: RunningGateway) -> None:
     sid = open_session(gw)
-    assert parse(raw_call(gw, sid, "sh__run", {"command": "head -c 60000 /dev/zero > zeros"}))["result"][
-        "structuredContent"]["exit_code"] == 0
+    assert (
+        parse(raw_call(gw, sid, "sh__run", {"command": "head -c 60000 /dev/zero > zeros"}))["result"][
+            "structuredContent"
+        ]["exit_code"]
+        == 0
+    )
     r = raw_call(gw, sid, "files__read_file", {"path": "zeros"})
     assert len(r.content) <= ANSWER + 1024, len(r.content)
     s = parse(r)["result"]["structuredContent"]
@@ -95,8 +107,10 @@ async def test_a_workspace_cannot_grow_past_its_quota(gw: RunningGateway) -> Non
         s = one.structured_content
         assert s is not None and "No space left on device" in s["stderr"]
         assert s.get("workspace_full") is True and "max_workspace_mb" in one.content[0].text  # type: ignore[union-attr]
-        many = await c.call_tool("sh__run", {"command": "for i in 1 2 3 4 5 6 7 8; do head -c 1000000 /dev/zero"
-                                             " > f$i; done; du -sk . | cut -f1"})
+        many = await c.call_tool(
+            "sh__run",
+            {"command": "for i in 1 2 3 4 5 6 7 8; do head -c 1000000 /dev/zero > f$i; done; du -sk . | cut -f1"},
+        )
         assert many.structured_content is not None
         used_kib = int(many.structured_content["stdout"].strip() or 0)
         assert used_kib <= QUOTA_MB * 1024, used_kib

@@ -17,8 +17,9 @@ from tests.conftest import REPO
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_escape_attempt_is_blocked() -> None:
-    r = subprocess.run([str(REPO / "conformance" / "run"), "containment"], cwd=REPO, capture_output=True, text=True,
-                       timeout=590)
+    r = subprocess.run(
+        [str(REPO / "conformance" / "run"), "containment"], cwd=REPO, capture_output=True, text=True, timeout=590
+    )
     lines = r.stdout.strip().splitlines()
     assert lines, r.stderr[-3000:]
     m = re.fullmatch(r"(\d+) passed, (\d+) failed", lines[-1])

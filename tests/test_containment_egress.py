@@ -80,8 +80,9 @@ def test_allow_list_matching() -> None:
 
 
 def test_request_parsing_rewrites_absolute_form_and_drops_proxy_headers() -> None:
-    method, host, port, up = parse_target(b"GET http://h.example:8080/a?b HTTP/1.1\r\nHost: h.example\r\n"
-                                          b"Proxy-Authorization: x\r\n\r\n")
+    method, host, port, up = parse_target(
+        b"GET http://h.example:8080/a?b HTTP/1.1\r\nHost: h.example\r\nProxy-Authorization: x\r\n\r\n"
+    )
     assert (method, host, port) == ("GET", "h.example", 8080)
     assert up.startswith(b"GET /a?b HTTP/1.1\r\n") and b"Proxy-" not in up and up.endswith(b"Connection: close\r\n\r\n")
     assert parse_target(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\n")[1:3] == ("2001:db8::1", 443)
@@ -127,11 +128,19 @@ async def test_a_sandbox_gets_out_only_through_the_proxy_and_only_to_its_list() 
     os.chmod(work, 0o711)
     metrics = Metrics()
     async with http_server() as (port, seen), http_server() as (other_port, other_seen):
-        profile = ProfileConfig(tier="sandbox", read_only=["/usr", "/etc/ssl"], read_write=["{workspace}"],
-                                network="allowlist", allow_hosts=[f"localhost:{port}"], env={"PATH": "/usr/bin:/bin"},
-                                memory_mb=256, timeout_s=20)
-        cfg = ContainmentConfig(workspace_root=str(work / "ws"), uid_base=320000, uid_count=10,
-                                profiles={"net": profile})
+        profile = ProfileConfig(
+            tier="sandbox",
+            read_only=["/usr", "/etc/ssl"],
+            read_write=["{workspace}"],
+            network="allowlist",
+            allow_hosts=[f"localhost:{port}"],
+            env={"PATH": "/usr/bin:/bin"},
+            memory_mb=256,
+            timeout_s=20,
+        )
+        cfg = ContainmentConfig(
+            workspace_root=str(work / "ws"), uid_base=320000, uid_count=10, profiles={"net": profile}
+        )
         rt = Containment(cfg, work, metrics)
         # The one widening in this file: the machine's loopback stands in for "a public host on the list".
         rt.egress._address_ok = lambda a: a.is_loopback or is_public(a)

@@ -106,7 +106,11 @@ transport = "builtin"
 tools = "shell"
 containment = "mxc"
 """
-    return default_config(port, work, upstreams, extra=f"""
+    return default_config(
+        port,
+        work,
+        upstreams,
+        extra=f"""
 [containment]
 workspace_root = "{work}/workspaces"
 uid_base = {UID_BASE}
@@ -170,7 +174,9 @@ env = {{ PATH = "/usr/bin:/bin" }}
 [containment.profiles.mxc]
 mxc_policy = "profile.mxc.json"
 memory_mb = 128
-""", policy=REPO / "tests" / "containment_policy")
+""",
+        policy=REPO / "tests" / "containment_policy",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +247,12 @@ async def test_shell_call_runs_as_the_agents_own_uid_in_its_workspace(cgw: Runni
 
 async def test_agents_share_no_uid_workspace_or_worker(cgw: RunningGateway) -> None:
     a = await run(cgw, "ci-bot", "sh__run", {"command": "id -u; echo mine > note.txt"})
-    b = await run(cgw, "admin", "sh__run", {"command": "id -u; cat ../ci-bot/note.txt " + str(cgw.workdir)
-                                            + "/workspaces/ci-bot/note.txt; ls /tmp"})
+    b = await run(
+        cgw,
+        "admin",
+        "sh__run",
+        {"command": "id -u; cat ../ci-bot/note.txt " + str(cgw.workdir) + "/workspaces/ci-bot/note.txt; ls /tmp"},
+    )
     assert a.structured_content["stdout"].split()[0] != b.structured_content["stdout"].split()[0]
     assert "mine" not in b.structured_content["stdout"]
     wa = await run(cgw, "ci-bot", "box__whoami", {})
@@ -253,8 +263,9 @@ async def test_agents_share_no_uid_workspace_or_worker(cgw: RunningGateway) -> N
 
 async def test_files_tools_stay_within_the_grants(cgw: RunningGateway) -> None:
     ws = cgw.workdir / "workspaces" / "ci-bot"
-    w = await run(cgw, "ci-bot", "files__write_file", {"path": "docs/a.txt", "content": "alpha\nbeta\n",
-                                                        "create_dirs": True})
+    w = await run(
+        cgw, "ci-bot", "files__write_file", {"path": "docs/a.txt", "content": "alpha\nbeta\n", "create_dirs": True}
+    )
     assert not w.is_error and w.structured_content["bytes_written"] == 11
     assert (await run(cgw, "ci-bot", "files__read_file", {"path": "docs/a.txt"})).content[0].text == "alpha\nbeta\n"
     listing = await run(cgw, "ci-bot", "files__list_dir", {"path": "docs"})
@@ -294,13 +305,21 @@ async def test_stdio_worker_is_reused_then_restarted_after_a_crash(cgw: RunningG
 @pytest.mark.parametrize(
     ("tool", "args", "limit", "reason"),
     [
-        ("box__run", {"command": "python3 -c 'x = bytearray(1 << 30)'"}, "memory limit reached (memory_mb = 128)",
-         "memory"),
+        (
+            "box__run",
+            {"command": "python3 -c 'x = bytearray(1 << 30)'"},
+            "memory limit reached (memory_mb = 128)",
+            "memory",
+        ),
         ("box__run", {"command": "while :; do :; done"}, "CPU time limit reached (cpu_seconds = 1)", "cpu"),
         ("box__run", {"command": "b() { b | b & }; b; sleep 10"}, "process limit reached (pids = 32)", "pids"),
         ("box__sleep", {"seconds": 60}, "time limit reached (timeout_s = 3)", "timeout"),
-        ("sh__run", {"command": "python3 -c 'x = bytearray(1 << 30)'"}, "memory limit reached (memory_mb = 128)",
-         "memory"),
+        (
+            "sh__run",
+            {"command": "python3 -c 'x = bytearray(1 << 30)'"},
+            "memory limit reached (memory_mb = 128)",
+            "memory",
+        ),
         ("sh__run", {"command": "sleep 60", "timeout_s": 1}, "time limit reached (timeout_s = 1)", "timeout"),
     ],
 )
@@ -313,8 +332,12 @@ async def test_a_limit_stops_the_worker_names_the_limit_and_the_pool_recovers(
     assert r.is_error and limit in text(r), text(r)
     assert metric(cgw, "mcp_gateway_worker_kills_total", f'server="{server}"', f'reason="{reason}"') == before + 1
     assert outcome(cgw, tool.split("__")[1])["containment"]["killed"] == reason
-    after = await run(cgw, "ci-bot", "box__echo" if server == "box" else "sh__run",
-                      {"text": "ok"} if server == "box" else {"command": "echo ok"})
+    after = await run(
+        cgw,
+        "ci-bot",
+        "box__echo" if server == "box" else "sh__run",
+        {"text": "ok"} if server == "box" else {"command": "echo ok"},
+    )
     assert not after.is_error and "ok" in text(after)
 
 
@@ -350,8 +373,15 @@ async def test_policy_narrowing_applies_and_never_widens(cgw: RunningGateway) ->
 
 
 async def test_process_tier_drops_privileges_without_a_sandbox(cgw: RunningGateway) -> None:
-    r = await run(cgw, "ci-bot", "psh__run", {"command": "id -u; grep NoNewPrivs /proc/self/status; cat /etc/shadow; "
-                                              "setsid sleep 300 >/dev/null 2>&1 & echo started"})
+    r = await run(
+        cgw,
+        "ci-bot",
+        "psh__run",
+        {
+            "command": "id -u; grep NoNewPrivs /proc/self/status; cat /etc/shadow; "
+            "setsid sleep 300 >/dev/null 2>&1 & echo started"
+        },
+    )
     s = r.structured_content
     assert int(s["stdout"].split()[0]) != os.geteuid()
     assert "NoNewPrivs:\t1" in s["stdout"] and "Permission denied" in s["stderr"]
@@ -422,8 +452,9 @@ async def test_bubblewrap_itself_starts_with_an_empty_environment(cgw: RunningGa
 
 
 async def test_shell_output_is_truncated_and_cwd_stays_within_the_grants(cgw: RunningGateway) -> None:
-    big = await run(cgw, "ci-bot", "sh__run", {"command": "head -c 200000 /dev/zero | tr '\\0' a; echo err >&2",
-                                               "stdin": "ignored"})
+    big = await run(
+        cgw, "ci-bot", "sh__run", {"command": "head -c 200000 /dev/zero | tr '\\0' a; echo err >&2", "stdin": "ignored"}
+    )
     s = big.structured_content
     assert s["stdout_truncated"] is True and len(s["stdout"]) == 65536 and s["stderr"] == "err\n"
     sub = await run(cgw, "ci-bot", "sh__run", {"command": "mkdir -p sub && cd sub && pwd"})

@@ -63,12 +63,18 @@ def test_the_issue_example_config_loads() -> None:
     ("text", "expected"),
     [
         ('[[upstreams]]\nname = "sh"\ntransport = "builtin"\ntools = "shell"\n', "need tools"),
-        ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "nope"\n',
-         "'nope' is not defined"),
-        ('[[upstreams]]\nname = "x"\ntransport = "http"\nurl = "http://a/"\ncontainment = "strict"\n',
-         "containment is for stdio and builtin"),
-        ('[containment.profiles.p]\ntier = "process"\ndeny = ["/x"]\nnetwork = "host"\n',
-         "tier 'process' cannot enforce"),
+        (
+            '[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "nope"\n',
+            "'nope' is not defined",
+        ),
+        (
+            '[[upstreams]]\nname = "x"\ntransport = "http"\nurl = "http://a/"\ncontainment = "strict"\n',
+            "containment is for stdio and builtin",
+        ),
+        (
+            '[containment.profiles.p]\ntier = "process"\ndeny = ["/x"]\nnetwork = "host"\n',
+            "tier 'process' cannot enforce",
+        ),
         ('[containment.profiles.p]\ntier = "process"\n', "network = 'none'"),
         ('[containment.profiles.p]\ntier = "sandbox"\nread_only = ["{agent}/x"]\n', "must start with {workspace}"),
         ('[containment.profiles.p]\ntier = "sandbox"\nread_write = ["{home}/x"]\n', "unknown placeholder"),
@@ -79,8 +85,11 @@ def test_the_issue_example_config_loads() -> None:
         ('[containment.profiles.p]\ntier = "sandbox"\nbogus = 1\n', "unknown key"),
         ('[containment.profiles.p]\ntier = "sandbox"\nenv = { A = "x\\u0000y" }\n', "must not contain NUL"),
         ('[containment.profiles.p]\ntier = "sandbox"\nenv = { 1A = "x" }\n', "not a valid environment variable name"),
-        ('[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "strict"\n'
-         'session_mode = "per_session"\n', "not available for contained upstreams"),
+        (
+            '[[upstreams]]\nname = "x"\ntransport = "stdio"\ncommand = ["a"]\ncontainment = "strict"\n'
+            'session_mode = "per_session"\n',
+            "not available for contained upstreams",
+        ),
     ],
 )
 def test_bad_profiles_are_reported_as_file_key_what(text: str, expected: str) -> None:
@@ -135,9 +144,10 @@ def test_mxc_maps_onto_a_profile_and_reports_what_it_cannot_enforce() -> None:
 def test_mxc_network_defaults() -> None:
     assert convert({"process": {}}).values["network"] == "none"
     assert convert({"process": {}, "network": {"defaultPolicy": "allow"}}).values["network"] == "host"
-    assert convert({"process": {}, "network": {"egress": {"default": "allow"}, "blockedHosts": ["x"]}}).values[
-        "network"
-    ] == "none"
+    assert (
+        convert({"process": {}, "network": {"egress": {"default": "allow"}, "blockedHosts": ["x"]}}).values["network"]
+        == "none"
+    )
     cidr = convert({"process": {}, "network": {"egress": {"allow": [{"to": [{"cidr": "10.0.0.0/8"}]}]}}})
     assert cidr.values["network"] == "none"
     assert any("CIDR rules are not enforced" in n for n in cidr.unsupported)
@@ -145,9 +155,15 @@ def test_mxc_network_defaults() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [[], {"process": {}, "filesystem": {"readonlyPaths": "x"}}, {"process": {"env": ["NOEQUALS"]}},
-     {"filesystem": {}}, {"process": {"timeout": -1}}, {"process": {"env": ["1A=b"]}},
-     {"process": {"env": ["A=b\u0000c"]}}],
+    [
+        [],
+        {"process": {}, "filesystem": {"readonlyPaths": "x"}},
+        {"process": {"env": ["NOEQUALS"]}},
+        {"filesystem": {}},
+        {"process": {"timeout": -1}},
+        {"process": {"env": ["1A=b"]}},
+        {"process": {"env": ["A=b\u0000c"]}},
+    ],
 )
 def test_bad_mxc_documents_are_refused(doc: object) -> None:
     with pytest.raises(MxcError):
@@ -160,9 +176,22 @@ def strict() -> Profile:
 
 
 def tiny() -> Profile:
-    return build_profile("tiny", ProfileConfig(tier="sandbox", read_only=["/usr"], read_write=["{workspace}"],
-                                               deny=["{workspace}/.secrets"], memory_mb=64, pids=16, cpu_seconds=2,
-                                               timeout_s=5, max_file_mb=8, open_files=64), Path("."))
+    return build_profile(
+        "tiny",
+        ProfileConfig(
+            tier="sandbox",
+            read_only=["/usr"],
+            read_write=["{workspace}"],
+            deny=["{workspace}/.secrets"],
+            memory_mb=64,
+            pids=16,
+            cpu_seconds=2,
+            timeout_s=5,
+            max_file_mb=8,
+            open_files=64,
+        ),
+        Path("."),
+    )
 
 
 def test_narrowing_applies_and_never_widens() -> None:
@@ -188,8 +217,17 @@ def test_narrowing_to_another_profile_only_when_it_is_narrower() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["read_only", {"bogus": 1}, {"read_only": "yes"}, {"network": "wide"}, {"memory_mb": -1}, {"memory_mb": True},
-     {"allow_hosts": "x"}, {"profile": "missing"}, {"deny": ["relative"]}],
+    [
+        "read_only",
+        {"bogus": 1},
+        {"read_only": "yes"},
+        {"network": "wide"},
+        {"memory_mb": -1},
+        {"memory_mb": True},
+        {"allow_hosts": "x"},
+        {"profile": "missing"},
+        {"deny": ["relative"]},
+    ],
 )
 def test_malformed_narrowing_fails_closed(spec: object) -> None:
     with pytest.raises(NarrowingError):

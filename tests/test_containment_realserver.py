@@ -29,13 +29,17 @@ def fsgw() -> Iterator[RunningGateway]:
     work = Path(tempfile.mkdtemp(prefix="containment-fs.", dir="/tmp"))
     os.chmod(work, 0o711)
     port = free_port()
-    text = default_config(port, work, f"""
+    text = default_config(
+        port,
+        work,
+        f"""
 [[upstreams]]
 name = "fs"
 transport = "stdio"
 command = ["{shutil.which("node")}", "{SERVER}", "/"]
 containment = "node"
-""", extra=f"""
+""",
+        extra=f"""
 [containment]
 workspace_root = "{work}/workspaces"
 uid_base = 340000
@@ -48,7 +52,9 @@ read_write = ["{{workspace}}"]
 env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
 memory_mb = 256
 pids = 64
-""", policy=REPO / "tests" / "containment_policy")
+""",
+        policy=REPO / "tests" / "containment_policy",
+    )
     gw = start_gateway(work, text, port)
     yield gw
     gw.stop()

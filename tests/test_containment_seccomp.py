@@ -45,8 +45,12 @@ for family in ([int(a) for a in sys.argv[2].split(",")] if sys.argv[2] else []):
 
 
 def probe(network: str, families: list[int]) -> dict[tuple[str, int], int]:
-    r = subprocess.run([sys.executable, "-c", PROBE, str(REPO), ",".join(map(str, families))],
-                       input=build_filter(network, True), capture_output=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO), ",".join(map(str, families))],
+        input=build_filter(network, True),
+        capture_output=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr.decode()
     out = {}
     for line in r.stdout.decode().splitlines():

@@ -10,8 +10,9 @@ from tests.conftest import REPO, default_config, free_port, stdio_upstream
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_shipped_demo_config_is_valid() -> None:
@@ -51,8 +52,13 @@ url = "ftp://nowhere"
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     expected_keys = [
-        "server.listen", "server.max_request_bytes", "server.colour", "identity.api_keys[0].sha256",
-        "policy.engine", "upstreams[0].name", "upstreams[1]",
+        "server.listen",
+        "server.max_request_bytes",
+        "server.colour",
+        "identity.api_keys[0].sha256",
+        "policy.engine",
+        "upstreams[0].name",
+        "upstreams[1]",
     ]
     for key in expected_keys:
         assert any(line.startswith(f"{cfg}: {key}") for line in lines), (key, lines)
@@ -70,7 +76,7 @@ def test_toml_syntax_error_is_clear(tmp_path: Path) -> None:
 def test_invalid_rego_is_rejected_with_file_and_line(tmp_path: Path) -> None:
     policy = tmp_path / "rego"
     policy.mkdir()
-    (policy / "gateway.rego").write_text("package gateway\n\nimport rego.v1\n\ndecision := {\"allow\": true if {\n")
+    (policy / "gateway.rego").write_text('package gateway\n\nimport rego.v1\n\ndecision := {"allow": true if {\n')
     port = free_port()
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(default_config(port, tmp_path, stdio_upstream("t", ["true"]), policy=policy))

@@ -53,7 +53,11 @@ jwks_file = "jwks.json"
 
 def token(key: rsa.RSAPrivateKey, **overrides: object) -> str:
     claims: dict[str, object] = {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "jwt-agent-7", "team": "platform", "roles": ["ci"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "jwt-agent-7",
+        "team": "platform",
+        "roles": ["ci"],
         "exp": int(time.time()) + 300,
     }
     claims.update(overrides)
@@ -64,9 +68,12 @@ def post_initialize(url: str, auth: str | None) -> httpx2.Response:
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     if auth is not None:
         headers["Authorization"] = auth
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "t", "version": "1"}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     return httpx2.post(url, json=body, headers=headers)
 
 
@@ -156,15 +163,18 @@ def test_session_of_one_agent_is_not_usable_by_another(core_gateway: RunningGate
     r = post_initialize(core_gateway.url, f"Bearer {KEYS['ci-bot'][2]}")
     sid = r.headers["mcp-session-id"]
     headers = {
-        "Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-        "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Mcp-Session-Id": sid,
+        "MCP-Protocol-Version": "2025-11-25",
     }
     body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     researcher = {**headers, "Authorization": f"Bearer {KEYS['researcher'][2]}"}
     other = httpx2.post(core_gateway.url, json=body, headers=researcher)
     assert other.status_code == 404
     unknown = httpx2.post(
-        core_gateway.url, json=body,
+        core_gateway.url,
+        json=body,
         headers={**headers, "Mcp-Session-Id": "0" * 32, "Authorization": f"Bearer {KEYS['researcher'][2]}"},
     )
     assert unknown.status_code == 404

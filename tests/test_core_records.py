@@ -74,8 +74,11 @@ async def test_metrics_and_audit_match_the_calls_made(gateway: RunningGateway) -
     assert delta(server="echo", tool="delete_everything", agent="ci-bot", decision="deny") == 2
     assert delta(server="echo", tool="echo", agent="researcher", team="research", decision="deny") == 1
     assert delta() == 6
-    assert after['mcp_gateway_tool_call_seconds_count{server="echo"}'] - before.get(
-        'mcp_gateway_tool_call_seconds_count{server="echo"}', 0) == 3
+    assert (
+        after['mcp_gateway_tool_call_seconds_count{server="echo"}']
+        - before.get('mcp_gateway_tool_call_seconds_count{server="echo"}', 0)
+        == 3
+    )
     assert after["mcp_gateway_policy_decision_seconds_count"] > before["mcp_gateway_policy_decision_seconds_count"]
 
     records = gateway.audit_records()

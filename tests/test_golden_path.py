@@ -86,8 +86,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository under /tmp/ (the shipped policy's repo_root for git)."""
     path = tmp_path_factory.mktemp("golden-repo")
     assert str(path).startswith("/tmp/")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     subprocess.run(["git", "init", "-q", str(path)], check=True, env=env)
     (path / "README").write_text("hello\n")
     subprocess.run(["git", "-C", str(path), "add", "README"], check=True, env=env)
@@ -126,8 +131,9 @@ async def test_ci_bot_on_the_demo(demo: RunningGateway, repo: Path) -> None:
 
         now = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
         assert not now.is_error and "UTC" in text_of(now)
-        ok = await c.call_tool("time__convert_time",
-                               {"source_timezone": "Europe/Paris", "time": "12:00", "target_timezone": "UTC"})
+        ok = await c.call_tool(
+            "time__convert_time", {"source_timezone": "Europe/Paris", "time": "12:00", "target_timezone": "UTC"}
+        )
         assert not ok.is_error, text_of(ok)
         status = await c.call_tool("git__git_status", {"repo_path": str(repo)})
         assert not status.is_error, text_of(status)
@@ -135,8 +141,9 @@ async def test_ci_bot_on_the_demo(demo: RunningGateway, repo: Path) -> None:
         assert "first commit" in text_of(log)
 
         # denied, with the reason the docs print (docs/policy.md, policy eval)
-        bad = await c.call_tool("time__convert_time",
-                                {"source_timezone": "Mars/Base", "time": "10:00", "target_timezone": "UTC"})
+        bad = await c.call_tool(
+            "time__convert_time", {"source_timezone": "Mars/Base", "time": "10:00", "target_timezone": "UTC"}
+        )
         assert bad.is_error and "timezone Mars/Base is not in the team's list" in text_of(bad)
         assert "decision id" in text_of(bad)
         outside = await c.call_tool("git__git_status", {"repo_path": "/etc"})
@@ -149,9 +156,13 @@ async def test_ci_bot_on_the_demo(demo: RunningGateway, repo: Path) -> None:
             await c.call_tool("git__no_such_tool", {})
         assert hidden.value.code == missing.value.code
         assert hidden.value.message.replace("git__git_commit", "X") == missing.value.message.replace(
-            "git__no_such_tool", "X")
-    denial = [r for r in demo.audit_records() if r.get("type") == "decision" and r.get("agent") == "ci-bot"
-              and not r.get("allow")]
+            "git__no_such_tool", "X"
+        )
+    denial = [
+        r
+        for r in demo.audit_records()
+        if r.get("type") == "decision" and r.get("agent") == "ci-bot" and not r.get("allow")
+    ]
     assert any("timezone Mars/Base is not in the team's list" in r.get("reasons", []) for r in denial), denial[-3:]
 
 
@@ -167,15 +178,19 @@ async def test_admin_and_research_on_the_demo(demo: RunningGateway, repo: Path) 
         now = await c.call_tool("time__get_current_time", {"timezone": "UTC"})
         assert not now.is_error
         # listed, so the denial can say why
-        no = await c.call_tool("time__convert_time",
-                               {"source_timezone": "UTC", "time": "10:00", "target_timezone": "UTC"})
+        no = await c.call_tool(
+            "time__convert_time", {"source_timezone": "UTC", "time": "10:00", "target_timezone": "UTC"}
+        )
         assert no.is_error and "research agents may not use convert_time" in text_of(no)
     with pytest.raises(BaseException) as refused:  # the SDK's task groups wrap it
         async with mcp_client(demo.url, "not-a-demo-key") as bad:
             await bad.list_tools()
     assert "invalid API key" in "".join(traceback.format_exception(refused.value))
-    r = httpx2.post(demo.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-                    headers={"Authorization": "Bearer wrong", "Accept": "application/json, text/event-stream"})
+    r = httpx2.post(
+        demo.url,
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers={"Authorization": "Bearer wrong", "Accept": "application/json, text/event-stream"},
+    )
     assert r.status_code == 401
 
 
@@ -212,8 +227,14 @@ def readyz(gw: RunningGateway) -> dict[str, Any]:
 async def test_contained_tools_listed_per_role(contained: RunningGateway) -> None:
     async with mcp_client(contained.url, CI) as c:
         names = {t.name for t in (await c.list_tools()).tools}
-    assert names == {"sh__run", "files__read_file", "files__list_dir", "files__search", "files__stat",
-                     "files__write_file"}, names  # fs is granted to no role of the shipped policy: hidden
+    assert names == {
+        "sh__run",
+        "files__read_file",
+        "files__list_dir",
+        "files__search",
+        "files__stat",
+        "files__write_file",
+    }, names  # fs is granted to no role of the shipped policy: hidden
     async with mcp_client(contained.url, ADMIN) as c:
         admin = {t.name for t in (await c.list_tools()).tools}
     assert names <= admin and not any(n.startswith("fs__") for n in admin)
@@ -243,8 +264,11 @@ async def test_ci_bot_runs_allow_listed_commands_contained(contained: RunningGat
         r = await c.call_tool("files__read_file", {"path": "build/out.txt"})
         assert not r.is_error and "built" in text_of(r)
 
-    outcomes = [r for r in contained.audit_records() if r.get("type") == "outcome" and r.get("agent") == "ci-bot"
-                and r.get("containment")]
+    outcomes = [
+        r
+        for r in contained.audit_records()
+        if r.get("type") == "outcome" and r.get("agent") == "ci-bot" and r.get("containment")
+    ]
     assert outcomes and all(o["containment"]["tier"] == "sandbox" for o in outcomes)
     assert any(o["containment"]["profile"] == "web" and o["containment"]["narrowed"] for o in outcomes), outcomes[-2:]
 
@@ -262,8 +286,11 @@ async def test_ci_bot_is_denied_with_the_documented_reasons(contained: RunningGa
             denied = await run(c, command)
             assert denied.is_error and reason in text_of(denied), (command, text_of(denied))
         for tool, args, reason in [
-            ("files__write_file", {"path": "src/x.py", "content": "x"},
-             "path src/x.py is not writable (writable: build/**, dist/**, tmp/**)"),
+            (
+                "files__write_file",
+                {"path": "src/x.py", "content": "x"},
+                "path src/x.py is not writable (writable: build/**, dist/**, tmp/**)",
+            ),
             ("files__read_file", {"path": ".secrets/token"}, "path .secrets/token is protected"),
             ("files__read_file", {"path": "../admin/x"}, "path ../admin/x is outside the workspace"),
             ("files__read_file", {"path": "/etc/passwd"}, "path /etc/passwd is outside the workspace"),
@@ -276,6 +303,7 @@ async def test_ci_bot_is_denied_with_the_documented_reasons(contained: RunningGa
 async def test_admin_reaches_only_the_allow_listed_hosts(contained: RunningGateway) -> None:
     """Refused egress: the admin's shell keeps the web profile's allow-list; anything else is refused by the
     gateway's egress proxy, counted and logged."""
+
     def refused() -> float:
         text = httpx2.get(contained.admin_base + "/metrics", timeout=10).text
         m = re.search(r'^mcp_gateway_egress_denied_total\{server="sh"\} (\S+)$', text, re.M)
@@ -299,8 +327,13 @@ async def test_admin_reaches_only_the_allow_listed_hosts(contained: RunningGatew
 
 
 def eval_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "policy", "eval", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "policy", "eval", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_docs_policy_eval_example_prints_what_the_docs_show() -> None:
@@ -319,10 +352,26 @@ def test_the_docs_policy_eval_example_prints_what_the_docs_show() -> None:
 
 def test_policy_eval_agrees_with_the_contained_gateway() -> None:
     """The issue's case: eval said allow while the gateway denied; both now decide on the tool's real annotations."""
-    r = eval_cli("--config", "examples/contained.toml", "--agent", "ci-bot", "--tool", "sh__run",
-                 "--args", '{"command": "ls -la"}')
+    r = eval_cli(
+        "--config",
+        "examples/contained.toml",
+        "--agent",
+        "ci-bot",
+        "--tool",
+        "sh__run",
+        "--args",
+        '{"command": "ls -la"}',
+    )
     assert r.returncode == 0 and r.stdout.startswith("decision:    allow"), r
     assert 'containment: {"network":"none"}' in r.stdout
-    r = eval_cli("--config", "examples/contained.toml", "--agent", "ci-bot", "--tool", "sh__run",
-                 "--args", '{"command": "rm -rf /"}')
+    r = eval_cli(
+        "--config",
+        "examples/contained.toml",
+        "--agent",
+        "ci-bot",
+        "--tool",
+        "sh__run",
+        "--args",
+        '{"command": "rm -rf /"}',
+    )
     assert r.returncode == 1 and "command rm is not in the allow-list of your roles" in r.stdout, r

@@ -46,8 +46,16 @@ def test_header_parsing_reads_the_same_whether_or_not_some_name_repeats() -> Non
     scan refuses every single-valued header sent twice."""
     from gateway.http.headers import SINGLE, RequestHeaders, parse
 
-    base = [(b"host", b"h:1"), (b"authorization", b""), (b"mcp-session-id", b"s"), (b"mcp-method", b"tools/call"),
-            (b"mcp-name", "n\u00e9".encode()), (b"mcp-param-x", b"1"), (b"tracestate", b"a=1"), (b"accept", b"*/*")]
+    base = [
+        (b"host", b"h:1"),
+        (b"authorization", b""),
+        (b"mcp-session-id", b"s"),
+        (b"mcp-method", b"tools/call"),
+        (b"mcp-name", "n\u00e9".encode()),
+        (b"mcp-param-x", b"1"),
+        (b"tracestate", b"a=1"),
+        (b"accept", b"*/*"),
+    ]
     fast = parse(base)
     assert isinstance(fast, RequestHeaders)
     assert fast.authorization == "" and fast.mcp_name == "n\u00e9" and fast.has_mcp_param and fast.tracestate == "a=1"

@@ -23,11 +23,17 @@ NEW_ENTRY = f'\n[[identity.api_keys]]\nagent = "new-bot"\nteam = "research"\nrol
 
 
 def status(gw: RunningGateway, bearer: str) -> int:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "t", "version": "1"}}}
-    return httpx2.post(gw.url, json=body, headers={
-        "Accept": "application/json, text/event-stream", "Authorization": f"Bearer {bearer}"}).status_code
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    return httpx2.post(
+        gw.url,
+        json=body,
+        headers={"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {bearer}"},
+    ).status_code
 
 
 def reloads(gw: RunningGateway, result: str) -> float:
@@ -82,8 +88,10 @@ def test_sighup_reloads_keys_and_jwks_and_a_broken_config_keeps_the_old_identity
     k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (tmp_path / "jwks.json").write_text(jwks(("k1", k1)))
     port = free_port()
-    extra = (f'[identity]\nwatch = false\n[identity.jwt]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
-             'jwks_file = "jwks.json"\n')
+    extra = (
+        f'[identity]\nwatch = false\n[identity.jwt]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
+        'jwks_file = "jwks.json"\n'
+    )
     gw = start_gateway(tmp_path, default_config(port, tmp_path, stdio_upstream("echo", ECHO), extra), port)
     try:
         good = gw.config.read_text()

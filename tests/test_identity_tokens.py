@@ -40,8 +40,9 @@ def rs256(header: bytes, payload: bytes, key: rsa.RSAPrivateKey = KEY) -> str:
 
 def payload(extra: str = "", sub: str = '"jwt-agent"', roles: str = '["ci"]') -> bytes:
     exp = int(time.time()) + 300
-    return (f'{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":{sub},"team":"platform","roles":{roles},'
-            f'"exp":{exp}{extra}}}').encode()
+    return (
+        f'{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":{sub},"team":"platform","roles":{roles},"exp":{exp}{extra}}}'
+    ).encode()
 
 
 HEADER = b'{"alg":"RS256","typ":"JWT","kid":"k1"}'
@@ -63,11 +64,15 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
 
 
 def post(gw: RunningGateway, authorization: str) -> httpx2.Response:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                       "clientInfo": {"name": "t", "version": "1"}}}
-    return httpx2.post(gw.url, json=body, headers={
-        "Accept": "application/json, text/event-stream", "Authorization": authorization})
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    return httpx2.post(
+        gw.url, json=body, headers={"Accept": "application/json, text/event-stream", "Authorization": authorization}
+    )
 
 
 def hs256_with_public_key() -> str:
@@ -79,12 +84,13 @@ def hs256_with_public_key() -> str:
 
 REFUSED = {
     "integer 2**70": rs256(HEADER, payload(f',"n":{2**70}')),
-    "integer -2**64": rs256(HEADER, payload(f',"n":{-2**64}')),
+    "integer -2**64": rs256(HEADER, payload(f',"n":{-(2**64)}')),
     "number 1e400": rs256(HEADER, payload(',"n":1e400')),
     "NaN": rs256(HEADER, payload(',"n":NaN')),
     "exp 1e400": rs256(HEADER, payload().replace(b'"exp":', b'"exp":1e400,"x":')),
-    "exp as a string": rs256(HEADER, payload().replace(b'"exp":', b'"x":')
-                             .replace(b"}", f',"exp":"{int(time.time()) + 300}"}}'.encode())),
+    "exp as a string": rs256(
+        HEADER, payload().replace(b'"exp":', b'"x":').replace(b"}", f',"exp":"{int(time.time()) + 300}"}}'.encode())
+    ),
     "exp as a float": rs256(HEADER, payload().replace(b"}", b".5}")),
     "nbf 1e400": rs256(HEADER, payload(',"nbf":1e400')),
     "iat as a list": rs256(HEADER, payload(',"iat":[1]')),
@@ -133,8 +139,10 @@ def test_odd_signed_claims_get_a_recorded_401(gw: RunningGateway, name: str) -> 
 
 def test_the_same_claims_well_formed_identify_the_agent(gw: RunningGateway) -> None:
     """Positive control for the table above: the same key and shape, sane values."""
-    for token in (rs256(HEADER, payload(f',"n":{2**62},"f":1.5,"deep":' + "[" * 10 + "]" * 10)),
-                  jwt.encode(json.loads(payload()), EC_KEY, algorithm="ES256", headers={"kid": "k2"})):
+    for token in (
+        rs256(HEADER, payload(f',"n":{2**62},"f":1.5,"deep":' + "[" * 10 + "]" * 10)),
+        jwt.encode(json.loads(payload()), EC_KEY, algorithm="ES256", headers={"kid": "k2"}),
+    ):
         r = post(gw, "Bearer " + token)
         assert r.status_code == 200, r.text
 

@@ -21,8 +21,7 @@ NAME = "rec__x\n" + FORGED + "\x1b[2J\x1b[31m\r\u2028\u0085\u202e\x7f"
 
 
 def send_calls(url: str, sid: str) -> None:
-    raw = (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":'
-           + orjson.dumps(NAME) + b',"arguments":{}}}')
+    raw = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":' + orjson.dumps(NAME) + b',"arguments":{}}}'
     r = httpx2.post(url, content=raw, headers=headers("ci-bot", sid) | {"MCP-Protocol-Version": "2025-11-25"})
     assert r.status_code == 200, r.text
 

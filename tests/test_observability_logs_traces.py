@@ -83,10 +83,17 @@ class OtlpReceiver:
                 for rs in req.resource_spans:
                     for ss in rs.scope_spans:
                         for s in ss.spans:
-                            receiver.spans.append(Span(
-                                s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.kind,
-                                s.status.code, {a.key: _value(a.value) for a in s.attributes},
-                            ))
+                            receiver.spans.append(
+                                Span(
+                                    s.name,
+                                    s.trace_id.hex(),
+                                    s.span_id.hex(),
+                                    s.parent_span_id.hex(),
+                                    s.kind,
+                                    s.status.code,
+                                    {a.key: _value(a.value) for a in s.attributes},
+                                )
+                            )
                 out = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -115,8 +122,14 @@ class Scenario:
     log_lines: list[str]
 
     def decision(self, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-        found = [r for r in self.records if r["type"] == "decision" and r["action"] == "tools/call"
-                 and r["tool"] == tool and r["arguments_digest"] == digest(args)]
+        found = [
+            r
+            for r in self.records
+            if r["type"] == "decision"
+            and r["action"] == "tools/call"
+            and r["tool"] == tool
+            and r["arguments_digest"] == digest(args)
+        ]
         assert len(found) == 1, (tool, args, found)
         return found[0]
 
@@ -191,8 +204,10 @@ def test_every_log_line_is_json_and_every_call_line_names_its_decision(scenario:
     failed = [d for d in parsed if d.get("decision_id") == crash["decision_id"] and d["level"] == "warning"]
     assert failed and failed[0]["outcome"] == "upstream_error"
     denied = scenario.decision("delete_everything", DENIED)
-    assert any(d.get("decision_id") == denied["decision_id"] and "destructive tools need the admin role" in d["msg"]
-               for d in parsed)
+    assert any(
+        d.get("decision_id") == denied["decision_id"] and "destructive tools need the admin role" in d["msg"]
+        for d in parsed
+    )
     # No secrets in logs: neither the key nor the argument values.
     text = "\n".join(scenario.log_lines)
     assert KEYS["ci-bot"][2] not in text and ALLOWED["text"] not in text and "tok-123" not in text

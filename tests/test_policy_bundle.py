@@ -19,10 +19,12 @@ from gateway.policy.tables import report, run_policy_tables
 from tests.conftest import ECHO, KEYS, REPO, default_config, free_port, mcp_client, start_gateway, stdio_upstream
 
 
-def make_bundle(dst: Path, src: Path = REPO / "rego", manifest: dict | bytes | None = None,
-                extra: dict[str, bytes] | None = None) -> Path:
+def make_bundle(
+    dst: Path, src: Path = REPO / "rego", manifest: dict | bytes | None = None, extra: dict[str, bytes] | None = None
+) -> Path:
     """A bundle laid out as `opa build -b` lays it out: members named /<path>, a /.manifest, gzip'd tar."""
     with tarfile.open(dst, "w:gz") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -94,14 +96,18 @@ def test_a_file_that_is_not_a_bundle_is_refused(tmp_path: Path) -> None:
 
 def test_bundle_member_paths_stay_inside_the_bundle(tmp_path: Path) -> None:
     """Bundles are read in memory, never extracted; a member named ../../x is placed at x in the data tree."""
-    bundle = make_bundle(tmp_path / "b.tar.gz", manifest={"revision": "r"},
-                         extra={"../../escape/data.json": b'{"k": 1}'})
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz", manifest={"revision": "r"}, extra={"../../escape/data.json": b'{"k": 1}'}
+    )
     assert load_policy(bundle).data["escape"] == {"k": 1}
 
 
 def test_data_documents_that_do_not_clash_merge(tmp_path: Path) -> None:
-    merged = make_bundle(tmp_path / "m.tar.gz", manifest={"revision": "r"},
-                         extra={"/teams/extra/data.yaml": b"k: 2", "/teams/data.yaml": b"extra: {j: 3}"})
+    merged = make_bundle(
+        tmp_path / "m.tar.gz",
+        manifest={"revision": "r"},
+        extra={"/teams/extra/data.yaml": b"k: 2", "/teams/data.yaml": b"extra: {j: 3}"},
+    )
     assert load_policy(merged).data["teams"]["extra"] == {"k": 2, "j": 3}  # documents that do not clash merge
     assert not (tmp_path.parent.parent / "escape").exists()
 

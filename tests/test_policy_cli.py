@@ -29,8 +29,9 @@ CONFIG = REPO / "gateway.toml"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -53,8 +54,11 @@ def test_policy_test_passes_the_shipped_policies() -> None:
 def test_policy_test_shows_a_diff_and_fails(tmp_path: Path) -> None:
     policy = _copy(tmp_path)
     platform = policy / "teams" / "platform.rego"
-    platform.write_text(platform.read_text().replace('"UTC", ', "").replace(
-        "destructive tools need the admin role", "destructive tools need an admin"))
+    platform.write_text(
+        platform.read_text()
+        .replace('"UTC", ', "")
+        .replace("destructive tools need the admin role", "destructive tools need an admin")
+    )
     proc = cli("policy", "test", str(policy), "-q")
     assert proc.returncode == 1
     out = proc.stdout
@@ -100,8 +104,18 @@ def test_policy_test_against_an_opa_server() -> None:
 
 
 def test_policy_eval_prints_decision_reasons_and_time() -> None:
-    proc = cli("policy", "eval", "--config", str(CONFIG), "--agent", "ci-bot", "--tool", "time__convert_time",
-               "--args", '{"source_timezone": "Mars/Olympus", "time": "10:00", "target_timezone": "UTC"}')
+    proc = cli(
+        "policy",
+        "eval",
+        "--config",
+        str(CONFIG),
+        "--agent",
+        "ci-bot",
+        "--tool",
+        "time__convert_time",
+        "--args",
+        '{"source_timezone": "Mars/Olympus", "time": "10:00", "target_timezone": "UTC"}',
+    )
     assert proc.returncode == 1, proc.stderr
     assert "decision:    deny" in proc.stdout
     assert "  - timezone Mars/Olympus is not in the team's list" in proc.stdout
@@ -110,8 +124,17 @@ def test_policy_eval_prints_decision_reasons_and_time() -> None:
 
 
 def test_policy_eval_allowed_call_shows_the_containment() -> None:
-    proc = cli("policy", "eval", "--agent", "research-agent", "--tool", "files__read_file",
-               "--args", '{"path": "papers/a.pdf"}', "--json")
+    proc = cli(
+        "policy",
+        "eval",
+        "--agent",
+        "research-agent",
+        "--tool",
+        "files__read_file",
+        "--args",
+        '{"path": "papers/a.pdf"}',
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["allow"] is True and doc["result"]["containment"] == {"read_only": True, "network": "none"}
@@ -121,8 +144,9 @@ def test_policy_eval_allowed_call_shows_the_containment() -> None:
 
 def test_policy_eval_from_an_input_file(tmp_path: Path) -> None:
     inp = tmp_path / "input.yaml"
-    inp.write_text("agent: {id: x, team: platform, roles: [ci]}\nserver: sh\ntool: run\n"
-                   "arguments: {command: rm -rf /}\n")
+    inp.write_text(
+        "agent: {id: x, team: platform, roles: [ci]}\nserver: sh\ntool: run\narguments: {command: rm -rf /}\n"
+    )
     proc = cli("policy", "eval", "--input", str(inp))
     assert proc.returncode == 1
     assert "command rm is not in the allow-list of your roles" in proc.stdout
@@ -158,10 +182,31 @@ def test_policy_eval_input_file_that_is_not_text(tmp_path: Path) -> None:
 def test_audit_replay_reads_records_not_shaped_as_the_gateway_writes_them(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     inp = {"agent": {"id": "x", "team": "nobody"}, "action": "tools/call"}
-    audit.write_bytes(b"\n".join(orjson.dumps(r) for r in [
-        {"type": "decision", "input": inp, "result": {}, "allow": True, "reasons": 5, "bundles": "x", "masked": 3},
-        {"type": "decision", "input": inp, "result": [1], "allow": "yes", "reasons": [1], "bundles": {"gateway": 2}},
-    ]) + b"\nnot json\n")
+    audit.write_bytes(
+        b"\n".join(
+            orjson.dumps(r)
+            for r in [
+                {
+                    "type": "decision",
+                    "input": inp,
+                    "result": {},
+                    "allow": True,
+                    "reasons": 5,
+                    "bundles": "x",
+                    "masked": 3,
+                },
+                {
+                    "type": "decision",
+                    "input": inp,
+                    "result": [1],
+                    "allow": "yes",
+                    "reasons": [1],
+                    "bundles": {"gateway": 2},
+                },
+            ]
+        )
+        + b"\nnot json\n"
+    )
     proc = cli("audit", "replay", str(audit), "--as-given", "--config", str(CONFIG))
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 1 and proc.stdout.count("DIFFERS  ") == 2, proc.stdout

@@ -60,8 +60,10 @@ def test_the_gateway_decides_each_shape_as_expected(name: str, value: Any, expec
         assert reasons[0].startswith("arguments exceed what the policy can see: ")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("opa_bindings") is None,
-                    reason="opa-golib-python-bindings (OPA's Go evaluator) is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("opa_bindings") is None,
+    reason="opa-golib-python-bindings (OPA's Go evaluator) is not installed",
+)
 def test_the_embedded_engine_agrees_with_opa_or_the_gateway_refuses() -> None:
     from opa_bindings import OpaEngine
 
@@ -90,17 +92,27 @@ def test_a_rule_that_matches_a_control_character_denies_it_on_every_reading() ->
     rules = {
         "regex class": 'regex.match("[\\u0001-\\u001f\\u007f]", x)',
         "regex whitespace": 'regex.match("\\\\s", x)',
-        "contains escape": 'contains(x, c)',
+        "contains escape": "contains(x, c)",
         "equals": 'x == concat("", ["a", c, "b"])',
     }
     for label, rule in rules.items():
-        policy = CompiledPolicy(PolicySource({"p.rego": (
-            "package gateway\nimport rego.v1\n"
-            "default hit := false\n"
-            f"hit if {{ c := input.arguments.c; x := input.arguments.v; {rule} }}\n"
-            f"hit if {{ c := input.arguments.c; some x, _ in input.arguments.o; {rule} }}\n"
-            'decision := {"allow": hit == false, "reasons": []}\n'
-        )}, {}, "r", Path("r")), "gateway/decision")
+        policy = CompiledPolicy(
+            PolicySource(
+                {
+                    "p.rego": (
+                        "package gateway\nimport rego.v1\n"
+                        "default hit := false\n"
+                        f"hit if {{ c := input.arguments.c; x := input.arguments.v; {rule} }}\n"
+                        f"hit if {{ c := input.arguments.c; some x, _ in input.arguments.o; {rule} }}\n"
+                        'decision := {"allow": hit == false, "reasons": []}\n'
+                    )
+                },
+                {},
+                "r",
+                Path("r"),
+            ),
+            "gateway/decision",
+        )
         for code in [*range(1, 0x20), 0x7F]:
             ch = chr(code)
             if label == "regex whitespace" and ch not in "\t\n\x0b\x0c\r":
@@ -133,8 +145,9 @@ anyio.run(main)
 
 def test_a_regex_over_the_longest_string_allowed_does_not_crash_the_engine(tmp_path: Path) -> None:
     """std::regex recurses per character: the 8 MB default thread stack crashed the process (SIGSEGV) here."""
-    out = subprocess.run([sys.executable, "-c", _DEEP_REGEX, str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _DEEP_REGEX, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
     assert Limits().max_string <= 65536  # what this test covers
@@ -174,5 +187,8 @@ def test_a_resource_uri_is_bounded_as_arguments_are() -> None:
         req = Request(agent=_REQ.agent, action="resources/read", view=None, uri=uri)
         inp = _DECIDER.build_input(req, "rec")
         got = anyio.run(_DECIDER.decide, inp) if refused else None
-        assert (got is not None and not got.allow and got.reasons[0].startswith(
-            "arguments exceed what the policy can see: resource ")) == refused, (uri[:20], got)
+        assert (
+            got is not None
+            and not got.allow
+            and got.reasons[0].startswith("arguments exceed what the policy can see: resource ")
+        ) == refused, (uri[:20], got)

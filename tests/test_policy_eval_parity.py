@@ -91,9 +91,26 @@ def gateway() -> Iterator[RunningGateway]:
 
 def _eval(config: Path, agent: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "eval", "--config", str(config), "--agent", agent,
-         "--tool", tool, "--args", json.dumps(args), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "policy",
+            "eval",
+            "--config",
+            str(config),
+            "--agent",
+            agent,
+            "--tool",
+            tool,
+            "--args",
+            json.dumps(args),
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode in (0, 1), proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
@@ -146,8 +163,23 @@ def test_eval_takes_annotations_from_the_upstreams_declaration(gateway: RunningG
 
 def test_eval_refuses_a_tool_its_upstream_does_not_offer(gateway: RunningGateway) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "eval", "--config", str(gateway.config), "--agent", "ci-bot",
-         "--tool", "sh__nope"], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "policy",
+            "eval",
+            "--config",
+            str(gateway.config),
+            "--agent",
+            "ci-bot",
+            "--tool",
+            "sh__nope",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "offers no tool 'nope'" in proc.stderr

@@ -21,7 +21,7 @@ def _shape(body: str) -> object:
 @pytest.mark.parametrize(
     ("body", "shape"),
     [
-        ("x if input.agent.team == \"a\"", {"agent": frozenset({"team"})}),
+        ('x if input.agent.team == "a"', {"agent": frozenset({"team"})}),
         ("x if { input.agent.team; input.agent.roles[_] }", {"agent": frozenset({"team", "roles"})}),
         ("x if input.agent.claims.groups[0]", {"agent": frozenset({"claims"})}),
         ("x if input.arguments[k]", {"arguments": None}),
@@ -32,8 +32,10 @@ def _shape(body: str) -> object:
         ("import input.agent as a\n\nx if a.id", {"agent": None}),
         ("x := data.input.y", {}),
         ("my_input := 1", {}),
-        ('x := $"on {input.server}: {concat(",", [input.agent.id, "}"])}"',
-         {"server": None, "agent": frozenset({"id"})}),
+        (
+            'x := $"on {input.server}: {concat(",", [input.agent.id, "}"])}"',
+            {"server": None, "agent": frozenset({"id"})},
+        ),
         ("x := $`{input.tool}`", {"tool": None}),
         ('x := $"{ {"k": input.prompt}["k"] }"', {"prompt": None}),
         ('x := $"not code: \\{input.tool}"', {}),
@@ -45,8 +47,14 @@ def test_the_shape_keeps_every_field_the_policy_reads(body: str, shape: object) 
 
 @pytest.mark.parametrize(
     "body",
-    ["x := input", 'x := object.get(input, "agent", {})', 'x := input["agent"]', "x := walk(input)",
-     "import input\n\nx := 1", "x := input[k]"],
+    [
+        "x := input",
+        'x := object.get(input, "agent", {})',
+        'x := input["agent"]',
+        "x := walk(input)",
+        "import input\n\nx := 1",
+        "x := input[k]",
+    ],
 )
 def test_any_other_use_of_input_keeps_all_of_it(body: str) -> None:
     assert _shape(body) is None
@@ -68,8 +76,9 @@ def test_pruning_changes_no_decision(policy: str) -> None:
     pruned = [compiled.decide(ev, c.input) for c in cases]
     compiled.input_shape = None
     whole = [compiled.decide(ev, c.input) for c in cases]
-    assert [(d.allow, d.reasons, d.result, d.error) for d in pruned] == \
-        [(d.allow, d.reasons, d.result, d.error) for d in whole]
+    assert [(d.allow, d.reasons, d.result, d.error) for d in pruned] == [
+        (d.allow, d.reasons, d.result, d.error) for d in whole
+    ]
 
 
 def test_pruning_changes_no_decision_of_a_policy_with_template_strings(tmp_path: Path) -> None:

@@ -38,8 +38,12 @@ STANDIN = REPO / "conformance" / "policy" / "opa_standin.py"
 SHIPPED = REPO / "rego"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 CI_CALL = complete_input(
-    {"agent": {"id": "ci-bot", "team": "platform", "roles": ["ci"]}, "server": "echo", "tool": "echo",
-     "arguments": {"text": "hi"}}
+    {
+        "agent": {"id": "ci-bot", "team": "platform", "roles": ["ci"]},
+        "server": "echo",
+        "tool": "echo",
+        "arguments": {"text": "hi"},
+    }
 )
 
 
@@ -68,8 +72,11 @@ class Standin:
 
 def start_standin(*extra: str, policy: Path = SHIPPED) -> Standin:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "--policy", str(policy), "--port", str(port), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(STANDIN), "--policy", str(policy), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -205,8 +212,18 @@ async def test_bearer_token_from_the_environment(monkeypatch: pytest.MonkeyPatch
         s.stop()
 
 
-@pytest.mark.parametrize("url", ["ftp://opa:8181", "http://opa:8181/v1/data", "opa:8181", "http://:8181",
-                                 "http://opa:port", "http://opa:99999", "http://ops:s3cret@opa:8181"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://opa:8181",
+        "http://opa:8181/v1/data",
+        "opa:8181",
+        "http://:8181",
+        "http://opa:port",
+        "http://opa:99999",
+        "http://ops:s3cret@opa:8181",
+    ],
+)
 async def test_a_bad_opa_url_is_refused(url: str) -> None:
     with pytest.raises(PolicyError, match=r"policy\.opa_url") as err:
         engine(url)
@@ -267,8 +284,10 @@ async def _opa_decisions(url: str) -> list[tuple[bool, tuple[str, ...]]]:
     return [(r.decision.allow, r.decision.reasons) for r in results]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("opa_bindings") is None,
-                    reason="opa-golib-python-bindings (OPA's Go evaluator) is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("opa_bindings") is None,
+    reason="opa-golib-python-bindings (OPA's Go evaluator) is not installed",
+)
 async def test_parity_with_opas_own_evaluator_behind_the_data_api() -> None:
     s = start_standin("--backend", "opa-go")
     try:
@@ -289,9 +308,21 @@ def _real_opa() -> Iterator[str]:
         pytest.skip("no real OPA here: set OPA_URL to a test OPA server, or put the opa binary on PATH")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--bundle", str(SHIPPED),
-         "--ignore", "*_test.yaml", "--ignore", "*_test.json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "run",
+            "--server",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--bundle",
+            str(SHIPPED),
+            "--ignore",
+            "*_test.yaml",
+            "--ignore",
+            "*_test.json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 20

@@ -70,8 +70,14 @@ def _run_console(block: Block, cwd: Path) -> None:
     for command, shown in commands:
         argv = shlex.split(command)
         assert argv[0] == "mcp-gateway", command
-        proc = subprocess.run([sys.executable, "-m", "gateway", *argv[1:]], cwd=cwd, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", *argv[1:]],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         printed = [ln.rstrip() for ln in proc.stdout.splitlines()]
         assert proc.returncode == 0, f"{command}:\n{proc.stdout}\n{proc.stderr}"
         for want in shown:
@@ -88,7 +94,10 @@ def _revision_live(gw: RunningGateway) -> str:
 async def test_adding_a_team_as_docs_policy_md_says() -> None:
     blocks = recipe()
     assert [b.title for b in blocks if b.title] == [
-        "rego/teams/qa.rego", "rego/teams/qa/data.json", "rego/teams/qa_test.yaml", "gateway.toml"
+        "rego/teams/qa.rego",
+        "rego/teams/qa/data.json",
+        "rego/teams/qa_test.yaml",
+        "gateway.toml",
     ], "the recipe's steps changed: update this test's expectations with the page"
 
     work = Path(tempfile.mkdtemp(prefix="gw-recipe-", dir="/tmp"))

@@ -98,8 +98,10 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
         # A syntax error: refused, logged with file and line, the second revision keeps serving.
         good = (policy / "teams" / "platform.rego").read_text()
         (policy / "teams" / "platform.rego").write_text(good + "\ndeny contains msg if {\n")
-        _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 1,
-              "the compile error to be counted")
+        _wait(
+            lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 1,
+            "the compile error to be counted",
+        )
         assert _revision(gw) == second
         assert NEW_REASON in await _denial(gw)
         assert "policy reload (files changed) refused, revision " + second in gw.log.read_text()
@@ -109,22 +111,28 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
         (policy / "teams" / "platform.rego").write_text(
             good + '\ndeny contains "internal network" if net.cidr_contains("10.0.0.0/8", input.request.remote_addr)\n'
         )
-        _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 2,
-              "the lint error to be counted")
+        _wait(
+            lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 2,
+            "the lint error to be counted",
+        )
         assert "net.cidr_contains is not a built-in the embedded engine supports" in gw.log.read_text()
 
         # A policy rego-cpp would abort the process on: refused; the gateway is still there.
         (policy / "teams" / "platform.rego").write_text(good + "\nf(a) := 1 if a\n\nf(a, b) := 2 if a\n")
-        _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 3,
-              "the arity error to be counted")
+        _wait(
+            lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="compile_error"\}') >= 3,
+            "the arity error to be counted",
+        )
         assert gw.proc.poll() is None and _revision(gw) == second
 
         # A rule change its tables contradict: compiles, fails its tests, refused.
         broken = good.replace("destructiveHint == true\n\tnot is_admin", "destructiveHint == true", 1)
         assert broken != good
         (policy / "teams" / "platform.rego").write_text(broken)
-        _wait(lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="test_failure"\}') >= 1,
-              "the test failure to be counted")
+        _wait(
+            lambda: _metric(gw, r'mcp_gateway_policy_reloads_total\{result="test_failure"\}') >= 1,
+            "the test failure to be counted",
+        )
         assert _revision(gw) == second
         assert "FAIL " in gw.log.read_text() and "admin may run destructive tools" in gw.log.read_text()
         async with mcp_client(gw.url, KEYS["admin"][2]) as c:
@@ -138,8 +146,11 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
         assert NEW_REASON + "!" in await _denial(gw)
     finally:
         gw.stop()
-    revisions = [r["bundles"]["gateway"]["revision"] for r in gw.audit_records()
-                 if r["type"] == "decision" and r["action"] == "tools/call"]
+    revisions = [
+        r["bundles"]["gateway"]["revision"]
+        for r in gw.audit_records()
+        if r["type"] == "decision" and r["action"] == "tools/call"
+    ]
     assert revisions[0] == first and second in revisions and revisions[-1] not in (first, second)
 
 

@@ -221,8 +221,14 @@ def test_a_team_may_leave_out_deny_containment_and_decision(tmp_path: Path) -> N
     ev = new_evaluator()
 
     def decide(team: str, server: str, action: str = "tools/call", **extra: object) -> tuple[bool, list[str], dict]:
-        inp = {**INPUT_SKELETON, "agent": {**INPUT_SKELETON["agent"], "id": "a", "team": team}, "action": action,
-               "server": server, "tool": "get_current_time", **extra}
+        inp = {
+            **INPUT_SKELETON,
+            "agent": {**INPUT_SKELETON["agent"], "id": "a", "team": team},
+            "action": action,
+            "server": server,
+            "tool": "get_current_time",
+            **extra,
+        }
         d = compiled.decide(ev, inp)
         assert d.error is None, d.error
         return d.allow, sorted(d.reasons), d.result
@@ -232,7 +238,9 @@ def test_a_team_may_leave_out_deny_containment_and_decision(tmp_path: Path) -> N
     assert decide("minimal", "time", "tools/list")[:2] == (True, [])
     assert decide("minimal", "time", "logging/setLevel")[:2] == (False, ["no rule allows this request"])
     assert decide("minimal", "time", agent={"id": "compromised-bot", "team": "minimal", "roles": []})[:2] == (
-        False, ["agent compromised-bot is suspended"])
+        False,
+        ["agent compromised-bot is suspended"],
+    )
     allow, reasons, result = decide("custom", "time")
     assert allow and reasons == ["custom"] and result["note"] == "own decision"
     assert decide("nosuchteam", "time")[:2] == (False, ["no policy for this agent's team"])

@@ -49,8 +49,12 @@ def parse(resp: httpx2.Response) -> dict[str, Any]:
 
 def recorder_gateway(workdir: Path, server_extra: str) -> RunningGateway:
     port = free_port()
-    config = default_config(port, workdir, stdio_upstream(
-        "rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'), policy=allow_all_policy(workdir))
+    config = default_config(
+        port,
+        workdir,
+        stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'),
+        policy=allow_all_policy(workdir),
+    )
     config = config.replace(f'listen = "127.0.0.1:{port}"\n', f'listen = "127.0.0.1:{port}"\n{server_extra}')
     return start_gateway(workdir, config, port)
 
@@ -70,8 +74,11 @@ def short_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 
 
 def open_session(gw: RunningGateway, agent: str = "ci-bot") -> str:
-    init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "raw", "version": "1"}})
+    init = rpc(
+        1,
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    )
     resp = httpx2.post(gw.url, content=init, headers=headers(agent))
     assert resp.status_code == 200, resp.text
     sid = resp.headers["mcp-session-id"]
@@ -91,8 +98,11 @@ def fds(gw: RunningGateway) -> int:
 
 
 def still_serving(gw: RunningGateway, sid: str) -> None:
-    resp = httpx2.post(gw.url, content=rpc(99, "tools/call", {"name": "rec__echo", "arguments": {"text": "alive"}}),
-                       headers=headers(sid=sid))
+    resp = httpx2.post(
+        gw.url,
+        content=rpc(99, "tools/call", {"name": "rec__echo", "arguments": {"text": "alive"}}),
+        headers=headers(sid=sid),
+    )
     assert parse(resp).get("result", {}).get("content", [{}])[0].get("text") == "alive", resp.text
 
 
@@ -102,19 +112,30 @@ BAD_BODIES: dict[str, tuple[bytes, int]] = {
     "a JSON array of numbers": (b"[1, 2, 3]", -32602),
     "a bare string": (b'"tools/call"', -32602),
     "an empty batch": (b"[]", -32602),
-    "no jsonrpc member": (json.dumps({"id": 3, "method": "tools/call", "params": {"name": "rec__echo"}}).encode(),
-                          -32602),
-    "params is a list": (json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": [1]}).encode(),
-                         -32602),
+    "no jsonrpc member": (
+        json.dumps({"id": 3, "method": "tools/call", "params": {"name": "rec__echo"}}).encode(),
+        -32602,
+    ),
+    "params is a list": (
+        json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": [1]}).encode(),
+        -32602,
+    ),
     "tool name is a number": (rpc(5, "tools/call", {"name": 5}), -32602),
     "arguments is a string": (rpc(6, "tools/call", {"name": "rec__echo", "arguments": "text"}), -32602),
     "unknown method": (rpc(7, "tools/explode", {"name": "rec__echo"}), -32601),
-    "nesting 20000 deep": (b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"rec__echo",'
-                            b'"arguments":{"a":' + b"[" * 20000 + b"]" * 20000 + b"}}}", -32700),
-    "invalid UTF-8": (b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"rec__echo",'
-                      b'"arguments":{"text":"\xff\xfe"}}}', -32700),
-    "a lone surrogate escape": (b'{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"rec__echo",'
-                                b'"arguments":{"text":"\\ud800"}}}', -32700),
+    "nesting 20000 deep": (
+        b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"rec__echo",'
+        b'"arguments":{"a":' + b"[" * 20000 + b"]" * 20000 + b"}}}",
+        -32700,
+    ),
+    "invalid UTF-8": (
+        b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"rec__echo","arguments":{"text":"\xff\xfe"}}}',
+        -32700,
+    ),
+    "a lone surrogate escape": (
+        b'{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"rec__echo","arguments":{"text":"\\ud800"}}}',
+        -32700,
+    ),
 }
 
 
@@ -136,8 +157,9 @@ def test_invalid_ids_are_never_executed(gateway: RunningGateway, rid: Any) -> No
     """An id the protocol does not allow: refused, or treated as a notification; never forwarded as a call."""
     sid = open_session(gateway)
     before = len(upstream_calls(gateway))
-    resp = httpx2.post(gateway.url, content=rpc(rid, "tools/call", {"name": "rec__echo", "arguments": {}}),
-                       headers=headers(sid=sid))
+    resp = httpx2.post(
+        gateway.url, content=rpc(rid, "tools/call", {"name": "rec__echo", "arguments": {}}), headers=headers(sid=sid)
+    )
     assert resp.status_code in (202, 400), resp.text
     if resp.status_code == 400:
         assert parse(resp)["error"]["code"] < 0
@@ -148,8 +170,11 @@ def test_invalid_ids_are_never_executed(gateway: RunningGateway, rid: Any) -> No
 @pytest.mark.parametrize("rid", [10**400, "i" * 50_000, -(2**63)], ids=["int 10^400", "string 50k", "min int64"])
 def test_huge_ids_are_echoed_exactly(gateway: RunningGateway, rid: Any) -> None:
     sid = open_session(gateway)
-    resp = httpx2.post(gateway.url, content=rpc(rid, "tools/call", {"name": "rec__echo", "arguments": {"text": "i"}}),
-                       headers=headers(sid=sid))
+    resp = httpx2.post(
+        gateway.url,
+        content=rpc(rid, "tools/call", {"name": "rec__echo", "arguments": {"text": "i"}}),
+        headers=headers(sid=sid),
+    )
     message = parse(resp)
     assert message["id"] == rid and message["result"]["content"][0]["text"] == "i"
 
@@ -199,21 +224,27 @@ def test_expired_session_ids(short_sessions: RunningGateway) -> None:
 
 def test_a_call_longer_than_the_idle_timeout_keeps_its_session(short_sessions: RunningGateway) -> None:
     sid = open_session(short_sessions)
-    resp = httpx2.post(short_sessions.url, content=rpc(14, "tools/call", {"name": "rec__sleep",
-                       "arguments": {"seconds": 3}}), headers=headers(sid=sid), timeout=30)
+    resp = httpx2.post(
+        short_sessions.url,
+        content=rpc(14, "tools/call", {"name": "rec__sleep", "arguments": {"seconds": 3}}),
+        headers=headers(sid=sid),
+        timeout=30,
+    )
     assert parse(resp)["result"]["content"][0]["text"] == "sleep"
     still_serving(short_sessions, sid)
 
 
 def test_host_and_origin_are_checked(gateway: RunningGateway) -> None:
-    init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "raw", "version": "1"}})
+    init = rpc(
+        1,
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    )
     evil = httpx2.post(gateway.url, content=init, headers={**headers(), "Host": "evil.example.com"})
     assert evil.status_code == 421
     origin = httpx2.post(gateway.url, content=init, headers={**headers(), "Origin": "http://evil.example.com"})
     assert origin.status_code == 403
-    good = httpx2.post(gateway.url, content=init,
-                       headers={**headers(), "Origin": f"http://127.0.0.1:{gateway.port}"})
+    good = httpx2.post(gateway.url, content=init, headers={**headers(), "Origin": f"http://127.0.0.1:{gateway.port}"})
     assert good.status_code == 200
 
 
@@ -222,9 +253,11 @@ def test_slow_and_abandoned_clients_do_not_stop_the_gateway(gateway: RunningGate
     still_serving(gateway, sid)
     baseline = fds(gateway)
     body = rpc(13, "tools/call", {"name": "rec__sleep", "arguments": {"seconds": 2}})
-    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nAuthorization: Bearer {KEYS['ci-bot'][2]}\r\n"
-            f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
-            f"Mcp-Session-Id: {sid}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nAuthorization: Bearer {KEYS['ci-bot'][2]}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        f"Mcp-Session-Id: {sid}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     slow, abandoned, mid_call = (socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(3))
     try:
         slow.sendall(head + body[:10])  # a client that trickles its body...

@@ -36,8 +36,10 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     workdir = tmp_path_factory.mktemp("malformed")
     http_port, port = free_port(), free_port()
-    remote = subprocess.Popen([*RECORDER, "--http", str(http_port)],
-                              env={"RECORD_FILE": str(workdir / "remote.jsonl"), "PATH": "/usr/bin:/bin"})
+    remote = subprocess.Popen(
+        [*RECORDER, "--http", str(http_port)],
+        env={"RECORD_FILE": str(workdir / "remote.jsonl"), "PATH": "/usr/bin:/bin"},
+    )
     try:
         wait_port(http_port)
         upstreams = (

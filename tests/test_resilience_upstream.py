@@ -70,8 +70,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     upstreams = (
         stdio_upstream("echo", ECHO)
         # per-tool timeout on one upstream, per-upstream timeout on the other
-        + stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'
-                         "timeout_s = 30\ntool_timeouts_s = { hang = 1.0 }\n")
+        + stdio_upstream(
+            "rec",
+            RECORDER,
+            f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n'
+            "timeout_s = 30\ntool_timeouts_s = { hang = 1.0 }\n",
+        )
         + stdio_upstream("rec2", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec2.jsonl"}" }}\ntimeout_s = 1.0\n')
         # default timeouts (60 s): whatever cancels a call here, it is not the gateway's timeout
         + stdio_upstream("rec3", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec3.jsonl"}" }}\n')
@@ -99,7 +103,9 @@ async def test_upstream_killed_mid_call_is_named_audited_restarted(gateway: Runn
         assert failure, "the call should fail when its upstream dies"
         message = str(failure[0])
         assert "upstream 'echo'" in message and "decision id" in message
-        wait_for(lambda: httpx2.get(gateway.admin_base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to restart")
+        wait_for(
+            lambda: httpx2.get(gateway.admin_base + "/readyz").json()["upstreams"]["echo"]["up"], "echo to restart"
+        )
         again = await c.call_tool("echo__echo", {"text": "back"})
         assert again.content[0].text == "back"  # type: ignore[union-attr]
         assert int((await c.call_tool("echo__pid", {})).content[0].text) != pid  # type: ignore[union-attr]
@@ -140,8 +146,10 @@ async def test_hanging_upstream_times_out_per_upstream(gateway: RunningGateway) 
         assert "upstream 'rec2'" in str(err.value) and "within 1 s" in str(err.value)
     # the recorder reads its input again once its 3 s sleep is over: then the cancellation is on record
     log = gateway.workdir / "rec2.jsonl"
-    wait_for(lambda: any(m.get("method") == "notifications/cancelled" for m in recorded(log)),
-             "the upstream to receive notifications/cancelled")
+    wait_for(
+        lambda: any(m.get("method") == "notifications/cancelled" for m in recorded(log)),
+        "the upstream to receive notifications/cancelled",
+    )
 
 
 async def test_agent_cancellation_reaches_the_upstream(gateway: RunningGateway) -> None:
@@ -209,7 +217,9 @@ def test_http_upstream_unreachable_at_start_then_recovers(tmp_path: Path) -> Non
         assert "echo__echo" in names and not any(n.startswith("remote__") for n in names)
 
         remote = subprocess.Popen([*ECHO, "--transport", "http", "--port", str(up_port)], stderr=subprocess.DEVNULL)
-        wait_for(lambda: httpx2.get(gw.admin_base + "/readyz").status_code == 200, "the remote upstream to be reachable")
+        wait_for(
+            lambda: httpx2.get(gw.admin_base + "/readyz").status_code == 200, "the remote upstream to be reachable"
+        )
 
         async def call_remote() -> str:
             async with mcp_client(gw.url, KEY) as c:

@@ -17,8 +17,9 @@ from tests.conftest import REPO
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_every_security_attempt_holds() -> None:
-    r = subprocess.run([str(REPO / "conformance" / "run"), "security"], cwd=REPO, capture_output=True, text=True,
-                       timeout=1450)
+    r = subprocess.run(
+        [str(REPO / "conformance" / "run"), "security"], cwd=REPO, capture_output=True, text=True, timeout=1450
+    )
     lines = r.stdout.strip().splitlines()
     assert lines, r.stderr[-3000:]
     m = re.fullmatch(r"(\d+) passed, (\d+) failed", lines[-1])

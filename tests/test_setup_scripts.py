@@ -29,8 +29,9 @@ def copy_script(root: Path, name: str) -> Path:
 
 def run(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300,
-                          env={**base, **(env or {})})
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, timeout=300, env={**base, **(env or {})}
+    )
 
 
 def test_the_environment_is_made_from_debians_python_and_reused(tmp_path: Path) -> None:
@@ -45,8 +46,12 @@ def test_the_environment_is_made_from_debians_python_and_reused(tmp_path: Path) 
     assert r.stdout.strip().splitlines()[-1] == str(venv / "bin" / "python")
     cfg = (venv / "pyvenv.cfg").read_text()
     assert "home = /usr/bin" in cfg.splitlines(), cfg
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix, sys.base_prefix)"],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix, sys.base_prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.split() == [str(venv), "/usr"]
     assert (venv / "bin" / "pip").exists()  # made with pip: the install goes into it, not the system
 

@@ -53,7 +53,9 @@ def gw() -> Iterator[RunningGateway]:
     os.chmod(work, 0o711)
     port = free_port()
     node = shutil.which("node")
-    upstreams = stdio_upstream("echo", ECHO) + f"""
+    upstreams = (
+        stdio_upstream("echo", ECHO)
+        + f"""
 [[upstreams]]
 name = "sh"
 transport = "builtin"
@@ -98,7 +100,12 @@ start_timeout_s = 2
 
 {stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"], "start_timeout_s = 3")}
 """
-    text = default_config(port, work, upstreams, extra=f"""
+    )
+    text = default_config(
+        port,
+        work,
+        upstreams,
+        extra=f"""
 [containment]
 workspace_root = "{work}/workspaces"
 uid_base = 350000
@@ -111,7 +118,9 @@ read_write = ["{{workspace}}"]
 env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
 memory_mb = 256
 pids = 64
-""", policy=REPO / "tests" / "containment_policy")
+""",
+        policy=REPO / "tests" / "containment_policy",
+    )
     # serving starts within the longest start timeout (10 s); the machine may be slow to start the process
     g = start_gateway(work, text, port, ready_timeout=120, wait_ready=False)
     yield g
@@ -153,8 +162,14 @@ async def serves(gw: RunningGateway) -> None:
 
 
 async def test_the_gateway_serves_and_names_what_is_down(gw: RunningGateway) -> None:
-    detail = wait_for(gw, "every failing upstream reported", lambda code, d: code == 503 and all(
-        d["upstreams"][n]["error"] not in (None, "not started", "not connected yet") for n in DOWN))
+    detail = wait_for(
+        gw,
+        "every failing upstream reported",
+        lambda code, d: (
+            code == 503
+            and all(d["upstreams"][n]["error"] not in (None, "not started", "not connected yet") for n in DOWN)
+        ),
+    )
     ups = detail["upstreams"]
     assert ups["echo"]["up"] and ups["sh"]["up"]
     assert not any(ups[n]["up"] for n in DOWN)
@@ -181,12 +196,16 @@ async def test_it_keeps_serving_past_the_start_timeouts_and_retries(gw: RunningG
 def bring_late_up(gw: RunningGateway) -> None:
     later = gw.workdir / "workspaces" / "_catalog" / "later"
     if not later.exists():
-        wait_for(gw, "late reported down",
-                 lambda code, d: "cannot change to" in (d["upstreams"]["late"]["error"] or ""))
+        wait_for(
+            gw, "late reported down", lambda code, d: "cannot change to" in (d["upstreams"]["late"]["error"] or "")
+        )
         later.mkdir()
         os.chmod(later, 0o755)
-    wait_for(gw, "late up after a retry", lambda code, d: d["upstreams"]["late"]["up"]
-             and d["upstreams"]["late"]["tools"] > 0)
+    wait_for(
+        gw,
+        "late up after a retry",
+        lambda code, d: d["upstreams"]["late"]["up"] and d["upstreams"]["late"]["tools"] > 0,
+    )
 
 
 async def test_an_upstream_comes_up_when_what_it_lacked_appears(gw: RunningGateway) -> None:
@@ -214,14 +233,17 @@ async def test_a_failed_first_start_does_not_hold_the_gateway_for_its_whole_time
     """A missing program, a server nobody listens for: each fails at once, and the gateway serves then, not after
     start_timeout_s (10 minutes here)."""
     port = free_port()
-    upstreams = stdio_upstream("echo", ECHO) + stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"],
-                                                              "start_timeout_s = 600") + f"""
+    upstreams = (
+        stdio_upstream("echo", ECHO)
+        + stdio_upstream("missing", ["/usr/bin/no-such-mcp-server"], "start_timeout_s = 600")
+        + f"""
 [[upstreams]]
 name = "nohttp"
 transport = "http"
 url = "http://127.0.0.1:{free_port()}/mcp"
 start_timeout_s = 600
 """
+    )
     g = start_gateway(tmp_path, default_config(port, tmp_path, upstreams), port, ready_timeout=120, wait_ready=False)
     try:
         code, detail = readiness(g)

@@ -19,15 +19,30 @@ _write = threading.Lock()
 INSTANCE = os.urandom(6).hex()
 
 TOOLS = [
-    {"name": "run", "description": "Run a command with /bin/sh -c inside this server's worker.",
-     "inputSchema": {"type": "object", "properties": {"command": {"type": "string"}, "stdin": {"type": "string"},
-                                                      "timeout_s": {"type": "number"}}, "required": ["command"]}},
-    {"name": "whoami", "description": "The worker's pid, uid, gid and working directory.",
-     "inputSchema": {"type": "object", "properties": {}}},
-    {"name": "echo", "description": "Echo the text back.",
-     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
-    {"name": "sleep", "description": "Sleep for `seconds`.",
-     "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}}}},
+    {
+        "name": "run",
+        "description": "Run a command with /bin/sh -c inside this server's worker.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"command": {"type": "string"}, "stdin": {"type": "string"}, "timeout_s": {"type": "number"}},
+            "required": ["command"],
+        },
+    },
+    {
+        "name": "whoami",
+        "description": "The worker's pid, uid, gid and working directory.",
+        "inputSchema": {"type": "object", "properties": {}},
+    },
+    {
+        "name": "echo",
+        "description": "Echo the text back.",
+        "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    },
+    {
+        "name": "sleep",
+        "description": "Sleep for `seconds`.",
+        "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}}},
+    },
 ]
 
 
@@ -47,16 +62,26 @@ def text(t, structured=None, error=False):
 
 def run(args):
     try:
-        p = subprocess.run(["/bin/sh", "-c", args["command"]], input=args.get("stdin", "").encode(),
-                           capture_output=True, timeout=args.get("timeout_s") or 600, cwd=os.getcwd())
+        p = subprocess.run(
+            ["/bin/sh", "-c", args["command"]],
+            input=args.get("stdin", "").encode(),
+            capture_output=True,
+            timeout=args.get("timeout_s") or 600,
+            cwd=os.getcwd(),
+        )
         code, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as exc:
         code, out, err = None, exc.stdout or b"", (exc.stderr or b"") + b"\n(timed out)"
     except OSError as exc:
         code, out, err = None, b"", (f"cannot run: {exc}").encode()
-    s = {"exit_code": code, "stdout": out[:MAX_OUT].decode("utf-8", "replace"),
-         "stderr": err[:MAX_OUT].decode("utf-8", "replace"), "stdout_truncated": len(out) > MAX_OUT,
-         "stderr_truncated": len(err) > MAX_OUT, "killed": None}
+    s = {
+        "exit_code": code,
+        "stdout": out[:MAX_OUT].decode("utf-8", "replace"),
+        "stderr": err[:MAX_OUT].decode("utf-8", "replace"),
+        "stdout_truncated": len(out) > MAX_OUT,
+        "stderr_truncated": len(err) > MAX_OUT,
+        "killed": None,
+    }
     body = "exit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}".format(code, s["stdout"], s["stderr"])
     return text(body, s)
 
@@ -79,9 +104,11 @@ def handle(msg):
     method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
     try:
         if method == "initialize":
-            result = {"protocolVersion": params.get("protocolVersion", PROTOCOL),
-                      "capabilities": {"tools": {"listChanged": False}},
-                      "serverInfo": {"name": "box", "version": "1.0"}}
+            result = {
+                "protocolVersion": params.get("protocolVersion", PROTOCOL),
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "box", "version": "1.0"},
+            }
         elif method == "ping":
             result = {}
         elif method == "tools/list":

@@ -153,8 +153,11 @@ class Context:
 def profile(name: str, box: bool, egress: bool, tcp: str) -> str:
     """The shell's profile, or the box server's: the same grants plus the server's own code, read-only."""
     read_only = ["/usr", "/etc/ssl"] + ([f"{REPO}/conformance/containment"] if box else [])
-    net = (f'network = "allowlist"\nallow_hosts = ["allowed.invalid:443", "localhost:{tcp}"]' if egress
-           else 'deny = ["{workspace}/.secrets"]')
+    net = (
+        f'network = "allowlist"\nallow_hosts = ["allowed.invalid:443", "localhost:{tcp}"]'
+        if egress
+        else 'deny = ["{workspace}/.secrets"]'
+    )
     limits = "\n".join(f"{k} = {v}" for k, v in LIMITS.items())
     return f"""
 [containment.profiles.{name}]
@@ -172,7 +175,10 @@ def config(port: int, work: Path, ctx: Context) -> str:
     names = ("strict", "strict-box", "egress", "egress-box")
     profiles = "".join(profile(n, "box" in n, "egress" in n, tcp) for n in names)
     box = f'command = ["/usr/bin/python3", "{REPO}/conformance/containment/box_server.py"]'
-    return default_config(port, work, f"""
+    return default_config(
+        port,
+        work,
+        f"""
 [[upstreams]]
 name = "sh"
 transport = "builtin"
@@ -196,7 +202,8 @@ name = "box-net"
 transport = "stdio"
 {box}
 containment = "egress-box"
-""", extra=f"""
+""",
+        extra=f"""
 [containment]
 workspace_root = "{work}/workspaces"
 uid_base = {UID_BASE}
@@ -204,7 +211,9 @@ uid_count = {UID_COUNT}
 idle_timeout_s = 600
 
 {profiles}
-""", policy=REPO / "tests" / "containment_policy")
+""",
+        policy=REPO / "tests" / "containment_policy",
+    )
 
 
 async def call(client: Any, tool: str, args: dict[str, Any]) -> RouteResult:
@@ -266,7 +275,7 @@ def judge(a: Attempt, res: RouteResult, ctx: Context) -> tuple[bool, str]:
         notes.append(what)
     first = next((s for s in seen if s.strip() and not s.startswith("exit code") and s not in (RAN, PROBED)), "")
     if first.startswith("The tool's worker was stopped: "):
-        first = first[len("The tool's worker was stopped: "):]
+        first = first[len("The tool's worker was stopped: ") :]
     return blocked, "; ".join([first[:90], *[n for n in notes if n]])[:160]
 
 
@@ -277,8 +286,9 @@ async def prepare(ctx: Context, work: Path) -> None:
         for tool in ("sh__run", "box__run"):
             v = ctx.values
             shared = f"/tmp/shared-{v['RAND']}"  # world-readable: only a private /tmp keeps it from the agent
-            command = (f"echo {v['OTHER_MARK']} > secret.txt; echo {v['SHARED_MARK']} > {shared}; "
-                       f"chmod 644 {shared}; id -u")
+            command = (
+                f"echo {v['OTHER_MARK']} > secret.txt; echo {v['SHARED_MARK']} > {shared}; chmod 644 {shared}; id -u"
+            )
             r = await call(c, tool, {"command": command})
             if r.exit_code != 0:
                 raise RuntimeError(f"preparing the other agent failed: {r}")
@@ -327,8 +337,11 @@ async def run_routes(ctx: Context, routes: list[str], attempts: list[Attempt]) -
                     await stop_worker(ctx, client, route, tool)
                 blocked, seen = judge(a, res, ctx)
                 rows.append(Row(a.id, a.title, route, "sandbox", blocked, seen))
-                print(f"  {a.id:16} {route:6} {'blocked' if blocked else 'NOT BLOCKED':11} "
-                      f"{time.monotonic() - t0:5.1f}s  {seen}", flush=True)
+                print(
+                    f"  {a.id:16} {route:6} {'blocked' if blocked else 'NOT BLOCKED':11} "
+                    f"{time.monotonic() - t0:5.1f}s  {seen}",
+                    flush=True,
+                )
     return rows
 
 
@@ -357,16 +370,30 @@ def main() -> int:
     rand = secrets.token_hex(4)
     ctx = Context()
     v = ctx.values
-    v.update({
-        "RAND": rand, "SSH_MARK": f"SSH-PRIVATE-{rand}", "OTHER_MARK": f"OTHER-AGENT-{rand}",
-        "SHARED_MARK": f"SHARED-TMP-{rand}", "DENY_MARK": f"DENIED-{rand}", "GW_SECRET": f"GW-SECRET-{rand}",
-        "OTHER_AGENT": OTHER, "WS_ROOT": str(work / "workspaces"), "OWN_WS": str(work / "workspaces" / AGENT),
-        "OTHER_WS": str(work / "workspaces" / OTHER), "DECOY_KEY": str(home / ".ssh" / "id_rsa"),
-        "HOST_MARK": f"/tmp/containment-escape-{rand}", "USR_MARK": f"/usr/escape-{rand}",
-        "WS_ROOT_MARK": str(work / "workspaces" / f"escape-{rand}"), "HOST_IP": host_ip(),
-        "ABSTRACT": f"mcpgw-battery-{rand}", "HOST_SOCK": str(work / "host.sock"), "GW_CMD": "gateway serve --config",
-        "MAX_FILE_BYTES": str(LIMITS["max_file_mb"] * 1024 * 1024), "OPEN_FILES": str(LIMITS["open_files"]),
-    })
+    v.update(
+        {
+            "RAND": rand,
+            "SSH_MARK": f"SSH-PRIVATE-{rand}",
+            "OTHER_MARK": f"OTHER-AGENT-{rand}",
+            "SHARED_MARK": f"SHARED-TMP-{rand}",
+            "DENY_MARK": f"DENIED-{rand}",
+            "GW_SECRET": f"GW-SECRET-{rand}",
+            "OTHER_AGENT": OTHER,
+            "WS_ROOT": str(work / "workspaces"),
+            "OWN_WS": str(work / "workspaces" / AGENT),
+            "OTHER_WS": str(work / "workspaces" / OTHER),
+            "DECOY_KEY": str(home / ".ssh" / "id_rsa"),
+            "HOST_MARK": f"/tmp/containment-escape-{rand}",
+            "USR_MARK": f"/usr/escape-{rand}",
+            "WS_ROOT_MARK": str(work / "workspaces" / f"escape-{rand}"),
+            "HOST_IP": host_ip(),
+            "ABSTRACT": f"mcpgw-battery-{rand}",
+            "HOST_SOCK": str(work / "host.sock"),
+            "GW_CMD": "gateway serve --config",
+            "MAX_FILE_BYTES": str(LIMITS["max_file_mb"] * 1024 * 1024),
+            "OPEN_FILES": str(LIMITS["open_files"]),
+        }
+    )
     (home / ".ssh" / "id_rsa").write_text(f"-----BEGIN KEY----- {v['SSH_MARK']}\n")
     os.chmod(home / ".ssh" / "id_rsa", 0o644)  # world-readable on purpose: only the sandbox may stop it
     ctx.listeners = {
@@ -378,16 +405,26 @@ def main() -> int:
         "unix": Listener("unix", v["HOST_SOCK"]),
     }
     os.chmod(v["HOST_SOCK"], 0o777)
-    v.update({"TCP": str(ctx.listeners["tcp"].port), "TCP_ANY": str(ctx.listeners["tcp_any"].port),
-              "UDP": str(ctx.listeners["udp"].port), "DNS": str(ctx.listeners["dns"].port)})
+    v.update(
+        {
+            "TCP": str(ctx.listeners["tcp"].port),
+            "TCP_ANY": str(ctx.listeners["tcp_any"].port),
+            "UDP": str(ctx.listeners["udp"].port),
+            "DNS": str(ctx.listeners["dns"].port),
+        }
+    )
     port = free_port()
     rows: list[Row] = []
     try:
-        ctx.gw = start_gateway(work, config(port, work, ctx), port,
-                               env={"HOME": str(home), "GATEWAY_TEST_SECRET": v["GW_SECRET"]})
+        ctx.gw = start_gateway(
+            work, config(port, work, ctx), port, env={"HOME": str(home), "GATEWAY_TEST_SECRET": v["GW_SECRET"]}
+        )
         v["GW_PID"] = str(ctx.gw.proc.pid)
-        print(f"containment battery: {len(attempts)} attempts x {len(routes)} routes, gateway pid {v['GW_PID']}, "
-              f"running as uid {os.geteuid()}", flush=True)
+        print(
+            f"containment battery: {len(attempts)} attempts x {len(routes)} routes, gateway pid {v['GW_PID']}, "
+            f"running as uid {os.geteuid()}",
+            flush=True,
+        )
         ready = httpx2.get(ctx.gw.admin_base + "/readyz", timeout=5).json()
         prot = ready.get("containment", {}).get("protections", {})
         print("protections: " + ", ".join(f"{k}={val}" for k, val in prot.items() if k != "notes"), flush=True)

@@ -65,8 +65,7 @@ def main() -> int:
         env["CONFORMANCE_CLIENT_SECRET"] = str(context["client_secret"])
     with tempfile.TemporaryDirectory(prefix="conformance-client-") as tmp:
         workdir = Path(tmp)
-        upstream = (f'[[upstreams]]\nname = "fixture"\ntransport = "http"\nurl = "{url}"\nstart_timeout_s = 10\n'
-                    f"{oauth}")
+        upstream = f'[[upstreams]]\nname = "fixture"\ntransport = "http"\nurl = "{url}"\nstart_timeout_s = 10\n{oauth}'
         gw, port = start_gateway(workdir, upstream, ready=False, env=env)
         try:
             anyio.run(drive, port, gw.admin_port)

@@ -51,10 +51,16 @@ TOOLS = [
     _tool("test_tool_with_logging", "Sends three log messages while it runs."),
     _tool("test_error_handling", "Always fails with isError."),
     _tool("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100."),
-    _tool("test_sampling", "Asks the client to sample an LLM.",
-          {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}),
-    _tool("test_elicitation", "Asks the user for a username and an email.",
-          {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}),
+    _tool(
+        "test_sampling",
+        "Asks the client to sample an LLM.",
+        {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]},
+    ),
+    _tool(
+        "test_elicitation",
+        "Asks the user for a username and an email.",
+        {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+    ),
     _tool("test_elicitation_sep1034_defaults", "Elicitation whose schema has defaults for every primitive type."),
     _tool("test_elicitation_sep1330_enums", "Elicitation with all five enum schema variants."),
     _tool("test_reconnection", "Closes its SSE stream mid-call (HTTP only), then answers."),
@@ -77,24 +83,48 @@ TOOLS = [
 ]
 
 RESOURCES = [
-    {"uri": "test://static-text", "name": "static-text", "description": "A static text resource.",
-     "mimeType": "text/plain"},
-    {"uri": "test://static-binary", "name": "static-binary", "description": "A static PNG image.",
-     "mimeType": "image/png"},
-    {"uri": "test://watched-resource", "name": "watched-resource", "description": "A resource to subscribe to.",
-     "mimeType": "text/plain"},
+    {
+        "uri": "test://static-text",
+        "name": "static-text",
+        "description": "A static text resource.",
+        "mimeType": "text/plain",
+    },
+    {
+        "uri": "test://static-binary",
+        "name": "static-binary",
+        "description": "A static PNG image.",
+        "mimeType": "image/png",
+    },
+    {
+        "uri": "test://watched-resource",
+        "name": "watched-resource",
+        "description": "A resource to subscribe to.",
+        "mimeType": "text/plain",
+    },
 ]
 TEMPLATES = [
-    {"uriTemplate": "test://template/{id}/data", "name": "template-data", "description": "Data for an id.",
-     "mimeType": "application/json"},
+    {
+        "uriTemplate": "test://template/{id}/data",
+        "name": "template-data",
+        "description": "Data for an id.",
+        "mimeType": "application/json",
+    },
 ]
 PROMPTS = [
     {"name": "test_simple_prompt", "description": "A prompt without arguments."},
-    {"name": "test_prompt_with_arguments", "description": "A prompt with two arguments.",
-     "arguments": [{"name": "arg1", "description": "First argument", "required": True},
-                   {"name": "arg2", "description": "Second argument", "required": True}]},
-    {"name": "test_prompt_with_embedded_resource", "description": "A prompt embedding a resource.",
-     "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": True}]},
+    {
+        "name": "test_prompt_with_arguments",
+        "description": "A prompt with two arguments.",
+        "arguments": [
+            {"name": "arg1", "description": "First argument", "required": True},
+            {"name": "arg2", "description": "Second argument", "required": True},
+        ],
+    },
+    {
+        "name": "test_prompt_with_embedded_resource",
+        "description": "A prompt embedding a resource.",
+        "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": True}],
+    },
     {"name": "test_prompt_with_image", "description": "A prompt with an image."},
 ]
 
@@ -112,19 +142,30 @@ ELICIT_1330 = {
     "type": "object",
     "properties": {
         "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
-        "titledSingle": {"type": "string", "oneOf": [
-            {"const": "value1", "title": "First Option"},
-            {"const": "value2", "title": "Second Option"},
-            {"const": "value3", "title": "Third Option"},
-        ]},
-        "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
-                       "enumNames": ["Option One", "Option Two", "Option Three"]},
+        "titledSingle": {
+            "type": "string",
+            "oneOf": [
+                {"const": "value1", "title": "First Option"},
+                {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"},
+            ],
+        },
+        "legacyEnum": {
+            "type": "string",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
         "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-        "titledMulti": {"type": "array", "items": {"anyOf": [
-            {"const": "value1", "title": "First Choice"},
-            {"const": "value2", "title": "Second Choice"},
-            {"const": "value3", "title": "Third Choice"},
-        ]}},
+        "titledMulti": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second Choice"},
+                    {"const": "value3", "title": "Third Choice"},
+                ]
+            },
+        },
     },
 }
 
@@ -171,16 +212,33 @@ async def call_tool(ctx: Any, params: Any) -> dict[str, Any]:
     if name == "test_audio_content":
         return {"content": [{"type": "audio", "data": WAV, "mimeType": "audio/wav"}]}
     if name == "test_embedded_resource":
-        return {"content": [{"type": "resource", "resource": {
-            "uri": "test://embedded-resource", "mimeType": "text/plain",
-            "text": "This is an embedded resource content."}}]}
+        return {
+            "content": [
+                {
+                    "type": "resource",
+                    "resource": {
+                        "uri": "test://embedded-resource",
+                        "mimeType": "text/plain",
+                        "text": "This is an embedded resource content.",
+                    },
+                }
+            ]
+        }
     if name == "test_multiple_content_types":
-        return {"content": [
-            {"type": "text", "text": "Multiple content types test:"},
-            {"type": "image", "data": PNG, "mimeType": "image/png"},
-            {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
-                                              "text": json.dumps({"test": "data", "value": 123})}},
-        ]}
+        return {
+            "content": [
+                {"type": "text", "text": "Multiple content types test:"},
+                {"type": "image", "data": PNG, "mimeType": "image/png"},
+                {
+                    "type": "resource",
+                    "resource": {
+                        "uri": "test://mixed-content-resource",
+                        "mimeType": "application/json",
+                        "text": json.dumps({"test": "data", "value": 123}),
+                    },
+                },
+            ]
+        }
     if name == "test_tool_with_logging":
         await _log(ctx, "info", "Tool execution started")
         await anyio.sleep(0.05)
@@ -194,36 +252,49 @@ async def call_tool(ctx: Any, params: Any) -> dict[str, Any]:
         token = (ctx.meta or {}).get("progress_token")
         for step in (0, 50, 100):
             if token is not None:
-                await ctx.session.send_progress_notification(token, step, 100, f"{step}%",
-                                                             related_request_id=ctx.request_id)
+                await ctx.session.send_progress_notification(
+                    token, step, 100, f"{step}%", related_request_id=ctx.request_id
+                )
             if step < 100:
                 await anyio.sleep(0.05)
         return _text("Tool with progress executed successfully")
     if name == "test_sampling":
-        result = await _ask(ctx, "sampling/createMessage", {
-            "messages": [{"role": "user", "content": {"type": "text", "text": str(args.get("prompt", ""))}}],
-            "maxTokens": 100,
-        })
+        result = await _ask(
+            ctx,
+            "sampling/createMessage",
+            {
+                "messages": [{"role": "user", "content": {"type": "text", "text": str(args.get("prompt", ""))}}],
+                "maxTokens": 100,
+            },
+        )
         content = result.get("content") or {}
         text = content.get("text") if isinstance(content, dict) else json.dumps(content)
         return _text(f"LLM response: {text}")
     if name == "test_elicitation":
-        result = await _ask(ctx, "elicitation/create", {
-            "message": str(args.get("message", "")),
-            "requestedSchema": {
-                "type": "object",
-                "properties": {"username": {"type": "string", "description": "User's response"},
-                               "email": {"type": "string", "description": "User's email address"}},
-                "required": ["username", "email"],
+        result = await _ask(
+            ctx,
+            "elicitation/create",
+            {
+                "message": str(args.get("message", "")),
+                "requestedSchema": {
+                    "type": "object",
+                    "properties": {
+                        "username": {"type": "string", "description": "User's response"},
+                        "email": {"type": "string", "description": "User's email address"},
+                    },
+                    "required": ["username", "email"],
+                },
             },
-        })
+        )
         return _text(f"User response: action={result.get('action')}, content={json.dumps(result.get('content'))}")
     if name in ("test_elicitation_sep1034_defaults", "test_elicitation_sep1330_enums"):
         schema = ELICIT_1034 if name.endswith("defaults") else ELICIT_1330
-        result = await _ask(ctx, "elicitation/create", {"message": "Please review these fields",
-                                                        "requestedSchema": schema})
-        return _text(f"Elicitation completed: action={result.get('action')}, "
-                     f"content={json.dumps(result.get('content'))}")
+        result = await _ask(
+            ctx, "elicitation/create", {"message": "Please review these fields", "requestedSchema": schema}
+        )
+        return _text(
+            f"Elicitation completed: action={result.get('action')}, content={json.dumps(result.get('content'))}"
+        )
     if name == "test_reconnection":
         await anyio.sleep(0.05)
         if ctx.close_sse_stream is not None:
@@ -246,15 +317,18 @@ async def list_templates(ctx: Any, params: Any) -> dict[str, Any]:
 async def read_resource(ctx: Any, params: Any) -> dict[str, Any]:
     uri = str(params.uri)
     if uri == "test://static-text":
-        return {"contents": [{"uri": uri, "mimeType": "text/plain",
-                              "text": "This is the content of the static text resource."}]}
+        return {
+            "contents": [
+                {"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."}
+            ]
+        }
     if uri == "test://static-binary":
         return {"contents": [{"uri": uri, "mimeType": "image/png", "blob": PNG}]}
     if uri == "test://watched-resource":
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": "Watched resource content."}]}
     prefix, suffix = "test://template/", "/data"
     if uri.startswith(prefix) and uri.endswith(suffix) and len(uri) > len(prefix) + len(suffix):
-        ident = uri[len(prefix):-len(suffix)]
+        ident = uri[len(prefix) : -len(suffix)]
         body = {"id": ident, "templateTest": True, "data": f"Data for ID: {ident}"}
         return {"contents": [{"uri": uri, "mimeType": "application/json", "text": json.dumps(body)}]}
     from mcp.shared.exceptions import MCPError
@@ -280,23 +354,36 @@ async def get_prompt(ctx: Any, params: Any) -> dict[str, Any]:
     args = params.arguments or {}
     name = params.name
     if name == "test_simple_prompt":
-        return {"messages": [{"role": "user", "content": {"type": "text",
-                                                          "text": "This is a simple prompt for testing."}}]}
+        return {
+            "messages": [{"role": "user", "content": {"type": "text", "text": "This is a simple prompt for testing."}}]
+        }
     if name == "test_prompt_with_arguments":
         text = f"Prompt with arguments: arg1='{args.get('arg1')}', arg2='{args.get('arg2')}'"
         return {"messages": [{"role": "user", "content": {"type": "text", "text": text}}]}
     if name == "test_prompt_with_embedded_resource":
-        return {"messages": [
-            {"role": "user", "content": {"type": "resource", "resource": {
-                "uri": str(args.get("resourceUri", "test://example-resource")), "mimeType": "text/plain",
-                "text": "Embedded resource content for testing."}}},
-            {"role": "user", "content": {"type": "text", "text": "Please process the embedded resource above."}},
-        ]}
+        return {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": {
+                        "type": "resource",
+                        "resource": {
+                            "uri": str(args.get("resourceUri", "test://example-resource")),
+                            "mimeType": "text/plain",
+                            "text": "Embedded resource content for testing.",
+                        },
+                    },
+                },
+                {"role": "user", "content": {"type": "text", "text": "Please process the embedded resource above."}},
+            ]
+        }
     if name == "test_prompt_with_image":
-        return {"messages": [
-            {"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
-            {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}},
-        ]}
+        return {
+            "messages": [
+                {"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
+                {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}},
+            ]
+        }
     from mcp.shared.exceptions import MCPError
 
     raise MCPError(-32602, f"Unknown prompt: {name}")
@@ -318,12 +405,18 @@ def build() -> Server[Any]:
     import mcp.types as types
 
     server: Server[Any] = Server(
-        "conformance-fixture", version="1.0.0",
-        on_list_tools=list_tools, on_call_tool=call_tool,  # type: ignore[arg-type]
-        on_list_resources=list_resources, on_list_resource_templates=list_templates,  # type: ignore[arg-type]
-        on_read_resource=read_resource, on_subscribe_resource=subscribe,  # type: ignore[arg-type]
-        on_unsubscribe_resource=unsubscribe, on_list_prompts=list_prompts,  # type: ignore[arg-type]
-        on_get_prompt=get_prompt, on_completion=complete,  # type: ignore[arg-type]
+        "conformance-fixture",
+        version="1.0.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,  # type: ignore[arg-type]
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,  # type: ignore[arg-type]
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,  # type: ignore[arg-type]
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,  # type: ignore[arg-type]
+        on_get_prompt=get_prompt,
+        on_completion=complete,  # type: ignore[arg-type]
     )
     # Registered directly: the constructor keyword warns that logging is deprecated in the newest era.
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)

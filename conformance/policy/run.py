@@ -87,8 +87,9 @@ def _process(argv: list[str], port: int) -> Iterator[str]:
 @contextmanager
 def _standin(policy: Path, backend: str) -> Iterator[str]:
     port = _free_port()
-    with _process([sys.executable, str(STANDIN), "--policy", str(policy), "--port", str(port),
-                   "--backend", backend], port) as url:
+    with _process(
+        [sys.executable, str(STANDIN), "--policy", str(policy), "--port", str(port), "--backend", backend], port
+    ) as url:
         yield url
 
 
@@ -110,8 +111,24 @@ def _real_opa(policy: Path) -> Iterator[str]:
     binary = shutil.which("opa")
     assert binary is not None
     port = _free_port()
-    with _process([binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--bundle", str(policy),
-                   "--ignore", "*_test.yaml", "--ignore", "*_test.yml", "--ignore", "*_test.json"], port) as u:
+    with _process(
+        [
+            binary,
+            "run",
+            "--server",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--bundle",
+            str(policy),
+            "--ignore",
+            "*_test.yaml",
+            "--ignore",
+            "*_test.yml",
+            "--ignore",
+            "*_test.json",
+        ],
+        port,
+    ) as u:
         yield u
 
 

@@ -89,8 +89,10 @@ async def session_cap(ctx: Ctx) -> str:
     need(g, "max_sessions_per_agent")
     async with Raw(g) as raw:
         await raw.open("alice")
-        init = b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", ' \
-               b'"capabilities": {}, "clientInfo": {"name": "z", "version": "1"}}}'
+        init = (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
+            b'"capabilities": {}, "clientInfo": {"name": "z", "version": "1"}}}'
+        )
         statuses = []
         for _ in range(30):
             r = await raw.http.post(g.url, content=init, headers=headers("zero"))
@@ -137,8 +139,9 @@ async def concurrent_cap(ctx: Ctx) -> str:
     return f"alice {results.count(True)} ran, {results.count(False)} refused ({texts[-1]}); bob served"
 
 
-def slowloris(port: int, count: int, stop: threading.Event, opened: list[socket.socket], errors: list[str],
-              peak: list[int]) -> None:
+def slowloris(
+    port: int, count: int, stop: threading.Event, opened: list[socket.socket], errors: list[str], peak: list[int]
+) -> None:
     """Half-sent request heads that trickle a header line every 2 s and never finish (those the server closes
     are not reopened: the attempt is about what one burst of them does)."""
     for _ in range(count):
@@ -168,8 +171,10 @@ def fds(pid: int) -> int:
 async def slow_heads(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
-    body = (b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
-            b'"capabilities": {}, "clientInfo": {"name": "a", "version": "1"}}}')
+    body = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
+        b'"capabilities": {}, "clientInfo": {"name": "a", "version": "1"}}}'
+    )
 
     def served() -> bool:
         try:
@@ -207,8 +212,11 @@ async def slow_heads(ctx: Ctx) -> str:
     return f"served during the attack; gateway fds peaked at {peak}"
 
 
-@attempt(CLS, "zero-grant-huge-args", "a zero-grant agent's 16 calls with 18,000-key arguments do not fail another "
-         "agent's decisions")
+@attempt(
+    CLS,
+    "zero-grant-huge-args",
+    "a zero-grant agent's 16 calls with 18,000-key arguments do not fail another agent's decisions",
+)
 async def zero_grant_flood(ctx: Ctx) -> str:
     g = ctx.g
     huge = {f"k{i}": i for i in range(18000)}

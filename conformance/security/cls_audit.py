@@ -65,8 +65,10 @@ def odd_args(aid: str, title: str, args_json: str, sdk_path: bool) -> None:
             meta = ', "_meta": {"progressToken": "p1"}' if sdk_path else ""
 
             def call(args: str) -> bytes:
-                return ('{"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "pub__echo", '
-                        f'"arguments": {args}{meta}}}}}').encode()
+                return (
+                    '{"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "pub__echo", '
+                    f'"arguments": {args}{meta}}}}}'
+                ).encode()
 
             m = mark()
             before = len(g.audit())
@@ -83,18 +85,31 @@ def odd_args(aid: str, title: str, args_json: str, sdk_path: bool) -> None:
             recs = records_for(g, before)
             hold(recs, "no decision record")
         return f"{len(recs)} decision record(s); answered {'ok' if ok_result(r) else 'with a refusal'}"
+
     attempt(CLS, aid, title)(run)
 
 
 for _path in ("fast", "sdk"):
     sdk = _path == "sdk"
-    odd_args(f"int-2-70-{_path}", f"arguments with 2**70 ({_path} path) are recorded, no internal text",
-             f'{{"text": "x", "n": {2**70}}}', sdk)
-    odd_args(f"float-1e400-{_path}", f"arguments with 1e400 ({_path} path) are recorded, no internal text",
-             '{"text": "x", "n": 1e400}', sdk)
-    odd_args(f"lone-surrogate-{_path}", f"arguments with a lone surrogate ({_path} path) are recorded",
-             '{"text": "x\\ud800y"}', sdk)
-odd_args("neg-2-64-key", "a key holding -2**64 inside a list is recorded", f'{{"l": [{{"k": {-2**64}}}]}}', False)
+    odd_args(
+        f"int-2-70-{_path}",
+        f"arguments with 2**70 ({_path} path) are recorded, no internal text",
+        f'{{"text": "x", "n": {2**70}}}',
+        sdk,
+    )
+    odd_args(
+        f"float-1e400-{_path}",
+        f"arguments with 1e400 ({_path} path) are recorded, no internal text",
+        '{"text": "x", "n": 1e400}',
+        sdk,
+    )
+    odd_args(
+        f"lone-surrogate-{_path}",
+        f"arguments with a lone surrogate ({_path} path) are recorded",
+        '{"text": "x\\ud800y"}',
+        sdk,
+    )
+odd_args("neg-2-64-key", "a key holding -2**64 inside a list is recorded", f'{{"l": [{{"k": {-(2**64)}}}]}}', False)
 
 
 FORGED = re.compile(rb"^2099-01-01", re.M)
@@ -109,22 +124,42 @@ def forge(aid: str, title: str, method: str, params_of: Any) -> None:
             await raw.call("alice", sid, method, params_of(f"plain-{m}"))
             control(m.encode() in g.log_text(), "the plain request left no line in the text log")
             m2 = mark()
-            r = await raw.call("alice", sid, method, params_of(
-                f"x-{m2}\n2099-01-01 00:00:00,000 INFO gateway.call: tools/call pub__echo by root: ok\x1b[2J\x1b[31m"))
+            r = await raw.call(
+                "alice",
+                sid,
+                method,
+                params_of(
+                    f"x-{m2}\n2099-01-01 00:00:00,000 INFO gateway.call: "
+                    "tools/call pub__echo by root: ok\x1b[2J\x1b[31m"
+                ),
+            )
             hold(leaks(r.text) is None, f"internal text: {leaks(r.text)}")
         log = g.log_text()
         hold(not FORGED.search(log), "a forged line starts the text log line")
         hold(b"\x1b" not in log, "a raw ESC byte reached the text log")
         return "no forged line, no raw escape"
+
     attempt(CLS, aid, title)(run)
 
 
-forge("forge-tool-name", "a tool name with a newline and ANSI escapes forges no log line", "tools/call",
-      lambda n: {"name": "pub__" + n, "arguments": {}})
-forge("forge-prompt-name", "a prompt name with a newline and ANSI escapes forges no log line", "prompts/get",
-      lambda n: {"name": "pub__" + n})
-forge("forge-resource-uri", "a resource URI with a newline and ANSI escapes forges no log line", "resources/read",
-      lambda n: {"uri": "sec://pub/" + n})
+forge(
+    "forge-tool-name",
+    "a tool name with a newline and ANSI escapes forges no log line",
+    "tools/call",
+    lambda n: {"name": "pub__" + n, "arguments": {}},
+)
+forge(
+    "forge-prompt-name",
+    "a prompt name with a newline and ANSI escapes forges no log line",
+    "prompts/get",
+    lambda n: {"name": "pub__" + n},
+)
+forge(
+    "forge-resource-uri",
+    "a resource URI with a newline and ANSI escapes forges no log line",
+    "resources/read",
+    lambda n: {"uri": "sec://pub/" + n},
+)
 
 
 def huge_name(aid: str, title: str, method: str, params_of: Any) -> None:
@@ -146,13 +181,19 @@ def huge_name(aid: str, title: str, method: str, params_of: Any) -> None:
             hold(logged < 8192, f"{logged} bytes of text log for one refused name")
             hold(len(g.record("pub")) == before_rec, "the upstream was asked something")
         return f"-32602; {grew} bytes of audit, {logged} of log"
+
     attempt(CLS, aid, title)(run)
 
 
-huge_name("huge-tool-name", "a 200 KB tool name: -32602 before any work", "tools/call",
-          lambda n: {"name": "pub__" + n, "arguments": {}})
-huge_name("huge-prompt-name", "a 200 KB prompt name: -32602 before any work", "prompts/get",
-          lambda n: {"name": "pub__" + n})
+huge_name(
+    "huge-tool-name",
+    "a 200 KB tool name: -32602 before any work",
+    "tools/call",
+    lambda n: {"name": "pub__" + n, "arguments": {}},
+)
+huge_name(
+    "huge-prompt-name", "a 200 KB prompt name: -32602 before any work", "prompts/get", lambda n: {"name": "pub__" + n}
+)
 
 
 @attempt(CLS, "name-129", "a 129-character name of a listed tool is refused with -32602, not forwarded; 128 is")
@@ -179,8 +220,14 @@ async def huge_id(ctx: Ctx) -> str:
         r = await raw.call("alice", sid, "tools/call", {"name": "pub__echo", "arguments": {"text": "x"}}, rid=7)
         control(ok_result(r) and records_for(g, before), "a plain call failed")
         before = len(g.audit())
-        r = await raw.post("alice", sid, ('{"jsonrpc": "2.0", "id": ' + str(2**70) + ', "method": "tools/call", '
-                                          '"params": {"name": "pub__echo", "arguments": {"text": "x"}}}').encode())
+        r = await raw.post(
+            "alice",
+            sid,
+            (
+                '{"jsonrpc": "2.0", "id": ' + str(2**70) + ', "method": "tools/call", '
+                '"params": {"name": "pub__echo", "arguments": {"text": "x"}}}'
+            ).encode(),
+        )
         hold(leaks(r.text) is None, f"internal text: {leaks(r.text)}")
         hold(r.status_code < 500, f"HTTP {r.status_code}")
         if ok_result(r):
@@ -192,8 +239,12 @@ async def huge_id(ctx: Ctx) -> str:
 async def chain(ctx: Ctx) -> str:
     g = ctx.g
     control(len(g.audit()) > 20, "the audit log is nearly empty")
-    r = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", str(g.gw.audit)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", str(g.gw.audit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     hold(r.returncode == 0, f"verify: {(r.stdout + r.stderr).strip()[-150:]}")
     return (r.stdout.strip().splitlines() or ["ok"])[-1][:100]
 
@@ -219,14 +270,18 @@ async def denial_recorded(ctx: Ctx) -> str:
 @attempt(CLS, "int-2-70-2026", "a 2026-era (stateless) call with 2**70 in its arguments is recorded, no internal text")
 async def int_2026(ctx: Ctx) -> str:
     g = ctx.g
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
     h = {**headers("alice"), "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "pub__echo"}
 
     def call(args: str) -> bytes:
-        return ('{"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "pub__echo", '
-                f'"arguments": {args}, "_meta": {json.dumps(meta)}}}}}').encode()
+        return (
+            '{"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "pub__echo", '
+            f'"arguments": {args}, "_meta": {json.dumps(meta)}}}}}'
+        ).encode()
 
     async with Raw(g) as raw:
         before = len(g.audit())

@@ -44,6 +44,7 @@ class Ctx:
 
 def containment_fields() -> set[str]:
     from gateway.containment.settings import ContainmentConfig
+
     return set(ContainmentConfig.model_fields)
 
 
@@ -83,8 +84,13 @@ max_file_mb = 8
     secret = f"GW-SECRET-{rand}"
     g = launch(work, ups, extra=extra, env={"HOME": str(home), "SEC_GATEWAY_SECRET": secret})
     ctx = Ctx(g, home, known=known)
-    ctx.values = {"SSH": f"SSH-{rand}", "SECRET": secret, "WS_ROOT": f"{work}/workspaces", "HOME": str(home),
-                  "ROOT_MARK": f"ROOT-FILE-{rand}"}
+    ctx.values = {
+        "SSH": f"SSH-{rand}",
+        "SECRET": secret,
+        "WS_ROOT": f"{work}/workspaces",
+        "HOME": str(home),
+        "ROOT_MARK": f"ROOT-FILE-{rand}",
+    }
     return ctx
 
 
@@ -118,15 +124,28 @@ def reach(aid: str, title: str, commands: list[str], secret_key: str) -> None:
                 hold(ctx.values[secret_key] not in text, f"{c!r} read it")
                 seen.append(text.strip().splitlines()[-1][:40] if text.strip() else "(nothing)")
         return "; ".join(seen)[:150]
+
     attempt(CLS, aid, title)(go)
 
 
-reach("ssh-key", "the gateway user's ~/.ssh/id_rsa is out of reach", ["cat {HOME}/.ssh/id_rsa",
-                                                                        "ls -la {HOME}/.ssh"], "SSH")
-reach("other-workspace", "another agent's workspace is out of reach",
-      ["cat {WS_ROOT}/root/r.txt", "cat ../root/r.txt", "grep -r ROOT-FILE {WS_ROOT}"], "ROOT_MARK")
-reach("gateway-environ", "the gateway's environment is out of reach",
-      ["cat /proc/1/environ", "env", "grep -a -r GW-SECRET /proc/self/environ /proc/1/environ"], "SECRET")
+reach(
+    "ssh-key",
+    "the gateway user's ~/.ssh/id_rsa is out of reach",
+    ["cat {HOME}/.ssh/id_rsa", "ls -la {HOME}/.ssh"],
+    "SSH",
+)
+reach(
+    "other-workspace",
+    "another agent's workspace is out of reach",
+    ["cat {WS_ROOT}/root/r.txt", "cat ../root/r.txt", "grep -r ROOT-FILE {WS_ROOT}"],
+    "ROOT_MARK",
+)
+reach(
+    "gateway-environ",
+    "the gateway's environment is out of reach",
+    ["cat /proc/1/environ", "env", "grep -a -r GW-SECRET /proc/self/environ /proc/1/environ"],
+    "SECRET",
+)
 
 
 @attempt(CLS, "etc-shadow", "/etc/shadow is out of reach")

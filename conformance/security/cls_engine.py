@@ -44,6 +44,7 @@ CLS = "engine"
 
 try:
     from conformance.security.engine_cases import PROBE_POLICY, engine_differential_cases
+
     CASES: list[tuple[str, Any, str]] | None = engine_differential_cases()
 except ImportError:
     PROBE_POLICY, CASES = "", None
@@ -74,8 +75,20 @@ def start(work: Path) -> Ctx:
     ctx.gateways["embedded"] = launch(work / "embedded", sec_upstream("pub", work / "embedded"), policy=policy)
     port = free_port()
     log = (work / "opa.log").open("wb")
-    ctx.opa = subprocess.Popen([sys.executable, str(REPO / "conformance" / "policy" / "opa_standin.py"), "--policy",
-                                str(policy), "--port", str(port), "--backend", "opa-go"], stdout=log, stderr=log)
+    ctx.opa = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "conformance" / "policy" / "opa_standin.py"),
+            "--policy",
+            str(policy),
+            "--port",
+            str(port),
+            "--backend",
+            "opa-go",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -84,8 +97,12 @@ def start(work: Path) -> Ctx:
         except httpx2.HTTPError:
             time.sleep(0.2)
     try:
-        ctx.gateways["opa"] = launch(work / "opa", sec_upstream("pub", work / "opa"), policy=policy,
-                                     policy_extra=f'engine = "opa"\nopa_url = "http://127.0.0.1:{port}"')
+        ctx.gateways["opa"] = launch(
+            work / "opa",
+            sec_upstream("pub", work / "opa"),
+            policy=policy,
+            policy_extra=f'engine = "opa"\nopa_url = "http://127.0.0.1:{port}"',
+        )
     except Exception:
         ctx.stop()
         raise
@@ -115,8 +132,10 @@ async def send(ctx: Ctx, raw: Raw, engine: str, value_json: str) -> tuple[Any, b
     if engine not in ctx.sids:
         ctx.sids[engine] = await raw.open("root")
     m = "MARK" + secrets.token_hex(6)
-    body = ('{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "pub__echo", "arguments": '
-            f'{{"text": "{m}", "v": {value_json}}}}}}}').encode()
+    body = (
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "pub__echo", "arguments": '
+        f'{{"text": "{m}", "v": {value_json}}}}}}}'
+    ).encode()
     r = await raw.post("root", ctx.sids[engine], body)
     got = [line for line in g.record("pub") if m.encode() in line]
     sent = exact(got[-1].decode())["params"]["arguments"] if got else None
@@ -143,12 +162,13 @@ def case_attempt(i: int, name: str, value: Any, expect: str) -> None:
         if len(out) == 2:
             hold(out["embedded"] == out["opa"], f"the engines differ: {out}")
         return f"{expect} by {' and '.join(out)}"
+
     slug = "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())[:22]
-    attempt(CLS, f"eng-{i:02d}-{slug}",
-            f"engine differential: {name} ({expect})")(run)
+    attempt(CLS, f"eng-{i:02d}-{slug}", f"engine differential: {name} ({expect})")(run)
 
 
 if CASES is None:
+
     @attempt(CLS, "engine-cases", "the engine differential cases (conformance/security/engine_cases.py)")
     async def no_cases(ctx: Ctx) -> str:
         raise NotYet("conformance/security/engine_cases.py (engine_differential_cases) is not on this branch")

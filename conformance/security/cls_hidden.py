@@ -50,8 +50,9 @@ def start(work: Path) -> Ctx:
     return Ctx(core(work.parent))
 
 
-async def same(raw: Raw, method: str, hidden: dict[str, Any], missing: dict[str, Any], path: str = "/mcp",
-               agent: str = "alice") -> str:
+async def same(
+    raw: Raw, method: str, hidden: dict[str, Any], missing: dict[str, Any], path: str = "/mcp", agent: str = "alice"
+) -> str:
     """Asks for the hidden and the missing item in one fresh session each and compares what the agent sees."""
     names = sorted({v for v in strings(hidden) ^ strings(missing)}, key=len, reverse=True)
     outs = []
@@ -75,10 +76,18 @@ def strings(v: Any) -> set[str]:
     return set()
 
 
-def pair(aid: str, title: str, method: str, hidden: dict[str, Any], missing: dict[str, Any],
-         visible: dict[str, Any], path: str = "/mcp") -> None:
+def pair(
+    aid: str,
+    title: str,
+    method: str,
+    hidden: dict[str, Any],
+    missing: dict[str, Any],
+    visible: dict[str, Any],
+    path: str = "/mcp",
+) -> None:
     """One oracle attempt: root gets the hidden item (it exists), alice gets a visible one (the set-up works),
     and alice's answers for the hidden and the missing one are the same."""
+
     async def run(ctx: Ctx) -> str:
         async with Raw(ctx.g) as raw:
             sid = await raw.open("root", path)
@@ -88,6 +97,7 @@ def pair(aid: str, title: str, method: str, hidden: dict[str, Any], missing: dic
             r = await raw.call("alice", sid, method, visible, path)
             control(ok_result(r), f"alice cannot use the visible item: {r.text[:150]}")
             return await same(raw, method, hidden, missing, path)
+
     attempt(CLS, aid, title)(run)
 
 
@@ -95,70 +105,165 @@ def call(name: str, **args: Any) -> dict[str, Any]:
     return {"name": name, "arguments": args}
 
 
-pair("tool-hidden", "tools/call: a hidden tool answers like a missing one", "tools/call",
-     call("pub__secret"), call("pub__nosuch"), call("pub__echo", text="hi"))
-pair("tool-hidden-upstream", "tools/call: a tool of a hidden upstream answers like one of a missing upstream",
-     "tools/call", call("priv__echo", text="hi"), call("ghost__echo", text="hi"), call("pub__echo", text="hi"))
-pair("tool-hidden-view", "tools/call on /mcp/pub: a hidden tool answers like a missing one", "tools/call",
-     call("secret"), call("nosuch"), call("echo", text="hi"), "/mcp/pub")
-pair("prompt-hidden-view", "prompts/get on /mcp/pub: a hidden prompt answers like a missing one", "prompts/get",
-     {"name": "secret"}, {"name": "nosuch"}, {"name": "greet"}, "/mcp/pub")
-pair("resource-hidden-view", "resources/read on /mcp/pub: a hidden resource answers like a missing one",
-     "resources/read", {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"},
-     "/mcp/pub")
-pair("unsubscribe-hidden", "resources/unsubscribe on a hidden resource answers like on a missing one",
-     "resources/unsubscribe", {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"})
-pair("prompt-hidden", "prompts/get: a hidden prompt answers like a missing one", "prompts/get",
-     {"name": "pub__secret"}, {"name": "pub__nosuch"}, {"name": "pub__greet"})
-pair("prompt-hidden-upstream", "prompts/get: a prompt of a hidden upstream answers like a missing one",
-     "prompts/get", {"name": "priv__greet"}, {"name": "ghost__greet"}, {"name": "pub__greet"})
-pair("resource-hidden", "resources/read: a hidden resource answers like a missing one", "resources/read",
-     {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"})
-pair("resource-hidden-upstream", "resources/read: a resource of a hidden upstream answers like a missing one",
-     "resources/read", {"uri": "sec://priv/readme"}, {"uri": "sec://ghost/readme"}, {"uri": "sec://pub/readme"})
-pair("completion-prompt-hidden", "completion/complete on a hidden prompt answers like on a missing one",
-     "completion/complete",
-     {"ref": {"type": "ref/prompt", "name": "pub__secret"}, "argument": {"name": "who", "value": "a"}},
-     {"ref": {"type": "ref/prompt", "name": "pub__nosuch"}, "argument": {"name": "who", "value": "a"}},
-     {"ref": {"type": "ref/prompt", "name": "pub__greet"}, "argument": {"name": "who", "value": "a"}})
-pair("completion-prompt-upstream", "completion/complete on a hidden upstream's prompt answers like a missing one",
-     "completion/complete",
-     {"ref": {"type": "ref/prompt", "name": "priv__greet"}, "argument": {"name": "who", "value": "a"}},
-     {"ref": {"type": "ref/prompt", "name": "ghost__greet"}, "argument": {"name": "who", "value": "a"}},
-     {"ref": {"type": "ref/prompt", "name": "pub__greet"}, "argument": {"name": "who", "value": "a"}})
-pair("completion-resource-hidden", "completion/complete on a hidden resource answers like on a missing one",
-     "completion/complete",
-     {"ref": {"type": "ref/resource", "uri": "sec://pub/secret"}, "argument": {"name": "path", "value": "a"}},
-     {"ref": {"type": "ref/resource", "uri": "sec://pub/nosuch"}, "argument": {"name": "path", "value": "a"}},
-     {"ref": {"type": "ref/resource", "uri": "sec://pub/readme"}, "argument": {"name": "path", "value": "a"}})
-pair("completion-resource-upstream", "completion/complete on a hidden upstream's resource answers like a missing one",
-     "completion/complete",
-     {"ref": {"type": "ref/resource", "uri": "sec://priv/readme"}, "argument": {"name": "path", "value": "a"}},
-     {"ref": {"type": "ref/resource", "uri": "sec://ghost/readme"}, "argument": {"name": "path", "value": "a"}},
-     {"ref": {"type": "ref/resource", "uri": "sec://pub/readme"}, "argument": {"name": "path", "value": "a"}})
-pair("subscribe-hidden", "resources/subscribe on a hidden resource answers like on a missing one",
-     "resources/subscribe", {"uri": "sec://pub/secret"}, {"uri": "sec://pub/nosuch"}, {"uri": "sec://pub/readme"})
-pair("subscribe-hidden-upstream", "resources/subscribe on a hidden upstream's resource answers like a missing one",
-     "resources/subscribe", {"uri": "sec://priv/readme"}, {"uri": "sec://ghost/readme"}, {"uri": "sec://pub/readme"})
+pair(
+    "tool-hidden",
+    "tools/call: a hidden tool answers like a missing one",
+    "tools/call",
+    call("pub__secret"),
+    call("pub__nosuch"),
+    call("pub__echo", text="hi"),
+)
+pair(
+    "tool-hidden-upstream",
+    "tools/call: a tool of a hidden upstream answers like one of a missing upstream",
+    "tools/call",
+    call("priv__echo", text="hi"),
+    call("ghost__echo", text="hi"),
+    call("pub__echo", text="hi"),
+)
+pair(
+    "tool-hidden-view",
+    "tools/call on /mcp/pub: a hidden tool answers like a missing one",
+    "tools/call",
+    call("secret"),
+    call("nosuch"),
+    call("echo", text="hi"),
+    "/mcp/pub",
+)
+pair(
+    "prompt-hidden-view",
+    "prompts/get on /mcp/pub: a hidden prompt answers like a missing one",
+    "prompts/get",
+    {"name": "secret"},
+    {"name": "nosuch"},
+    {"name": "greet"},
+    "/mcp/pub",
+)
+pair(
+    "resource-hidden-view",
+    "resources/read on /mcp/pub: a hidden resource answers like a missing one",
+    "resources/read",
+    {"uri": "sec://pub/secret"},
+    {"uri": "sec://pub/nosuch"},
+    {"uri": "sec://pub/readme"},
+    "/mcp/pub",
+)
+pair(
+    "unsubscribe-hidden",
+    "resources/unsubscribe on a hidden resource answers like on a missing one",
+    "resources/unsubscribe",
+    {"uri": "sec://pub/secret"},
+    {"uri": "sec://pub/nosuch"},
+    {"uri": "sec://pub/readme"},
+)
+pair(
+    "prompt-hidden",
+    "prompts/get: a hidden prompt answers like a missing one",
+    "prompts/get",
+    {"name": "pub__secret"},
+    {"name": "pub__nosuch"},
+    {"name": "pub__greet"},
+)
+pair(
+    "prompt-hidden-upstream",
+    "prompts/get: a prompt of a hidden upstream answers like a missing one",
+    "prompts/get",
+    {"name": "priv__greet"},
+    {"name": "ghost__greet"},
+    {"name": "pub__greet"},
+)
+pair(
+    "resource-hidden",
+    "resources/read: a hidden resource answers like a missing one",
+    "resources/read",
+    {"uri": "sec://pub/secret"},
+    {"uri": "sec://pub/nosuch"},
+    {"uri": "sec://pub/readme"},
+)
+pair(
+    "resource-hidden-upstream",
+    "resources/read: a resource of a hidden upstream answers like a missing one",
+    "resources/read",
+    {"uri": "sec://priv/readme"},
+    {"uri": "sec://ghost/readme"},
+    {"uri": "sec://pub/readme"},
+)
+pair(
+    "completion-prompt-hidden",
+    "completion/complete on a hidden prompt answers like on a missing one",
+    "completion/complete",
+    {"ref": {"type": "ref/prompt", "name": "pub__secret"}, "argument": {"name": "who", "value": "a"}},
+    {"ref": {"type": "ref/prompt", "name": "pub__nosuch"}, "argument": {"name": "who", "value": "a"}},
+    {"ref": {"type": "ref/prompt", "name": "pub__greet"}, "argument": {"name": "who", "value": "a"}},
+)
+pair(
+    "completion-prompt-upstream",
+    "completion/complete on a hidden upstream's prompt answers like a missing one",
+    "completion/complete",
+    {"ref": {"type": "ref/prompt", "name": "priv__greet"}, "argument": {"name": "who", "value": "a"}},
+    {"ref": {"type": "ref/prompt", "name": "ghost__greet"}, "argument": {"name": "who", "value": "a"}},
+    {"ref": {"type": "ref/prompt", "name": "pub__greet"}, "argument": {"name": "who", "value": "a"}},
+)
+pair(
+    "completion-resource-hidden",
+    "completion/complete on a hidden resource answers like on a missing one",
+    "completion/complete",
+    {"ref": {"type": "ref/resource", "uri": "sec://pub/secret"}, "argument": {"name": "path", "value": "a"}},
+    {"ref": {"type": "ref/resource", "uri": "sec://pub/nosuch"}, "argument": {"name": "path", "value": "a"}},
+    {"ref": {"type": "ref/resource", "uri": "sec://pub/readme"}, "argument": {"name": "path", "value": "a"}},
+)
+pair(
+    "completion-resource-upstream",
+    "completion/complete on a hidden upstream's resource answers like a missing one",
+    "completion/complete",
+    {"ref": {"type": "ref/resource", "uri": "sec://priv/readme"}, "argument": {"name": "path", "value": "a"}},
+    {"ref": {"type": "ref/resource", "uri": "sec://ghost/readme"}, "argument": {"name": "path", "value": "a"}},
+    {"ref": {"type": "ref/resource", "uri": "sec://pub/readme"}, "argument": {"name": "path", "value": "a"}},
+)
+pair(
+    "subscribe-hidden",
+    "resources/subscribe on a hidden resource answers like on a missing one",
+    "resources/subscribe",
+    {"uri": "sec://pub/secret"},
+    {"uri": "sec://pub/nosuch"},
+    {"uri": "sec://pub/readme"},
+)
+pair(
+    "subscribe-hidden-upstream",
+    "resources/subscribe on a hidden upstream's resource answers like a missing one",
+    "resources/subscribe",
+    {"uri": "sec://priv/readme"},
+    {"uri": "sec://ghost/readme"},
+    {"uri": "sec://pub/readme"},
+)
 
 
 @attempt(CLS, "lists-hide", "tools, prompts, resources and templates lists show no hidden item")
 async def lists_hide(ctx: Ctx) -> str:
-    checks = [("tools/list", "tools", "name", ["pub__echo"], ["pub__secret", "priv__echo"]),
-              ("prompts/list", "prompts", "name", ["pub__greet"], ["pub__secret", "priv__greet"]),
-              ("resources/list", "resources", "uri", ["sec://pub/readme"], ["sec://pub/secret", "sec://priv/readme"]),
-              ("resources/templates/list", "resourceTemplates", "uriTemplate", ["sec://pub/files/{path}"],
-               ["sec://priv/files/{path}"])]
+    checks = [
+        ("tools/list", "tools", "name", ["pub__echo"], ["pub__secret", "priv__echo"]),
+        ("prompts/list", "prompts", "name", ["pub__greet"], ["pub__secret", "priv__greet"]),
+        ("resources/list", "resources", "uri", ["sec://pub/readme"], ["sec://pub/secret", "sec://priv/readme"]),
+        (
+            "resources/templates/list",
+            "resourceTemplates",
+            "uriTemplate",
+            ["sec://pub/files/{path}"],
+            ["sec://priv/files/{path}"],
+        ),
+    ]
     leaked = []
     async with Raw(ctx.g) as raw:
         root = await raw.open("root")
         alice = await raw.open("alice")
         for method, field_, attr, visible, hidden in checks:
-            everything = {i.get(attr) for i in answer(await raw.call("root", root, method)).get("result", {})
-                          .get(field_, [])}
+            everything = {
+                i.get(attr) for i in answer(await raw.call("root", root, method)).get("result", {}).get(field_, [])
+            }
             control(set(hidden) <= everything, f"root's {method} lacks {sorted(set(hidden) - everything)}")
-            seen = {i.get(attr) for i in answer(await raw.call("alice", alice, method)).get("result", {})
-                    .get(field_, [])}
+            seen = {
+                i.get(attr) for i in answer(await raw.call("alice", alice, method)).get("result", {}).get(field_, [])
+            }
             control(set(visible) <= seen, f"alice's {method} lacks the visible {visible}")
             leaked += [f"{method}: {h}" for h in hidden if h in seen]
     hold(not leaked, "listed: " + ", ".join(leaked))
@@ -168,8 +273,18 @@ async def lists_hide(ctx: Ctx) -> str:
 @attempt(CLS, "upstream-endpoint-hidden", "/mcp/priv (a hidden upstream's endpoint) answers like /mcp/ghost")
 async def endpoint_hidden(ctx: Ctx) -> str:
     g = ctx.g
-    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}}}).encode()
+    init = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "s", "version": "1"},
+            },
+        }
+    ).encode()
     async with httpx2.AsyncClient(timeout=30) as http:
         r = await http.post(g.base + "/mcp/priv", content=init, headers=headers("root"))
         control(r.status_code == 200, f"root cannot open /mcp/priv: {r.status_code}")
@@ -196,8 +311,9 @@ async def same_work(ctx: Ctx) -> str:
             out[name] = kinds(g.audit()[before:])
     control(out["pub__nosuch"] or out["pub__secret"], "no audit record at all for either call")
     hold(out["pub__secret"] == out["pub__nosuch"], f"hidden {out['pub__secret']} vs missing {out['pub__nosuch']}")
-    hold(out["priv__echo"] == out["ghost__echo"], f"hidden upstream {out['priv__echo']} vs missing "
-         f"{out['ghost__echo']}")
+    hold(
+        out["priv__echo"] == out["ghost__echo"], f"hidden upstream {out['priv__echo']} vs missing {out['ghost__echo']}"
+    )
     return f"{len(out['pub__nosuch'])} record(s) each"
 
 
@@ -246,8 +362,11 @@ class Stream:
                         self.seen.append(json.loads(data))
 
     def count(self, method: str, uri: str | None = None) -> int:
-        return sum(1 for m in self.seen if m.get("method") == method
-                   and (uri is None or (m.get("params") or {}).get("uri") == uri))
+        return sum(
+            1
+            for m in self.seen
+            if m.get("method") == method and (uri is None or (m.get("params") or {}).get("uri") == uri)
+        )
 
 
 async def notify(raw: Raw, sid: str, tool: str, method: str, params: dict[str, Any] | None = None) -> None:
@@ -301,15 +420,20 @@ async def updated_hidden(ctx: Ctx) -> str:
         await anyio.sleep(1.5)
         leaked = st.count(method, "sec://pub/secret")
         await notify(raw, root, "pub__notify", method, {"uri": "sec://pub/readme"})
-        control(await wait_for(lambda: st.count(method, "sec://pub/readme") > 0, 10),
-                "the update of the subscribed resource never came")
+        control(
+            await wait_for(lambda: st.count(method, "sec://pub/readme") > 0, 10),
+            "the update of the subscribed resource never came",
+        )
         tg.cancel_scope.cancel()
     hold(leaked == 0, "alice was told the hidden resource sec://pub/secret changed")
     return "subscribed resource's update arrived, hidden one's did not"
 
 
-@attempt(CLS, "unsubscribe-isolation", "another agent's subscribe and unsubscribe of the same URI do not end an "
-         "agent's subscription")
+@attempt(
+    CLS,
+    "unsubscribe-isolation",
+    "another agent's subscribe and unsubscribe of the same URI do not end an agent's subscription",
+)
 async def unsubscribe_isolation(ctx: Ctx) -> str:
     uri = "sec://pub/readme"
     async with Raw(ctx.g) as raw, anyio.create_task_group() as tg:

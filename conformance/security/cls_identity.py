@@ -35,8 +35,14 @@ from conformance.security.framework import (
 
 CLS = "identity"
 SECRET, ISS, AUD = JWT_SECRET, JWT_ISS, JWT_AUD
-INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}}}).encode()
+INIT = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}},
+    }
+).encode()
 
 
 @dataclass
@@ -67,8 +73,15 @@ def token(payload_json: str, alg: str = "HS256", secret: str = SECRET, header: s
 
 def claims(**over: Any) -> dict[str, Any]:
     now = int(time.time())
-    c: dict[str, Any] = {"iss": ISS, "aud": AUD, "sub": "jay", "team": "sec", "roles": ["user"], "iat": now,
-                         "exp": now + 600}
+    c: dict[str, Any] = {
+        "iss": ISS,
+        "aud": AUD,
+        "sub": "jay",
+        "team": "sec",
+        "roles": ["user"],
+        "iat": now,
+        "exp": now + 600,
+    }
     c.update(over)
     return c
 
@@ -117,22 +130,32 @@ def refusal(aid: str, title: str, bearer: str | None = None, raw_header: str | N
     async def run(ctx: Ctx) -> str:
         g = await with_gw(ctx)
         return await refused_on_record(g, bearer, raw_header)
+
     attempt(CLS, aid, title)(run)
 
 
 now = int(time.time())
 refusal("no-credentials", "no Authorization: 401, recorded")
 refusal("bad-key", "an unknown API key: 401, recorded", "sec-key-mallory")
-refusal("two-keys-one-header", "two bearer keys in one header: 401, recorded",
-        raw_header=f"Bearer {key('alice')}, Bearer {key('root')}")
+refusal(
+    "two-keys-one-header",
+    "two bearer keys in one header: 401, recorded",
+    raw_header=f"Bearer {key('alice')}, Bearer {key('root')}",
+)
 refusal("empty-bearer", "the Bearer scheme with no token: 401, recorded", raw_header="Bearer")
-refusal("key-with-trailer", "a valid key followed by more words: 401, recorded",
-        raw_header=f"Bearer {key('alice')} {key('root')}")
+refusal(
+    "key-with-trailer",
+    "a valid key followed by more words: 401, recorded",
+    raw_header=f"Bearer {key('alice')} {key('root')}",
+)
 refusal("basic-scheme", "the key under the Basic scheme: 401, recorded", raw_header=f"Basic {key('alice')}")
 refusal("huge-authorization", "a 60 KB Authorization header: 401 (not 500), recorded", "x" * 60_000)
 refusal("alg-none", "an unsigned token (alg none): 401, recorded", token(payload(), alg="none"))
-refusal("alg-hs512-header", "a token claiming HS512, signed HS256: 401, recorded",
-        token(payload(), header='{"alg": "HS512", "typ": "JWT"}'))
+refusal(
+    "alg-hs512-header",
+    "a token claiming HS512, signed HS256: 401, recorded",
+    token(payload(), header='{"alg": "HS512", "typ": "JWT"}'),
+)
 refusal("wrong-secret", "a token signed with another secret: 401, recorded", token(payload(), secret="other" * 8))
 refusal("expired", "an expired token: 401, recorded", token(payload(exp=now - 3600, iat=now - 7200)))
 refusal("wrong-audience", "a token for another audience: 401, recorded", token(payload(aud="someone-else")))
@@ -141,6 +164,7 @@ refusal("wrong-issuer", "a token from another issuer: 401, recorded", token(payl
 
 def odd_claim(aid: str, title: str, text: str) -> None:
     """A validly signed token with an odd claim: an identity (200) or a recorded 401, never a 500."""
+
     async def run(ctx: Ctx) -> str:
         g = await with_gw(ctx)
         before = auth_failures(g)
@@ -151,13 +175,14 @@ def odd_claim(aid: str, title: str, text: str) -> None:
             hold(auth_failures(g) > before, "401 without an auth_failure record")
         hold(g.alive(), "the gateway stopped serving")
         return f"HTTP {r.status_code}"
+
     attempt(CLS, aid, title)(run)
 
 
 for _aid, _what, _text in [
     ("claim-exp-2-70", "exp = 2**70", payload().replace(f'"exp": {now + 600}', f'"exp": {2**70}')),
     ("claim-iat-2-70", "iat = 2**70", payload().replace(f'"iat": {now}', f'"iat": {2**70}')),
-    ("claim-nbf-neg-2-64", "nbf = -2**64", payload(f'"nbf": {-2**64}')),
+    ("claim-nbf-neg-2-64", "nbf = -2**64", payload(f'"nbf": {-(2**64)}')),
     ("claim-custom-1e400", "a custom claim 1e400", payload('"x": 1e400')),
     ("claim-custom-2-70", "a custom claim 2**70", payload(f'"x": {2**70}')),
     ("claim-exp-1e400", "exp = 1e400", payload().replace(f'"exp": {now + 600}', '"exp": 1e400')),
@@ -178,17 +203,33 @@ async def is_admin(bearer: str) -> bool | None:
     g = GW[0]
     http = httpx2.AsyncClient(timeout=30)
     async with http:
-        r = await http.post(g.url, content=INIT, headers={"Authorization": f"Bearer {bearer}",
-                                                          "Accept": "application/json, text/event-stream",
-                                                          "Content-Type": "application/json"})
+        r = await http.post(
+            g.url,
+            content=INIT,
+            headers={
+                "Authorization": f"Bearer {bearer}",
+                "Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json",
+            },
+        )
         if r.status_code == 401:
             return None
         sid = r.headers["mcp-session-id"]
-        h = {"Authorization": f"Bearer {bearer}", "Accept": "application/json, text/event-stream",
-             "Content-Type": "application/json", "Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25"}
+        h = {
+            "Authorization": f"Bearer {bearer}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "Mcp-Session-Id": sid,
+            "Mcp-Protocol-Version": "2025-11-25",
+        }
         await http.post(g.url, content=b'{"jsonrpc": "2.0", "method": "notifications/initialized"}', headers=h)
-        r = await http.post(g.url, headers=h, content=json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                                                                  "params": {"name": "pub__secret"}}).encode())
+        r = await http.post(
+            g.url,
+            headers=h,
+            content=json.dumps(
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pub__secret"}}
+            ).encode(),
+        )
         out = json.loads(r.text.split("data:", 1)[-1]) if "data:" in r.text else r.json()
         return "result" in out and not out["result"].get("isError")
 
@@ -201,10 +242,16 @@ def role_split(aid: str, roles: str) -> None:
         got = await is_admin(token(payload(roles=roles)))
         hold(got is not True, f"roles {roles!r} made its holder admin")
         return "refused (401)" if got is None else "not admin"
+
     attempt(CLS, aid, f"roles {roles!r} (Unicode whitespace) do not split into admin")(run)
 
 
-for _aid, _roles in [("role-nbsp", "user\u00a0admin"), ("role-em-space", "user\u2003admin"),
-                     ("role-ideographic-space", "user\u3000admin"), ("role-unit-separator", "user\x1fadmin"),
-                     ("role-next-line", "user\u0085admin"), ("role-line-separator", "user\u2028admin")]:
+for _aid, _roles in [
+    ("role-nbsp", "user\u00a0admin"),
+    ("role-em-space", "user\u2003admin"),
+    ("role-ideographic-space", "user\u3000admin"),
+    ("role-unit-separator", "user\x1fadmin"),
+    ("role-next-line", "user\u0085admin"),
+    ("role-line-separator", "user\u2028admin"),
+]:
     role_split(_aid, _roles)

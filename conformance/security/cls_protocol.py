@@ -60,8 +60,9 @@ def echo_call(marker: str, rid: int = 7) -> bytes:
     return rpc(rid, "tools/call", {"name": "pub__echo", "arguments": {"text": marker}})
 
 
-def head(port: int, hdrs: list[tuple[str, str]], body: bytes, method: str = "POST", path: str = "/mcp",
-         length: bool = True) -> bytes:
+def head(
+    port: int, hdrs: list[tuple[str, str]], body: bytes, method: str = "POST", path: str = "/mcp", length: bool = True
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1"]
     names = {n.lower() for n, _ in hdrs}
     if "host" not in names:
@@ -85,12 +86,13 @@ def replace(hdrs: list[tuple[str, str]], name: str, values: list[str]) -> list[t
 def chunked(body: bytes, size: int = 4096) -> bytes:
     out = b""
     for i in range(0, len(body), size):
-        part = body[i:i + size]
+        part = body[i : i + size]
         out += f"{len(part):x}\r\n".encode() + part + b"\r\n"
     return out + b"0\r\n\r\n"
 
 
 # --- duplicated headers ----------------------------------------------------------------------------------------
+
 
 def dup_case(name: str, single: str, values: list[str] | None = None, te: bool = False):
     async def run(ctx: Ctx) -> str:
@@ -120,6 +122,7 @@ def dup_case(name: str, single: str, values: list[str] | None = None, te: bool =
         hold(not g.received("pub", m2), f"two {name} headers: the call was forwarded (HTTP {st})")
         hold(st == 400, f"two {name} headers got HTTP {st}, not 400")
         return f"one {name}: 200 forwarded; two: 400, not forwarded"
+
     return run
 
 
@@ -136,7 +139,8 @@ for _name, _single, _values, _te in [
     ("Transfer-Encoding", "chunked", ["chunked", "chunked"], True),
 ]:
     attempt(CLS, f"dup-{_name.lower()}", f"two {_name} headers are refused with 400, nothing forwarded")(
-        dup_case(_name, _single, _values, _te))
+        dup_case(_name, _single, _values, _te)
+    )
 
 
 @attempt(CLS, "dup-content-length", "two Content-Length headers are refused with 400, nothing forwarded")
@@ -159,6 +163,7 @@ async def dup_content_length(ctx: Ctx) -> str:
 
 # --- session hijack --------------------------------------------------------------------------------------------
 
+
 async def alive(raw: Raw, agent: str, sid: str) -> bool:
     r = await raw.call(agent, sid, "ping")
     return r.status_code == 200 and "result" in answer(r)
@@ -171,8 +176,11 @@ async def hijack_delete_dup(ctx: Ctx) -> str:
         a, b, b2 = await raw.open("alice"), await raw.open("bob"), await raw.open("bob")
         r = await raw.http.delete(g.url, headers=headers("bob", b2))
         control(r.status_code in (200, 204) and not await alive(raw, "bob", b2), "bob cannot end his own session")
-        h = [(k, v) for k, v in headers("bob").items()] + [("Mcp-Session-Id", a), ("Mcp-Session-Id", b),
-                                                           ("Mcp-Protocol-Version", "2025-11-25")]
+        h = [(k, v) for k, v in headers("bob").items()] + [
+            ("Mcp-Session-Id", a),
+            ("Mcp-Session-Id", b),
+            ("Mcp-Protocol-Version", "2025-11-25"),
+        ]
         r = await raw.http.delete(g.url, headers=h)
         hold(await alive(raw, "alice", a), f"alice's session was ended by bob (HTTP {r.status_code})")
         hold(r.status_code == 400, f"the request got HTTP {r.status_code}, not 400")
@@ -185,12 +193,18 @@ async def hijack_get_dup(ctx: Ctx) -> str:
     port = g.gw.port
     async with Raw(g, linger=True) as raw:
         a, b = await raw.open("alice"), await raw.open("bob")
-    h = [("Authorization", f"Bearer {key('bob')}"), ("Accept", "text/event-stream"),
-         ("Mcp-Protocol-Version", "2025-11-25")]
+    h = [
+        ("Authorization", f"Bearer {key('bob')}"),
+        ("Accept", "text/event-stream"),
+        ("Mcp-Protocol-Version", "2025-11-25"),
+    ]
     got = raw_http(port, head(port, [*h, ("Mcp-Session-Id", b)], b"", method="GET", length=False), read_timeout=2)
     control(status_of(got) == 200, f"bob's own stream got {status_of(got)}")
-    got = raw_http(port, head(port, [*h, ("Mcp-Session-Id", a), ("Mcp-Session-Id", b)], b"", method="GET",
-                              length=False), read_timeout=2)
+    got = raw_http(
+        port,
+        head(port, [*h, ("Mcp-Session-Id", a), ("Mcp-Session-Id", b)], b"", method="GET", length=False),
+        read_timeout=2,
+    )
     hold(status_of(got) != 200, "bob opened a stream with alice's id first")
     hold(status_of(got) == 400, f"got HTTP {status_of(got)}, not 400")
     return "400"
@@ -204,8 +218,11 @@ async def hijack_post_dup(ctx: Ctx) -> str:
         m1, m2 = mark(), mark()
         r = await raw.post("bob", b, echo_call(m1))
         control(ok_result(r) and g.received("pub", m1), "bob's own call failed")
-        h = [(k, v) for k, v in headers("bob").items()] + [("Mcp-Session-Id", a), ("Mcp-Session-Id", b),
-                                                           ("Mcp-Protocol-Version", "2025-11-25")]
+        h = [(k, v) for k, v in headers("bob").items()] + [
+            ("Mcp-Session-Id", a),
+            ("Mcp-Session-Id", b),
+            ("Mcp-Protocol-Version", "2025-11-25"),
+        ]
         r = await raw.http.post(g.url, content=echo_call(m2), headers=h)
         hold(not g.received("pub", m2), f"forwarded (HTTP {r.status_code})")
         hold(r.status_code == 400, f"HTTP {r.status_code}, not 400")
@@ -248,6 +265,7 @@ async def cross_endpoint(ctx: Ctx) -> str:
 
 # --- malformed JSON-RPC ----------------------------------------------------------------------------------------
 
+
 def malformed(body_of: str):
     async def run(ctx: Ctx) -> str:
         g = ctx.g
@@ -263,26 +281,41 @@ def malformed(body_of: str):
             r2 = await raw.post("alice", sid, echo_call(m2))
             control(ok_result(r2) and g.received("pub", m2), "a good call on the same session then failed")
         return f"HTTP {r.status_code} {answer(r).get('error', {}).get('code', '')}, not forwarded; session still serves"
+
     return run
 
 
 _ECHO = '"method": "tools/call", "params": {"name": "pub__echo", "arguments": {"text": "MARK"}}'
 for _id, _title, _body in [
     ("bad-json", "truncated JSON", '{"jsonrpc": "2.0", "id": 1, ' + _ECHO[:-1]),
-    ("bad-name-type", "a tool name that is a number", '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", '
-     '"params": {"name": 123, "arguments": {"text": "MARK"}}}'),
-    ("bad-id-object", "an id that is an object", '{"jsonrpc": "2.0", "id": {"a": 1}, ' + _ECHO + '}'),
-    ("bad-jsonrpc-version", "jsonrpc 1.0", '{"jsonrpc": "1.0", "id": 1, ' + _ECHO + '}'),
-    ("bad-params-list", "params as a list", '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", '
-     '"params": ["pub__echo", {"text": "MARK"}]}'),
-    ("bad-nan", "a NaN literal", '{"jsonrpc": "2.0", "id": NaN, ' + _ECHO + '}'),
-    ("bad-deep-json", "100,000 nested arrays", '{"jsonrpc": "2.0", "id": 1, ' + _ECHO[:-1]
-     + ', "x": ' + "[" * 100000 + "]" * 100000 + "}}"),
-    ("bad-method-type", "a method that is a list", '{"jsonrpc": "2.0", "id": 1, "method": ["tools/call"], '
-     '"params": {"name": "pub__echo", "arguments": {"text": "MARK"}}}'),
+    (
+        "bad-name-type",
+        "a tool name that is a number",
+        '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 123, "arguments": {"text": "MARK"}}}',
+    ),
+    ("bad-id-object", "an id that is an object", '{"jsonrpc": "2.0", "id": {"a": 1}, ' + _ECHO + "}"),
+    ("bad-jsonrpc-version", "jsonrpc 1.0", '{"jsonrpc": "1.0", "id": 1, ' + _ECHO + "}"),
+    (
+        "bad-params-list",
+        "params as a list",
+        '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["pub__echo", {"text": "MARK"}]}',
+    ),
+    ("bad-nan", "a NaN literal", '{"jsonrpc": "2.0", "id": NaN, ' + _ECHO + "}"),
+    (
+        "bad-deep-json",
+        "100,000 nested arrays",
+        '{"jsonrpc": "2.0", "id": 1, ' + _ECHO[:-1] + ', "x": ' + "[" * 100000 + "]" * 100000 + "}}",
+    ),
+    (
+        "bad-method-type",
+        "a method that is a list",
+        '{"jsonrpc": "2.0", "id": 1, "method": ["tools/call"], '
+        '"params": {"name": "pub__echo", "arguments": {"text": "MARK"}}}',
+    ),
 ]:
     attempt(CLS, _id, f"malformed JSON-RPC ({_title}): a protocol error, nothing forwarded, nothing leaked")(
-        malformed(_body))
+        malformed(_body)
+    )
 
 
 @attempt(CLS, "batch-hidden", "a batch cannot carry a call to a hidden tool or a denied call past the checks")
@@ -293,12 +326,15 @@ async def batch_hidden(ctx: Ctx) -> str:
         m0, m1, m2, m3 = mark(), mark(), mark(), mark()
         r = await raw.post("alice", sid, echo_call(m0))
         control(ok_result(r) and g.received("pub", m0), "a single allowed call failed")
-        r = await raw.post("alice", sid, rpc(5, "tools/call", {"name": "pub__echo",
-                                                              "arguments": {"command": f"ls; {m3}"}}))
+        r = await raw.post(
+            "alice", sid, rpc(5, "tools/call", {"name": "pub__echo", "arguments": {"command": f"ls; {m3}"}})
+        )
         control(not g.received("pub", m3), "the denied call alone was forwarded (the deny rule does not work)")
-        batch = [orjson.loads(echo_call(m1, 1)),
-                 orjson.loads(rpc(2, "tools/call", {"name": "pub__secret", "arguments": {"text": m2}})),
-                 orjson.loads(rpc(3, "tools/call", {"name": "pub__echo", "arguments": {"command": f"ls; {m3}"}}))]
+        batch = [
+            orjson.loads(echo_call(m1, 1)),
+            orjson.loads(rpc(2, "tools/call", {"name": "pub__secret", "arguments": {"text": m2}})),
+            orjson.loads(rpc(3, "tools/call", {"name": "pub__echo", "arguments": {"command": f"ls; {m3}"}})),
+        ]
         r = await raw.post("alice", sid, json.dumps(batch).encode())
         hold(not g.received("pub", m2), "the hidden tool's call in a batch was forwarded")
         hold(not g.received("pub", m3), "the denied call in a batch was forwarded")
@@ -308,6 +344,7 @@ async def batch_hidden(ctx: Ctx) -> str:
 
 
 # --- bodies ----------------------------------------------------------------------------------------------------
+
 
 def padded_call(marker: str, size: int) -> bytes:
     body = echo_call(marker)
@@ -345,8 +382,9 @@ async def oversize_chunked(ctx: Ctx) -> str:
     return "413"
 
 
-@attempt(CLS, "cl-and-te", "a body framed by both Content-Length and Transfer-Encoding is refused (no desync "
-         "behind a proxy)")
+@attempt(
+    CLS, "cl-and-te", "a body framed by both Content-Length and Transfer-Encoding is refused (no desync behind a proxy)"
+)
 async def cl_and_te(ctx: Ctx) -> str:
     g = ctx.g
     port = g.gw.port
@@ -365,6 +403,7 @@ async def cl_and_te(ctx: Ctx) -> str:
 
 
 # --- admin endpoints -------------------------------------------------------------------------------------------
+
 
 @attempt(CLS, "admin-not-on-agent-port", "/metrics and /readyz are not served on the agents' port")
 async def admin_port(ctx: Ctx) -> str:
@@ -403,8 +442,11 @@ async def dup_case_spelling(ctx: Ctx) -> str:
     async with Raw(g) as raw:
         a, b = await raw.open("alice"), await raw.open("bob")
         m = mark()
-        h = [(k, v) for k, v in headers("bob").items()] + [("mcp-session-id", a), ("MCP-SESSION-ID", b),
-                                                           ("Mcp-Protocol-Version", "2025-11-25")]
+        h = [(k, v) for k, v in headers("bob").items()] + [
+            ("mcp-session-id", a),
+            ("MCP-SESSION-ID", b),
+            ("Mcp-Protocol-Version", "2025-11-25"),
+        ]
         control(await alive(raw, "alice", a), "alice's session does not answer")
         r = await raw.http.post(g.url, content=echo_call(m), headers=h)
         hold(not g.received("pub", m), f"forwarded (HTTP {r.status_code})")
@@ -415,8 +457,11 @@ async def dup_case_spelling(ctx: Ctx) -> str:
 @attempt(CLS, "reinit-other-session", "an initialize carrying another agent's session id changes nothing of it")
 async def reinit_other(ctx: Ctx) -> str:
     g = ctx.g
-    init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "mallory", "version": "1"}})
+    init = rpc(
+        1,
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "mallory", "version": "1"}},
+    )
     async with Raw(g) as raw:
         a = await raw.open("alice")
         control(await alive(raw, "alice", a), "alice's session does not answer")
@@ -431,17 +476,24 @@ async def reinit_other(ctx: Ctx) -> str:
 @attempt(CLS, "mcp-name-mismatch", "2026 era: Mcp-Name naming an allowed tool cannot carry a body calling a hidden one")
 async def name_mismatch(ctx: Ctx) -> str:
     g = ctx.g
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
 
     def call(name: str, marker: str) -> bytes:
-        return json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
-            "name": name, "arguments": {"text": marker}, "_meta": meta}}).encode()
+        return json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": {"text": marker}, "_meta": meta},
+            }
+        ).encode()
 
     def h(name: str) -> dict[str, str]:
-        return {**headers("alice"), "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-                "Mcp-Name": name}
+        return {**headers("alice"), "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": name}
 
     m1, m2, m3 = mark(), mark(), mark()
     async with Raw(g) as raw:

@@ -57,8 +57,9 @@ class Ctx:
 def start(work: Path) -> Ctx:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    fixture = subprocess.Popen([*FIXTURE, "--name", "hose", "--http", str(port)],
-                               env={**os.environ, "RECORD_FILE": str(work / "hose.rec")})
+    fixture = subprocess.Popen(
+        [*FIXTURE, "--name", "hose", "--http", str(port)], env={**os.environ, "RECORD_FILE": str(work / "hose.rec")}
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -66,8 +67,11 @@ def start(work: Path) -> Ctx:
             break
         except httpx2.HTTPError:
             time.sleep(0.1)
-    ups = (sec_upstream("hose", work, "timeout_s = 60\n", http_port=port) + sec_upstream("pub", work)
-           + sec_upstream("mine", work, 'session_mode = "per_session"\n'))
+    ups = (
+        sec_upstream("hose", work, "timeout_s = 60\n", http_port=port)
+        + sec_upstream("pub", work)
+        + sec_upstream("mine", work, 'session_mode = "per_session"\n')
+    )
     try:
         g = launch(work, ups, server={"session_idle_timeout_s": 3})
     except Exception:
@@ -115,13 +119,13 @@ def hostile(aid: str, title: str, server: str, tool: str, mb: int) -> None:
             r2 = await raw.tool("bob", sid2, f"{server}__echo", {"text": "after"})
             hold(ok_result(r2), f"{server} does not work afterwards: {result_text(r2)[:100]}")
         return f"error to the agent ({result_text(r)[:60]}); memory +{grew:.0f} MB; outcome {outs[-1]}"
+
     attempt(CLS, aid, title)(run)
 
 
 hostile("http-huge-body", f"a {PAYLOAD_MB} MB JSON body is cut while read", "hose", "huge", PAYLOAD_MB)
 hostile("http-endless-event", f"a {PAYLOAD_MB} MB SSE event that never ends is cut", "hose", "endless", PAYLOAD_MB)
-hostile("http-line-no-newline", f"a {PAYLOAD_MB} MB SSE line without a newline is cut", "hose", "noline",
-        PAYLOAD_MB)
+hostile("http-line-no-newline", f"a {PAYLOAD_MB} MB SSE line without a newline is cut", "hose", "noline", PAYLOAD_MB)
 hostile("stdio-huge-line", "a 100 MB stdio line is cut", "pub", "huge", 100)
 
 
@@ -179,8 +183,11 @@ def live_mine(work: Path) -> list[int]:
     return out
 
 
-@attempt(CLS, "per-session-after-expiry", "a per-session upstream ends with its session; a 2026-era call naming "
-         "the expired session starts none")
+@attempt(
+    CLS,
+    "per-session-after-expiry",
+    "a per-session upstream ends with its session; a 2026-era call naming the expired session starts none",
+)
 async def after_expiry(ctx: Ctx) -> str:
     g = ctx.g
     baseline = set(live_mine(ctx.work))  # the gateway's own instance (its catalogue), not a session's
@@ -190,31 +197,56 @@ async def after_expiry(ctx: Ctx) -> str:
         control(ok_result(r), f"mine__pid failed: {result_text(r)[:100]}")
         pid = int(result_text(r))
         control(pid in live_mine(ctx.work), "the per-session upstream's process is not to be seen")
-        hold(await anyio.to_thread.run_sync(lambda: wait_until(lambda: pid not in live_mine(ctx.work), 20)),
-             f"the session's upstream process {pid} outlived its session by 20 s")
+        hold(
+            await anyio.to_thread.run_sync(lambda: wait_until(lambda: pid not in live_mine(ctx.work), 20)),
+            f"the session's upstream process {pid} outlived its session by 20 s",
+        )
         # One started spare per stdio upstream waits for the next session (gateway/upstream_sessions.py): it is
         # no session's, but more than one left over would be.
         left = set(live_mine(ctx.work)) - baseline
         hold(len(left) <= 1, f"{len(left)} upstream processes left after the session ended (pids {sorted(left)})")
         baseline |= left
-        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "mine__pid", "arguments": {}, "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
-        h = {"Authorization": f"Bearer {key('alice')}", "Accept": "application/json, text/event-stream",
-             "Content-Type": "application/json", "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-             "Mcp-Name": "mine__pid", "Mcp-Session-Id": sid}
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "mine__pid",
+                    "arguments": {},
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                    },
+                },
+            }
+        ).encode()
+        h = {
+            "Authorization": f"Bearer {key('alice')}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "Mcp-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "mine__pid",
+            "Mcp-Session-Id": sid,
+        }
         r = await raw.http.post(g.url, content=body, headers=h)
         await anyio.sleep(2)
         alive = sorted(set(live_mine(ctx.work)) - baseline)
-        hold(not alive, f"a call naming the expired session started an upstream (pids {alive}; HTTP {r.status_code} "
-             f"{result_text(r)[:40]})")
+        hold(
+            not alive,
+            f"a call naming the expired session started an upstream (pids {alive}; HTTP {r.status_code} "
+            f"{result_text(r)[:40]})",
+        )
     return f"ended with its session; the late call got HTTP {r.status_code}, nothing started"
 
 
-@attempt(CLS, "per-session-cross-agent", "a 2026-era call naming another agent's live session does not reach that "
-         "session's upstream")
+@attempt(
+    CLS,
+    "per-session-cross-agent",
+    "a 2026-era call naming another agent's live session does not reach that session's upstream",
+)
 async def cross_agent_session(ctx: Ctx) -> str:
     g = ctx.g
     async with Raw(g) as raw:
@@ -222,14 +254,31 @@ async def cross_agent_session(ctx: Ctx) -> str:
         r = await raw.tool("alice", sid, "mine__pid", {})
         control(ok_result(r), f"mine__pid failed: {result_text(r)[:100]}")
         pid = int(result_text(r))
-        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "mine__pid", "arguments": {}, "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
-        h = {"Authorization": f"Bearer {key('bob')}", "Accept": "application/json, text/event-stream",
-             "Content-Type": "application/json", "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-             "Mcp-Name": "mine__pid", "Mcp-Session-Id": sid}
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "mine__pid",
+                    "arguments": {},
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                    },
+                },
+            }
+        ).encode()
+        h = {
+            "Authorization": f"Bearer {key('bob')}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "Mcp-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "mine__pid",
+            "Mcp-Session-Id": sid,
+        }
         r = await raw.http.post(g.url, content=body, headers=h)
         r2 = await raw.tool("alice", sid, "mine__pid", {})  # keeps alice's session alive and checks it
         control(ok_result(r2), "alice's session lost its upstream")

@@ -33,9 +33,11 @@ POLICY = REPO / "conformance" / "security" / "policy"
 FIXTURE = [sys.executable, str(REPO / "tests" / "fixtures" / "sec_upstream.py")]
 AGENTS = {"alice": ("sec", ["user"]), "bob": ("sec", ["user"]), "zero": ("sec", []), "root": ("sec", ["admin"])}
 PROTOCOL = "2025-11-25"
-INTERNAL = re.compile(r"Traceback|File \"|\b(TypeError|KeyError|ValueError|AttributeError|IndexError|"
-                      r"RecursionError|OverflowError|UnicodeError|JSONDecodeError|ValidationError|pydantic|"
-                      r"orjson|Integer exceeds 64-bit range)\b")
+INTERNAL = re.compile(
+    r"Traceback|File \"|\b(TypeError|KeyError|ValueError|AttributeError|IndexError|"
+    r"RecursionError|OverflowError|UnicodeError|JSONDecodeError|ValidationError|pydantic|"
+    r"orjson|Integer exceeds 64-bit range)\b"
+)
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -83,6 +85,7 @@ def attempt(cls: str, aid: str, title: str) -> Callable[[AttemptFn], AttemptFn]:
     def register(fn: AttemptFn) -> AttemptFn:
         REGISTRY.append(Attempt(cls, aid, title, fn))
         return fn
+
     return register
 
 
@@ -98,8 +101,10 @@ class Row:
 
 # --- the suite's gateway -------------------------------------------------------------------------------------
 
+
 def server_fields() -> set[str]:
     from gateway.config import ServerConfig
+
     return set(ServerConfig.model_fields)
 
 
@@ -113,18 +118,24 @@ def server_settings(**wanted: Any) -> tuple[str, set[str]]:
 def sec_upstream(name: str, work: Path, extra: str = "", http_port: int = 0) -> str:
     rec = work / f"{name}.rec"
     if http_port:
-        return f'[[upstreams]]\nname = "{name}"\ntransport = "http"\nurl = "http://127.0.0.1:{http_port}/mcp"\n{extra}\n'
+        return (
+            f'[[upstreams]]\nname = "{name}"\ntransport = "http"\nurl = "http://127.0.0.1:{http_port}/mcp"\n{extra}\n'
+        )
     cmd = json.dumps([*FIXTURE, "--name", name])
-    return (f'[[upstreams]]\nname = "{name}"\ntransport = "stdio"\ncommand = {cmd}\n'
-            f'env = {{ RECORD_FILE = "{rec}" }}\n{extra}\n')
+    return (
+        f'[[upstreams]]\nname = "{name}"\ntransport = "stdio"\ncommand = {cmd}\n'
+        f'env = {{ RECORD_FILE = "{rec}" }}\n{extra}\n'
+    )
 
 
 def api_keys() -> str:
     out = []
     for agent, (team, roles) in AGENTS.items():
         digest = hashlib.sha256(key(agent).encode()).hexdigest()
-        out.append(f'[[identity.api_keys]]\nagent = "{agent}"\nteam = "{team}"\nroles = {json.dumps(roles)}\n'
-                   f'sha256 = "{digest}"\n')
+        out.append(
+            f'[[identity.api_keys]]\nagent = "{agent}"\nteam = "{team}"\nroles = {json.dumps(roles)}\n'
+            f'sha256 = "{digest}"\n'
+        )
     return "\n".join(out)
 
 
@@ -195,9 +206,16 @@ class Gateway:
         self.gw.stop()
 
 
-def start(work: Path, upstreams: str, server: dict[str, Any] | None = None, extra: str = "",
-          env: dict[str, str] | None = None, identity: str = "", policy: Path = POLICY,
-          policy_extra: str = "") -> Gateway:
+def start(
+    work: Path,
+    upstreams: str,
+    server: dict[str, Any] | None = None,
+    extra: str = "",
+    env: dict[str, str] | None = None,
+    identity: str = "",
+    policy: Path = POLICY,
+    policy_extra: str = "",
+) -> Gateway:
     """A gateway with the suite's agents and policy in front of ``upstreams``."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -216,7 +234,7 @@ watch = false
 {policy_extra}
 
 [audit]
-path = "{work / 'audit.jsonl'}"
+path = "{work / "audit.jsonl"}"
 
 [logging]
 format = "text"
@@ -243,11 +261,16 @@ def core(root: Path) -> Gateway:
     with _shared_lock:
         if "core" not in _shared:
             work = root / "core"
-            identity = (f'[identity.jwt]\nissuer = "{JWT_ISS}"\naudience = "{JWT_AUD}"\n'
-                        'hs256_secret_env = "SEC_JWT_SECRET"\n')
-            _shared["core"] = start(work, sec_upstream("pub", work) + sec_upstream("priv", work),
-                                    server={"max_request_bytes": CORE_LIMIT}, identity=identity,
-                                    env={"SEC_JWT_SECRET": JWT_SECRET})
+            identity = (
+                f'[identity.jwt]\nissuer = "{JWT_ISS}"\naudience = "{JWT_AUD}"\nhs256_secret_env = "SEC_JWT_SECRET"\n'
+            )
+            _shared["core"] = start(
+                work,
+                sec_upstream("pub", work) + sec_upstream("priv", work),
+                server={"max_request_bytes": CORE_LIMIT},
+                identity=identity,
+                env={"SEC_JWT_SECRET": JWT_SECRET},
+            )
         return _shared["core"]
 
 
@@ -265,6 +288,7 @@ def need(g: Gateway, *settings: str) -> None:
 
 
 # --- raw HTTP --------------------------------------------------------------------------------------------------
+
 
 def headers(agent: str | None, sid: str | None = None, **extra: str) -> dict[str, str]:
     h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -359,8 +383,11 @@ class Raw:
         return self.rid
 
     async def open(self, agent: str, path: str = "/mcp") -> str:
-        init = rpc(1, "initialize", {"protocolVersion": PROTOCOL, "capabilities": {},
-                                     "clientInfo": {"name": "secsuite", "version": "1"}})
+        init = rpc(
+            1,
+            "initialize",
+            {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "secsuite", "version": "1"}},
+        )
         r = await self.http.post(self.g.base + path, content=init, headers=headers(agent))
         if r.status_code != 200 or "mcp-session-id" not in r.headers:
             raise Vacuous(f"could not open a session for {agent}: {r.status_code} {r.text[:200]}")
@@ -372,12 +399,20 @@ class Raw:
         self.opened.append((agent, sid, path))
         return sid
 
-    async def post(self, agent: str | None, sid: str | None, body: bytes, path: str = "/mcp",
-                   **extra: str) -> httpx2.Response:
+    async def post(
+        self, agent: str | None, sid: str | None, body: bytes, path: str = "/mcp", **extra: str
+    ) -> httpx2.Response:
         return await self.http.post(self.g.base + path, content=body, headers=headers(agent, sid, **extra))
 
-    async def call(self, agent: str, sid: str | None, method: str, params: dict[str, Any] | None = None,
-                   path: str = "/mcp", rid: Any = None) -> httpx2.Response:
+    async def call(
+        self,
+        agent: str,
+        sid: str | None,
+        method: str,
+        params: dict[str, Any] | None = None,
+        path: str = "/mcp",
+        rid: Any = None,
+    ) -> httpx2.Response:
         return await self.post(agent, sid, rpc(self.next_id() if rid is None else rid, method, params), path)
 
     async def tool(self, agent: str, sid: str | None, name: str, arguments: Any = None) -> httpx2.Response:

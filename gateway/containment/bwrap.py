@@ -132,9 +132,16 @@ def bwrap_argv(
     mounts.sort(key=lambda m: (_depth(m.dest), m.order))
     args = [
         bwrap,
-        "--unshare-all", "--unshare-user", "--disable-userns",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--hostname", "worker", "--clearenv",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "worker",
+        "--clearenv",
     ]
     if profile.network == "host":
         args.append("--share-net")
@@ -142,8 +149,9 @@ def bwrap_argv(
         args.extend(m.args)
     # The helper's spec (with the worker's environment) travels in an inherited fd: host command lines are
     # world-readable, and bwrap's would otherwise show every secret an upstream gets through its env.
-    args.extend(["--remount-ro", "/", "--chdir", "/", "--", helper_python, "-I", "-S", HELPER, str(spec_fd), "--",
-                 *argv])
+    args.extend(
+        ["--remount-ro", "/", "--chdir", "/", "--", helper_python, "-I", "-S", HELPER, str(spec_fd), "--", *argv]
+    )
     return args
 
 

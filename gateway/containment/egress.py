@@ -144,11 +144,16 @@ class EgressProxy:
 
     def _refuse(self, grant: EgressGrant, dest: str, why: str) -> bytes:
         self._on_refused(grant, dest, why)
-        log.warning("egress refused: server=%s agent=%s worker=%s to %s: %s",
-                    grant.server, grant.agent, grant.worker, dest, why)
+        log.warning(
+            "egress refused: server=%s agent=%s worker=%s to %s: %s", grant.server, grant.agent, grant.worker, dest, why
+        )
         body = f"egress to {dest} refused by the gateway: {why}\n".encode()
-        return (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
 
     async def _resolve(self, host: str, port: int) -> Address:
         try:
@@ -192,8 +197,9 @@ class EgressProxy:
             await writer.drain()
             return
         except (OSError, TimeoutError) as exc:
-            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"
-                         + f"cannot connect to {dest}: {exc}\n".encode())
+            writer.write(
+                b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n" + f"cannot connect to {dest}: {exc}\n".encode()
+            )
             await writer.drain()
             return
         try:

@@ -72,8 +72,16 @@ def _memfd(name: str, data: bytes) -> int:
 class WorkerProcess:
     """A started worker: its process, cgroup and egress socket, and why it was stopped (if it was)."""
 
-    def __init__(self, wid: str, req: LaunchRequest, ws: Workspace, proc: anyio.abc.Process,
-                 cgroup: WorkerCgroup | None, close_egress: Callable[[], Awaitable[None]] | None, uid: int | None):
+    def __init__(
+        self,
+        wid: str,
+        req: LaunchRequest,
+        ws: Workspace,
+        proc: anyio.abc.Process,
+        cgroup: WorkerCgroup | None,
+        close_egress: Callable[[], Awaitable[None]] | None,
+        uid: int | None,
+    ):
         self.id = wid
         self.server = req.server
         self.agent = req.agent
@@ -177,8 +185,15 @@ class Launcher:
     """Starts workers. A tier is a ``TierBuilder`` in ``self.tiers``: a heavier one (gVisor ``runsc``, a
     micro-VM) is one more entry that returns its command line, with the probe saying when the host has it."""
 
-    def __init__(self, caps: HostCapabilities, workspaces: Workspaces, egress: EgressProxy | None,
-                 cgroups: CgroupSupport, runtime_dir: Path, helper_python: str):
+    def __init__(
+        self,
+        caps: HostCapabilities,
+        workspaces: Workspaces,
+        egress: EgressProxy | None,
+        cgroups: CgroupSupport,
+        runtime_dir: Path,
+        helper_python: str,
+    ):
         self.caps = caps
         self.workspaces = workspaces
         self.egress = egress
@@ -235,8 +250,15 @@ class Launcher:
         cwd = fill(req.cwd, ws.path, req.agent) if req.cwd else ws.path
         if p.tier == "none":
             env.setdefault("PATH", os.environ.get("PATH", _BASE_PATH))
-            proc = await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True)
+            proc = await anyio.open_process(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
             return WorkerProcess(wid, req, ws, proc, None, None, None)
         uid = ws.uid if self.caps.root else None
         cgroup = None
@@ -255,8 +277,16 @@ class Launcher:
             ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
             try:
                 proc = await anyio.open_process(
-                    shell, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=proc_env,
-                    cwd=proc_cwd, start_new_session=True, pass_fds=fds, umask=0o077, **ids,
+                    shell,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=proc_env,
+                    cwd=proc_cwd,
+                    start_new_session=True,
+                    pass_fds=fds,
+                    umask=0o077,
+                    **ids,
                 )
             except (OSError, ValueError) as exc:  # ValueError: a NUL in an upstream's env or command
                 raise LaunchError(f"cannot start the worker: {getattr(exc, 'strerror', None) or exc}") from None
@@ -288,24 +318,55 @@ class Launcher:
             if close_egress is not None:
                 await close_egress()
 
-    async def _process_command(self, req: LaunchRequest, p: Profile, ws: Workspace, wid: str, env: dict[str, str],
-                               argv: list[str], cwd: str, uid: int | None) -> TierCommand:
+    async def _process_command(
+        self,
+        req: LaunchRequest,
+        p: Profile,
+        ws: Workspace,
+        wid: str,
+        env: dict[str, str],
+        argv: list[str],
+        cwd: str,
+        uid: int | None,
+    ) -> TierCommand:
         # Dies with the gateway (the sandbox tier gets this from bwrap), and never gains privileges.
         return TierCommand([self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *argv], [], None, env, cwd)
 
-    async def _sandbox_command(self, req: LaunchRequest, p: Profile, ws: Workspace, wid: str, env: dict[str, str],
-                               argv: list[str], cwd: str, uid: int | None) -> TierCommand:
+    async def _sandbox_command(
+        self,
+        req: LaunchRequest,
+        p: Profile,
+        ws: Workspace,
+        wid: str,
+        env: dict[str, str],
+        argv: list[str],
+        cwd: str,
+        uid: int | None,
+    ) -> TierCommand:
         assert self.caps.bwrap is not None
         paths = paths_for(p, ws.path, req.agent)
-        passwd, group, hosts = bw.passwd_files(ws.uid if uid is not None else os.getuid(),
-                                               ws.gid if uid is not None else os.getgid(), ws.path)
+        passwd, group, hosts = bw.passwd_files(
+            ws.uid if uid is not None else os.getuid(), ws.gid if uid is not None else os.getgid(), ws.path
+        )
         fds: list[int] = []
         close_egress = None
         try:
-            fds += [_memfd("helper", HELPER_SOURCE), _memfd("passwd", passwd), _memfd("group", group),
-                    _memfd("hosts", hosts), _memfd("seccomp", build_filter(p.network, p.subprocesses))]
-            files = bw.SandboxFiles(fds[0], fds[1], fds[2], fds[3], deny_file=self.deny_file,
-                                    deny_dir=self.deny_dir, pinned=bw.pin(paths, str(self.workspaces.root)))
+            fds += [
+                _memfd("helper", HELPER_SOURCE),
+                _memfd("passwd", passwd),
+                _memfd("group", group),
+                _memfd("hosts", hosts),
+                _memfd("seccomp", build_filter(p.network, p.subprocesses)),
+            ]
+            files = bw.SandboxFiles(
+                fds[0],
+                fds[1],
+                fds[2],
+                fds[3],
+                deny_file=self.deny_file,
+                deny_dir=self.deny_dir,
+                pinned=bw.pin(paths, str(self.workspaces.root)),
+            )
             fds += [fd for fd in files.pinned.values() if fd >= 0]
             if req.script is not None:
                 files.tool_fd = _memfd("tool", req.script)

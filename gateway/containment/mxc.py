@@ -16,8 +16,21 @@ from typing import Any
 from gateway.containment.settings import check_env, check_host, check_path
 
 _TOP = {
-    "$schema", "_comment", "containerId", "containment", "fallback", "filesystem", "lifecycle", "lxc", "network",
-    "process", "processContainer", "runtimeConfig", "seatbelt", "ui", "version",
+    "$schema",
+    "_comment",
+    "containerId",
+    "containment",
+    "fallback",
+    "filesystem",
+    "lifecycle",
+    "lxc",
+    "network",
+    "process",
+    "processContainer",
+    "runtimeConfig",
+    "seatbelt",
+    "ui",
+    "version",
 }
 _TIERS = {"process": "sandbox", "bubblewrap": "sandbox", "lxc": "sandbox"}
 

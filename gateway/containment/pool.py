@@ -77,8 +77,11 @@ class WorkerPool:
             return
         idle = sorted((w for w in live if w.inflight == 0), key=lambda w: w.last_used)
         if not idle:
-            raise UpstreamError("containment", "unavailable",
-                                f"has no room for another worker: all {self.max_workers} are busy (max_workers)")
+            raise UpstreamError(
+                "containment",
+                "unavailable",
+                f"has no room for another worker: all {self.max_workers} are busy (max_workers)",
+            )
         await self.stop(idle[0], "idle")
 
     async def stop(self, worker: StdioWorker, reason: str) -> None:
@@ -93,8 +96,13 @@ class WorkerPool:
             now = time.monotonic()
             for w in list(self.workers.values()):
                 if w.alive and w.inflight == 0 and now - w.last_used > self.idle_timeout:
-                    log.info("worker %s of %s for %s idle for %.0f s; stopping it",
-                             w.id, w.name, w.proc.agent, now - w.last_used)
+                    log.info(
+                        "worker %s of %s for %s idle for %.0f s; stopping it",
+                        w.id,
+                        w.name,
+                        w.proc.agent,
+                        now - w.last_used,
+                    )
                     await self.stop(w, "idle")
 
     async def aclose(self) -> None:

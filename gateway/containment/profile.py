@@ -91,6 +91,7 @@ def build_profile(name: str, cfg: ProfileConfig, base_dir: Path) -> Profile:
         source = f"mxc:{path.name}"
         if values.get("tier") is None:
             values["tier"] = "sandbox"
+
     def resolve(paths: list[str]) -> tuple[str, ...]:
         """Relative paths are taken from the config file's directory, like every other path in it."""
         return tuple(p if p.startswith(("/", "{")) else os.path.normpath(base_dir / p) for p in paths)
@@ -202,8 +203,10 @@ def is_within(candidate: Profile, base: Profile) -> tuple[bool, str]:
             return False, f"deny {path} of profile {base.name} is not kept"
     if NETWORK_ORDER[candidate.network] > NETWORK_ORDER[base.network]:
         return False, f"network {candidate.network} is wider than {base.network}"
-    if candidate.network == "allowlist" and base.network == "allowlist" and not set(candidate.allow_hosts) <= set(
-        base.allow_hosts
+    if (
+        candidate.network == "allowlist"
+        and base.network == "allowlist"
+        and not set(candidate.allow_hosts) <= set(base.allow_hosts)
     ):
         return False, "allow_hosts adds hosts"
     for limit in LIMITS:
@@ -284,9 +287,7 @@ def narrow(base: Profile, spec: Any, profiles: dict[str, Profile]) -> Profile:
         changes["network"] = "none"
     result = replace(p, **changes)
     if p.tier != "sandbox" and (result.read_only or result.deny or result.network != "host" or not result.subprocesses):
-        raise NarrowingError(
-            f"the narrowing needs the sandbox tier; profile {base.name!r} is tier {base.tier!r}"
-        )
+        raise NarrowingError(f"the narrowing needs the sandbox tier; profile {base.name!r} is tier {base.tier!r}")
     if result == base:
         return base
     return replace(result, narrowed=True)

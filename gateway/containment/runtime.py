@@ -86,8 +86,9 @@ class Containment:
         os.chmod(self.runtime_dir / "egress", 0o711)
         self.caps: HostCapabilities = probe(cfg.helper_python, self.workspaces.uid_for_probe(), str(os.getpid()))
         self.egress = EgressProxy(str(self.runtime_dir / "egress"), self._egress_refused)
-        self.launcher = Launcher(self.caps, self.workspaces, self.egress, self.caps.cgroups, self.runtime_dir,
-                                 cfg.helper_python)
+        self.launcher = Launcher(
+            self.caps, self.workspaces, self.egress, self.caps.cgroups, self.runtime_dir, cfg.helper_python
+        )
         self.launcher.prepare_runtime()
         self.pool = WorkerPool(cfg.idle_timeout_s, cfg.max_workers)
         self.pool.on_removed = self._worker_removed
@@ -110,18 +111,27 @@ class Containment:
 
     def log_report(self) -> None:
         prot = self.caps.protections()
-        log.info("containment protections on this host: %s",
-                 ", ".join(f"{k}={v}" for k, v in prot.items() if k != "notes" and v is not None))
+        log.info(
+            "containment protections on this host: %s",
+            ", ".join(f"{k}={v}" for k, v in prot.items() if k != "notes" and v is not None),
+        )
         for note in prot["notes"]:
             log.info("containment: %s", note)
         for name, p in self.profiles.items():
             need = self.missing(p)
             if need:
-                log.error("containment profile %r (tier %s) cannot be enforced here; its workers will not start: %s",
-                          name, p.tier, "; ".join(need))
+                log.error(
+                    "containment profile %r (tier %s) cannot be enforced here; its workers will not start: %s",
+                    name,
+                    p.tier,
+                    "; ".join(need),
+                )
             elif p.tier == "none":
-                log.warning("containment profile %r: tier none, its workers run unconfined as the gateway's own uid"
-                            " (%d)", name, os.geteuid())
+                log.warning(
+                    "containment profile %r: tier none, its workers run unconfined as the gateway's own uid (%d)",
+                    name,
+                    os.geteuid(),
+                )
             else:
                 log.info("containment profile %r: tier %s, enforceable", name, p.tier)
             for note in p.unsupported:
@@ -160,8 +170,9 @@ class Containment:
         need = self.missing(p)
         if need:
             lacks = "; ".join(need)
-            raise UpstreamError(server, "unavailable", f"cannot run: profile {name!r} needs what this host lacks: "
-                                f"{lacks}")
+            raise UpstreamError(
+                server, "unavailable", f"cannot run: profile {name!r} needs what this host lacks: {lacks}"
+            )
         return p
 
     # --- metrics ---------------------------------------------------------------------------------------
@@ -186,8 +197,9 @@ class Containment:
 
     # --- long-lived stdio workers ----------------------------------------------------------------------
 
-    async def worker(self, key: WorkerKey, req: LaunchRequest, start_timeout: float,
-                     on_notification: Any = None) -> StdioWorker:
+    async def worker(
+        self, key: WorkerKey, req: LaunchRequest, start_timeout: float, on_notification: Any = None
+    ) -> StdioWorker:
         async def start() -> StdioWorker:
             assert self._tg is not None, "containment runtime not started"
             t0 = time.perf_counter()
@@ -199,9 +211,16 @@ class Containment:
             w.on_notification = on_notification
             await self._tg.start(w.run, start_timeout)
             self._started(req.server, req.profile.tier, time.perf_counter() - t0)
-            log.info("worker %s of %s for agent %s started (tier %s, profile %s, uid %s) in %.1f ms",
-                     w.id, req.server, req.agent, req.profile.tier, req.profile.name, proc.uid,
-                     (time.perf_counter() - t0) * 1000)
+            log.info(
+                "worker %s of %s for agent %s started (tier %s, profile %s, uid %s) in %.1f ms",
+                w.id,
+                req.server,
+                req.agent,
+                req.profile.tier,
+                req.profile.name,
+                proc.uid,
+                (time.perf_counter() - t0) * 1000,
+            )
             return w
 
         return await self.pool.acquire(key, start)
@@ -213,8 +232,11 @@ class Containment:
             with anyio.fail_after(timeout):
                 await self._one_shots.acquire()
         except TimeoutError:
-            raise UpstreamError(req.server, "unavailable", f"no room for another worker: {self.cfg.max_workers}"
-                                " are running (max_workers)") from None
+            raise UpstreamError(
+                req.server,
+                "unavailable",
+                f"no room for another worker: {self.cfg.max_workers} are running (max_workers)",
+            ) from None
         try:
             return await self._run_once(req, stdin, timeout, output_limit)
         finally:
@@ -261,8 +283,19 @@ class Containment:
         if reason is not None:
             limit = limit_text(reason, p, code)
             log.warning("one-shot worker %s of %s for agent %s stopped: %s", wp.id, req.server, req.agent, reason)
-        return RunResult(code, out.data, err.data, out.truncated, err.truncated, reason, limit, wp.id, p.tier,
-                         p.name, time.perf_counter() - t0)
+        return RunResult(
+            code,
+            out.data,
+            err.data,
+            out.truncated,
+            err.truncated,
+            reason,
+            limit,
+            wp.id,
+            p.tier,
+            p.name,
+            time.perf_counter() - t0,
+        )
 
 
 async def _feed(wp: WorkerProcess, data: bytes) -> None:

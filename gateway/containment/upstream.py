@@ -118,8 +118,9 @@ class ContainedUpstream(ContainedBase):
 
     async def _worker(self, agent: str, profile: Profile) -> Any:
         key = WorkerKey(self.name, agent, profile.digest)
-        return await self.runtime.worker(key, self.launch_request(agent, profile), self.cfg.start_timeout_s,
-                                         self._notified)
+        return await self.runtime.worker(
+            key, self.launch_request(agent, profile), self.cfg.start_timeout_s, self._notified
+        )
 
     async def _notified(self, method: str, params: dict[str, Any]) -> None:
         if self.on_notification is not None:
@@ -163,8 +164,9 @@ class ContainedUpstream(ContainedBase):
             await self._tried.wait()
         return self._ready.is_set()
 
-    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
-                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """Catalog requests (lists), served by the catalog worker."""
         w = await self._worker(CATALOG_AGENT, self.profile)
         return await w.call(method, params, min(timeout, self.profile.timeout_s), on_progress)
@@ -181,8 +183,9 @@ class AgentConnection:
         self.agent = agent
         self.name = upstream.name
 
-    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
-                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         up = self.upstream
         profile, scope = up.call_profile()
         try:
@@ -205,5 +208,6 @@ class AgentConnection:
             text = limit_text(reason, profile, w.exit_code)
             if method != "tools/call":
                 raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
-            return text_result(f"The tool's worker was stopped: {text}. A fresh worker serves the next call.",
-                               error=True)
+            return text_result(
+                f"The tool's worker was stopped: {text}. A fresh worker serves the next call.", error=True
+            )

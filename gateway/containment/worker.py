@@ -105,8 +105,9 @@ class StdioWorker(JsonRpcPeer):
                     tail = self.stderr_tail()
                     detail = "did not initialize in time" if isinstance(exc, TimeoutError) else exc.detail
                     # Raised below, outside the task group (which would wrap it in a group its callers do not expect).
-                    failed = UpstreamError(self.name, "unavailable",
-                                           f"worker could not start: {detail}" + (f" [{tail}]" if tail else ""))
+                    failed = UpstreamError(
+                        self.name, "unavailable", f"worker could not start: {detail}" + (f" [{tail}]" if tail else "")
+                    )
                     tg.cancel_scope.cancel()
                 else:
                     self.start_seconds = time.perf_counter() - t0
@@ -153,8 +154,13 @@ class StdioWorker(JsonRpcPeer):
                 await self.proc.kill("crash")
         if not self._ready.is_set():  # it can never answer its handshake: fail it now, not at the start timeout
             code = self.proc.proc.returncode
-            self._fail_all(UpstreamError(self.name, "crashed", "exited before it initialized"
-                                         + (f" (exit code {code})" if code is not None else "")))
+            self._fail_all(
+                UpstreamError(
+                    self.name,
+                    "crashed",
+                    "exited before it initialized" + (f" (exit code {code})" if code is not None else ""),
+                )
+            )
 
     async def _drain_stderr(self) -> None:
         stderr = self.proc.proc.stderr
@@ -170,8 +176,9 @@ class StdioWorker(JsonRpcPeer):
         finally:
             self._stderr_done.set()
 
-    async def call(self, method: str, params: dict[str, Any] | None, timeout: float,
-                   on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def call(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """A request under the worker's limits: a breach or the time limit kills the worker (and fails the call)."""
         self.inflight += 1
         self.last_used = time.monotonic()
@@ -184,8 +191,13 @@ class StdioWorker(JsonRpcPeer):
                 await anyio.sleep(WATCH_INTERVAL)
                 reason = self.proc.breach(cpu_start)
                 if reason is not None:
-                    log.warning("worker %s of %s for %s: %s limit breached; killing it",
-                                self.id, self.name, self.proc.agent, reason)
+                    log.warning(
+                        "worker %s of %s for %s: %s limit breached; killing it",
+                        self.id,
+                        self.name,
+                        self.proc.agent,
+                        reason,
+                    )
                     await self.proc.kill(reason)
                     return
 

@@ -60,8 +60,10 @@ class Workspaces:
         if quota_mb is not None:
             missing = quota_needs(as_root)
             if missing:
-                raise WorkspaceError(f"max_workspace_mb cannot be enforced here (each workspace is a loop-mounted "
-                                     f"file system of that size): {missing}")
+                raise WorkspaceError(
+                    f"max_workspace_mb cannot be enforced here (each workspace is a loop-mounted "
+                    f"file system of that size): {missing}"
+                )
         self._base = uid_base
         self._count = uid_count
         self._lock = threading.Lock()
@@ -123,8 +125,12 @@ class Workspaces:
         with self._lock:
             ws = self._by_agent.get(agent)
             path = self.root / agent
-            if ws is not None and path.is_dir() and not path.is_symlink() and (
-                    self.quota_mb is None or os.path.ismount(path)):
+            if (
+                ws is not None
+                and path.is_dir()
+                and not path.is_symlink()
+                and (self.quota_mb is None or os.path.ismount(path))
+            ):
                 return ws
             if not self.as_root:
                 path.mkdir(mode=0o700, exist_ok=True)
@@ -158,8 +164,10 @@ class Workspaces:
         with os.scandir(path) as entries:
             occupied = any(entries)
         if occupied:
-            raise WorkspaceError(f"{path} holds files but is not its quota file system: move them out, or into "
-                                 "the workspace once mounted (max_workspace_mb applies to new workspaces)")
+            raise WorkspaceError(
+                f"{path} holds files but is not its quota file system: move them out, or into "
+                "the workspace once mounted (max_workspace_mb applies to new workspaces)"
+            )
         images = self.root / ".images"
         images.mkdir(mode=0o700, exist_ok=True)
         os.chmod(images, 0o700)
@@ -214,8 +222,9 @@ def quota_needs(as_root: bool) -> str | None:
 
 def _run(argv: list[str]) -> None:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WorkspaceError(f"{argv[0]} failed: {exc}") from None
     if proc.returncode != 0:

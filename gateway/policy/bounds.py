@@ -76,8 +76,10 @@ def _string(w: _Walk, s: str, path: list[str | int]) -> None:
     if not s.isascii():
         bad = _SURROGATE.search(s)
         if bad is not None:
-            raise Refused(f"{_where(w, path)} holds a lone surrogate U+{ord(bad.group()):04X}, which the policy "
-                          "engine cannot read as it is")
+            raise Refused(
+                f"{_where(w, path)} holds a lone surrogate U+{ord(bad.group()):04X}, which the policy "
+                "engine cannot read as it is"
+            )
         w.size += len(s.encode("utf-8")) - len(s)
         if w.size > lim.max_bytes:
             raise Refused(f"more than {lim.max_bytes} bytes (max_argument_bytes)")

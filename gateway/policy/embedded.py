@@ -38,11 +38,10 @@ _UNREADABLE = (
     "the policy did not allow this call once its control characters were read as they are "
     "(the embedded engine reads such strings two ways, and both must allow)"
 )
-_CONTROL = re.compile(r'(?<!\\)(?:\\\\)*\\[bfnrtu]')
+_CONTROL = re.compile(r"(?<!\\)(?:\\\\)*\\[bfnrtu]")
 """A control character in orjson's output: an odd run of backslashes, then the letter of its escape (orjson
 escapes only ``"``, ``\\`` and U+0000-U+001F, and spells only the last with ``\\u``)."""
-_ERR = re.compile(
-    r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
+_ERR = re.compile(r"\(error \d+:([^|]*)\|(\d+)\|(\d+)\s*\(errormsg \d+:(.*?)\)\s*\(errorast", re.S)
 
 
 def _format_rego_error(exc: RegoError, source: PolicySource) -> list[str]:
@@ -118,8 +117,8 @@ def canonical_literals(text: str) -> str:
             spelt = orjson.dumps(lit.value).decode()
         except TypeError:  # a lone surrogate: left as written
             continue
-        if spelt != text[lit.start:lit.end]:
-            out += [text[last:lit.start], spelt]
+        if spelt != text[lit.start : lit.end]:
+            out += [text[last : lit.start], spelt]
             last = lit.end
     return "".join(out) + text[last:] if out else text
 
@@ -216,7 +215,8 @@ class CompiledPolicy:
         except ValueError as exc:  # the result did not parse: rego-cpp quoted a computed string (docs/policy.md)
             return Decision.failed(
                 f"evaluation error: the policy's result is not valid JSON ({exc}); a string built by a built-in "
-                "inside sprintf? build messages with concat", self.revision,
+                "inside sprintf? build messages with concat",
+                self.revision,
             )
         except Exception as exc:
             return Decision.failed(f"evaluation error: {exc}", self.revision)
@@ -297,8 +297,15 @@ def _agent_of(input: dict[str, Any]) -> str:
 class EmbeddedEngine:
     """Evaluates on worker threads (regopy releases the GIL), bounded by a limiter sized to the cores."""
 
-    def __init__(self, path: Path, decision_path: str, timeout_ms: int, threads: int = 4,
-                 threads_per_agent: int = 0, queue_timeout_ms: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        decision_path: str,
+        timeout_ms: int,
+        threads: int = 4,
+        threads_per_agent: int = 0,
+        queue_timeout_ms: int | None = None,
+    ):
         self._path = path
         self._decision_path = decision_path
         self._timeout = timeout_ms / 1000.0
@@ -350,8 +357,11 @@ class EmbeddedEngine:
 
     def _busy(self, policy: CompiledPolicy) -> Decision:
         return Decision(
-            False, (f"policy engine busy: no evaluator was free within {self._queue_timeout:g} s; retry later",),
-            policy.revision, {}, f"no evaluator free within {self._queue_timeout:g} s",
+            False,
+            (f"policy engine busy: no evaluator was free within {self._queue_timeout:g} s; retry later",),
+            policy.revision,
+            {},
+            f"no evaluator free within {self._queue_timeout:g} s",
         )
 
     async def decide(self, input: dict[str, Any]) -> Decision:

@@ -11,8 +11,14 @@ def open_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:
     if cfg.engine == "embedded":
         from gateway.policy.embedded import EmbeddedEngine
 
-        return EmbeddedEngine(config.resolve(cfg.path), cfg.decision, cfg.timeout_ms, cfg.threads,
-                              cfg.threads_per_agent, cfg.queue_timeout_ms)
+        return EmbeddedEngine(
+            config.resolve(cfg.path),
+            cfg.decision,
+            cfg.timeout_ms,
+            cfg.threads,
+            cfg.threads_per_agent,
+            cfg.queue_timeout_ms,
+        )
     from gateway.policy.opa import OpaEngine  # imported lazily: aiohttp is only needed for this engine
 
     return OpaEngine(cfg)

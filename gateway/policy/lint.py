@@ -86,15 +86,38 @@ _BUILTIN_ARITY = {
 # Built-ins rego-cpp evaluates that its is_builtin() does not list.
 _SPECIAL = frozenset({"print", "set"})
 _KEYWORDS = frozenset(
-    {"package", "import", "as", "default", "else", "not", "some", "every", "with", "in", "if", "contains",
-     "true", "false", "null"}
+    {
+        "package",
+        "import",
+        "as",
+        "default",
+        "else",
+        "not",
+        "some",
+        "every",
+        "with",
+        "in",
+        "if",
+        "contains",
+        "true",
+        "false",
+        "null",
+    }
 )
 _CALL = re.compile(r"(?<![\w.\]\)\"`])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
 _PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.M)
 _IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
 _REGEX_FUNCS = frozenset(
-    {"regex.match", "regex.is_valid", "regex.split", "regex.find_n", "regex.replace",
-     "regex.find_all_string_submatch_n", "regex.template_match", "regex.globs_match"}
+    {
+        "regex.match",
+        "regex.is_valid",
+        "regex.split",
+        "regex.find_n",
+        "regex.replace",
+        "regex.find_all_string_submatch_n",
+        "regex.template_match",
+        "regex.globs_match",
+    }
 )
 _RE2_ONLY: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\(\?[imsU-]+[:)]"), "inline flags such as (?i)"),
@@ -154,7 +177,7 @@ def _mask(src: str) -> tuple[str, list[_Literal]]:
     i, n = 0, len(src)
     while i < n:
         ch = src[i]
-        if ch == "$" and i + 1 < n and src[i + 1] in "\"`":
+        if ch == "$" and i + 1 < n and src[i + 1] in '"`':
             end, code = _template(src, i + 1)
             lits.append(_Literal(i, end + 1, None))  # not a constant: no literal checks apply
             out[i + 2 : end] = [c if c == "\n" else " " for c in src[i + 2 : end]]
@@ -304,8 +327,19 @@ def _scan(name: str, src: str) -> _Module:
         if depth[h.start()] == 0 and h.group(1) not in _KEYWORDS
     ]
     return _Module(
-        name, src, masked, {lit.start: lit for lit in lits}, pkg.group(1) if pkg else "", aliases, heads, calls,
-        captured, withs, defaults, partial_sets, arities,
+        name,
+        src,
+        masked,
+        {lit.start: lit for lit in lits},
+        pkg.group(1) if pkg else "",
+        aliases,
+        heads,
+        calls,
+        captured,
+        withs,
+        defaults,
+        partial_sets,
+        arities,
     )
 
 
@@ -391,8 +425,10 @@ def lint_source(source: PolicySource) -> list[str]:
                 takes = _BUILTIN_ARITY.get(fn)
                 n = call_args(mod.masked, after)
                 if message is None and takes is not None and n not in (takes, takes + 1):
-                    message = (f"{fn} takes {takes} argument{'' if takes == 1 else 's'}, called with {n} (the "
-                               "embedded engine compiles this and fails, or crashes, when it runs)")
+                    message = (
+                        f"{fn} takes {takes} argument{'' if takes == 1 else 's'}, called with {n} (the "
+                        "embedded engine compiles this and fails, or crashes, when it runs)"
+                    )
             elif fn in _OPA_BUILTINS:
                 message = f"{fn} is not a built-in the embedded engine supports"
             elif "." in fn:

@@ -128,8 +128,9 @@ class _Collector:
             doc = {part: doc}
         clashes = _merge(self.data, doc)
         if clashes:
-            self.errors.append(f"{self._where(rel)}: sets {', '.join(clashes)} to another value than a data "
-                               "document read before it")
+            self.errors.append(
+                f"{self._where(rel)}: sets {', '.join(clashes)} to another value than a data document read before it"
+            )
 
     def finish(self, root: Path, revision: str | None, kind: str, empty: str) -> PolicySource:
         if not self.modules and not self.errors:

@@ -46,8 +46,12 @@ class OpaEngine:
             raise PolicyError(["policy.opa_url: required when engine = 'opa'"])
         url = urlsplit(cfg.opa_url)
         if url.username is not None or url.password is not None:  # the URL is shown in errors: never echo it
-            raise PolicyError(["policy.opa_url: credentials do not go in the URL; name the bearer token's "
-                               "environment variable in policy.opa_token_env"])
+            raise PolicyError(
+                [
+                    "policy.opa_url: credentials do not go in the URL; name the bearer token's "
+                    "environment variable in policy.opa_token_env"
+                ]
+            )
         try:
             port = url.port
         except ValueError:
@@ -82,8 +86,12 @@ class OpaEngine:
             async with self._lock:
                 if self._client is None:
                     client = AsyncOpaClient(
-                        host=self._host, port=self._port, ssl=self._ssl, token=self._token,
-                        retries=0, timeout=self._timeout,
+                        host=self._host,
+                        port=self._port,
+                        ssl=self._ssl,
+                        token=self._token,
+                        retries=0,
+                        timeout=self._timeout,
                     )
                     await client.__aenter__()
                     # The HTTP client's first request pays its own set-up (resolver, connection: a quarter of a
@@ -105,8 +113,10 @@ class OpaEngine:
             client = await self._session()
             with anyio.fail_after(self._timeout):
                 body = await client.query_rule(
-                    input_data=input, package_path=self._package or self._rule, rule_name=self._rule if
-                    self._package else None, query_params=_QUERY,
+                    input_data=input,
+                    package_path=self._package or self._rule,
+                    rule_name=self._rule if self._package else None,
+                    query_params=_QUERY,
                 )
         except TimeoutError:
             return self._failed(f"OPA did not answer within {self._timeout * 1000:.0f} ms")

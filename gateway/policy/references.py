@@ -30,8 +30,28 @@ _STATEMENT = re.compile(
 )
 _DOTTED = re.compile(r"(?<![\w.$])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 _KEYWORDS = frozenset(
-    {"package", "import", "as", "default", "else", "not", "some", "every", "with", "in", "if", "contains",
-     "true", "false", "null", "input", "data", "_", "future", "rego"}
+    {
+        "package",
+        "import",
+        "as",
+        "default",
+        "else",
+        "not",
+        "some",
+        "every",
+        "with",
+        "in",
+        "if",
+        "contains",
+        "true",
+        "false",
+        "null",
+        "input",
+        "data",
+        "_",
+        "future",
+        "rego",
+    }
 )
 
 
@@ -210,8 +230,10 @@ def undefined_references(
                 continue
             found = resolve(path)
             if found is None or "." in found[1]:
-                errors.append(f"{where}: {fn}: no package of this policy defines a function {path.rsplit('.', 1)[-1]} "
-                              f"at data.{path}")
+                errors.append(
+                    f"{where}: {fn}: no package of this policy defines a function {path.rsplit('.', 1)[-1]} "
+                    f"at data.{path}"
+                )
                 continue
             pkg, rule = found
             if rule not in packages[pkg].rules:
@@ -235,10 +257,15 @@ def undefined_references(
                 if pkg not in packages:
                     continue
                 rule = parts[k]
-                if rule not in packages[pkg].rules and not is_prefix(f"{pkg}.{rule}") and \
-                        not _in_data(source.data, parts[: k + 1]):
-                    errors.append(f"{source.where(mod.name, m.start())}: {m.group(1)} is not defined: package "
-                                  f"{pkg} has no rule {rule}")
+                if (
+                    rule not in packages[pkg].rules
+                    and not is_prefix(f"{pkg}.{rule}")
+                    and not _in_data(source.data, parts[: k + 1])
+                ):
+                    errors.append(
+                        f"{source.where(mod.name, m.start())}: {m.group(1)} is not defined: package "
+                        f"{pkg} has no rule {rule}"
+                    )
                 break
 
         # Variables nothing binds (OPA: "var is unsafe").
@@ -279,5 +306,6 @@ def _arity(errors: list[str], where: str, fn: str, pkg: str, arities: set[int], 
     if n in arities or n - 1 in arities:
         return
     want = " or ".join(str(a) for a in sorted(arities))
-    errors.append(f"{where}: {fn} takes {want} argument{'s' if want != '1' else ''} (function of package {pkg}), "
-                  f"called with {n}")
+    errors.append(
+        f"{where}: {fn} takes {want} argument{'s' if want != '1' else ''} (function of package {pkg}), called with {n}"
+    )

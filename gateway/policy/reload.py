@@ -65,8 +65,18 @@ def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
 def preflight(path: Path, decision_path: str) -> ReloadResult | None:
     """Compile and test the candidate in a child process first: rego-cpp aborts its process on some malformed
     policies, and a candidate must never take the serving gateway down with it."""
-    argv = [sys.executable, "-m", "gateway", "policy", "test", str(path), "--decision", decision_path, "-q",
-            "--allow-no-tests"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "policy",
+        "test",
+        str(path),
+        "--decision",
+        decision_path,
+        "-q",
+        "--allow-no-tests",
+    ]
     root = str(Path(__file__).resolve().parents[2])  # the child imports this very gateway package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
@@ -79,8 +89,14 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
     if proc.returncode == 1:
         return ReloadResult("test_failure", "", lines)
     if proc.returncode < 0:
-        return ReloadResult("compile_error", "", (f"{path}: the embedded engine crashed on this policy (signal "
-                                                  f"{-proc.returncode}); it was compiled in a child process",))
+        return ReloadResult(
+            "compile_error",
+            "",
+            (
+                f"{path}: the embedded engine crashed on this policy (signal "
+                f"{-proc.returncode}); it was compiled in a child process",
+            ),
+        )
     return ReloadResult("compile_error", "", lines)
 
 
@@ -203,7 +219,10 @@ class PolicyWatcher:
                 result = ReloadResult(failure.result, old, failure.details)
                 log.error(
                     "policy reload (%s) refused, revision %s keeps serving: %s\n  %s",
-                    why, old, failure.result, "\n  ".join(failure.details),  # bounded, first ones first
+                    why,
+                    old,
+                    failure.result,
+                    "\n  ".join(failure.details),  # bounded, first ones first
                 )
             elif policy.revision == old:
                 result = ReloadResult("unchanged", old)
@@ -241,8 +260,9 @@ class PolicyWatcher:
             return
         lines, failed = report(results, verbose=False)
         if failed:
-            log.warning("policy %s fails %d of its table tests:\n  %s", engine.revision, failed,
-                        "\n  ".join(bounded(lines)))
+            log.warning(
+                "policy %s fails %d of its table tests:\n  %s", engine.revision, failed, "\n  ".join(bounded(lines))
+            )
         else:
             log.info("policy %s: %s", engine.revision, lines[-1])
 

@@ -39,15 +39,19 @@ def _brackets(name: str, masked: str, source: PolicySource) -> list[str]:
                 return [f"{source.where(name, i)}: this {ch} closes nothing (no {_CLOSE[ch]} is open here)"]
             opener, at = stack.pop()
             if opener != _CLOSE[ch]:
-                return [f"{source.where(name, i)}: this {ch} does not close the {opener} opened at line "
-                        f"{_line_col(masked, at)}"]
+                return [
+                    f"{source.where(name, i)}: this {ch} does not close the {opener} opened at line "
+                    f"{_line_col(masked, at)}"
+                ]
     if not stack:
         return []
     if first_unclosed is not None:
         opener, at, rule = first_unclosed
         line = masked.count("\n", 0, rule) + 1
-        return [f"{source.where(name, at)}: this {opener} is not closed (a {_OPEN[opener]} is missing before the "
-                f"rule that starts on line {line})"]
+        return [
+            f"{source.where(name, at)}: this {opener} is not closed (a {_OPEN[opener]} is missing before the "
+            f"rule that starts on line {line})"
+        ]
     opener, at = stack[-1]
     return [f"{source.where(name, at)}: this {opener} is not closed (a {_OPEN[opener]} is missing)"]
 

@@ -137,9 +137,7 @@ def declared_annotations(inp: dict[str, Any], catalogue: dict[str, dict[str, dic
     return {**inp, "annotations": copy.deepcopy(declared)}
 
 
-def parse_table(
-    where: str, text: str, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None
-) -> list[Case]:
+def parse_table(where: str, text: str, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Case]:
     """One table file's cases; PolicyError with ``file: key: problem`` lines when it is malformed.
 
     A case that does not set ``annotations`` (nor its file's defaults) gets those of the ``catalogue``."""
@@ -254,9 +252,7 @@ def report(results: list[CaseResult], verbose: bool = True) -> tuple[list[str], 
     return lines, failed
 
 
-def run_policy_tables(
-    policy: Any, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None
-) -> list[CaseResult]:
+def run_policy_tables(policy: Any, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[CaseResult]:
     """Run a compiled embedded policy's own table tests (a CompiledPolicy: its source holds the tables)."""
     from gateway.policy.embedded import new_evaluator
 

@@ -43,8 +43,9 @@ class BuiltinUpstream(ContainedBase):
     async def wait_ready(self, timeout: float) -> bool:
         return self._ready.is_set()
 
-    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
-                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         if method == "tools/list":
             return {"tools": self.toolset.tools()}
         if method == "ping":
@@ -61,8 +62,9 @@ class BuiltinConnection:
         self.agent = agent
         self.name = upstream.name
 
-    async def request(self, method: str, params: dict[str, Any] | None, timeout: float,
-                      on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         up = self.upstream
         if method != "tools/call":
             return await up.request(method, params, timeout, on_progress)

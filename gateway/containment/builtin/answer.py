@@ -68,6 +68,8 @@ def bounded(result: dict[str, Any], limit: int) -> dict[str, Any]:
         size = json_len(result)
     if size <= limit:
         return result
-    text = (f"The answer ({size} bytes serialized) exceeds the gateway's limit of {limit} bytes "
-            "(containment.max_answer_bytes): ask for less (a narrower path, a smaller max_bytes, fewer results).")
+    text = (
+        f"The answer ({size} bytes serialized) exceeds the gateway's limit of {limit} bytes "
+        "(containment.max_answer_bytes): ask for less (a narrower path, a smaller max_bytes, fewer results)."
+    )
     return {"content": [{"type": "text", "text": text}], "isError": True}

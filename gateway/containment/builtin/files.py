@@ -22,8 +22,9 @@ WORKER_SCRIPT = (Path(__file__).parent / "files_worker.py").read_bytes()
 _PATH = {"type": "string", "description": "A path relative to your workspace, or absolute within your grants."}
 
 
-def _tool(name: str, title: str, description: str, props: dict[str, Any], required: list[str],
-          read_only: bool) -> dict[str, Any]:
+def _tool(
+    name: str, title: str, description: str, props: dict[str, Any], required: list[str], read_only: bool
+) -> dict[str, Any]:
     return {
         "name": name,
         "title": title,
@@ -34,18 +35,44 @@ def _tool(name: str, title: str, description: str, props: dict[str, Any], requir
 
 
 TOOLS = [
-    _tool("read_file", "Read a file", "Read a text file (at most the gateway's output limit per call).",
-          {"path": _PATH, "offset": {"type": "integer", "minimum": 0}, "max_bytes": {"type": "integer", "minimum": 1}},
-          ["path"], True),
-    _tool("write_file", "Write a file", "Write (or append) text to a file.",
-          {"path": _PATH, "content": {"type": "string"}, "append": {"type": "boolean"},
-           "create_dirs": {"type": "boolean"}}, ["path", "content"], False),
+    _tool(
+        "read_file",
+        "Read a file",
+        "Read a text file (at most the gateway's output limit per call).",
+        {"path": _PATH, "offset": {"type": "integer", "minimum": 0}, "max_bytes": {"type": "integer", "minimum": 1}},
+        ["path"],
+        True,
+    ),
+    _tool(
+        "write_file",
+        "Write a file",
+        "Write (or append) text to a file.",
+        {
+            "path": _PATH,
+            "content": {"type": "string"},
+            "append": {"type": "boolean"},
+            "create_dirs": {"type": "boolean"},
+        },
+        ["path", "content"],
+        False,
+    ),
     _tool("list_dir", "List a directory", "List the entries of a directory.", {"path": _PATH}, ["path"], True),
-    _tool("search", "Search files", "Search text files under a directory for a regular expression.",
-          {"path": _PATH, "pattern": {"type": "string"}, "glob": {"type": "string"},
-           "max_results": {"type": "integer", "minimum": 1, "maximum": 1000}}, ["path", "pattern"], True),
-    _tool("stat", "Describe a path", "Type, size, mode and modification time of a path.", {"path": _PATH},
-          ["path"], True),
+    _tool(
+        "search",
+        "Search files",
+        "Search text files under a directory for a regular expression.",
+        {
+            "path": _PATH,
+            "pattern": {"type": "string"},
+            "glob": {"type": "string"},
+            "max_results": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        ["path", "pattern"],
+        True,
+    ),
+    _tool(
+        "stat", "Describe a path", "Type, size, mode and modification time of a path.", {"path": _PATH}, ["path"], True
+    ),
 ]
 _ARGS: dict[str, dict[str, Any]] = {
     "read_file": {"path": str, "offset": int, "max_bytes": int},
@@ -61,8 +88,9 @@ class FilesTools(Toolset):
     def tools(self) -> list[dict[str, Any]]:
         return TOOLS
 
-    async def call(self, name: str, args: dict[str, Any], agent: str, profile: Profile,
-                   timeout: float) -> tuple[dict[str, Any], RunResult | None]:
+    async def call(
+        self, name: str, args: dict[str, Any], agent: str, profile: Profile, timeout: float
+    ) -> tuple[dict[str, Any], RunResult | None]:
         spec = _ARGS.get(name)
         if spec is None:
             raise RemoteError(INVALID_PARAMS, f"Unknown tool: {name}")

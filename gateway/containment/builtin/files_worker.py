@@ -38,8 +38,14 @@ def read_file(req, limit):
         data = f.read(want + 1)
     truncated = len(data) > want
     data = data[:want]
-    return {"path": path, "size": size, "offset": offset, "truncated": truncated,
-            "content": data.decode("utf-8", "replace"), "binary": b"\x00" in data}
+    return {
+        "path": path,
+        "size": size,
+        "offset": offset,
+        "truncated": truncated,
+        "content": data.decode("utf-8", "replace"),
+        "binary": b"\x00" in data,
+    }
 
 
 def write_file(req, limit):
@@ -110,8 +116,14 @@ def search(req, limit):
 def stat_path(req, limit):
     path = req["path"]
     st = os.lstat(path)
-    out = {"path": path, "type": kind(st.st_mode), "size": st.st_size, "mode": f"{stat.S_IMODE(st.st_mode):04o}",
-           "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)), "uid": st.st_uid}
+    out = {
+        "path": path,
+        "type": kind(st.st_mode),
+        "size": st.st_size,
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+        "uid": st.st_uid,
+    }
     if stat.S_ISLNK(st.st_mode):
         out["target"] = os.readlink(path)
     return out

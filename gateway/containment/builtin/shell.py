@@ -91,8 +91,9 @@ class ShellTools(Toolset):
     def tools(self) -> list[dict[str, Any]]:
         return [RUN_TOOL]
 
-    async def call(self, name: str, args: dict[str, Any], agent: str, profile: Profile,
-                   timeout: float) -> tuple[dict[str, Any], RunResult | None]:
+    async def call(
+        self, name: str, args: dict[str, Any], agent: str, profile: Profile, timeout: float
+    ) -> tuple[dict[str, Any], RunResult | None]:
         if name != "run":
             raise RemoteError(INVALID_PARAMS, f"Unknown tool: {name}")
         only(args, ("command", "stdin", "cwd", "timeout_s"))

@@ -13,8 +13,9 @@ from gateway.errors import INVALID_PARAMS
 __all__ = ["Toolset", "arg", "only", "text_result"]
 
 
-def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False,
-        minimum: int | None = None) -> Any:
+def arg(
+    args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False, minimum: int | None = None
+) -> Any:
     """One argument, checked as the tool's input schema says (the gateway does not validate schemas itself)."""
     value = args.get(name)
     if value is None:
@@ -50,12 +51,15 @@ class Toolset:
         usage = self.runtime.workspaces.usage(agent)
         if usage is None or (not enospc and usage[1] - usage[0] > max(64 * 1024, usage[1] // 20)):
             return None
-        return (f"workspace full: {usage[0] // 1024} KiB of the {usage[1] // 1024} KiB quota "
-                "(containment.max_workspace_mb) are used; writes fail with 'No space left on device'")
+        return (
+            f"workspace full: {usage[0] // 1024} KiB of the {usage[1] // 1024} KiB quota "
+            "(containment.max_workspace_mb) are used; writes fail with 'No space left on device'"
+        )
 
     def tools(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    async def call(self, name: str, args: dict[str, Any], agent: str, profile: Profile,
-                   timeout: float) -> tuple[dict[str, Any], RunResult | None]:
+    async def call(
+        self, name: str, args: dict[str, Any], agent: str, profile: Profile, timeout: float
+    ) -> tuple[dict[str, Any], RunResult | None]:
         raise NotImplementedError
