@@ -91,8 +91,12 @@ def serve(config_path: str, log_level: str | None) -> None:
         agent_sock,
         admin_sock,
         lambda limit: gw.metrics.limited.labels(limit).inc(),
+        lambda: gw.failure is not None,
     )
     tracing.shutdown()
+    if gw.failure is not None:
+        logging.getLogger("gateway").critical("exiting: %s", gw.failure)
+        sys.exit(1)
 
 
 @main.command("check-config")

@@ -82,6 +82,11 @@ class Gateway:
             if tracing.enabled():
                 sdk_adapter.drop_sdk_spans(server)
         self.started = False
+        self.failure: str | None = None
+        """Set when the gateway failed after start (its task group is gone): /healthz says so, the process exits."""
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
 
     def _upstream_state(self, name: str, up: bool) -> None:
         if name in self._first_attempt:

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http.headers import ParseHeaders
+from gateway.http.health import health
 from gateway.http.hostorigin import HostOrigin, is_loopback, loopback_hosts
 from gateway.http.respond import respond
 from gateway.service import Gateway
@@ -32,7 +33,7 @@ class AdminApp:
             ok, detail = self.gw.readiness()
             await respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
         elif path == "/healthz":
-            await respond(send, 200, b'{"status":"ok"}', b"application/json")
+            await health(send, self.gw)
         else:
             await respond(send, 404, b'{"error":"not found"}', b"application/json")
 

@@ -22,6 +22,7 @@ from gateway.http.authenticate import WELL_KNOWN, Authenticate
 from gateway.http.bodylimit import BodyLimit
 from gateway.http.dispatch import VIEW_KEY, Dispatch
 from gateway.http.headers import ParseHeaders
+from gateway.http.health import health
 from gateway.http.hostorigin import HostOrigin, default_hosts
 from gateway.http.lifespan import Lifespan
 from gateway.http.limits import AgentConcurrency
@@ -52,7 +53,7 @@ class Router:
             scope["state"][VIEW_KEY] = path[5:].rstrip("/")
             await self.mcp(scope, receive, send)
         elif path == "/healthz":
-            await respond(send, 200, b'{"status":"ok"}', JSON)
+            await health(send, self.gw)
         elif path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/"):
             await self._resource_metadata(send, path)
         else:

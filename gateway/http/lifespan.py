@@ -1,5 +1,10 @@
 """The gateway's lifecycle under the agent listener: start and stop it with the ASGI lifespan, drain on exit.
 
+A failure after start-up (the gateway's task group ends with an error: a watcher or a session manager crashed)
+leaves no half-alive gateway: it is logged, ``Gateway.failure`` is set (``/healthz`` then answers 503), the
+lifespan reports ``lifespan.shutdown.failed`` (``startup.failed`` is no longer a valid transition once start-up
+completed), and the server is told to stop; ``serve`` then exits non-zero so a supervisor restarts it.
+
 Graceful shutdown: calls in flight finish (and are recorded) before the SDK's SSE streams are closed. By default
 sse-starlette ends every SSE stream the moment the server is told to stop, cutting calls that answer on a
 stream; here the streams stay up while any MCP request other than a GET is in flight (bounded by the server's
@@ -41,16 +46,23 @@ class Lifespan:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         msg = await receive()
         assert msg["type"] == "lifespan.startup"
+        started = False
         try:
             async with self.gw.running(), anyio.create_task_group() as tg:
                 tg.start_soon(self._drain_on_exit)
                 await send({"type": "lifespan.startup.complete"})
+                started = True
                 msg = await receive()
                 # lifespan.shutdown: leaving the block stops upstreams and session managers
                 tg.cancel_scope.cancel()
         except Exception as exc:
-            log.exception("gateway failed")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            if not started:
+                log.exception("gateway failed to start")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            log.critical("gateway failed after start; stopping so that a supervisor restarts it", exc_info=exc)
+            self.gw.fail(f"{type(exc).__name__} after start")
+            await send({"type": "lifespan.shutdown.failed", "message": "the gateway failed after start"})
             return
         await send({"type": "lifespan.shutdown.complete"})
 

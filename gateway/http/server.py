@@ -72,9 +72,11 @@ def connection_budget(wanted: int) -> int:
 
 
 def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_level: str,
-          agent_sock: socket.socket, admin_sock: socket.socket, on_refused: Callable[[str], None]) -> None:
-    """Run until told to stop (SIGTERM/SIGINT). The agent port's connections are bounded in number
-    (``max_connections``) and in the time to send a request head (``header_timeout_s``)."""
+          agent_sock: socket.socket, admin_sock: socket.socket, on_refused: Callable[[str], None],
+          failed: Callable[[], bool] = lambda: False) -> None:
+    """Run until told to stop (SIGTERM/SIGINT), or until ``failed()`` (the gateway died after start: the caller
+    exits non-zero). The agent port's connections are bounded in number (``max_connections``) and in the time
+    to send a request head (``header_timeout_s``)."""
     common = {"log_level": log_level, "log_config": None, "access_log": False}
     protocol = guarded_h11(connection_budget(server.max_connections), server.header_timeout_s, on_refused)
     agent = uvicorn.Server(uvicorn.Config(
@@ -83,11 +85,18 @@ def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_leve
     ))
     admin = QuietServer(uvicorn.Config(admin_app, lifespan="off", **common))  # type: ignore[arg-type]
 
+    async def stop_on_failure() -> None:
+        while not failed():
+            await asyncio.sleep(0.1)  # uvicorn's own main loop ticks at this pace too
+        agent.should_exit = True
+
     async def both() -> None:
         admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+        watch = asyncio.create_task(stop_on_failure())
         try:
             await agent.serve(sockets=[agent_sock])
         finally:
+            watch.cancel()
             admin.should_exit = True
             await admin_task
 
