@@ -54,6 +54,8 @@ class Connector(CallTarget, Protocol):
     server_info: dict[str, Any]
     last_error: str
     """Why it is not up (empty when it is): shown by /readyz, never to agents."""
+    client_capabilities: dict[str, Any]
+    """What the gateway declares to the server as its client (roots, sampling, elicitation) at initialize."""
     on_notification: NotificationFn | None
     on_request: RequestFn | None
 

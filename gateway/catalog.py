@@ -88,7 +88,7 @@ class Upstream:
 
 def make_connector(
     cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None], containment: Any = None
-) -> Any:
+) -> Connector:
     if cfg.transport == "builtin" or cfg.containment is not None:
         if containment is None:
             raise ValueError(f"upstream {cfg.name!r} is contained but the gateway has no [containment] section")

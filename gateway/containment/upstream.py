@@ -53,6 +53,7 @@ class ContainedBase:
         self.profile: Profile = runtime.profiles[self.profile_name]
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
+        self.client_capabilities: dict[str, Any] = {}
         self.on_notification: Any = None
         self.on_request: Any = None
         self.restarts = 0
@@ -81,6 +82,9 @@ class ContainedBase:
             log.error("upstream %s: %s", self.name, self.last_error)
             return False
         return True
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """No upstream-wide channel: each agent's worker is its own connection, told through its calls."""
 
     async def aclose(self) -> None:
         """Workers belong to the shared runtime, which the gateway closes after the catalog."""
