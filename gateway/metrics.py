@@ -73,6 +73,12 @@ class Metrics:
         self.upstream_errors = Counter(
             "mcp_gateway_upstream_errors_total", "Upstream failures by kind.", ["server", "kind"], registry=r,
         )
+        self.notifications_dropped = Counter(
+            "mcp_gateway_notifications_dropped_total",
+            "Notifications to an agent session dropped because its buffer was full (the agent did not read).",
+            ["kind"],
+            registry=r,
+        )
         self.upstream_up = Gauge("mcp_gateway_upstream_up", "1 when the upstream is connected.", ["server"], registry=r)
         self.upstream_restarts = Counter(
             "mcp_gateway_upstream_restarts_total", "Upstream processes restarted after they died.", ["server"],

@@ -19,6 +19,11 @@ none of whose items of that kind the agent may see (or was shown), never reach i
 Progress notifications are not requests: each belongs to one call in flight and is covered by that call's
 decision (see ``Admission.bind_progress``); they never pass through here.
 
+A shared upstream's notifications go to each session through its bounded ``Mailbox`` (one delivery task, oldest
+dropped and counted when full), so an agent that stops reading costs a fixed buffer and holds up no one else. A
+per-session upstream's are sent inline, in order with its call results: an agent that does not read them only
+holds up its own upstream session's reader, and that pipe's flow control bounds the backlog.
+
 The relay knows nothing of the SDK: the front end gives each session an ``Outlet`` that sends on its channels.
 """
 
@@ -35,6 +40,7 @@ from connectors.jsonrpc import RemoteError, UpstreamError
 from gateway.decide import Request
 from gateway.errors import DENIED, INTERNAL_ERROR, METHOD_NOT_FOUND
 from gateway.identity import Agent
+from gateway.mailbox import Mailbox
 from gateway.policy import Decision
 
 if TYPE_CHECKING:
@@ -76,6 +82,8 @@ class AgentSession:
     decisions: dict[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)
     shown: set[tuple[str, str]] = field(default_factory=set)
     """(upstream, list kind) pairs this session was shown items of: their list_changed concerns it."""
+    mailbox: Mailbox | None = None
+    """Shared upstreams' notifications waiting for this session (bounded; see ``gateway.mailbox``)."""
 
     def sees(self, upstream: str) -> bool:
         return self.view is None or self.view == upstream
@@ -107,6 +115,8 @@ class Relay:
     async def close(self, session_id: str) -> None:
         """The agent session ended: close its upstream sessions, drop its subscriptions on shared upstreams."""
         session = self.sessions.pop(session_id, None)
+        if session is not None and session.mailbox is not None:
+            session.mailbox.close()
         await self.catalog.session_upstreams.close_session(session_id)
         if session is None:
             return
@@ -280,9 +290,22 @@ class Relay:
                 self._fan_out(session, method, params)
 
     def _fan_out(self, session: AgentSession, method: str, params: dict[str, Any]) -> None:
-        """Deliver a shared upstream's notification in the background: an agent that stops reading its stream
-        must not hold up the shared upstream's reader (every other agent's calls) or the other subscribers."""
-        self.catalog.session_upstreams.spawn(session.outlet.notify, None, method, params)
+        """Queue a shared upstream's notification for one session: its own delivery task sends it, so an agent
+        that stops reading its stream holds up neither the shared upstream's reader (every other agent's calls)
+        nor the other subscribers, and a flood towards it costs a bounded buffer (the oldest are dropped, counted)
+        instead of a task per message."""
+        if session.id not in self.sessions:
+            return
+        if session.mailbox is None:
+            session.mailbox = Mailbox(
+                lambda m, p: session.outlet.notify(None, m, p),
+                self.catalog.session_upstreams.spawn,
+                self._dropped,
+            )
+        session.mailbox.put(method, params)
+
+    def _dropped(self, method: str) -> None:
+        self.admission.metrics.notifications_dropped.labels(method).inc()
 
     # --- agent -> upstream: state the relay keeps for the pipeline -----------------------------------------
 
