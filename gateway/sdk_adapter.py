@@ -132,6 +132,11 @@ def live_session_ids(manager: Any) -> Iterable[str]:
     return instances.keys()
 
 
+def holds_session(managers: Iterable[Any], session_id: str) -> bool:
+    """Whether any of these session managers holds the session and has not terminated it."""
+    return any(live_transport(m, session_id) is not None for m in managers)
+
+
 def live_transport(manager: Any, session_id: str) -> Any:
     """The transport of a session the SDK holds and has not terminated; None otherwise (the SDK answers 404)."""
     transport = manager._server_instances.get(session_id)

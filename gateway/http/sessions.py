@@ -66,11 +66,14 @@ def initialize_of(body: bytes) -> tuple[dict[str, Any], str | None] | None:
 
 class SessionBinding:
     def __init__(self, app: ASGIApp, live_ids: Callable[[], Iterable[str]], max_per_agent: int,
-                 on_limited: Callable[[str], None]):
+                 on_limited: Callable[[str], None], is_live: Callable[[str], bool] | None = None):
         if max_per_agent <= 0:
             raise ValueError("max_sessions_per_agent must be positive")
         self.app = app
         self.live_ids = live_ids
+        self.is_live = is_live or (lambda sid: sid in set(live_ids()))
+        """Whether the SDK still holds a session: checked on every use, so an expired or ended id is refused
+        here (and unbound) rather than passed on to later stages on the strength of a stale binding."""
         self.max_per_agent = max_per_agent
         self.on_limited = on_limited
         self.sessions: dict[str, BoundSession] = {}
@@ -84,8 +87,12 @@ class SessionBinding:
         sid = headers_of(scope).session_id
         agent = agent_of(scope)
         owner = (agent.id, agent.auth, agent.team)
+        self._prune()  # at most every 5 s: bindings of expired sessions go even when no session opens
         if sid is not None:
             bound = self.sessions.get(sid)
+            if bound is not None and bound.owner == owner and not self.is_live(sid):
+                self._forget(sid, bound)  # expired or ended in the SDK: no longer this agent's, nor counted
+                bound = None
             if bound is None or bound.owner != owner:
                 await jsonrpc_error(send, 404, INVALID_REQUEST, "Session not found")
                 return
