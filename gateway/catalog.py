@@ -18,10 +18,9 @@ import anyio
 import anyio.abc
 
 from connectors.base import CallTarget, Connector, PerAgent
-from connectors.http import HttpConnector
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
-from connectors.stdio import StdioConnector
 from gateway.config import UpstreamConfig
+from gateway.connect import make_connector
 from gateway.upstream_sessions import SessionUpstreams
 
 log = logging.getLogger("gateway.catalog")
@@ -84,32 +83,6 @@ class Upstream:
         if tool is not None and tool in self.config.tool_timeouts_s:
             return self.config.tool_timeouts_s[tool]
         return self.config.timeout_s
-
-
-def make_connector(
-    cfg: UpstreamConfig, base_dir: Any, on_state: Callable[[Any, bool], None], containment: Any = None
-) -> Connector:
-    if cfg.transport == "builtin" or cfg.containment is not None:
-        if containment is None:
-            raise ValueError(f"upstream {cfg.name!r} is contained but the gateway has no [containment] section")
-        if cfg.transport == "builtin":
-            from gateway.containment.builtin import BuiltinUpstream
-
-            return BuiltinUpstream(cfg, containment, on_state)
-        from gateway.containment.upstream import ContainedUpstream
-
-        return ContainedUpstream(cfg, base_dir, containment, on_state)
-    if cfg.transport == "stdio":
-        assert cfg.command is not None
-        cwd = str(base_dir / cfg.cwd) if cfg.cwd else None
-        return StdioConnector(cfg.name, cfg.command, cfg.env, cwd, cfg.start_timeout_s, on_state, cfg.limits())
-    assert cfg.url is not None
-    auth = None
-    if cfg.oauth is not None:
-        from connectors.oauth import oauth_provider
-
-        auth = oauth_provider(cfg.name, cfg.url, cfg.oauth)
-    return HttpConnector(cfg.name, cfg.url, cfg.resolved_headers(), cfg.start_timeout_s, on_state, auth, cfg.limits())
 
 
 class Catalog:

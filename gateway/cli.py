@@ -10,18 +10,10 @@ from pathlib import Path
 
 import click
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.cli_common import load_or_exit as _load
+from gateway.config import Config
 from gateway.policy import PolicyError
 from gateway.upstream_check import check_upstreams
-
-
-def _load(path: str) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(line, err=True)
-        sys.exit(2)
 
 
 def _check_policy(cfg: Config) -> list[str]:

@@ -18,6 +18,7 @@ import anyio
 import click
 import orjson
 
+from gateway.cli_common import load_or_exit
 from gateway.config import Config, PolicyConfig
 from gateway.policy.decision import Decision, PolicyEngine, PolicyError
 
@@ -25,9 +26,7 @@ _WARM_RUNS = 20
 
 
 def _config(path: str) -> Config:
-    from gateway.cli import _load  # at call time: gateway.cli imports this module at its end
-
-    return _load(path)
+    return load_or_exit(path)
 
 
 def _fail(lines: list[str], code: int = 2) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from gateway.containment.settings import ContainmentConfig
+from gateway.jwks import load_jwks
 from gateway.names import parse_roles
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -385,8 +386,6 @@ def _check_files(cfg: Config, source: str) -> list[str]:
     if jwt and jwt.jwks_file and not cfg.resolve(jwt.jwks_file).is_file():
         errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} does not exist")
     elif jwt and jwt.jwks_file:
-        from gateway.identity import load_jwks  # identity imports this module
-
         try:
             load_jwks(cfg.resolve(jwt.jwks_file))
         except ValueError as exc:

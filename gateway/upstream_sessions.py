@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
+from gateway.connect import make_connector
 from gateway.errors import INTERNAL_ERROR
 
 if TYPE_CHECKING:
@@ -150,7 +151,6 @@ class SessionUpstreams:
             )
 
     def _open(self, up: Upstream, caps: dict[str, Any]) -> _Entry:
-        from gateway.catalog import make_connector  # the catalog imports this module; import at use, not at load
 
         assert self._tg is not None
         hooks, name = self.hooks, up.name

@@ -61,7 +61,7 @@ async def list_tools(cfg: Config, up: UpstreamConfig, timeout: float) -> list[di
     """Start an uncontained stdio or HTTP upstream as the gateway would, list its tools, stop it.
 
     Contained stdio upstreams run only in the gateway's sandboxes: they are not started here (ValueError)."""
-    from gateway.catalog import make_connector
+    from gateway.connect import make_connector
 
     if up.transport == "builtin":
         return builtin_tools(up)
