@@ -14,6 +14,7 @@ answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's serve
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import anyio
@@ -57,7 +58,33 @@ def parse_tool_call(body: bytes) -> dict[str, Any] | None:
     meta = params.get("_meta")
     if meta is not None and (not isinstance(meta, dict) or "progressToken" in meta):
         return None  # progress needs an SSE stream: the SDK path relays it
+    if _LONG_NUMBER.search(body) is not None and _lossy(params):
+        return None  # an integer orjson read as a float: the SDK path parses it exactly (and refuses it)
     return msg
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+"""A run of digits as long as the shortest integer outside 64 bits: only then can a float below be one."""
+
+
+def _lossy(value: Any) -> bool:
+    """Whether a parsed value holds a float that may stand for an integer literal beyond 64 bits: orjson reads
+    those as floats (10**20 as 1e20), so the policy would see, and the upstream get, a number the agent did not
+    send. Iterative: orjson nests deeper than the recursion limit."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if v.is_integer() and abs(v) >= _INT64:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+_INT64 = 2.0**63
 
 
 _PROTOCOL_META = "io.modelcontextprotocol/protocolVersion"
