@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gateway.policy.decision import PolicyError
 from gateway.policy.loader import PolicySource
-from gateway.policy.references import call_args, undefined_references
+from gateway.policy.references import IMPORT, REGO_KEYWORDS, bracket_depths, call_args, undefined_references
 from gateway.policy.syntax import syntax_errors
 
 DOC = "docs/policy.md#the-supported-rego-subset"
@@ -85,28 +85,8 @@ _BUILTIN_ARITY = {
 
 # Built-ins rego-cpp evaluates that its is_builtin() does not list.
 _SPECIAL = frozenset({"print", "set"})
-_KEYWORDS = frozenset(
-    {
-        "package",
-        "import",
-        "as",
-        "default",
-        "else",
-        "not",
-        "some",
-        "every",
-        "with",
-        "in",
-        "if",
-        "contains",
-        "true",
-        "false",
-        "null",
-    }
-)
 _CALL = re.compile(r"(?<![\w.\]\)\"`])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
 _PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.M)
-_IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
 _REGEX_FUNCS = frozenset(
     {
         "regex.match",
@@ -218,17 +198,6 @@ def mask(src: str) -> str:
     return _mask(src)[0]
 
 
-def _depths(masked: str) -> list[int]:
-    depth, out = 0, []
-    for ch in masked:
-        out.append(depth)
-        if ch in "{[(":
-            depth += 1
-        elif ch in "}])":
-            depth = max(0, depth - 1)
-    return out
-
-
 _DEFAULT = re.compile(r"^default\s+([A-Za-z_]\w*)", re.M)
 _PARTIAL_SET = re.compile(r"^([A-Za-z_]\w*)\s+contains\b", re.M)
 _WITH = re.compile(r"\bwith\s+[\w.\[\]]+\s+as\b")
@@ -300,17 +269,17 @@ class _Module:
 
 def _scan(name: str, src: str) -> _Module:
     masked, lits = _mask(src)
-    depth = _depths(masked)
+    depth = bracket_depths(masked)
     pkg = _PACKAGE.search(masked)
     aliases = set()
-    for m in _IMPORT.finditer(masked):
+    for m in IMPORT.finditer(masked):
         path, alias = m.group(1), m.group(2)
         if path.split(".")[0] in ("data", "input"):
             aliases.add(alias or path.split(".")[-1])
     heads, calls = set(), []
     for m in _CALL.finditer(masked):
         fn = m.group(1)
-        if fn in _KEYWORDS:
+        if fn in REGO_KEYWORDS:
             continue
         line_start = masked.rfind("\n", 0, m.start()) + 1
         if depth[m.start()] == 0 and not masked[line_start : m.start()].strip():
@@ -324,7 +293,7 @@ def _scan(name: str, src: str) -> _Module:
     arities = [
         (h.group(1), len([a for a in h.group(2).split(",") if a.strip()]), h.start())
         for h in _FUNC_HEAD.finditer(masked)
-        if depth[h.start()] == 0 and h.group(1) not in _KEYWORDS
+        if depth[h.start()] == 0 and h.group(1) not in REGO_KEYWORDS
     ]
     return _Module(
         name,

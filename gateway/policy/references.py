@@ -24,12 +24,13 @@ from typing import Any, Protocol
 from gateway.policy.loader import PolicySource
 
 _IDENT = re.compile(r"(?<![\w.$])([A-Za-z_]\w*)")
-_IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
+IMPORT = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
 _STATEMENT = re.compile(
     r"^[ \t]*(?!(?:else|if|not|some|every|with|contains|in|as)\b)(?:default\s+)?([A-Za-z_]\w*)", re.M
 )
 _DOTTED = re.compile(r"(?<![\w.$])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
-_KEYWORDS = frozenset(
+# Rego's keywords and literals: never a call or a rule reference.
+REGO_KEYWORDS = frozenset(
     {
         "package",
         "import",
@@ -46,13 +47,9 @@ _KEYWORDS = frozenset(
         "true",
         "false",
         "null",
-        "input",
-        "data",
-        "_",
-        "future",
-        "rego",
     }
 )
+_KEYWORDS = REGO_KEYWORDS | {"input", "data", "_", "future", "rego"}
 
 
 class _Scanned(Protocol):
@@ -79,7 +76,8 @@ def _statements(masked: str, depth: list[int]) -> list[tuple[int, int, str]]:
     return out
 
 
-def _depths(masked: str) -> list[int]:
+def bracket_depths(masked: str) -> list[int]:
+    """The bracket nesting depth at each offset of the masked source."""
     depth, out = 0, []
     for ch in masked:
         out.append(depth)
@@ -130,7 +128,7 @@ def _bound(stmt: str) -> set[str]:
     """Every name the statement could bind: assigned or unified, declared with some/every, iterated in a ref's
     brackets, a function's parameter, or inside a pattern on the left of := or =. Generous on purpose."""
     names: set[str] = set()
-    depth = _depths(stmt)
+    depth = bracket_depths(stmt)
     for m in re.finditer(r"(?<![\w.$])([A-Za-z_]\w*)\s*(?::=|=(?!=))", stmt):  # x := ..., x = ...
         names.add(m.group(1))
     for m in re.finditer(r"(?<![=!<>:])=(?!=)\s*([A-Za-z_]\w*)\b(?!\s*[.(\[])", stmt):  # ... = x
@@ -166,7 +164,7 @@ def _close(text: str, start: int) -> int:
 def _aliases(masked: str) -> dict[str, str]:
     """Import alias -> the data path it stands for (``lib`` -> ``gateway.lib``)."""
     out = {}
-    for m in _IMPORT.finditer(masked):
+    for m in IMPORT.finditer(masked):
         path, alias = m.group(1), m.group(2)
         parts = path.split(".")
         if parts[0] == "data" and len(parts) > 1:
@@ -191,7 +189,7 @@ def undefined_references(
     statements: dict[str, list[tuple[int, int, str]]] = {}
     for mod in mods:
         entry = packages.setdefault(mod.package, _Package(set(), {}))
-        statements[mod.name] = _statements(mod.masked, _depths(mod.masked))
+        statements[mod.name] = _statements(mod.masked, bracket_depths(mod.masked))
         entry.rules.update(n for _s, _e, n in statements[mod.name] if n not in ("package", "import"))
         for fn, n, _offset in mod.arities:
             entry.arities.setdefault(fn, set()).add(n)
@@ -269,7 +267,7 @@ def undefined_references(
                 break
 
         # Variables nothing binds (OPA: "var is unsafe").
-        imported = {m.group(2) or m.group(1).split(".")[-1] for m in _IMPORT.finditer(mod.masked)}
+        imported = {m.group(2) or m.group(1).split(".")[-1] for m in IMPORT.finditer(mod.masked)}
         known = own.rules | imported | builtins | namespaces | _KEYWORDS
         for start, end, name in statements[mod.name]:
             if name in ("package", "import"):
