@@ -24,11 +24,9 @@ import anyio.to_thread
 from gateway.config import Config, ConfigError, IdentityConfig, load_config
 from gateway.identity import Authenticator, IdentityTable
 from gateway.metrics import Metrics
-from gateway.signals import open_sighup_receiver
+from gateway.signals import reload_on_change, reload_on_sighup
 
 log = logging.getLogger("gateway.identity")
-
-_SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -153,31 +151,9 @@ class IdentityWatcher:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs for the gateway's lifetime; reports started once SIGHUP is handled."""
         async with anyio.create_task_group() as tg:
-            await tg.start(self._sighup)
+            await tg.start(reload_on_sighup, self.reload, log, "identity")
             task_status.started()
             if self.config.identity.watch and self.path is not None:
-                await self._poll()
-
-    async def _poll(self) -> None:
-        while True:
-            await anyio.sleep(self.config.identity.watch_interval_s)
-            now = self._fingerprint()
-            if now == self._seen:
-                continue
-            while True:  # let a writer finish: wait until the files stop changing
-                await anyio.sleep(_SETTLE_S)
-                settled = self._fingerprint()
-                if settled == now:
-                    break
-                now = settled
-            await self.reload("files changed")
-
-    async def _sighup(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with open_sighup_receiver() as signals:
-                task_status.started()
-                async for _ in signals:
-                    await self.reload("SIGHUP")
-        except (NotImplementedError, RuntimeError, ValueError) as exc:
-            log.warning("identity reload on SIGHUP is not available here: %s", exc)
-            task_status.started()
+                await reload_on_change(
+                    self._fingerprint, lambda: self._seen, self.config.identity.watch_interval_s, self.reload
+                )

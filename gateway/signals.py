@@ -1,4 +1,4 @@
-"""SIGHUP for several listeners: the policy reload and the identity reload both react to it.
+"""SIGHUP for several listeners: the policy reload and the identity reload both react to it (and to changed files).
 
 anyio's ``open_signal_receiver`` installs the event loop's one handler for the signal: a second receiver
 replaces the first, and the first to close removes the handler for both (SIGHUP's default action then kills
@@ -8,12 +8,17 @@ the gateway). This hub installs the handler once and fans each signal out to eve
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+# How long watched files must stay unchanged before a reload reads them (a writer may still be at work).
+SETTLE_S = 0.2
 
 _receivers: list[MemoryObjectSendStream[int]] = []
 
@@ -45,3 +50,43 @@ def open_sighup_receiver() -> Iterator[MemoryObjectReceiveStream[int]]:
         send.close()
         if not _receivers:
             loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def reload_on_sighup(
+    reload: Callable[[str], Awaitable[object]],
+    log: logging.Logger,
+    what: str,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``reload("SIGHUP")`` on each SIGHUP; reports started once the signal is handled (or cannot be)."""
+    try:
+        with open_sighup_receiver() as signals:
+            task_status.started()
+            async for _ in signals:
+                await reload("SIGHUP")
+    except (NotImplementedError, RuntimeError, ValueError) as exc:
+        log.warning("%s reload on SIGHUP is not available here: %s", what, exc)
+        task_status.started()
+
+
+async def reload_on_change(
+    fingerprint: Callable[[], object],
+    last_seen: Callable[[], object],
+    interval_s: float,
+    reload: Callable[[str], Awaitable[object]],
+) -> None:
+    """Every ``interval_s``, compare the files' fingerprint with the one the last reload read; when it differs,
+    wait until the files stop changing (an editor or a deploy may still be writing), then reload."""
+    while True:
+        await anyio.sleep(interval_s)
+        now = fingerprint()
+        if now == last_seen():
+            continue
+        while True:
+            await anyio.sleep(SETTLE_S)
+            settled = fingerprint()
+            if settled == now:
+                break
+            now = settled
+        await reload("files changed")

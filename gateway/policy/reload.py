@@ -28,11 +28,10 @@ from gateway.policy.decision import PolicyError
 from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
 from gateway.policy.loader import is_policy_file, load_policy
 from gateway.policy.tables import report, run_policy_tables
-from gateway.signals import open_sighup_receiver
+from gateway.signals import reload_on_change, reload_on_sighup
 
 log = logging.getLogger("gateway.policy")
 
-_SETTLE_S = 0.2
 _PREFLIGHT_TIMEOUT_S = 120
 
 
@@ -244,7 +243,7 @@ class PolicyWatcher:
                 await anyio.sleep(self.interval)
                 self.publish_revision()
         async with anyio.create_task_group() as tg:
-            await tg.start(self._sighup)
+            await tg.start(reload_on_sighup, self.reload, log, "policy")
             task_status.started()
             await self._check_initial()
             if self.watch:
@@ -269,25 +268,4 @@ class PolicyWatcher:
     async def _poll(self) -> None:
         path: Path = self.engine.path
         self._seen = fingerprint(path)
-        while True:
-            await anyio.sleep(self.interval)
-            now = fingerprint(path)
-            if now == self._seen:
-                continue
-            while True:  # let an editor or a deploy finish writing before compiling
-                await anyio.sleep(_SETTLE_S)
-                settled = fingerprint(path)
-                if settled == now:
-                    break
-                now = settled
-            await self.reload("files changed")
-
-    async def _sighup(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with open_sighup_receiver() as signals:
-                task_status.started()
-                async for _ in signals:
-                    await self.reload("SIGHUP")
-        except (NotImplementedError, RuntimeError, ValueError) as exc:
-            log.warning("policy reload on SIGHUP is not available here: %s", exc)
-            task_status.started()
+        await reload_on_change(lambda: fingerprint(path), lambda: self._seen, self.interval, self.reload)
