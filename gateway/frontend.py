@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.caching import CacheHint
@@ -28,6 +29,7 @@ from gateway.forward import GatewayError
 from gateway.http.authenticate import AGENT_KEY
 from gateway.http.headers import HEADERS_KEY
 from gateway.identity import Agent
+from gateway.mailbox import PROGRESS_CAPACITY, Mailbox
 from gateway.pipeline import Pipeline
 from gateway.relay import AgentSession
 
@@ -100,14 +102,17 @@ def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
     if token is None:
         return None
 
-    async def relay(params: dict[str, Any]) -> None:
-        await ctx.session.send_progress_notification(
-            token,
-            float(params.get("progress", 0)),
-            params.get("total"),
-            params.get("message"),
-            related_request_id=str(ctx.request_id) if ctx.request_id is not None else None,
-        )
+    async def relay(method: str, params: dict[str, Any]) -> None:
+        try:
+            await ctx.session.send_progress_notification(
+                token,
+                float(params.get("progress", 0)),
+                params.get("total"),
+                params.get("message"),
+                related_request_id=str(ctx.request_id) if ctx.request_id is not None else None,
+            )
+        except Exception as exc:  # progress to a client that went away is dropped, never raised
+            log.debug("dropped progress to an agent session: %s", exc)
 
     return relay
 
@@ -122,7 +127,28 @@ def build_server(pipeline: Pipeline, view: str | None) -> Server[Any]:
         raw = ctx.params or {}
         args = raw.get("arguments")
         req = make_request(ctx, "tools/call", view, name=str(raw.get("name", "")), arguments=args or {})
-        return await pipeline.call_tool(req, _progress_relay(ctx))
+        send = _progress_relay(ctx)
+        if send is None:
+            return await pipeline.call_tool(req)
+        # Progress goes out through a bounded mailbox, not from the upstream's reader: an agent that stops reading
+        # its stream must not hold up that reader (a shared upstream's serves every agent) nor pile up messages.
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            box = Mailbox(send, tg.start_soon, pipeline.relay.dropped, PROGRESS_CAPACITY)
+
+            async def on_progress(params: dict[str, Any]) -> None:
+                box.put("notifications/progress", params)
+
+            try:
+                result = await pipeline.call_tool(req, on_progress)
+                await box.drain()  # the progress that came before the answer goes before it
+            except Exception as exc:  # raised after the task group, which would wrap it in an ExceptionGroup
+                error = exc
+            finally:
+                box.close()
+        if error is not None:
+            raise error
+        return result
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         return await pipeline.list_prompts(make_request(ctx, "prompts/list", view))

@@ -18,9 +18,11 @@ from typing import Any
 import anyio
 
 DEFAULT_CAPACITY = 64
+PROGRESS_CAPACITY = 16
+"""Progress of one call: only the newest matters, the oldest are dropped first."""
 
 Send = Callable[[str, dict[str, Any]], Awaitable[None]]
-Spawn = Callable[..., None]
+Spawn = Callable[..., object]
 
 
 class Mailbox:
@@ -35,6 +37,8 @@ class Mailbox:
         self.capacity = max(1, capacity)
         self._items: deque[tuple[str, dict[str, Any]]] = deque()
         self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
         self._started = False
         self._closed = False
         self._scope: anyio.CancelScope | None = None
@@ -49,14 +53,22 @@ class Mailbox:
             dropped, _ = self._items.popleft()
             self._on_drop(dropped)
         self._items.append((method, params))
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         self._wake.set()
         if not self._started:
             self._started = True  # one delivery task per session, started with its first notification
             self._spawn(self._deliver)
 
+    async def drain(self) -> None:
+        """Wait until everything put so far was sent (or the mailbox closed): what came before an answer goes
+        before it. Only the caller waits, as long as its own agent takes to read."""
+        await self._idle.wait()
+
     def close(self) -> None:
         self._closed = True
         self._items.clear()
+        self._idle.set()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -66,5 +78,6 @@ class Mailbox:
                 while self._items:
                     method, params = self._items.popleft()
                     await self._send(method, params)  # the outlet drops (never raises) what it cannot send
+                self._idle.set()
                 self._wake = anyio.Event()
                 await self._wake.wait()

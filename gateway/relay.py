@@ -300,11 +300,12 @@ class Relay:
             session.mailbox = Mailbox(
                 lambda m, p: session.outlet.notify(None, m, p),
                 self.catalog.session_upstreams.spawn,
-                self._dropped,
+                self.dropped,
             )
         session.mailbox.put(method, params)
 
-    def _dropped(self, method: str) -> None:
+    def dropped(self, method: str) -> None:
+        """Count a notification a full mailbox dropped."""
         self.admission.metrics.notifications_dropped.labels(method).inc()
 
     # --- agent -> upstream: state the relay keeps for the pipeline -----------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import KEYS, REPO, RunningGateway, default_config, free_port, start_gateway, stdio_upstream
+from tests.conftest import ECHO, KEYS, REPO, RunningGateway, default_config, free_port, start_gateway, stdio_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 RECORDER = [sys.executable, str(REPO / "tests" / "fixtures" / "recording_server.py")]
@@ -41,6 +41,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     (policy / "p.rego").write_text(POLICY)
     port = free_port()
     upstream = stdio_upstream("rec", RECORDER, f'env = {{ RECORD_FILE = "{workdir / "rec.jsonl"}" }}\n')
+    upstream += stdio_upstream("echo", ECHO)  # shared: one reader serves every agent
     gateway = start_gateway(workdir, default_config(port, workdir, upstream, policy=policy), port)
     yield gateway
     gateway.stop()
@@ -68,9 +69,9 @@ def seqs_into(seen: list[int]) -> Any:
     return collect
 
 
-def dropped(gw: RunningGateway) -> float:
+def dropped(gw: RunningGateway, kind: str = UPDATED) -> float:
     for line in httpx2.get(gw.admin_base + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("mcp_gateway_notifications_dropped_total{") and f'kind="{UPDATED}"' in line:
+        if line.startswith("mcp_gateway_notifications_dropped_total{") and f'kind="{kind}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -140,3 +141,40 @@ async def test_a_flood_towards_an_agent_that_stops_reading_is_dropped_while_othe
         assert len(stuck_seen) < count  # what the stuck agent missed was dropped, not kept for it
         await reader.unsubscribe_resource(WATCHED)
         await slow.unsubscribe_resource(WATCHED)
+
+
+async def test_progress_an_agent_does_not_read_never_holds_up_a_shared_upstream(gw: RunningGateway) -> None:
+    """A shared upstream reports progress (3,000 reports of 4 KiB) to an agent that stops reading after the first:
+    the reports go through a bounded mailbox of the call (oldest dropped, counted), so the upstream's reader goes
+    on and another agent's call to it is answered; once the agent reads again it gets the newest report, then the
+    result. Before, every report was kept for it (and, inline in the upstream's reader, a full stream of the agent
+    held up that reader, which serves every agent's calls)."""
+    steps = 3000
+    release, first = anyio.Event(), anyio.Event()
+    seen: list[float] = []
+    got: list[str] = []
+
+    async def stuck(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+        first.set()
+        await release.wait()
+
+    before = dropped(gw, "notifications/progress")
+
+    async def slow_call(c: Client) -> None:
+        result = await c.call_tool("echo__slow", {"seconds": 0, "steps": steps, "pad": 4096}, progress_callback=stuck)
+        got.append(text(result))
+
+    async with client(gw.url, "ci-bot", seqs_into([])) as slow, client(gw.url, "admin", seqs_into([])) as other:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_call, slow)
+            try:
+                with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
+                    await first.wait()
+                    assert await until(lambda: dropped(gw, "notifications/progress") > before), "nothing dropped"
+                    assert text(await other.call_tool("echo__echo", {"text": "not held up"})) == "not held up"
+            finally:
+                release.set()
+        assert got == ["slept 0.0"]
+        assert seen == sorted(set(seen)) and seen[-1] == steps  # in order, and the newest before the result
+        assert len(seen) < steps
