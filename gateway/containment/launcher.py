@@ -178,7 +178,36 @@ class TierCommand:
     cwd: str
 
 
-TierBuilder = Callable[..., Awaitable[TierCommand]]
+@dataclass
+class TierRequest:
+    """What every tier builds its command from: the launch, the worker's id, and what the gate already filled in
+    (environment, command line and working directory with the workspace placed; the uid, None when not root)."""
+
+    req: LaunchRequest
+    profile: Profile
+    ws: Workspace
+    wid: str
+    env: dict[str, str]
+    argv: list[str]
+    cwd: str
+    uid: int | None
+
+
+TierBuilder = Callable[[TierRequest], Awaitable[TierCommand]]
+
+
+async def _open_piped(argv: list[str], env: dict[str, str], cwd: str, **extra: Any) -> anyio.abc.Process:
+    """A worker process with its stdio on pipes, in its own session (a kill reaches all it starts)."""
+    return await anyio.open_process(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        **extra,
+    )
 
 
 class Launcher:
@@ -250,15 +279,7 @@ class Launcher:
         cwd = fill(req.cwd, ws.path, req.agent) if req.cwd else ws.path
         if p.tier == "none":
             env.setdefault("PATH", os.environ.get("PATH", _BASE_PATH))
-            proc = await anyio.open_process(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
+            proc = await _open_piped(argv, env, cwd)
             return WorkerProcess(wid, req, ws, proc, None, None, None)
         uid = ws.uid if self.caps.root else None
         cgroup = None
@@ -268,7 +289,7 @@ class Launcher:
             if self.cgroups.bases:
                 cgroup = WorkerCgroup(self.cgroups, f"{wid}.{os.getpid()}")
                 cgroup.limit(p.memory_mb, p.pids)
-            tc = await self.tiers[p.tier](req, p, ws, wid, env, argv, cwd, uid)
+            tc = await self.tiers[p.tier](TierRequest(req, p, ws, wid, env, argv, cwd, uid))
             command, fds, close_egress, proc_env, proc_cwd = tc.command, tc.fds, tc.close, tc.env, tc.cwd
             # The gate is the first line of the worker's stdin: the shell's `read` takes exactly that line.
             unset = "" if "PWD" in proc_env else "unset PWD; "
@@ -276,18 +297,7 @@ class Launcher:
             shell = ["/bin/sh", "-c", _GATE.format(unset=unset), "sh", self._prlimit, *limits, "--", *command]
             ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
             try:
-                proc = await anyio.open_process(
-                    shell,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=proc_env,
-                    cwd=proc_cwd,
-                    start_new_session=True,
-                    pass_fds=fds,
-                    umask=0o077,
-                    **ids,
-                )
+                proc = await _open_piped(shell, proc_env, proc_cwd, pass_fds=fds, umask=0o077, **ids)
             except (OSError, ValueError) as exc:  # ValueError: a NUL in an upstream's env or command
                 raise LaunchError(f"cannot start the worker: {getattr(exc, 'strerror', None) or exc}") from None
             worker = WorkerProcess(wid, req, ws, proc, cgroup, close_egress, uid)
@@ -318,31 +328,13 @@ class Launcher:
             if close_egress is not None:
                 await close_egress()
 
-    async def _process_command(
-        self,
-        req: LaunchRequest,
-        p: Profile,
-        ws: Workspace,
-        wid: str,
-        env: dict[str, str],
-        argv: list[str],
-        cwd: str,
-        uid: int | None,
-    ) -> TierCommand:
+    async def _process_command(self, t: TierRequest) -> TierCommand:
         # Dies with the gateway (the sandbox tier gets this from bwrap), and never gains privileges.
-        return TierCommand([self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *argv], [], None, env, cwd)
+        command = [self._setpriv, "--pdeathsig", "KILL", "--no-new-privs", "--", *t.argv]
+        return TierCommand(command, [], None, t.env, t.cwd)
 
-    async def _sandbox_command(
-        self,
-        req: LaunchRequest,
-        p: Profile,
-        ws: Workspace,
-        wid: str,
-        env: dict[str, str],
-        argv: list[str],
-        cwd: str,
-        uid: int | None,
-    ) -> TierCommand:
+    async def _sandbox_command(self, t: TierRequest) -> TierCommand:
+        req, p, ws, wid, env, argv, cwd, uid = t.req, t.profile, t.ws, t.wid, t.env, t.argv, t.cwd, t.uid
         assert self.caps.bwrap is not None
         paths = paths_for(p, ws.path, req.agent)
         passwd, group, hosts = bw.passwd_files(
