@@ -9,7 +9,7 @@ hidden item as a missing one; every public method is ``guarded``, so no internal
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -95,30 +95,12 @@ class Pipeline:
 
     @guarded
     async def list_tools(self, req: Request) -> dict[str, Any]:
-        ups = await self._list_gate(req, "tools/list")
-        tools = []
-        for up in ups:
-            for name, tool in up.tools.items():
-                if await self.decider.visible(req, up.name, "tool", name, tool.get("annotations") or {}):
-                    tools.append({**tool, "name": public_name(up.name, name, req.view)} if req.view is None else tool)
-                    self._shown(req, up, "tools")
-        self.admission.finish(req, "ok", 0.0)
-        return {"tools": tools}
+        return {"tools": await self._list_named(req, "tool")}
 
     @guarded
     async def call_tool(self, req: Request, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        self.admission.check_name(req, "tool")
-        up, tool_name, target = self._tool(req.name or "", req.view)
-        decision = await self.admission.admit(
-            req,
-            target,
-            GatewayError(UNKNOWN_TOOL, f"Unknown tool: {req.name}"),
-            tool=tool_name,
-            annotations=target.annotations,
-            arguments=req.arguments or {},
-        )
-        assert up is not None
+        up, tool_name, decision = await self._admit_named(req, "tool")
         if not decision.allow:
             self.admission.finish(req, "denied", time.perf_counter() - t0)
             return {
@@ -177,28 +159,11 @@ class Pipeline:
 
     @guarded
     async def list_prompts(self, req: Request) -> dict[str, Any]:
-        ups = await self._list_gate(req, "prompts/list")
-        prompts = []
-        for up in ups:
-            for name, prompt in up.prompts.items():
-                if await self.decider.visible(req, up.name, "prompt", name, {}):
-                    prompts.append({**prompt, "name": public_name(up.name, name, req.view)})
-                    self._shown(req, up, "prompts")
-        self.admission.finish(req, "ok", 0.0)
-        return {"prompts": prompts}
+        return {"prompts": await self._list_named(req, "prompt")}
 
     @guarded
     async def get_prompt(self, req: Request) -> dict[str, Any]:
-        self.admission.check_name(req, "prompt")
-        up, prompt_name, target = self._prompt(req.name or "", req.view)
-        decision = await self.admission.admit(
-            req,
-            target,
-            GatewayError(UNKNOWN_TOOL, f"Unknown prompt: {req.name}"),
-            prompt=prompt_name,
-            arguments=req.arguments or {},
-        )
-        assert up is not None
+        up, prompt_name, decision = await self._admit_named(req, "prompt")
         self._refuse_denied(req, decision)
         params: dict[str, Any] = {"name": prompt_name}
         if req.arguments:
@@ -246,6 +211,33 @@ class Pipeline:
         return await self._forward_simple(req, up, "resources/read", {"uri": req.uri})
 
     # --- shared --------------------------------------------------------------------------------------------
+
+    async def _list_named(self, req: Request, kind: Literal["tool", "prompt"]) -> list[dict[str, Any]]:
+        """The tools or prompts the agent may see, under the names it calls them by; closes the request."""
+        ups = await self._list_gate(req, f"{kind}s/list")
+        out = []
+        for up in ups:
+            for name, item in (up.tools if kind == "tool" else up.prompts).items():
+                annotations = (item.get("annotations") or {}) if kind == "tool" else {}  # prompts have none
+                if await self.decider.visible(req, up.name, kind, name, annotations):
+                    out.append({**item, "name": public_name(up.name, name, req.view)} if req.view is None else item)
+                    self._shown(req, up, f"{kind}s")
+        self.admission.finish(req, "ok", 0.0)
+        return out
+
+    async def _admit_named(self, req: Request, kind: Literal["tool", "prompt"]) -> tuple[Upstream, str, Decision]:
+        """Check the name, route it and decide it: a missing or hidden one raises the same unknown-name error."""
+        self.admission.check_name(req, kind)
+        up, name, target = (self._tool if kind == "tool" else self._prompt)(req.name or "", req.view)
+        fields: dict[str, Any] = {kind: name}
+        if kind == "tool":
+            fields["annotations"] = target.annotations
+        fields["arguments"] = req.arguments or {}
+        decision = await self.admission.admit(
+            req, target, GatewayError(UNKNOWN_TOOL, f"Unknown {kind}: {req.name}"), **fields
+        )
+        assert up is not None
+        return up, name, decision
 
     def _refuse_denied(self, req: Request, decision: Decision) -> None:
         if not decision.allow:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -60,6 +60,12 @@ class ContainedBase:
         self.last_error = "not started"
         self._ready = anyio.Event()
 
+    connection: ClassVar[type[AgentConnectionBase[Any]]]
+    """What ``connector_for`` hands the forward stage: the calling agent's way into this upstream."""
+
+    def connector_for(self, agent: Any, session_id: str | None) -> AgentConnectionBase[Any]:
+        return self.connection(self, agent_key(agent.id, agent.auth))
+
     @property
     def up(self) -> bool:
         return self._ready.is_set()
@@ -96,6 +102,18 @@ class ContainedBase:
         return self.runtime.effective(self.name, self.profile_name, scope.narrowing if scope else None), scope
 
 
+U = TypeVar("U", bound=ContainedBase)
+
+
+class AgentConnectionBase(Generic[U]):
+    """One agent's calls into a contained upstream: each runs under the agent's own key (workspace, uid)."""
+
+    def __init__(self, upstream: U, agent: str):
+        self.upstream = upstream
+        self.agent = agent
+        self.name = upstream.name
+
+
 def report(scope: CallScope | None, tier: str, profile: Profile, worker: str, killed: str | None = None) -> None:
     """Put the worker that served the call in its audit outcome."""
     if scope is None:
@@ -105,8 +123,43 @@ def report(scope: CallScope | None, tier: str, profile: Profile, worker: str, ki
         scope.info["killed"] = killed
 
 
+class AgentConnection(AgentConnectionBase["ContainedUpstream"]):
+    """What ``Upstream.connector_for`` hands the forward stage for one contained call."""
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        up = self.upstream
+        profile, scope = up.call_profile()
+        try:
+            w = await up._worker(self.agent, profile)
+        except UpstreamError as exc:
+            if not exc.detail.startswith("worker could not start"):
+                raise  # say, no room for another worker: the agent may know
+            # The detail names host paths and carries the server's own stderr: for the log, not for the agent.
+            log.error("upstream %s: worker for agent %s: %s", up.name, self.agent, exc.detail)
+            raise UpstreamError(up.name, "unavailable", "worker could not start (the gateway's log says why)") from None
+        report(scope, profile.tier, profile, w.id)
+        try:
+            return await w.call(method, params, min(timeout, profile.timeout_s), on_progress)
+        except UpstreamError as exc:
+            reason = w.proc.kill_reason or (w.reason if w.done.is_set() else None)
+            if reason is None and exc.kind not in ("timeout", "killed", "crashed"):
+                raise
+            reason = reason or ("timeout" if exc.kind == "timeout" else "crash")
+            report(scope, profile.tier, profile, w.id, reason)
+            text = limit_text(reason, profile, w.exit_code)
+            if method != "tools/call":
+                raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
+            return text_result(
+                f"The tool's worker was stopped: {text}. A fresh worker serves the next call.", error=True
+            )
+
+
 class ContainedUpstream(ContainedBase):
     """Stands where a StdioConnector would: start/wait_ready/request/aclose, plus ``connector_for``."""
+
+    connection = AgentConnection
 
     def __init__(self, cfg: Any, base_dir: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
         super().__init__(cfg, runtime, on_state)
@@ -174,44 +227,3 @@ class ContainedUpstream(ContainedBase):
         """Catalog requests (lists), served by the catalog worker."""
         w = await self._worker(CATALOG_AGENT, self.profile)
         return await w.call(method, params, min(timeout, self.profile.timeout_s), on_progress)
-
-    def connector_for(self, agent: Any, session_id: str | None) -> AgentConnection:
-        return AgentConnection(self, agent_key(agent.id, agent.auth))
-
-
-class AgentConnection:
-    """What ``Upstream.connector_for`` hands the forward stage for one contained call."""
-
-    def __init__(self, upstream: ContainedUpstream, agent: str):
-        self.upstream = upstream
-        self.agent = agent
-        self.name = upstream.name
-
-    async def request(
-        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
-    ) -> dict[str, Any]:
-        up = self.upstream
-        profile, scope = up.call_profile()
-        try:
-            w = await up._worker(self.agent, profile)
-        except UpstreamError as exc:
-            if not exc.detail.startswith("worker could not start"):
-                raise  # say, no room for another worker: the agent may know
-            # The detail names host paths and carries the server's own stderr: for the log, not for the agent.
-            log.error("upstream %s: worker for agent %s: %s", up.name, self.agent, exc.detail)
-            raise UpstreamError(up.name, "unavailable", "worker could not start (the gateway's log says why)") from None
-        report(scope, profile.tier, profile, w.id)
-        try:
-            return await w.call(method, params, min(timeout, profile.timeout_s), on_progress)
-        except UpstreamError as exc:
-            reason = w.proc.kill_reason or (w.reason if w.done.is_set() else None)
-            if reason is None and exc.kind not in ("timeout", "killed", "crashed"):
-                raise
-            reason = reason or ("timeout" if exc.kind == "timeout" else "crash")
-            report(scope, profile.tier, profile, w.id, reason)
-            text = limit_text(reason, profile, w.exit_code)
-            if method != "tools/call":
-                raise UpstreamError(up.name, "killed", f"worker stopped: {text}") from None
-            return text_result(
-                f"The tool's worker was stopped: {text}. A fresh worker serves the next call.", error=True
-            )

@@ -17,16 +17,36 @@ from connectors.jsonrpc import ProgressFn, RemoteError
 from gateway.containment.builtin.files import FilesTools
 from gateway.containment.builtin.shell import ShellTools
 from gateway.containment.builtin.toolset import Toolset
-from gateway.containment.profile import agent_key
 from gateway.containment.runtime import Containment
-from gateway.containment.upstream import ContainedBase, report
+from gateway.containment.upstream import AgentConnectionBase, ContainedBase, report
 from gateway.errors import INVALID_PARAMS, METHOD_NOT_FOUND
 
 TOOLSETS: dict[str, type[Toolset]] = {"shell": ShellTools, "files": FilesTools}
 
 
+class BuiltinConnection(AgentConnectionBase["BuiltinUpstream"]):
+    async def request(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        up = self.upstream
+        if method != "tools/call":
+            return await up.request(method, params, timeout, on_progress)
+        params = params or {}
+        name = str(params.get("name", ""))
+        args = params.get("arguments") or {}
+        if not isinstance(args, dict):
+            raise RemoteError(INVALID_PARAMS, "arguments must be an object")
+        profile, scope = up.call_profile()
+        result, run = await up.toolset.call(name, args, self.agent, profile, min(timeout, profile.timeout_s))
+        if run is not None:
+            report(scope, run.tier, profile, run.worker, run.kill_reason)
+        return result
+
+
 class BuiltinUpstream(ContainedBase):
     """Stands where a StdioConnector would: start/wait_ready/request/aclose, plus ``connector_for``."""
+
+    connection = BuiltinConnection
 
     def __init__(self, cfg: Any, runtime: Containment, on_state: Callable[[Any, bool], None]):
         super().__init__(cfg, runtime, on_state)
@@ -51,30 +71,3 @@ class BuiltinUpstream(ContainedBase):
         if method == "ping":
             return {}
         raise RemoteError(METHOD_NOT_FOUND, f"{method} is not offered by built-in {self.cfg.tools} tools")
-
-    def connector_for(self, agent: Any, session_id: str | None) -> BuiltinConnection:
-        return BuiltinConnection(self, agent_key(agent.id, agent.auth))
-
-
-class BuiltinConnection:
-    def __init__(self, upstream: BuiltinUpstream, agent: str):
-        self.upstream = upstream
-        self.agent = agent
-        self.name = upstream.name
-
-    async def request(
-        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressFn | None = None
-    ) -> dict[str, Any]:
-        up = self.upstream
-        if method != "tools/call":
-            return await up.request(method, params, timeout, on_progress)
-        params = params or {}
-        name = str(params.get("name", ""))
-        args = params.get("arguments") or {}
-        if not isinstance(args, dict):
-            raise RemoteError(INVALID_PARAMS, "arguments must be an object")
-        profile, scope = up.call_profile()
-        result, run = await up.toolset.call(name, args, self.agent, profile, min(timeout, profile.timeout_s))
-        if run is not None:
-            report(scope, run.tier, profile, run.worker, run.kill_reason)
-        return result
