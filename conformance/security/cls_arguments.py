@@ -12,13 +12,13 @@ and the benign call is forwarded (the set-up works).
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from conformance.security.framework import (
+    CoreCtx,
     Gateway,
     Raw,
     attempt,
@@ -26,6 +26,7 @@ from conformance.security.framework import (
     core,
     hold,
     leaks,
+    mark,
     ok_result,
     refused,
     result_text,
@@ -35,20 +36,12 @@ CLS = "arguments"
 
 
 @dataclass
-class Ctx:
-    g: Gateway
+class Ctx(CoreCtx):
     sid: str = ""
-
-    def stop(self) -> None:
-        self.g.end_lingering()  # the shared gateway itself stops with the run
 
 
 def start(work: Path) -> Ctx:
     return Ctx(core(work.parent))
-
-
-def mark() -> str:
-    return "MARK" + secrets.token_hex(6)
 
 
 SDK_PATH = ', "_meta": {"progressToken": "p1"}'

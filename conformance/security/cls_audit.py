@@ -12,45 +12,31 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from conformance.security.framework import (
+    CoreCtx as Ctx,
+)
 from conformance.security.framework import (
     Gateway,
     Raw,
     answer,
     attempt,
     control,
-    core,
     headers,
     hold,
     leaks,
+    mark,
     ok_result,
+    start_core,
 )
 
 CLS = "audit"
+start = start_core  # the class runs on the shared core gateway
 LONG_128, LONG_129 = "long" + "g" * 119, "long" + "g" * 120
 """Tools of the fixture upstream: 128 and 129 characters once prefixed with "pub__"."""
-
-
-@dataclass
-class Ctx:
-    g: Gateway
-
-    def stop(self) -> None:
-        self.g.end_lingering()  # the shared gateway itself stops with the run
-
-
-def start(work: Path) -> Ctx:
-    return Ctx(core(work.parent))
-
-
-def mark() -> str:
-    return "MARK" + secrets.token_hex(6)
 
 
 def records_for(g: Gateway, before: int, types: tuple[str, ...] = ("decision",)) -> list[dict[str, Any]]:

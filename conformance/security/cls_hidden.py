@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,32 +21,23 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conformance.security.framework import (
-    Gateway,
+    CoreCtx as Ctx,
+)
+from conformance.security.framework import (
     Raw,
     answer,
     attempt,
     control,
-    core,
     headers,
     hold,
     key,
     normal,
     ok_result,
+    start_core,
 )
 
 CLS = "hidden"
-
-
-@dataclass
-class Ctx:
-    g: Gateway
-
-    def stop(self) -> None:
-        self.g.end_lingering()  # the shared gateway itself stops with the run
-
-
-def start(work: Path) -> Ctx:
-    return Ctx(core(work.parent))
+start = start_core  # the class runs on the shared core gateway
 
 
 async def same(

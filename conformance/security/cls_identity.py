@@ -14,8 +14,6 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -27,13 +25,17 @@ from conformance.security.framework import (
     Gateway,
     attempt,
     control,
-    core,
     hold,
     key,
     leaks,
+    start_core,
+)
+from conformance.security.framework import (
+    CoreCtx as Ctx,
 )
 
 CLS = "identity"
+start = start_core  # the class runs on the shared core gateway
 SECRET, ISS, AUD = JWT_SECRET, JWT_ISS, JWT_AUD
 INIT = json.dumps(
     {
@@ -43,18 +45,6 @@ INIT = json.dumps(
         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "s", "version": "1"}},
     }
 ).encode()
-
-
-@dataclass
-class Ctx:
-    g: Gateway
-
-    def stop(self) -> None:
-        self.g.end_lingering()  # the shared gateway itself stops with the run
-
-
-def start(work: Path) -> Ctx:
-    return Ctx(core(work.parent))
 
 
 def b64(data: bytes) -> str:

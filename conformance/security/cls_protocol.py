@@ -10,50 +10,35 @@ on the agents' port.
 from __future__ import annotations
 
 import json
-import secrets
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx2
 import orjson
 
 from conformance.security.framework import (
     CORE_LIMIT,
-    Gateway,
     NotYet,
     Raw,
     answer,
     attempt,
     control,
-    core,
     headers,
     hold,
     key,
     leaks,
+    mark,
     ok_result,
     raw_http,
     rpc,
+    start_core,
     status_of,
+)
+from conformance.security.framework import (
+    CoreCtx as Ctx,
 )
 
 CLS = "protocol"
+start = start_core  # the class runs on the shared core gateway
 LIMIT = CORE_LIMIT
-
-
-@dataclass
-class Ctx:
-    g: Gateway
-
-    def stop(self) -> None:
-        self.g.end_lingering()  # the shared gateway itself stops with the run
-
-
-def start(work: Path) -> Ctx:
-    return Ctx(core(work.parent))
-
-
-def mark() -> str:
-    return "MARK-" + secrets.token_hex(6)
 
 
 def echo_call(marker: str, rid: int = 7) -> bytes:

@@ -129,6 +129,36 @@ hostile("http-line-no-newline", f"a {PAYLOAD_MB} MB SSE line without a newline i
 hostile("stdio-huge-line", "a 100 MB stdio line is cut", "pub", "huge", 100)
 
 
+async def stateless_pid_call(raw: Raw, agent: str, sid: str) -> httpx2.Response:
+    """A 2026-era (stateless) call of mine__pid that names session ``sid`` in its header."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {
+                "name": "mine__pid",
+                "arguments": {},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        }
+    ).encode()
+    h = {
+        "Authorization": f"Bearer {key(agent)}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Mcp-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "mine__pid",
+        "Mcp-Session-Id": sid,
+    }
+    return await raw.http.post(raw.g.url, content=body, headers=h)
+
+
 @attempt(CLS, "s2c-flood", "12,000 server-to-client requests in one call do not stop another agent's calls")
 async def s2c_flood(ctx: Ctx) -> str:
     g = ctx.g
@@ -206,32 +236,7 @@ async def after_expiry(ctx: Ctx) -> str:
         left = set(live_mine(ctx.work)) - baseline
         hold(len(left) <= 1, f"{len(left)} upstream processes left after the session ended (pids {sorted(left)})")
         baseline |= left
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 2,
-                "method": "tools/call",
-                "params": {
-                    "name": "mine__pid",
-                    "arguments": {},
-                    "_meta": {
-                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-                        "io.modelcontextprotocol/clientCapabilities": {},
-                    },
-                },
-            }
-        ).encode()
-        h = {
-            "Authorization": f"Bearer {key('alice')}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "Mcp-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": "mine__pid",
-            "Mcp-Session-Id": sid,
-        }
-        r = await raw.http.post(g.url, content=body, headers=h)
+        r = await stateless_pid_call(raw, "alice", sid)
         await anyio.sleep(2)
         alive = sorted(set(live_mine(ctx.work)) - baseline)
         hold(
@@ -254,32 +259,7 @@ async def cross_agent_session(ctx: Ctx) -> str:
         r = await raw.tool("alice", sid, "mine__pid", {})
         control(ok_result(r), f"mine__pid failed: {result_text(r)[:100]}")
         pid = int(result_text(r))
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 2,
-                "method": "tools/call",
-                "params": {
-                    "name": "mine__pid",
-                    "arguments": {},
-                    "_meta": {
-                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                        "io.modelcontextprotocol/clientInfo": {"name": "s", "version": "1"},
-                        "io.modelcontextprotocol/clientCapabilities": {},
-                    },
-                },
-            }
-        ).encode()
-        h = {
-            "Authorization": f"Bearer {key('bob')}",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "Mcp-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": "mine__pid",
-            "Mcp-Session-Id": sid,
-        }
-        r = await raw.http.post(g.url, content=body, headers=h)
+        r = await stateless_pid_call(raw, "bob", sid)
         r2 = await raw.tool("alice", sid, "mine__pid", {})  # keeps alice's session alive and checks it
         control(ok_result(r2), "alice's session lost its upstream")
     hold(result_text(r).strip() != str(pid), "bob's call ran in alice's per-session upstream")

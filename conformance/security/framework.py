@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -272,6 +273,26 @@ def core(root: Path) -> Gateway:
                 env={"SEC_JWT_SECRET": JWT_SECRET},
             )
         return _shared["core"]
+
+
+@dataclass
+class CoreCtx:
+    """A class's context on the shared core gateway: the gateway stops with the run, a class ends only what it
+    left lingering."""
+
+    g: Gateway
+
+    def stop(self) -> None:
+        self.g.end_lingering()
+
+
+def start_core(work: Path) -> CoreCtx:
+    return CoreCtx(core(work.parent))
+
+
+def mark() -> str:
+    """A unique marker to find one attempt's traces (audit, logs, answers) by."""
+    return "MARK" + secrets.token_hex(6)
 
 
 def stop_shared() -> None:
