@@ -191,3 +191,32 @@ def core_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGa
     gw = start_gateway(workdir, default_config(port, workdir, upstreams), port)
     yield gw
     gw.stop()
+
+
+NODE_MODULES = REPO / "tests" / "npm" / "node_modules"
+
+
+def node_containment(work: Path, uid_base: int) -> str:
+    """``[containment]`` with a "node" sandbox profile that runs the npm MCP servers of tests/npm (their own
+    uid range from ``uid_base``, so that modules running at once do not share workers' uids)."""
+    return f"""
+[containment]
+workspace_root = "{work}/workspaces"
+uid_base = {uid_base}
+uid_count = 100
+
+[containment.profiles.node]
+tier = "sandbox"
+read_only = ["/usr", "{NODE_MODULES}"]
+read_write = ["{{workspace}}"]
+env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
+memory_mb = 256
+pids = 64
+"""
+
+
+def gateway_cli(*args: str, env: dict[str, str] | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` from the repository, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)

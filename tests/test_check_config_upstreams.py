@@ -7,17 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, api_keys_toml
+from tests.conftest import REPO, api_keys_toml, gateway_cli
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return gateway_cli("check-config", str(config))
 
 
 def test_missing_programs_and_working_directories_are_errors(tmp_path: Path) -> None:

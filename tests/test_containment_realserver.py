@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KEYS, REPO, RunningGateway, default_config, free_port, mcp_client, start_gateway
+from tests.conftest import (
+    KEYS,
+    NODE_MODULES,
+    REPO,
+    RunningGateway,
+    default_config,
+    free_port,
+    mcp_client,
+    node_containment,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.anyio
 
-NODE_MODULES = REPO / "tests" / "npm" / "node_modules"
 SERVER = NODE_MODULES / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
 
 
@@ -39,20 +48,7 @@ transport = "stdio"
 command = ["{shutil.which("node")}", "{SERVER}", "/"]
 containment = "node"
 """,
-        extra=f"""
-[containment]
-workspace_root = "{work}/workspaces"
-uid_base = 340000
-uid_count = 100
-
-[containment.profiles.node]
-tier = "sandbox"
-read_only = ["/usr", "{NODE_MODULES}"]
-read_write = ["{{workspace}}"]
-env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-memory_mb = 256
-pids = 64
-""",
+        extra=node_containment(work, uid_base=340000),
         policy=REPO / "tests" / "containment_policy",
     )
     gw = start_gateway(work, text, port)

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO, default_config, free_port, stdio_upstream
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+from tests.conftest import REPO, default_config, free_port, gateway_cli, stdio_upstream
 
 
 def test_shipped_demo_config_is_valid() -> None:
-    r = run_cli("check-config", str(REPO / "gateway.toml"))
+    r = gateway_cli("check-config", str(REPO / "gateway.toml"))
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
 
@@ -48,7 +40,7 @@ transport = "http"
 url = "ftp://nowhere"
 """
     )
-    r = run_cli("check-config", str(cfg))
+    r = gateway_cli("check-config", str(cfg))
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     expected_keys = [
@@ -68,7 +60,7 @@ url = "ftp://nowhere"
 def test_toml_syntax_error_is_clear(tmp_path: Path) -> None:
     cfg = tmp_path / "syntax.toml"
     cfg.write_text("[server\nlisten = 1")
-    r = run_cli("check-config", str(cfg))
+    r = gateway_cli("check-config", str(cfg))
     assert r.returncode != 0
     assert r.stderr.startswith(f"{cfg}: (syntax):")
 
@@ -80,10 +72,10 @@ def test_invalid_rego_is_rejected_with_file_and_line(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(default_config(port, tmp_path, stdio_upstream("t", ["true"]), policy=policy))
-    r = run_cli("check-config", str(cfg))
+    r = gateway_cli("check-config", str(cfg))
     assert r.returncode != 0
     assert f"{policy / 'gateway.rego'}:5:" in r.stderr
-    serve = run_cli("serve", "--config", str(cfg))
+    serve = gateway_cli("serve", "--config", str(cfg))
     assert serve.returncode != 0
     assert f"{policy / 'gateway.rego'}:5:" in serve.stderr
     assert not (tmp_path / "audit.jsonl").exists()  # refused before anything was started or written
@@ -93,14 +85,14 @@ def test_missing_policy_dir_and_missing_file(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(default_config(port, tmp_path, "", policy=tmp_path / "nope"))
-    r = run_cli("check-config", str(cfg))
+    r = gateway_cli("check-config", str(cfg))
     assert r.returncode != 0 and "policy.path" in r.stderr and "does not exist" in r.stderr
-    r = run_cli("check-config", str(tmp_path / "absent.toml"))
+    r = gateway_cli("check-config", str(tmp_path / "absent.toml"))
     assert r.returncode != 0 and "cannot read" in r.stderr
 
 
 def test_hash_key_makes_a_key_that_matches_its_digest() -> None:
-    r = run_cli("hash-key")
+    r = gateway_cli("hash-key")
     lines = dict(line.split(":", 1) for line in r.stdout.strip().splitlines())
     import hashlib
 

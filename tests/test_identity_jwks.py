@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import REPO
+from tests.conftest import REPO, gateway_cli
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -46,13 +44,7 @@ def test_unusable_jwks_is_a_config_error(tmp_path: Path, jwks: str, says: str) -
     (tmp_path / "g.toml").write_text(
         f'[policy]\npath = "{REPO / "rego"}"\n[identity.jwt]\nissuer = "i"\naudience = "a"\njwks_file = "jwks.json"\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(tmp_path / "g.toml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = gateway_cli("check-config", str(tmp_path / "g.toml"))
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"identity.jwt.jwks_file: {tmp_path / 'jwks.json'} {says}" in r.stdout + r.stderr
     assert "Traceback" not in r.stderr
@@ -63,13 +55,7 @@ def test_a_good_jwks_passes(tmp_path: Path) -> None:
     (tmp_path / "g.toml").write_text(
         f'[policy]\npath = "{REPO / "rego"}"\n[identity.jwt]\nissuer = "i"\naudience = "a"\njwks_file = "jwks.json"\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(tmp_path / "g.toml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = gateway_cli("check-config", str(tmp_path / "g.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -79,14 +65,7 @@ def test_an_hs256_secret_needs_256_bits(tmp_path: Path, secret: str, ok: bool) -
         f'[policy]\npath = "{REPO / "rego"}"\n[identity.jwt]\nissuer = "i"\n'
         'audience = "a"\nhs256_secret_env = "T_SECRET"\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(tmp_path / "g.toml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "T_SECRET": secret},
-    )
+    r = gateway_cli("check-config", str(tmp_path / "g.toml"), env={**os.environ, "T_SECRET": secret})
     assert (r.returncode == 0) is ok, r.stdout + r.stderr
     assert ok or "shorter than 32 bytes" in r.stdout + r.stderr
     assert secret not in r.stdout + r.stderr  # the secret itself is never printed

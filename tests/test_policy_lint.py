@@ -14,7 +14,7 @@ from gateway.policy import PolicyError
 from gateway.policy.embedded import compile_policy, new_evaluator
 from gateway.policy.lint import lint_source
 from gateway.policy.loader import load_policy
-from tests.conftest import REPO
+from tests.conftest import REPO, gateway_cli
 
 HEADER = "package gateway\n\nimport rego.v1\n\n"
 
@@ -116,9 +116,7 @@ def test_check_config_reports_the_lint_error(tmp_path: Path) -> None:
     root = _policy(tmp_path, body)
     config = tmp_path / "gateway.toml"
     config.write_text(f'[policy]\npath = "{root}"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(config)], cwd=REPO, capture_output=True, text=True
-    )
+    proc = gateway_cli("check-config", str(config))
     assert proc.returncode == 2
     assert f"{root / 'gateway.rego'}:5:" in proc.stderr and "net.cidr_contains" in proc.stderr
 
@@ -214,13 +212,7 @@ def test_the_adding_a_team_mistake_names_the_undefined_rules(tmp_path: Path) -> 
     )
     config = tmp_path / "gateway.toml"
     config.write_text(f'[policy]\npath = "{root}"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = gateway_cli("check-config", str(config))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     qa = root / "teams" / "qa.rego"
     assert f"{qa}:10:24: deny is undefined" in proc.stderr
@@ -236,9 +228,7 @@ def test_a_typo_through_an_import_is_refused_by_check_config_and_serve(tmp_path:
     config = tmp_path / "gateway.toml"
     config.write_text(f'[policy]\npath = "{root}"\n')
     for argv in (["check-config", str(config)], ["serve", "--config", str(config)]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "gateway", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
+        proc = gateway_cli(*argv)
         assert proc.returncode != 0, argv
         assert f"{platform}:{line}:6: lib.in_workspcae is not defined" in proc.stderr, proc.stderr
 

@@ -23,18 +23,19 @@ from mcp.shared.exceptions import MCPError
 from tests.conftest import (
     ECHO,
     KEYS,
+    NODE_MODULES,
     REPO,
     RunningGateway,
     default_config,
     free_port,
     mcp_client,
+    node_containment,
     start_gateway,
     stdio_upstream,
 )
 
 pytestmark = pytest.mark.anyio
 
-NODE_MODULES = REPO / "tests" / "npm" / "node_modules"
 SERVER = NODE_MODULES / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
 DOWN = ("nocwd", "noprog", "hang", "nohttp", "missing")
 
@@ -105,20 +106,7 @@ start_timeout_s = 2
         port,
         work,
         upstreams,
-        extra=f"""
-[containment]
-workspace_root = "{work}/workspaces"
-uid_base = 350000
-uid_count = 100
-
-[containment.profiles.node]
-tier = "sandbox"
-read_only = ["/usr", "{NODE_MODULES}"]
-read_write = ["{{workspace}}"]
-env = {{ PATH = "/usr/bin:/bin", HOME = "{{workspace}}" }}
-memory_mb = 256
-pids = 64
-""",
+        extra=node_containment(work, uid_base=350000),
         policy=REPO / "tests" / "containment_policy",
     )
     # serving starts within the longest start timeout (10 s); the machine may be slow to start the process
