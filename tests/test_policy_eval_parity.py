@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,15 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import KEYS, REPO, RunningGateway, default_config, free_port, mcp_client, start_gateway
+from tests.conftest import (
+    KEYS,
+    RunningGateway,
+    default_config,
+    free_port,
+    gateway_cli,
+    mcp_client,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -90,27 +97,18 @@ def gateway() -> Iterator[RunningGateway]:
 
 
 def _eval(config: Path, agent: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "policy",
-            "eval",
-            "--config",
-            str(config),
-            "--agent",
-            agent,
-            "--tool",
-            tool,
-            "--args",
-            json.dumps(args),
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = gateway_cli(
+        "policy",
+        "eval",
+        "--config",
+        str(config),
+        "--agent",
+        agent,
+        "--tool",
+        tool,
+        "--args",
+        json.dumps(args),
+        "--json",
     )
     assert proc.returncode in (0, 1), proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
@@ -162,24 +160,6 @@ def test_eval_takes_annotations_from_the_upstreams_declaration(gateway: RunningG
 
 
 def test_eval_refuses_a_tool_its_upstream_does_not_offer(gateway: RunningGateway) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "policy",
-            "eval",
-            "--config",
-            str(gateway.config),
-            "--agent",
-            "ci-bot",
-            "--tool",
-            "sh__nope",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = gateway_cli("policy", "eval", "--config", str(gateway.config), "--agent", "ci-bot", "--tool", "sh__nope")
     assert proc.returncode == 2
     assert "offers no tool 'nope'" in proc.stderr
