@@ -24,6 +24,18 @@ BRIDGE_PORT = 3128
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf")
 _ETC_NET = ("/etc/resolv.conf", "/etc/gai.conf")
 
+# Every worker's sandbox: all namespaces, no nested user namespaces, no capabilities, dies with the gateway, own
+# session (no TIOCSTI). The host probe starts its test sandbox with the same flags.
+ISOLATION = (
+    "--unshare-all",
+    "--unshare-user",
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+)
+
 
 @dataclass
 class Mount:
@@ -132,13 +144,7 @@ def bwrap_argv(
     mounts.sort(key=lambda m: (_depth(m.dest), m.order))
     args = [
         bwrap,
-        "--unshare-all",
-        "--unshare-user",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
+        *ISOLATION,
         "--hostname",
         "worker",
         "--clearenv",

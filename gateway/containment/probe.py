@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.containment.bwrap import ISOLATION
 from gateway.containment.cgroups import CgroupSupport, probe_cgroups
 from gateway.containment.profile import Profile
 
@@ -124,13 +125,7 @@ def _try_bwrap(bwrap: str, uid: int | None) -> str:
     """Start a minimal sandbox with the flags workers use; '' when it works, else bwrap's complaint."""
     args = [
         bwrap,
-        "--unshare-all",
-        "--unshare-user",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
+        *ISOLATION,
         "--ro-bind",
         "/usr",
         "/usr",
