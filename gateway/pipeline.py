@@ -201,13 +201,7 @@ class Pipeline:
 
     @guarded
     async def read_resource(self, req: Request) -> dict[str, Any]:
-        uri = req.uri or ""
-        up, target = self._resource(uri, req.view)
-        decision = await self.admission.admit(
-            req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
-        )
-        assert up is not None
-        self._refuse_denied(req, decision)
+        up = await self._admit_resource(req)
         return await self._forward_simple(req, up, "resources/read", {"uri": req.uri})
 
     # --- shared --------------------------------------------------------------------------------------------
@@ -238,6 +232,16 @@ class Pipeline:
         )
         assert up is not None
         return up, name, decision
+
+    async def _admit_resource(self, req: Request) -> Upstream:
+        """Route and decide the URI a request names; a missing, hidden or denied one raises."""
+        up, target = self._resource(req.uri or "", req.view)
+        decision = await self.admission.admit(
+            req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
+        )
+        assert up is not None
+        self._refuse_denied(req, decision)
+        return up
 
     def _refuse_denied(self, req: Request, decision: Decision) -> None:
         if not decision.allow:
@@ -302,12 +306,7 @@ class Pipeline:
 
     async def _subscription(self, req: Request, subscribe: bool) -> dict[str, Any]:
         uri = req.uri or ""
-        up, target = self._resource(uri, req.view)
-        decision = await self.admission.admit(
-            req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
-        )
-        assert up is not None
-        self._refuse_denied(req, decision)
+        up = await self._admit_resource(req)
         if not (up.conn.capabilities.get("resources") or {}).get("subscribe"):
             self.admission.finish(req, "unsupported", 0.0)
             raise GatewayError(METHOD_NOT_FOUND, f"{req.action} is not supported by this server")
