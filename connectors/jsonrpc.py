@@ -258,9 +258,17 @@ class JsonRpcPeer:
                 try:
                     await self._send(message)
                 except TypeError:  # orjson cannot write it exactly (an integer beyond 64 bits): say so, not nothing
-                    await self._send({"jsonrpc": "2.0", "id": message.get("id"), "error": {
-                        "code": -32603, "message": "the client's answer held a value the gateway cannot forward "
-                        "exactly (an integer beyond 64 bits)"}})
+                    await self._send(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": message.get("id"),
+                            "error": {
+                                "code": -32603,
+                                "message": "the client's answer held a value the gateway cannot forward "
+                                "exactly (an integer beyond 64 bits)",
+                            },
+                        }
+                    )
         except Exception as exc:  # the upstream went away, or refused the reply: nothing more to do about it
             log.info(
                 "upstream %s: could not answer its %s request: %s", self.name, str(method)[:100], type(exc).__name__

@@ -194,11 +194,21 @@ class FastPath:
             finally:
                 self._inflight.pop(key, None)
         if body is None:  # cancelled by the agent: the request is over, answer it as such
-            body = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"],
-                                 "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"}})
+            body = orjson.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": msg["id"],
+                    "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"},
+                }
+            )
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
         except OSError:
             pass  # the agent went away
@@ -219,8 +229,14 @@ class FastPath:
         except Exception:
             log.exception("tools/call failed (decision id %s)", req.decision_id)
             return orjson.dumps(
-                {"jsonrpc": "2.0", "id": msg["id"], "error": {
-                    "code": INTERNAL_ERROR, "message": f"internal gateway error (decision id {req.decision_id})"}}
+                {
+                    "jsonrpc": "2.0",
+                    "id": msg["id"],
+                    "error": {
+                        "code": INTERNAL_ERROR,
+                        "message": f"internal gateway error (decision id {req.decision_id})",
+                    },
+                }
             )
 
 

@@ -52,15 +52,22 @@ class Metrics:
             registry=r,
         )
         self.decision_seconds = Histogram(
-            "mcp_gateway_policy_decision_seconds", "Time to evaluate one policy decision.",
-            buckets=_DECISION_BUCKETS, registry=r,
+            "mcp_gateway_policy_decision_seconds",
+            "Time to evaluate one policy decision.",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
         )
         self.call_seconds = Histogram(
-            "mcp_gateway_tool_call_seconds", "Time of an allowed tool call, gateway in to gateway out.", ["server"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "mcp_gateway_tool_call_seconds",
+            "Time of an allowed tool call, gateway in to gateway out.",
+            ["server"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.auth_failures = Counter(
-            "mcp_gateway_auth_failures_total", "Requests refused before identity was established.", ["reason"],
+            "mcp_gateway_auth_failures_total",
+            "Requests refused before identity was established.",
+            ["reason"],
             registry=r,
         )
         self.sessions = Gauge("mcp_gateway_sessions", "Open MCP sessions of agents.", registry=r)
@@ -68,10 +75,14 @@ class Metrics:
             "mcp_gateway_limited_total",
             "Requests and connections refused by a server limit (sessions_per_agent, calls_per_agent, "
             "connections, header_timeout).",
-            ["limit"], registry=r,
+            ["limit"],
+            registry=r,
         )
         self.upstream_errors = Counter(
-            "mcp_gateway_upstream_errors_total", "Upstream failures by kind.", ["server", "kind"], registry=r,
+            "mcp_gateway_upstream_errors_total",
+            "Upstream failures by kind.",
+            ["server", "kind"],
+            registry=r,
         )
         self.notifications_dropped = Counter(
             "mcp_gateway_notifications_dropped_total",
@@ -81,20 +92,28 @@ class Metrics:
         )
         self.upstream_up = Gauge("mcp_gateway_upstream_up", "1 when the upstream is connected.", ["server"], registry=r)
         self.upstream_restarts = Counter(
-            "mcp_gateway_upstream_restarts_total", "Upstream processes restarted after they died.", ["server"],
+            "mcp_gateway_upstream_restarts_total",
+            "Upstream processes restarted after they died.",
+            ["server"],
             registry=r,
         )
         self.policy_errors = Counter(
-            "mcp_gateway_policy_errors_total", "Decisions that failed closed because the engine failed.", registry=r,
+            "mcp_gateway_policy_errors_total",
+            "Decisions that failed closed because the engine failed.",
+            registry=r,
         )
         self.policy_revision = Info("mcp_gateway_policy_revision", "The policy revision in force.", registry=r)
         self.policy_reloads = Counter(
             "mcp_gateway_policy_reloads_total",
-            "Policy reloads by result: success, unchanged, compile_error, test_failure.", ["result"], registry=r,
+            "Policy reloads by result: success, unchanged, compile_error, test_failure.",
+            ["result"],
+            registry=r,
         )
         self.identity_reloads = Counter(
             "mcp_gateway_identity_reloads_total",
-            "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.", ["result"], registry=r,
+            "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.",
+            ["result"],
+            registry=r,
         )
         self.audit_failures = Counter(
             "mcp_gateway_audit_write_failures_total",
@@ -108,26 +127,42 @@ class Metrics:
             registry=r,
         )
         self.audit_records = Counter(
-            "mcp_gateway_audit_records_total", "Records written to the audit log, by type.", ["type"], registry=r,
+            "mcp_gateway_audit_records_total",
+            "Records written to the audit log, by type.",
+            ["type"],
+            registry=r,
         )
         self.audit_rotations = Counter(
-            "mcp_gateway_audit_rotations_total", "Audit log files rotated by size.", registry=r,
+            "mcp_gateway_audit_rotations_total",
+            "Audit log files rotated by size.",
+            registry=r,
         )
         # Contained workers (gateway/containment): label values are upstream names, tiers and a fixed reason set.
         self.workers = Gauge("mcp_gateway_workers", "Contained workers running.", ["server", "tier"], registry=r)
         self.worker_starts = Counter(
-            "mcp_gateway_worker_starts_total", "Contained workers started.", ["server", "tier"], registry=r,
+            "mcp_gateway_worker_starts_total",
+            "Contained workers started.",
+            ["server", "tier"],
+            registry=r,
         )
         self.worker_start_seconds = Histogram(
-            "mcp_gateway_worker_start_seconds", "Time to start a contained worker (stdio: until it initialized).",
-            ["tier"], buckets=_LATENCY_BUCKETS, registry=r,
+            "mcp_gateway_worker_start_seconds",
+            "Time to start a contained worker (stdio: until it initialized).",
+            ["tier"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.worker_kills = Counter(
-            "mcp_gateway_worker_kills_total", "Contained workers stopped by a limit (timeout, memory, pids, cpu, "
-            "output) or that crashed.", ["server", "reason"], registry=r,
+            "mcp_gateway_worker_kills_total",
+            "Contained workers stopped by a limit (timeout, memory, pids, cpu, output) or that crashed.",
+            ["server", "reason"],
+            registry=r,
         )
         self.egress_denied = Counter(
-            "mcp_gateway_egress_denied_total", "Connections the egress proxy refused.", ["server"], registry=r,
+            "mcp_gateway_egress_denied_total",
+            "Connections the egress proxy refused.",
+            ["server"],
+            registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 

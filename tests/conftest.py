@@ -56,8 +56,9 @@ def stdio_upstream(name: str, command: list[str], extra: str = "") -> str:
     return f'[[upstreams]]\nname = "{name}"\ntransport = "stdio"\ncommand = {toml_list(command)}\n{extra}\n'
 
 
-def default_config(port: int, workdir: Path, upstreams: str, extra: str = "", policy: Path | None = None,
-                   admin_port: int | None = None) -> str:
+def default_config(
+    port: int, workdir: Path, upstreams: str, extra: str = "", policy: Path | None = None, admin_port: int | None = None
+) -> str:
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -66,10 +67,10 @@ admin_listen = "127.0.0.1:{admin_port or free_port()}"
 {api_keys_toml()}
 
 [policy]
-path = "{policy or REPO / 'rego'}"
+path = "{policy or REPO / "rego"}"
 
 [audit]
-path = "{workdir / 'audit.jsonl'}"
+path = "{workdir / "audit.jsonl"}"
 
 {extra}
 
@@ -138,8 +139,14 @@ def with_admin_port(config_text: str) -> tuple[str, int]:
     return f"[server]\n{line}\n" + config_text, port
 
 
-def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: float = 40.0,
-                  env: dict[str, str] | None = None, wait_ready: bool = True) -> RunningGateway:
+def start_gateway(
+    workdir: Path,
+    config_text: str,
+    port: int,
+    ready_timeout: float = 40.0,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> RunningGateway:
     workdir.mkdir(parents=True, exist_ok=True)
     config_text, admin_port = with_admin_port(config_text)
     config = workdir / "gateway.toml"
@@ -147,7 +154,10 @@ def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: flo
     log = workdir / "gateway.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     gw = RunningGateway(proc, port, config, workdir, log, admin_port)
     deadline = time.monotonic() + ready_timeout
@@ -167,8 +177,9 @@ def start_gateway(workdir: Path, config_text: str, port: int, ready_timeout: flo
 
 
 @asynccontextmanager
-async def mcp_client(url: str, key: str | None, mode: str = "legacy",
-                     headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
+async def mcp_client(
+    url: str, key: str | None, mode: str = "legacy", headers: dict[str, str] | None = None
+) -> AsyncIterator[Client]:
     h = dict(headers or {})
     if key is not None:
         h["Authorization"] = f"Bearer {key}"
@@ -215,8 +226,10 @@ pids = 64
 """
 
 
-def gateway_cli(*args: str, env: dict[str, str] | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def gateway_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS`` from the repository, its output captured as text."""
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -32,30 +32,43 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 
 def denials(gw: RunningGateway) -> float:
     text = httpx2.get(gw.admin_base + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("mcp_gateway_denials_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("mcp_gateway_denials_total{")
+    )
 
 
 def forwarded(gw: RunningGateway, marker: str) -> list[Any]:
-    return [m["params"]["arguments"] for m in recorded(gw.workdir / "rec.jsonl")
-            if m.get("method") == "tools/call" and (m["params"].get("arguments") or {}).get("m") == marker]
+    return [
+        m["params"]["arguments"]
+        for m in recorded(gw.workdir / "rec.jsonl")
+        if m.get("method") == "tools/call" and (m["params"].get("arguments") or {}).get("m") == marker
+    ]
 
 
 def call(gw: RunningGateway, era: str, rid: int, marker: str, number: str) -> dict[str, Any]:
     args = f'{{"m": "{marker}", "v": {number}}}'
     if era == "2025":
         sid = open_session(gw)
-        body = f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "rec__echo", ' \
-               f'"arguments": {args}}}}}'
+        body = (
+            f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "rec__echo", '
+            f'"arguments": {args}}}}}'
+        )
         h = headers("ci-bot", sid)
     else:
-        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {}}
-        body = f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "rec__echo", ' \
-               f'"arguments": {args}, "_meta": {json.dumps(meta)}}}}}'
-        h = headers("ci-bot") | {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-                                 "Mcp-Name": "rec__echo"}
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        body = (
+            f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "rec__echo", '
+            f'"arguments": {args}, "_meta": {json.dumps(meta)}}}}}'
+        )
+        h = headers("ci-bot") | {
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "rec__echo",
+        }
     resp = httpx2.post(gw.url, content=body.encode(), headers=h, timeout=60)
     assert resp.status_code == 200, resp.text[:500]
     return parse(resp)
@@ -81,9 +94,10 @@ def test_an_integer_beyond_64_bits_is_refused_never_forwarded_as_a_float(gateway
 
 @pytest.mark.parametrize("era", ["2025", "2026"])
 def test_numbers_within_64_bits_and_true_floats_still_pass(gateway: RunningGateway, era: str) -> None:
-    for rid, (number, value) in enumerate([(str(2**63 - 1), 2**63 - 1), (str(-(2**63)), -(2**63)),
-                                           ("1e20", 1e20), ("100000000000000000000.0", 1e20)],
-                                          start=10):
+    for rid, (number, value) in enumerate(
+        [(str(2**63 - 1), 2**63 - 1), (str(-(2**63)), -(2**63)), ("1e20", 1e20), ("100000000000000000000.0", 1e20)],
+        start=10,
+    ):
         marker = f"ok-{era}-{rid}"
         answer = call(gateway, era, rid, marker, number)
         assert not (answer.get("result") or {}).get("isError"), (number, answer)

@@ -102,8 +102,11 @@ def outcome_of(gw: RunningGateway, tool: str) -> dict[str, Any]:
 
 def oversize_errors(gw: RunningGateway, server: str) -> float:
     for line in httpx2.get(gw.admin_base + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("mcp_gateway_upstream_errors_total{") and f'server="{server}"' in line \
-                and 'kind="oversize"' in line:
+        if (
+            line.startswith("mcp_gateway_upstream_errors_total{")
+            and f'server="{server}"' in line
+            and 'kind="oversize"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -160,8 +163,7 @@ async def test_an_oversized_answer_is_cut_while_read_with_an_error_an_outcome_an
 async def patient_client(url: str, key: str, **callbacks: Any) -> AsyncIterator[Client]:
     """A client that waits as long as a flood takes (mcp_client gives up after 30 s)."""
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300)
-    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None,
-                            **callbacks) as c:
+    async with http, Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None, **callbacks) as c:
         yield c
 
 
@@ -216,8 +218,12 @@ async def test_at_most_max_server_requests_reach_the_agent_the_rest_are_refused(
         nonlocal asked
         asked += 1
         await anyio.sleep(2)  # still busy while the rest of the burst arrives
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"),
-                                         model="test-model", stop_reason="endTurn")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text="ok"),
+            model="test-model",
+            stop_reason="endTurn",
+        )
 
     try:
         async with patient_client(gw.url, KEY, sampling_callback=sample) as c:
@@ -240,11 +246,14 @@ MODERN = {
 
 def modern_call(name: str) -> bytes:
     """A stateless (2026-07-28 era) tools/call, raw: the SDK client would not send a session id with it."""
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}}
-    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": name, "arguments": {}, "_meta": meta}})
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return orjson.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {}, "_meta": meta}}
+    )
 
 
 def children(pid: int, marker: str) -> set[int]:
@@ -282,13 +291,21 @@ del LEGACY["Mcp-Method"]
 
 def open_legacy_session(url: str) -> str:
     """A 2025-era session opened raw (an SDK client would keep it busy with its listening stream)."""
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
     r = httpx2.post(url, headers=LEGACY, content=orjson.dumps(init), timeout=30)
     assert r.status_code == 200, r.text
     sid = r.headers["mcp-session-id"]
-    r = httpx2.post(url, headers={**LEGACY, "Mcp-Session-Id": sid}, timeout=30,
-                    content=orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    r = httpx2.post(
+        url,
+        headers={**LEGACY, "Mcp-Session-Id": sid},
+        timeout=30,
+        content=orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
     assert r.status_code == 202, r.text
     return sid
 
@@ -312,8 +329,12 @@ async def test_an_expired_session_never_gets_its_upstream_back(tmp_path: Path) -
             assert time.monotonic() < deadline, "the per-session process outlived its session"
             await anyio.sleep(0.2)
         before = children(gw.proc.pid, "echo_server.py")  # the started spare
-        r = httpx2.post(gw.url, headers={**MODERN, "Mcp-Name": "echo__pid", "Mcp-Session-Id": sid},
-                        content=modern_call("echo__pid"), timeout=30)
+        r = httpx2.post(
+            gw.url,
+            headers={**MODERN, "Mcp-Name": "echo__pid", "Mcp-Session-Id": sid},
+            content=modern_call("echo__pid"),
+            timeout=30,
+        )
         assert "result" not in answer_of(r), r.text
         assert "agent session is not open" in r.text or "Session not found" in r.text, r.text
         await anyio.sleep(1)

@@ -22,9 +22,10 @@ A, B = "ci-bot", "researcher"
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    g = recorder_gateway(tmp_path_factory.mktemp("chain"),
-                         "max_sessions_per_agent = 3\nmax_concurrent_calls_per_agent = 2\n"
-                         "max_connections = 25\nheader_timeout_s = 1\n")
+    g = recorder_gateway(
+        tmp_path_factory.mktemp("chain"),
+        "max_sessions_per_agent = 3\nmax_concurrent_calls_per_agent = 2\nmax_connections = 25\nheader_timeout_s = 1\n",
+    )
     yield g
     g.stop()
 
@@ -68,16 +69,26 @@ def raw_post(gw: RunningGateway, head: list[tuple[str, str]], body: bytes) -> by
     """Send exactly these header lines (no client library merges or refuses them); the whole answer."""
     lines = "".join(f"{k}: {v}\r\n" for k, v in head)
     with socket.create_connection(("127.0.0.1", gw.port)) as sock:
-        sock.sendall(f"POST /mcp HTTP/1.1\r\n{lines}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                     .encode() + body)
+        sock.sendall(
+            f"POST /mcp HTTP/1.1\r\n{lines}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
         return _recv_all(sock, 10)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("Authorization", f"Bearer {KEYS[A][2]}"), ("Mcp-Protocol-Version", "2025-11-25"),
-    ("Host", "evil.example"), ("Origin", "http://127.0.0.1"), ("Content-Type", "text/plain"),
-    ("Mcp-Name", "rec__echo"), ("Mcp-Method", "tools/call"), ("Mcp-Param-Text", "x"), ("Cookie", "a=b"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("Authorization", f"Bearer {KEYS[A][2]}"),
+        ("Mcp-Protocol-Version", "2025-11-25"),
+        ("Host", "evil.example"),
+        ("Origin", "http://127.0.0.1"),
+        ("Content-Type", "text/plain"),
+        ("Mcp-Name", "rec__echo"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Param-Text", "x"),
+        ("Cookie", "a=b"),
+    ],
+)
 def test_any_duplicated_identity_or_routing_header_is_refused(gw: RunningGateway, name: str, value: str) -> None:
     sid = open_session(gw, B)
     try:
@@ -97,8 +108,11 @@ def test_any_duplicated_identity_or_routing_header_is_refused(gw: RunningGateway
 def test_one_agent_at_its_session_cap_leaves_other_agents_served(gw: RunningGateway) -> None:
     before = limited(gw, "sessions_per_agent")
     mine = [open_session(gw, B) for _ in range(3)]
-    init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "raw", "version": "1"}})
+    init = rpc(
+        1,
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    )
     refused = httpx2.post(gw.url, content=init, headers=headers(B))
     assert refused.status_code == 429 and "max_sessions_per_agent" in refused.json()["error"]["message"]
     escaped = init.replace(b'"initialize"', b'"\\u0069nitialize"')  # a spelling the SDK reads the same
@@ -116,9 +130,11 @@ def test_one_agent_at_its_session_cap_leaves_other_agents_served(gw: RunningGate
 def _half_sent_post(gw: RunningGateway, agent: str, sid: str) -> socket.socket:
     """A POST whose head is sent and whose body never finishes: in flight for as long as the client likes."""
     body = rpc(9, "tools/call", {"name": "rec__echo", "arguments": {"text": "slow"}})
-    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nAuthorization: Bearer {KEYS[agent][2]}\r\n"
-            f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
-            f"Mcp-Session-Id: {sid}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nAuthorization: Bearer {KEYS[agent][2]}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        f"Mcp-Session-Id: {sid}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", gw.port))
     sock.sendall(head + body[:5])
     return sock
@@ -197,18 +213,25 @@ def test_half_sent_request_heads_are_bounded_and_closed(gw: RunningGateway) -> N
 def test_a_complete_request_is_not_cut_by_the_header_timeout(gw: RunningGateway) -> None:
     """Control: the header timeout bounds the head only; a call longer than it is answered."""
     sid = open_session(gw, A)
-    resp = httpx2.post(gw.url, content=rpc(11, "tools/call", {"name": "rec__sleep", "arguments": {"seconds": 2}}),
-                       headers=with_sids(A, sid), timeout=20)
+    resp = httpx2.post(
+        gw.url,
+        content=rpc(11, "tools/call", {"name": "rec__sleep", "arguments": {"seconds": 2}}),
+        headers=with_sids(A, sid),
+        timeout=20,
+    )
     assert "error" not in parse(resp), resp.text
     httpx2.delete(gw.url, headers=with_sids(A, sid))
 
 
-@pytest.mark.parametrize("body", [
-    b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}',
-    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["rec__echo"]}',
-    b'{"jsonrpc": "2.0", "id": 1, "method": ["tools/call"]}',
-    b'[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc": "1.0", "id": 1, "method": "tools/list"}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["rec__echo"]}',
+        b'{"jsonrpc": "2.0", "id": 1, "method": ["tools/call"]}',
+        b'[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]',
+    ],
+)
 def test_invalid_json_rpc_gets_a_plain_error_without_internal_text(gw: RunningGateway, body: bytes) -> None:
     """The SDK's transport answers these with pydantic's report (model names, input values, links): scrubbed."""
     sid = open_session(gw, A)
@@ -231,14 +254,19 @@ def test_a_body_framed_two_ways_is_refused(gw: RunningGateway) -> None:
         base = [("Host", f"127.0.0.1:{gw.port}"), *with_sids(A, sid)]
         with socket.create_connection(("127.0.0.1", gw.port)) as sock:
             head = "".join(f"{k}: {v}\r\n" for k, v in base)
-            sock.sendall(f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nContent-Length: {len(chunked)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + chunked)
+            sock.sendall(
+                f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nContent-Length: {len(chunked)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + chunked
+            )
             answer = _recv_all(sock, 10)
         assert answer.startswith(b"HTTP/1.1 400 ") and b"Transfer-Encoding" in answer, answer
         with socket.create_connection(("127.0.0.1", gw.port)) as sock:  # control: chunked alone is served
             head = "".join(f"{k}: {v}\r\n" for k, v in base)
-            sock.sendall(f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                         .encode() + chunked)
+            sock.sendall(
+                f"POST /mcp HTTP/1.1\r\n{head}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+                + chunked
+            )
             answer = _recv_all(sock, 10)
         assert answer.startswith(b"HTTP/1.1 200 ") and b"framed" in answer, answer
     finally:

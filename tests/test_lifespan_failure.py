@@ -23,8 +23,9 @@ def test_task_group_failure_after_start_exits_non_zero(tmp_path: Path) -> None:
         try:
             code = gw.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            raise AssertionError("the gateway kept running after its task group failed:\n"
-                                 + gw.log.read_text()[-3000:]) from None
+            raise AssertionError(
+                "the gateway kept running after its task group failed:\n" + gw.log.read_text()[-3000:]
+            ) from None
         log = gw.log.read_text()
         assert code != 0, log[-3000:]
         assert "failed after start" in log

@@ -171,9 +171,15 @@ scrape_configs:
     port = free_port()
     log = workdir / "prometheus.log"
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     prom = Prometheus(proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 30
@@ -294,8 +300,10 @@ def wait_restarted(gw: RunningGateway, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = httpx2.get(gw.admin_base + "/metrics", timeout=2).text
-        if ('mcp_gateway_upstream_restarts_total{server="echo"} 1.0' in text
-                and 'mcp_gateway_upstream_up{server="echo"} 1.0' in text):
+        if (
+            'mcp_gateway_upstream_restarts_total{server="echo"} 1.0' in text
+            and 'mcp_gateway_upstream_up{server="echo"} 1.0' in text
+        ):
             return
         time.sleep(0.1)
     raise AssertionError("the crashed upstream was not restarted")
@@ -378,17 +386,33 @@ def test_dashboard_is_grafana_json_with_every_required_panel() -> None:
         assert pos["x"] + pos["w"] <= 24, p["title"]
     exprs = " ".join(e for _, e in dashboard_targets())
     for metric in (
-        "mcp_gateway_tool_calls_total", "mcp_gateway_denials_total", "mcp_gateway_policy_decision_seconds_bucket",
-        "mcp_gateway_tool_call_seconds_bucket", "mcp_gateway_upstream_errors_total", "mcp_gateway_sessions",
-        "mcp_gateway_workers", "mcp_gateway_worker_kills_total", "mcp_gateway_egress_denied_total",
-        "mcp_gateway_auth_failures_total", "mcp_gateway_policy_errors_total", "mcp_gateway_upstream_up",
+        "mcp_gateway_tool_calls_total",
+        "mcp_gateway_denials_total",
+        "mcp_gateway_policy_decision_seconds_bucket",
+        "mcp_gateway_tool_call_seconds_bucket",
+        "mcp_gateway_upstream_errors_total",
+        "mcp_gateway_sessions",
+        "mcp_gateway_workers",
+        "mcp_gateway_worker_kills_total",
+        "mcp_gateway_egress_denied_total",
+        "mcp_gateway_auth_failures_total",
+        "mcp_gateway_policy_errors_total",
+        "mcp_gateway_upstream_up",
         "mcp_gateway_policy_reloads_total",
     ):
         assert metric in exprs, f"no panel shows {metric}"
     # The generator and the committed JSON agree (edit scripts/gen_dashboard.py, then run it).
     out = subprocess.run(
-        ["python3", "-c", "import json,sys; sys.path.insert(0, 'scripts'); import gen_dashboard as g; "
-         "print(json.dumps(g.build(), indent=2))"], cwd=REPO, capture_output=True, text=True, check=True,
+        [
+            "python3",
+            "-c",
+            "import json,sys; sys.path.insert(0, 'scripts'); import gen_dashboard as g; "
+            "print(json.dumps(g.build(), indent=2))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out) == dash, "deploy/grafana/mcp-gateway.json is stale: run scripts/gen_dashboard.py"
 
@@ -427,11 +451,15 @@ containment = "listed"
 
 
 def containment_extra(work: Path) -> str:
-    common = 'tier = "sandbox"\nread_only = ["/usr", "/etc/ssl"]\nread_write = ["{workspace}"]\n' \
-             'env = { PATH = "/usr/bin:/bin" }\ntimeout_s = 1\n'
-    return (f'[containment]\nworkspace_root = "{work}/workspaces"\nuid_base = 320000\nuid_count = 10\n'
-            f"[containment.profiles.tight]\n{common}\n"
-            f'[containment.profiles.listed]\n{common}network = "allowlist"\nallow_hosts = ["allowed.invalid:443"]\n')
+    common = (
+        'tier = "sandbox"\nread_only = ["/usr", "/etc/ssl"]\nread_write = ["{workspace}"]\n'
+        'env = { PATH = "/usr/bin:/bin" }\ntimeout_s = 1\n'
+    )
+    return (
+        f'[containment]\nworkspace_root = "{work}/workspaces"\nuid_base = 320000\nuid_count = 10\n'
+        f"[containment.profiles.tight]\n{common}\n"
+        f'[containment.profiles.listed]\n{common}network = "allowlist"\nallow_hosts = ["allowed.invalid:443"]\n'
+    )
 
 
 async def contained_calls(url: str) -> None:
@@ -448,8 +476,9 @@ def test_containment_panels_return_data() -> None:
     work = Path(tempfile.mkdtemp(prefix="obs-containment.", dir="/tmp"))
     os.chmod(work, 0o711)  # worker uids walk down to their workspaces
     port = free_port()
-    config = default_config(port, work, CONTAINMENT, extra=containment_extra(work),
-                            policy=REPO / "tests" / "containment_policy")
+    config = default_config(
+        port, work, CONTAINMENT, extra=containment_extra(work), policy=REPO / "tests" / "containment_policy"
+    )
     gw = start_gateway(work, config, port)
     prom = None
     try:
@@ -468,7 +497,9 @@ def test_containment_panels_return_data() -> None:
         assert prom.values(f"mcp_gateway_worker_kills_total{JOB}", "server", "reason") == {("sh", "timeout"): 2}
         assert prom.values(f"mcp_gateway_egress_denied_total{JOB}", "server") == {("net",): 2}
         assert prom.values(f"mcp_gateway_worker_starts_total{JOB}", "server", "tier") == {
-            ("sh", "sandbox"): 4, ("net", "sandbox"): 2}
+            ("sh", "sandbox"): 4,
+            ("net", "sandbox"): 2,
+        }
         assert prom.values(f"mcp_gateway_workers{JOB}", "server") == {("sh",): 0, ("net",): 0}
     finally:
         if prom is not None:
@@ -499,8 +530,14 @@ def test_alert_rules_load_and_evaluate_in_prometheus(stack: Stack) -> None:
             break
         time.sleep(0.2)
     names = {r["name"] for r in rules}
-    assert {"McpGatewayDenySpike", "McpGatewayPolicyErrors", "McpGatewayPolicyEngineUnavailable",
-            "McpGatewayWorkerKillStorm", "McpGatewayAuthFailureBurst", "McpGatewayUpstreamDown"} <= names
+    assert {
+        "McpGatewayDenySpike",
+        "McpGatewayPolicyErrors",
+        "McpGatewayPolicyEngineUnavailable",
+        "McpGatewayWorkerKillStorm",
+        "McpGatewayAuthFailureBurst",
+        "McpGatewayUpstreamDown",
+    } <= names
     assert [r["name"] for r in rules if r.get("health") != "ok"] == []
     # The healthy gateway of this scenario is down for none of them (the crash was restarted within `for`).
     firing = [r["name"] for r in rules if r.get("state") == "firing"]
@@ -514,8 +551,9 @@ def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
     check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout
-    unit = subprocess.run([promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True,
-                          cwd=ALERT_TESTS.parent)
+    unit = subprocess.run(
+        [promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True, cwd=ALERT_TESTS.parent
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
@@ -527,8 +565,14 @@ SECRET = "observability-test-secret-0123456789abcdef"
 
 
 def token(sub: str, team: str) -> str:
-    claims = {"iss": "https://idp.test", "aud": "mcp-gateway", "sub": sub, "team": team, "roles": ["ci"],
-              "exp": int(time.time()) + 600}
+    claims = {
+        "iss": "https://idp.test",
+        "aud": "mcp-gateway",
+        "sub": sub,
+        "team": team,
+        "roles": ["ci"],
+        "exp": int(time.time()) + 600,
+    }
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
@@ -566,8 +610,11 @@ max_reasons = 2
         samples = families(gw)
     finally:
         gw.stop()
-    calls = {(s.labels["agent"], s.labels["team"], s.labels["decision"]): s.value
-             for s in samples["mcp_gateway_tool_calls"] if s.name.endswith("_total")}
+    calls = {
+        (s.labels["agent"], s.labels["team"], s.labels["decision"]): s.value
+        for s in samples["mcp_gateway_tool_calls"]
+        if s.name.endswith("_total")
+    }
     assert calls == {
         ("agent-0", "team0", "allow"): 1,
         ("agent-1", "team1", "allow"): 1,

@@ -61,8 +61,10 @@ def marked(marker: str, value_json: str) -> str:
 
 def call(gw: RunningGateway, sid: str, rid: int, arguments_json: str, sdk: bool) -> dict[str, Any]:
     meta = f', "_meta": {{"progressToken": "p{rid}"}}' if sdk else ""  # a progress token: the SDK path
-    body = (f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", '
-            f'"params": {{"name": "rec__echo", "arguments": {arguments_json}{meta}}}}}')
+    body = (
+        f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", '
+        f'"params": {{"name": "rec__echo", "arguments": {arguments_json}{meta}}}}}'
+    )
     resp = httpx2.post(gw.url, content=body.encode(), headers=headers("ci-bot", sid), timeout=60)
     assert resp.status_code in (200, 400), resp.text[:500]
     return parse(resp)
@@ -96,10 +98,10 @@ def test_every_engine_case_is_decided_on_what_is_forwarded(gateway: RunningGatew
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize(("spelling", "value"), [("1e1", 10.0), ("1E2", 100.0), ("-0", 0), ("-0.0", -0.0),
-                                                 ("100.0", 100.0), ("0.5e1", 5.0)])
-def test_a_number_is_forwarded_as_the_value_the_policy_saw(gateway: RunningGateway, spelling: str,
-                                                           value: Any) -> None:
+@pytest.mark.parametrize(
+    ("spelling", "value"), [("1e1", 10.0), ("1E2", 100.0), ("-0", 0), ("-0.0", -0.0), ("100.0", 100.0), ("0.5e1", 5.0)]
+)
+def test_a_number_is_forwarded_as_the_value_the_policy_saw(gateway: RunningGateway, spelling: str, value: Any) -> None:
     """The gateway forwards the value it parsed (and the policy saw), not the agent's spelling of it."""
     sid = open_session(gateway)
     marker = f"num-{spelling}"
@@ -108,10 +110,12 @@ def test_a_number_is_forwarded_as_the_value_the_policy_saw(gateway: RunningGatew
     assert [same(v, value) for v in forwarded(gateway, marker)] == [True]
 
 
-@pytest.mark.parametrize("spelling", ["100.00000000000001", "1e400", "-1e400", "18446744073709551616",
-                                      "9223372036854775808", "4e-320"])
-def test_a_number_the_engine_cannot_read_exactly_is_refused_and_recorded(gateway: RunningGateway,
-                                                                         spelling: str) -> None:
+@pytest.mark.parametrize(
+    "spelling", ["100.00000000000001", "1e400", "-1e400", "18446744073709551616", "9223372036854775808", "4e-320"]
+)
+def test_a_number_the_engine_cannot_read_exactly_is_refused_and_recorded(
+    gateway: RunningGateway, spelling: str
+) -> None:
     sid = open_session(gateway)
     marker = f"refused-{spelling}"
     answer = call(gateway, sid, 8, marked(marker, spelling), False)
@@ -140,20 +144,34 @@ def test_padding_no_longer_hides_what_a_deny_rule_looks_for(gateway: RunningGate
 
 def test_prompt_and_completion_arguments_are_bounded_alike(gateway: RunningGateway) -> None:
     sid = open_session(gateway)
-    for rid, (method, params) in enumerate([
-        ("prompts/get", {"name": "echo__greet", "arguments": {"who": "x" * 70_000}}),
-        ("prompts/get", {"name": "echo__greet", "arguments": {"v": "main\tx"}}),
-        ("completion/complete", {"ref": {"type": "ref/prompt", "name": "echo__greet"},
-                                 "argument": {"name": "who", "value": "x" * 70_000}}),
-    ], start=20):
+    for rid, (method, params) in enumerate(
+        [
+            ("prompts/get", {"name": "echo__greet", "arguments": {"who": "x" * 70_000}}),
+            ("prompts/get", {"name": "echo__greet", "arguments": {"v": "main\tx"}}),
+            (
+                "completion/complete",
+                {
+                    "ref": {"type": "ref/prompt", "name": "echo__greet"},
+                    "argument": {"name": "who", "value": "x" * 70_000},
+                },
+            ),
+        ],
+        start=20,
+    ):
         body = json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
         answer = parse(httpx2.post(gateway.url, content=body.encode(), headers=headers("ci-bot", sid), timeout=60))
         assert "error" in answer, (method, str(answer)[:300])
         message = answer["error"]["message"]
         assert "decision id" in message, message
         assert (SEE in message) == (rid != 21), message
-    ok = json.dumps({"jsonrpc": "2.0", "id": 30, "method": "prompts/get",
-                     "params": {"name": "echo__greet", "arguments": {"who": "world"}}})
+    ok = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 30,
+            "method": "prompts/get",
+            "params": {"name": "echo__greet", "arguments": {"who": "world"}},
+        }
+    )
     answer = parse(httpx2.post(gateway.url, content=ok.encode(), headers=headers("ci-bot", sid), timeout=60))
     assert answer["result"]["messages"][0]["content"]["text"] == "Hello, world!"
 
@@ -163,9 +181,20 @@ def test_the_bounds_are_settings(tmp_path: Path) -> None:
 
     cfg = tmp_path / "g.toml"
     port = free_port()
-    cfg.write_text(default_config(port, tmp_path, "", "").replace(
-        "[policy]\n", "[policy]\nmax_argument_bytes = 100\nmax_argument_string = 10\nmax_argument_keys = 3\n"
-        "max_argument_items = 4\nmax_argument_depth = 2\nthreads_per_agent = 1\nqueue_timeout_ms = 500\n"))
+    cfg.write_text(
+        default_config(port, tmp_path, "", "").replace(
+            "[policy]\n",
+            "[policy]\nmax_argument_bytes = 100\nmax_argument_string = 10\nmax_argument_keys = 3\n"
+            "max_argument_items = 4\nmax_argument_depth = 2\nthreads_per_agent = 1\nqueue_timeout_ms = 500\n",
+        )
+    )
     p = load_config(cfg).policy
-    assert (p.max_argument_bytes, p.max_argument_string, p.max_argument_keys, p.max_argument_items,
-            p.max_argument_depth, p.threads_per_agent, p.queue_timeout_ms) == (100, 10, 3, 4, 2, 1, 500)
+    assert (
+        p.max_argument_bytes,
+        p.max_argument_string,
+        p.max_argument_keys,
+        p.max_argument_items,
+        p.max_argument_depth,
+        p.threads_per_agent,
+        p.queue_timeout_ms,
+    ) == (100, 10, 3, 4, 2, 1, 500)

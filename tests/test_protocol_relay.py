@@ -76,16 +76,19 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 @asynccontextmanager
 async def client(url: str, agent: str, mode: str = "legacy", **callbacks: Any) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key(agent)}"}, timeout=30)
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None,
-                            **callbacks) as c:
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, cache=None, **callbacks) as c:
         yield c
 
 
 def sampler(seen: list[str], reply: str) -> Any:
     async def sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         seen.append(params.messages[0].content.text)  # type: ignore[union-attr]
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text=reply),
-                                         model="test-model", stop_reason="endTurn")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=reply),
+            model="test-model",
+            stop_reason="endTurn",
+        )
 
     return sample
 
@@ -139,8 +142,9 @@ async def test_a_relayed_request_whose_session_ends_still_has_an_outcome(gateway
     outcomes: list[dict[str, Any]] = []
     while not outcomes and time.monotonic() < deadline:  # the session's upstream closes after the client left
         await anyio.sleep(0.1)
-        outcomes = [r for r in gateway.audit_records()
-                    if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]]
+        outcomes = [
+            r for r in gateway.audit_records() if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]
+        ]
     assert len(outcomes) == 1 and outcomes[0]["outcome"] in ("agent_error", "cancelled"), outcomes
 
 
@@ -154,12 +158,16 @@ async def test_a_request_the_upstream_cancels_is_cancelled_at_the_agent_and_not_
     async def slow(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         asked.set()
         await release.wait()
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="late"),
-                                         model="m", stop_reason="endTurn")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="late"), model="m", stop_reason="endTurn"
+        )
 
-    request = {"jsonrpc": "2.0", "id": "sample-1", "method": "sampling/createMessage",
-               "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hm?"}}],
-                          "maxTokens": 10}}
+    request = {
+        "jsonrpc": "2.0",
+        "id": "sample-1",
+        "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hm?"}}], "maxTokens": 10},
+    }
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sample-1"}}
     async with client(gateway.url, "ci-bot", sampling_callback=slow) as c:
         await c.call_tool("own__raw", {"lines": [json.dumps(request)]})
@@ -171,8 +179,11 @@ async def test_a_request_the_upstream_cancels_is_cancelled_at_the_agent_and_not_
         outcomes: list[str] = []
         while not outcomes and time.monotonic() < deadline:
             await anyio.sleep(0.1)
-            outcomes = [r["outcome"] for r in gateway.audit_records()
-                        if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]]
+            outcomes = [
+                r["outcome"]
+                for r in gateway.audit_records()
+                if r["type"] == "outcome" and r["decision_id"] == record["decision_id"]
+            ]
         release.set()
         await c.call_tool("own__echo", {"text": "after"})  # the upstream has read everything sent before this
     assert outcomes == ["cancelled"]
@@ -237,14 +248,17 @@ async def test_log_messages_denied_by_policy_are_dropped(gateway: RunningGateway
 
 async def test_completion_and_subscriptions(gateway: RunningGateway) -> None:
     async with client(gateway.url, "ci-bot") as c:
-        done = await c.complete(types.PromptReference(type="ref/prompt", name="fixture__test_prompt_with_arguments"),
-                                {"name": "arg1", "value": "par"})
+        done = await c.complete(
+            types.PromptReference(type="ref/prompt", name="fixture__test_prompt_with_arguments"),
+            {"name": "arg1", "value": "par"},
+        )
         assert done.completion.values == ["paris", "park", "party"]
         await c.subscribe_resource("test://watched-resource")
         await c.unsubscribe_resource("test://watched-resource")
         with pytest.raises(MCPError):
-            await c.complete(types.PromptReference(type="ref/prompt", name="fixture__no_such_prompt"),
-                             {"name": "arg1", "value": "x"})
+            await c.complete(
+                types.PromptReference(type="ref/prompt", name="fixture__no_such_prompt"), {"name": "arg1", "value": "x"}
+            )
     assert decisions(gateway, "completion/complete") and decisions(gateway, "resources/subscribe")
 
 
@@ -309,14 +323,18 @@ async def test_shared_upstream_notifications_reach_the_right_sessions(gateway: R
 
         return handler_guard(handle)
 
-    async with client(gateway.url, "ci-bot", message_handler=collector("sub")) as sub, \
-            client(gateway.url + "/rec", "ci-bot", message_handler=collector("other")) as other:
+    async with (
+        client(gateway.url, "ci-bot", message_handler=collector("sub")) as sub,
+        client(gateway.url + "/rec", "ci-bot", message_handler=collector("other")) as other,
+    ):
         await sub.subscribe_resource("rec://watched")
         await other.list_tools()
-        await sub.call_tool("rec__notify", {"method": "notifications/resources/updated",
-                                            "params": {"uri": "rec://watched"}})
-        await sub.call_tool("rec__notify", {"method": "notifications/message",
-                                            "params": {"level": "error", "data": "whose is this?"}})
+        await sub.call_tool(
+            "rec__notify", {"method": "notifications/resources/updated", "params": {"uri": "rec://watched"}}
+        )
+        await sub.call_tool(
+            "rec__notify", {"method": "notifications/message", "params": {"level": "error", "data": "whose is this?"}}
+        )
         await sub.call_tool("rec__notify", {"method": "notifications/tools/list_changed"})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not (

@@ -52,8 +52,9 @@ async def _serve_guarded(max_connections: int, timeout: float, refused: list[str
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_config=None,
-                            http=sdk_adapter.guarded_h11(max_connections, timeout, refused.append))
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, http=sdk_adapter.guarded_h11(max_connections, timeout, refused.append)
+    )
     server = sdk_adapter.QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -100,14 +101,25 @@ def test_sse_starlette_drain_switches() -> None:
 
 def _manager() -> StreamableHTTPSessionManager:
     return StreamableHTTPSessionManager(
-        app=Server("t"), security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        app=Server("t"),
+        security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         session_idle_timeout=60,
     )
 
 
 async def _initialize(manager: StreamableHTTPSessionManager) -> str:
-    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    body = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+    )
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -120,8 +132,13 @@ async def _initialize(manager: StreamableHTTPSessionManager) -> str:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/mcp", "query_string": b"", "headers": [
-        (b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")],
+    }
     with anyio.fail_after(10):
         await manager.handle_request(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -191,8 +208,16 @@ async def test_scrub_transport_errors() -> None:
         sent.append(message)
 
     scrub = sdk_adapter.scrub_transport_errors(send)
-    report = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32602, "message":
-                           "Validation error: 1 validation error for JSONRPCRequest ... errors.pydantic.dev"}})
+    report = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": -32602,
+                "message": "Validation error: 1 validation error for JSONRPCRequest ... errors.pydantic.dev",
+            },
+        }
+    )
     await scrub({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"9")]})
     await scrub({"type": "http.response.body", "body": report[:10], "more_body": True})
     await scrub({"type": "http.response.body", "body": report[10:]})

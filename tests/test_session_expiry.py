@@ -42,9 +42,15 @@ def wait_expired(gw: RunningGateway, sid: str) -> None:
 def test_expired_sessions_are_unbound_and_uncounted(gateway: RunningGateway) -> None:
     first = open_session(gateway)
     second = open_session(gateway)
-    third = httpx2.post(gateway.url, content=rpc(1, "initialize", {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}),
-        headers=headers())
+    third = httpx2.post(
+        gateway.url,
+        content=rpc(
+            1,
+            "initialize",
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+        ),
+        headers=headers(),
+    )
     assert third.status_code == 429, third.text
     time.sleep(2.5)
     wait_expired(gateway, first)
@@ -72,8 +78,9 @@ class _Inner:
         sid = dict(scope["headers"]).get(b"mcp-session-id")
         self.reached.append(sid.decode() if sid else None)
         extra = [] if sid else [(b"mcp-session-id", b"s1")]
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), *extra]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), *extra]}
+        )
         await send({"type": "http.response.body", "body": b"{}"})
 
 
@@ -98,8 +105,11 @@ async def test_a_binding_is_checked_against_the_sdk_on_every_use() -> None:
     live.add("s1")
     transport = httpx2.ASGITransport(app=ParseHeaders(with_agent))
     async with httpx2.AsyncClient(transport=transport, base_url="http://gw") as client:
-        init = rpc(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                     "clientInfo": {"name": "raw", "version": "1"}})
+        init = rpc(
+            1,
+            "initialize",
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+        )
         assert (await client.post("/mcp", content=init, headers=headers())).status_code == 200
         assert "s1" in binding.sessions
         assert (await client.post("/mcp", content=rpc(2, "ping"), headers=headers(sid="s1"))).status_code == 200

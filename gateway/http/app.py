@@ -89,8 +89,13 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
         return live
 
     dispatch = Dispatch(FastPath(gw.pipeline, managers), {view: m.handle_request for view, m in managers.items()})
-    sessions = SessionBinding(dispatch, live_ids, server.max_sessions_per_agent, limited,
-                              lambda sid: sdk_adapter.holds_session(managers.values(), sid))
+    sessions = SessionBinding(
+        dispatch,
+        live_ids,
+        server.max_sessions_per_agent,
+        limited,
+        lambda sid: sdk_adapter.holds_session(managers.values(), sid),
+    )
     metrics.sessions.set_function(lambda: len(live_ids()))
     chain: ASGIApp = AgentConcurrency(sessions, server.max_concurrent_calls_per_agent, limited)
     chain = ViewGate(chain, set(managers), gw.pipeline)

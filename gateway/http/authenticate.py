@@ -26,8 +26,9 @@ def agent_of(scope: Scope) -> Agent:
 
 
 class Authenticate:
-    def __init__(self, app: ASGIApp, backend: Authenticator, metrics: Metrics, recorder: Recorder,
-                 resource_metadata_url: str):
+    def __init__(
+        self, app: ASGIApp, backend: Authenticator, metrics: Metrics, recorder: Recorder, resource_metadata_url: str
+    ):
         self.app = app
         self.backend = backend
         self.metrics = metrics

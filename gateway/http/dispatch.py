@@ -51,8 +51,15 @@ class Dispatch:
                 else:
                     session: BoundSession | None = state.get(SESSION_KEY)
                     if session is not None and await self.fast.handle(
-                        msg, agent_of(scope), view, sid, session.client, session.protocol_version, remote,
-                        receive, send,
+                        msg,
+                        agent_of(scope),
+                        view,
+                        sid,
+                        session.client,
+                        session.protocol_version,
+                        remote,
+                        receive,
+                        send,
                     ):
                         return
             elif sid is not None:

@@ -20,11 +20,23 @@ from gateway.http.respond import jsonrpc_error
 HEADERS_KEY = "gateway.headers"
 
 # Headers that carry identity, routing or framing: one value each, or the request is refused.
-SINGLE = frozenset({
-    b"authorization", b"mcp-session-id", b"mcp-protocol-version", b"host", b"origin", b"content-length",
-    b"content-type", b"mcp-name", b"mcp-method", b"transfer-encoding", b"cookie", b"traceparent",
-    b"last-event-id",
-})
+SINGLE = frozenset(
+    {
+        b"authorization",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"host",
+        b"origin",
+        b"content-length",
+        b"content-type",
+        b"mcp-name",
+        b"mcp-method",
+        b"transfer-encoding",
+        b"cookie",
+        b"traceparent",
+        b"last-event-id",
+    }
+)
 _PARAM = b"mcp-param-"
 
 
@@ -50,11 +62,31 @@ class RequestHeaders(NamedTuple):
 
 # Header name -> its field's index in RequestHeaders; -1 for single-valued headers the gateway does not read.
 _SLOT = {
-    b"host": 0, b"origin": 1, b"authorization": 2, b"mcp-session-id": 3, b"mcp-protocol-version": 4,
-    b"content-length": 5, b"mcp-method": 6, b"mcp-name": 7, b"traceparent": 8,
-    **{name: -1 for name in SINGLE if name not in (b"host", b"origin", b"authorization", b"mcp-session-id",
-                                                   b"mcp-protocol-version", b"content-length", b"mcp-method",
-                                                   b"mcp-name", b"traceparent")},
+    b"host": 0,
+    b"origin": 1,
+    b"authorization": 2,
+    b"mcp-session-id": 3,
+    b"mcp-protocol-version": 4,
+    b"content-length": 5,
+    b"mcp-method": 6,
+    b"mcp-name": 7,
+    b"traceparent": 8,
+    **{
+        name: -1
+        for name in SINGLE
+        if name
+        not in (
+            b"host",
+            b"origin",
+            b"authorization",
+            b"mcp-session-id",
+            b"mcp-protocol-version",
+            b"content-length",
+            b"mcp-method",
+            b"mcp-name",
+            b"traceparent",
+        )
+    },
 }
 _NAME_SLOT = 7
 
@@ -70,8 +102,14 @@ def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
         return _parse_repeated(raw)
     get = found.get
     host, origin, auth, sid, version, length, method, name, parent = (
-        get(b"host"), get(b"origin"), get(b"authorization"), get(b"mcp-session-id"),
-        get(b"mcp-protocol-version"), get(b"content-length"), get(b"mcp-method"), get(b"mcp-name"),
+        get(b"host"),
+        get(b"origin"),
+        get(b"authorization"),
+        get(b"mcp-session-id"),
+        get(b"mcp-protocol-version"),
+        get(b"content-length"),
+        get(b"mcp-method"),
+        get(b"mcp-name"),
         get(b"traceparent"),
     )
     state = get(b"tracestate")
@@ -145,8 +183,11 @@ class ParseHeaders:
         parsed = parse(scope["headers"])
         if isinstance(parsed, bytes):
             name = parsed.decode("latin-1")[:64]
-            message = (f"the {name} header may be sent only once" if name != "content-length" or _repeated_length(scope)
-                       else "a request may not carry both Content-Length and Transfer-Encoding")
+            message = (
+                f"the {name} header may be sent only once"
+                if name != "content-length" or _repeated_length(scope)
+                else "a request may not carry both Content-Length and Transfer-Encoding"
+            )
             await jsonrpc_error(send, 400, INVALID_REQUEST, message)
             return
         state = scope.get("state")

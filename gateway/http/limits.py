@@ -24,8 +24,10 @@ class AgentConcurrency:
         self.max_per_agent = max_per_agent
         self.on_limited = on_limited
         self.in_flight: dict[tuple[str, str, str], int] = {}
-        self.message = (f"this agent already has {max_per_agent} requests in flight "
-                        "(server.max_concurrent_calls_per_agent): retry when one has finished")
+        self.message = (
+            f"this agent already has {max_per_agent} requests in flight "
+            "(server.max_concurrent_calls_per_agent): retry when one has finished"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":

@@ -65,24 +65,41 @@ def connection_budget(wanted: int) -> int:
         open_now = 64
     budget = max(1, soft - max(FD_RESERVE, soft // 4) - open_now)
     if wanted > budget:
-        log.warning("server.max_connections = %d exceeds what %d descriptors allow: %d connections at most",
-                    wanted, soft, budget)
+        log.warning(
+            "server.max_connections = %d exceeds what %d descriptors allow: %d connections at most",
+            wanted,
+            soft,
+            budget,
+        )
         return budget
     return wanted
 
 
-def serve(agent_app: ASGIApp, admin_app: ASGIApp, server: ServerConfig, log_level: str,
-          agent_sock: socket.socket, admin_sock: socket.socket, on_refused: Callable[[str], None],
-          failed: Callable[[], bool] = lambda: False) -> None:
+def serve(
+    agent_app: ASGIApp,
+    admin_app: ASGIApp,
+    server: ServerConfig,
+    log_level: str,
+    agent_sock: socket.socket,
+    admin_sock: socket.socket,
+    on_refused: Callable[[str], None],
+    failed: Callable[[], bool] = lambda: False,
+) -> None:
     """Run until told to stop (SIGTERM/SIGINT), or until ``failed()`` (the gateway died after start: the caller
     exits non-zero). The agent port's connections are bounded in number (``max_connections``) and in the time
     to send a request head (``header_timeout_s``)."""
     common = {"log_level": log_level, "log_config": None, "access_log": False}
     protocol = guarded_h11(connection_budget(server.max_connections), server.header_timeout_s, on_refused)
-    agent = uvicorn.Server(uvicorn.Config(
-        agent_app, lifespan="on", timeout_graceful_shutdown=10, http=protocol, backlog=ACCEPT_BURST,
-        **common,  # type: ignore[arg-type]
-    ))
+    agent = uvicorn.Server(
+        uvicorn.Config(
+            agent_app,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+            http=protocol,
+            backlog=ACCEPT_BURST,
+            **common,  # type: ignore[arg-type]
+        )
+    )
     admin = QuietServer(uvicorn.Config(admin_app, lifespan="off", **common))  # type: ignore[arg-type]
 
     async def stop_on_failure() -> None:

@@ -59,14 +59,22 @@ def initialize_of(body: bytes) -> tuple[dict[str, Any], str | None] | None:
             info = params.get("clientInfo")
             info = info if isinstance(info, dict) else {}
             version = params.get("protocolVersion")
-            return ({"name": info.get("name"), "version": info.get("version")},
-                    version if isinstance(version, str) else None)
+            return (
+                {"name": info.get("name"), "version": info.get("version")},
+                version if isinstance(version, str) else None,
+            )
     return None
 
 
 class SessionBinding:
-    def __init__(self, app: ASGIApp, live_ids: Callable[[], Iterable[str]], max_per_agent: int,
-                 on_limited: Callable[[str], None], is_live: Callable[[str], bool] | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        live_ids: Callable[[], Iterable[str]],
+        max_per_agent: int,
+        on_limited: Callable[[str], None],
+        is_live: Callable[[str], bool] | None = None,
+    ):
         if max_per_agent <= 0:
             raise ValueError("max_sessions_per_agent must be positive")
         self.app = app
@@ -80,8 +88,10 @@ class SessionBinding:
         self._open: Counter[Owner] = Counter()
         self._opening: Counter[Owner] = Counter()
         self._last_prune = time.monotonic()
-        self._limit_message = (f"this agent already holds {max_per_agent} open sessions "
-                               "(server.max_sessions_per_agent): close one (DELETE) or let one expire")
+        self._limit_message = (
+            f"this agent already holds {max_per_agent} open sessions "
+            "(server.max_sessions_per_agent): close one (DELETE) or let one expire"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sid = headers_of(scope).session_id
@@ -114,8 +124,9 @@ class SessionBinding:
             self._touch(sid, owner)
         await self.app(scope, receive, send)
 
-    async def _open_session(self, scope: Scope, receive: Receive, send: Send, owner: Owner,
-                            init: tuple[dict[str, Any], str | None]) -> None:
+    async def _open_session(
+        self, scope: Scope, receive: Receive, send: Send, owner: Owner, init: tuple[dict[str, Any], str | None]
+    ) -> None:
         if self._open[owner] + self._opening[owner] >= self.max_per_agent:
             self._prune(force=True)
             if self._open[owner] + self._opening[owner] >= self.max_per_agent:
