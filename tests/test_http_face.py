@@ -68,3 +68,21 @@ def test_the_admin_listener_checks_host_on_loopback(gw: RunningGateway) -> None:
     """A browser page that rebinds its own name to 127.0.0.1 sends its own Host: refused; a scraper is served."""
     assert httpx2.get(gw.admin_base + "/metrics", headers={"Host": "attacker.example"}).status_code == 421
     assert httpx2.get(gw.admin_base + "/metrics", headers={"Host": f"localhost:{gw.admin_port}"}).status_code == 200
+
+
+def test_listeners_send_small_writes_at_once() -> None:
+    """Connections accepted on the gateway's listeners have TCP_NODELAY: asyncio sets it only when the socket's
+    proto says TCP, and an answer written as head then body otherwise waited for the client's delayed ACK."""
+    import socket
+
+    from gateway.http.server import bind
+
+    listener = bind("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
