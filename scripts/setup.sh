@@ -54,10 +54,12 @@ if [ "$mode" = "--venv-only" ]; then
 fi
 
 apt_pkgs=(bubblewrap libseccomp2 util-linux python3 python3-venv)
-[ $want_test -eq 1 ] && apt_pkgs+=(prometheus)
+[ $want_test -eq 1 ] && apt_pkgs+=(prometheus redis-server nginx)
 apt_install "${apt_pkgs[@]}"
-# Debian starts a prometheus service on install; the tests run their own on loopback ports.
-if [ $want_test -eq 1 ] && command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop prometheus 2>/dev/null || true; fi
+# Debian starts prometheus, redis and nginx services on install; the tests run their own on loopback ports.
+if [ $want_test -eq 1 ] && command -v systemctl >/dev/null 2>&1; then
+  for svc in prometheus redis-server nginx; do $SUDO systemctl stop "$svc" 2>/dev/null || true; done
+fi
 
 make_venv
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
