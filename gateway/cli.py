@@ -93,8 +93,10 @@ def serve(config_path: str, log_level: str | None) -> None:
 
 @main.command("check-config")
 @click.argument("config_path", default="gateway.toml")
-def check_config(config_path: str) -> None:
+@click.option("--config", "config_opt", default=None, help="The config file (as for every other command).")
+def check_config(config_path: str, config_opt: str | None) -> None:
     """Validate a config (and compile its policy); print every error as file: key: what is wrong."""
+    config_path = config_opt or config_path
     cfg = _load(config_path)
     errors = [f"{config_path}: policy.path: {e}" for e in _check_policy(cfg)]
     errors += check_upstreams(cfg, config_path)  # programs and working directories on this host

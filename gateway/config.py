@@ -413,4 +413,6 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: (syntax): {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nesting level: a deeply nested array or table ends here
+        raise ConfigError([f"{source}: (syntax): nested too deeply"]) from None
     return parse_config(data, source, path.parent.resolve()).model_copy(update={"config_file": path.resolve()})
