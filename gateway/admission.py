@@ -11,6 +11,14 @@ allow it, or the item does not exist, the item's visibility is decided too, unca
 hidden one thus cost the same two engine evaluations, one decision record and one outcome record, and get the
 same error (the caller builds it from the name the agent sent, never from what the gateway knows).
 
+Monitor mode (``gateway/policy/monitor.py``): a denial the policy marked ``mode: "monitor"``, or one a
+``[[policy.monitor]]`` entry matches, is let through: recorded with ``mode: "monitor"``, counted as
+``would_deny``, and its outcome recorded as ``would_deny`` (with the call's own outcome beside it). Only a decision
+the policy made on an existing, visible item can be monitored: engine failures, refused arguments, unknown and
+hidden items (and names past 128 characters, refused before) stay denied, and the forwarded call keeps its
+containment. Relayed messages (upstream to agent) are always enforced. A shadow policy (``gateway/policy/shadow.py``)
+is offered every decision made on an existing item, off the call path.
+
 The recorder never raises; a decision that cannot be recorded refuses the request, and an outcome that cannot
 be recorded withholds the result (``finish``): the agent gets an error naming the decision id instead.
 Unexpected exceptions become a generic error naming the decision id (``guarded``); their text stays in the log.
@@ -19,6 +27,7 @@ Unexpected exceptions become a generic error naming the decision id (``guarded``
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import logging
 import math
@@ -28,10 +37,12 @@ from typing import Any, TypeVar
 
 from connectors.jsonrpc import ProgressFn
 from gateway import tracing
-from gateway.decide import Decider, Request
+from gateway.decide import Decider, RefusedInput, Request
 from gateway.errors import INTERNAL_ERROR, INVALID_PARAMS, GatewayError
 from gateway.metrics import Metrics
 from gateway.policy import Decision
+from gateway.policy.monitor import Monitor
+from gateway.policy.shadow import Offered, Shadow
 from gateway.record import Recorder
 
 log = logging.getLogger("gateway.admission")
@@ -44,6 +55,11 @@ _LIST_ACTION = {"tool": "tools/list", "prompt": "prompts/list", "resource": "res
 # Where the request the current task handles stands: (decision id, "decided" or "finished"). ``guarded`` reads
 # it to write what an unexpected exception left unwritten, so no request leaves without its records.
 _stage: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("admission", default=None)
+# The request the current task handles, when its denial was let through in monitor mode: (decision id, reasons).
+# ``finish`` records its outcome as ``would_deny``.
+_monitored: contextvars.ContextVar[tuple[str, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "monitored", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +78,21 @@ class Target:
 
 
 class Admission:
-    def __init__(self, decider: Decider, recorder: Recorder, metrics: Metrics):
+    def __init__(
+        self,
+        decider: Decider,
+        recorder: Recorder,
+        metrics: Metrics,
+        monitor: Monitor | None = None,
+        shadow: Shadow | None = None,
+    ):
         self.decider = decider
         self.recorder = recorder
         self.metrics = metrics
+        self.monitor = monitor or Monitor()
+        """[[policy.monitor]] entries (the service sets them from the config)."""
+        self.shadow = shadow
+        """The shadow policy, when [policy] shadow_path names one."""
 
     # --- before any work -----------------------------------------------------------------------------------
 
@@ -106,10 +133,17 @@ class Admission:
         recorded = decision
         if not target.exists:
             recorded = Decision(False, (f"unknown {target.kind or 'target'}",), decision.revision)
+        else:
+            self._offer_shadow(req, inp, decision, target)
+            if not hidden and not decision.allow:
+                recorded = self._monitored(req, inp, decision, target)
         self._record(req, inp, recorded, target)
         if hidden:
             self.finish(req, "not_found" if not target.exists else "denied_hidden", 0.0)
             raise missing
+        if recorded.monitor is not None:
+            _monitored.set((req.decision_id, recorded.reasons))
+            return dataclasses.replace(recorded, allow=True)
         return decision
 
     async def relayed(self, req: Request, server: str | None, **fields: Any) -> Decision:
@@ -130,6 +164,10 @@ class Admission:
     def finish(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
         """Write the outcome record; when it cannot be written, withhold the answer: raise an error naming the
         decision id (the failure is counted in ``mcp_gateway_audit_write_failures_total``)."""
+        monitored = _monitored.get()
+        if monitored is not None and monitored[0] == req.decision_id:  # a denial let through: say so first
+            extra = {**extra, "call_outcome": outcome, "reasons": list(monitored[1])}
+            outcome = "would_deny"
         if not self.recorder.outcome(req, outcome, duration_s, error, **extra):
             raise GatewayError(
                 INTERNAL_ERROR,
@@ -188,10 +226,39 @@ class Admission:
             inp["resource"] = target.name
         return (await self.decider.decide(inp)).allow
 
+    def _monitored(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> Decision:
+        """The denial with ``monitor`` set when monitor mode lets it through; else unchanged. Only a decision the
+        policy made can be monitored: not an engine failure, nor arguments refused before the engine."""
+        if decision.error is not None or isinstance(inp, RefusedInput):
+            return decision
+        tool = target.name if target.kind == "tool" else None
+        why = self.monitor.why(decision, req.agent.team, req.action, target.server, tool)
+        return decision if why is None else dataclasses.replace(decision, monitor=why)
+
+    def _offer_shadow(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> None:
+        """Offer the live decision to the shadow policy (a queue; never waits). Refused inputs never reached an
+        engine, so there is nothing to compare."""
+        if self.shadow is None or isinstance(inp, RefusedInput):
+            return
+        self.shadow.offer(
+            Offered(
+                req.decision_id,
+                req.agent.id,
+                req.agent.team,
+                req.action,
+                target.server,
+                target.name if target.kind == "tool" else None,
+                inp,
+                decision,
+            )
+        )
+
     def _record(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> None:
         tool = target.name if target.kind == "tool" else None
         written = self.recorder.decision(req, inp, decision, target.server, tool)
         label = "allow" if decision.allow else ("error" if decision.error else "deny")
+        if decision.monitor is not None:
+            label = "would_deny"
         if not written:
             label = "error"
         server = target.server or "unknown"

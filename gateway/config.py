@@ -140,6 +140,25 @@ class IdentityConfig(_Model):
         return self
 
 
+_GLOB = r"^[A-Za-z0-9_.*?!\[\]-]{1,200}$"
+
+
+class MonitorEntry(_Model):
+    """One ``[[policy.monitor]]`` entry: requests it matches that the policy denies are let through, recorded
+    as ``would_deny`` (docs/policy.md, "Rolling out a rule"). Globs are shell-style (``*``, ``?``, ``[ab]``)."""
+
+    team: Annotated[str, Field(pattern=_GLOB)] | None = None
+    """The agent's team (glob); left out: every team."""
+    tool: Annotated[str, Field(pattern=_GLOB)] | None = None
+    """``<upstream>__<tool>`` (glob): only tools/call of a matching tool; left out: every request kind."""
+
+    @model_validator(mode="after")
+    def _names_something(self) -> MonitorEntry:
+        if self.team is None and self.tool is None:
+            raise ValueError('a monitor entry needs team or tool (team = "*" monitors everything)')
+        return self
+
+
 class PolicyConfig(_Model):
     engine: Literal["embedded", "opa"] = "embedded"
     path: str = "rego"
@@ -167,6 +186,13 @@ class PolicyConfig(_Model):
     watch: bool = True
     """Reload the embedded policy when its files change, after its table tests pass (SIGHUP reloads it either way)."""
     watch_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    monitor: list[MonitorEntry] = []
+    """Monitor mode: what these entries match is decided but not denied (recorded and counted as would_deny)."""
+    shadow_path: str | None = None
+    """A candidate policy (directory or bundle) evaluated beside the live one, off the call path; disagreements
+    are recorded and counted (docs/policy.md, "Shadow revision")."""
+    shadow_queue: Annotated[int, Field(gt=0, le=1_000_000)] = 10000
+    """Decisions waiting for the shadow policy at most; past it they are dropped and counted, never waited for."""
 
 
 class AuditConfig(_Model):
@@ -380,6 +406,9 @@ def _check_files(cfg: Config, source: str) -> list[str]:
     errors = []
     if cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
         errors.append(f"{source}: policy.path: {cfg.resolve(cfg.policy.path)} does not exist")
+    shadow = cfg.policy.shadow_path
+    if shadow is not None and not cfg.resolve(shadow).exists():
+        errors.append(f"{source}: policy.shadow_path: {cfg.resolve(shadow)} does not exist")
     if cfg.policy.engine == "opa" and not cfg.policy.opa_url:
         errors.append(f"{source}: policy.opa_url: required when engine = 'opa'")
     jwt = cfg.identity.jwt

@@ -41,13 +41,15 @@ class Metrics:
         self.reason_label = LabelCap(max_reasons)
         self.tool_calls = Counter(
             "mcp_gateway_tool_calls_total",
-            "Tool calls by decision (allow, deny, error).",
+            "Tool calls by decision (allow, deny, error, would_deny: denied by the policy, let through in monitor "
+            "mode).",
             ["server", "tool", "team", "agent", "decision"],
             registry=r,
         )
         self.requests = Counter(
             "mcp_gateway_requests_total",
-            "Policy-checked MCP requests other than tools/call, by action and decision.",
+            "Policy-checked MCP requests other than tools/call, by action and decision (allow, deny, error, "
+            "would_deny).",
             ["action", "server", "team", "decision"],
             registry=r,
         )
@@ -137,6 +139,23 @@ class Metrics:
             "Audit log files rotated by size.",
             registry=r,
         )
+        # Shadow policy (gateway/policy/shadow.py): decisions compared off the call path.
+        self.shadow_disagreements = Counter(
+            "mcp_gateway_policy_shadow_disagreements_total",
+            "Decisions where the shadow policy disagreed with the live one, by team and each one's allow|deny.",
+            ["team", "live", "shadow"],
+            registry=r,
+        )
+        self.shadow_decisions = Counter(
+            "mcp_gateway_policy_shadow_decisions_total",
+            "Decisions the shadow policy evaluated beside the live one.",
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "mcp_gateway_policy_shadow_dropped_total",
+            "Decisions not evaluated by the shadow policy because its queue was full (calls never wait for it).",
+            registry=r,
+        )
         # Contained workers (gateway/containment): label values are upstream names, tiers and a fixed reason set.
         self.workers = Gauge("mcp_gateway_workers", "Contained workers running.", ["server", "tier"], registry=r)
         self.worker_starts = Counter(
@@ -197,6 +216,13 @@ class Metrics:
             if child is None:
                 child = self._children[key] = self.denials.labels(*key[1:])
             child.inc()
+
+    def count_shadow_disagreement(self, team: str, live: bool, shadow: bool) -> None:
+        key = ("sd", self.team_label(team), "allow" if live else "deny", "allow" if shadow else "deny")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.shadow_disagreements.labels(*key[1:])
+        child.inc()
 
     def count_audit(self, record_type: str) -> None:
         key = ("a", record_type)

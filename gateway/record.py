@@ -86,7 +86,18 @@ class Recorder:
         record["requested_by"] = req.remote_addr
         if not self._record_arguments and args is not None:
             record["masked"] = ["/input/arguments"]
-        if not decision.allow:
+        if decision.monitor is not None:  # monitor mode: denied by the policy, let through (gateway/admission.py)
+            record["mode"] = "monitor"
+            record["monitor"] = decision.monitor
+            call_log.info(
+                "would deny %s %s for %s (monitor mode): %s",
+                req.action,
+                req.name or req.uri or "",
+                req.agent.id,
+                "; ".join(decision.reasons) or "no reason given",
+                extra={"agent": req.agent.id, "action": req.action},
+            )
+        elif not decision.allow:
             self._metrics.count_denial(server or "unknown", req.agent.team, decision.reasons)
             call_log.info(
                 "denied %s %s for %s: %s",
@@ -133,6 +144,10 @@ class Recorder:
             },
         )
         return written
+
+    def shadow_disagreement(self, record: dict[str, Any]) -> bool:
+        """A shadow policy decided otherwise than the live one (gateway/policy/shadow.py builds the record)."""
+        return self._write({"type": "shadow_disagreement", "timestamp": now_iso(), **record})
 
     def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
         self._write(

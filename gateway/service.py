@@ -26,7 +26,9 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
 from gateway.policy.engines import open_engine
+from gateway.policy.monitor import Monitor
 from gateway.policy.reload import PolicyWatcher
+from gateway.policy.shadow import Shadow, open_shadow
 from gateway.record import Recorder
 from gateway.upstream_check import gateway_path
 
@@ -62,6 +64,15 @@ class Gateway:
         self.decider = Decider(self.engine, self.metrics, limits_from(config.policy))
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
         self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
+        # Rollout: monitor mode and the shadow policy live in the admission stage (gateway/admission.py).
+        self.pipeline.admission.monitor = Monitor(config.policy.monitor)
+        shadow_engine = open_shadow(config)
+        self.shadow = (
+            None
+            if shadow_engine is None
+            else Shadow(shadow_engine, self.recorder, self.metrics, config.policy.shadow_queue)
+        )
+        self.pipeline.admission.shadow = self.shadow
         self.servers: dict[str | None, Server[Any]] = {None: build_server(self.pipeline, None)}
         for up in config.upstreams:
             self.servers[up.name] = build_server(self.pipeline, up.name)
@@ -103,6 +114,8 @@ class Gateway:
             # Reloads the policy on change and SIGHUP, and keeps the revision metric true.
             await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
             await tg.start(IdentityWatcher(self.auth, self.metrics, self.config).run)  # [identity]: the same
+            if self.shadow is not None:
+                await tg.start(self.shadow.run)
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz
@@ -123,6 +136,8 @@ class Gateway:
                 if self.containment is not None:
                     await self.containment.aclose()
                 await self.engine.aclose()
+                if self.shadow is not None:
+                    await self.shadow.aclose()
                 tg.cancel_scope.cancel()
         self.audit.close()
         tracing.shutdown()

@@ -2,7 +2,8 @@
 # (rego/teams/<team>.rego). Adding a team is adding its file and its data; this router does not change.
 # A team without a policy is denied (deny by default), and so is a request no rule of its team allows.
 #
-# A team defines what it grants (grants, protocol_grants: booleans), what it denies (deny: a set of reasons) and
+# A team defines what it grants (grants, protocol_grants: booleans), what it denies (deny: a set of reasons; a rule
+# on trial adds to monitor_deny instead: the gateway lets what it alone denies through, as would_deny) and
 # how its calls are contained (containment: an object); each may be left out (nothing granted, nothing denied,
 # no narrowing). The router makes the decision document from them with lib.decide; a team that needs another
 # shape of decision defines decision itself, and that is used for the requests that act.
@@ -26,7 +27,7 @@ decision := lib.list_decision(team_grants) if {
 	lib.is_protocol
 } else := d if {
 	d := data.gateway.teams[input.agent.team].decision
-} else := lib.decide(team_deny, team_grants, team_containment) if {
+} else := lib.decide_monitored(team_deny, team_monitor_deny, team_grants, team_containment) if {
 	team_known
 }
 
@@ -42,6 +43,11 @@ team_protocol_grants := g if g := data.gateway.teams[input.agent.team].protocol_
 default team_deny := set()
 
 team_deny := d if d := data.gateway.teams[input.agent.team].deny
+
+# Rules on trial (docs/policy.md, "Rolling out a rule"): reasons a team's monitor_deny gives are recorded, not enforced.
+default team_monitor_deny := set()
+
+team_monitor_deny := d if d := data.gateway.teams[input.agent.team].monitor_deny
 
 default team_containment := {}
 

@@ -156,6 +156,18 @@ decide(deny, grants, containment) := {"allow": false, "reasons": r} if {
 	grants
 } else := {"allow": false, "reasons": ["no rule allows this request"]}
 
+# lib.decide with the team's rules on trial: when only monitor_deny reasons deny a granted request, the decision
+# denies in monitor mode (mode "monitor"): the gateway lets the request through and records it as would_deny.
+decide_monitored(deny, monitor_deny, grants, containment) := monitored(monitor_deny, containment) if {
+	count(monitor_deny) > 0
+	count(deny | global_deny) == 0
+	grants
+} else := decide(deny, grants, containment)
+
+monitored(reasons, containment) := {"allow": false, "mode": "monitor", "reasons": reasons} if {
+	count(containment) == 0
+} else := {"allow": false, "mode": "monitor", "reasons": reasons, "containment": containment}
+
 # A list request (the router's shortcut): allowed when the team grants it and no global denial applies.
 list_decision(grants) := {"allow": false, "reasons": r} if {
 	r := global_deny

@@ -24,6 +24,9 @@ class Decision:
     error: str | None = None
     """Why the engine failed; a decision with an error never allows."""
     engine_decision_id: str | None = None
+    monitor: str | None = None
+    """Set by the admission stage when this denial is let through in monitor mode: what put it there (the policy's
+    ``mode: "monitor"`` or a ``[[policy.monitor]]`` entry). None: the decision is enforced."""
 
     @classmethod
     def from_result(cls, result: Any, revision: str, engine_decision_id: str | None = None) -> Decision:

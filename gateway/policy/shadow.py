@@ -1,0 +1,112 @@
+"""Shadow revision: a candidate policy decides beside the live one on real traffic, off the call path.
+
+The admission stage offers each decision it made (input and live decision) to a bounded queue and moves on: the
+offer never waits (a full queue drops the decision and counts it). One background task evaluates the candidate
+on each input and, where the two disagree on ``allow``, writes a ``shadow_disagreement`` audit record (both
+decisions, the decision id, both revisions) and counts it. Nothing the shadow decides reaches an agent.
+``mcp-gateway policy diff`` summarises the records (gateway/policy/diff.py); promoting the candidate is one reload
+of the live policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from gateway.config import Config, PolicyConfig
+from gateway.metrics import Metrics
+from gateway.policy.decision import Decision, PolicyEngine
+from gateway.policy.engines import open_engine
+from gateway.record import Recorder
+
+log = logging.getLogger("gateway.policy.shadow")
+
+
+def shadow_config(cfg: PolicyConfig) -> PolicyConfig:
+    """The live ``[policy]`` settings with the candidate's path, on the embedded engine, one evaluator thread (it
+    shares the host with the live engine) and no watching of its own."""
+    assert cfg.shadow_path is not None
+    engine = cfg.engine if cfg.engine != "opa" else "embedded"
+    return cfg.model_copy(
+        update={"path": cfg.shadow_path, "engine": engine, "threads": 1, "threads_per_agent": 1, "watch": False}
+    )
+
+
+def open_shadow(config: Config) -> PolicyEngine | None:
+    return open_engine(shadow_config(config.policy), config) if config.policy.shadow_path else None
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """One live decision waiting for the shadow's."""
+
+    decision_id: str
+    agent: str
+    team: str
+    action: str
+    server: str | None
+    tool: str | None
+    input: dict[str, Any]
+    live: Decision
+
+
+def _summary(d: Decision) -> dict[str, Any]:
+    out: dict[str, Any] = {"allow": d.allow, "reasons": list(d.reasons), "revision": d.revision}
+    if d.result.get("mode") is not None:
+        out["mode"] = d.result.get("mode")
+    if d.error is not None:
+        out["error"] = d.error
+    return out
+
+
+class Shadow:
+    def __init__(self, engine: PolicyEngine, recorder: Recorder, metrics: Metrics, size: int):
+        self.engine = engine
+        self._recorder = recorder
+        self._metrics = metrics
+        self._send, self._receive = anyio.create_memory_object_stream[Offered](size)
+
+    def offer(self, item: Offered) -> None:
+        """Queue a live decision for the shadow; never waits (a full queue drops it, counted)."""
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            self._metrics.shadow_dropped.inc()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs for the gateway's lifetime: one decision at a time (the live engine keeps the evaluators)."""
+        log.info("shadow policy %s beside the live one", self.engine.revision)
+        task_status.started()
+        async with self._receive:
+            async for item in self._receive:
+                await self.compare(item)
+
+    async def compare(self, item: Offered) -> None:
+        try:
+            shadow = await self.engine.decide(item.input)
+        except Exception as exc:  # a broken candidate is a finding, never a failure of the gateway
+            shadow = Decision.failed(f"engine error: {exc}", getattr(self.engine, "revision", "unknown"))
+        self._metrics.shadow_decisions.inc()
+        if shadow.allow == item.live.allow:
+            return
+        self._metrics.count_shadow_disagreement(item.team, item.live.allow, shadow.allow)
+        self._recorder.shadow_disagreement(
+            {
+                "decision_id": item.decision_id,
+                "agent": item.agent,
+                "team": item.team,
+                "action": item.action,
+                "server": item.server,
+                "tool": item.tool,
+                "live": _summary(item.live),
+                "shadow": _summary(shadow),
+            }
+        )
+
+    async def aclose(self) -> None:
+        self._send.close()
+        await self.engine.aclose()
