@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from gateway.containment.settings import ContainmentConfig
+from gateway.fleet.config import FleetConfig, LimitConfig
 from gateway.jwks import load_jwks
 from gateway.names import parse_roles
 
@@ -336,6 +337,8 @@ class Config(_Model):
     tracing: TracingConfig = TracingConfig()
     upstreams: list[UpstreamConfig] = []
     containment: ContainmentConfig | None = None
+    fleet: FleetConfig | None = None
+    limits: list[LimitConfig] = []
     base_dir: Path = Path(".")
     """Directory of the config file: relative paths in it are resolved against it."""
     config_file: Path | None = None
@@ -428,6 +431,14 @@ def _check_files(cfg: Config, source: str) -> list[str]:
             f"{source}: identity.jwt.hs256_secret_env: the secret in {jwt.hs256_secret_env} is shorter "
             "than 32 bytes (HS256 needs a key of at least 256 bits, RFC 7518 section 3.2)"
         )
+    fleet = cfg.fleet
+    if fleet is not None and fleet.secret_file is not None:
+        secret = cfg.resolve(fleet.secret_file)
+        if not secret.is_file() or len(secret.read_bytes().strip()) < 32:
+            errors.append(f"{source}: fleet.secret_file: {secret} must be a file of at least 32 bytes")
+    names = [lim.name for lim in cfg.limits]
+    if len(set(names)) != len(names):
+        errors.append(f"{source}: limits: two limits have the same name")
     return errors
 
 

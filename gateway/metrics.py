@@ -80,6 +80,16 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.fleet_members = Gauge(
+            "mcp_gateway_fleet_members", "Live replicas in this replica's view of the fleet ([fleet]).", registry=r
+        )
+        self.fleet_hops = Counter(
+            "mcp_gateway_fleet_hops_total",
+            "Requests between replicas by outcome: forwarded, received, rerouted (owner unreachable), failed, "
+            "refused (a hop whose proof failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "mcp_gateway_upstream_errors_total",
             "Upstream failures by kind.",

@@ -92,6 +92,11 @@ class Gateway:
             sdk_adapter.attach_session_manager(server, self.session_managers[view])
             if tracing.enabled():
                 sdk_adapter.drop_sdk_spans(server)
+        self.fleet: Any = None
+        if config.fleet is not None:
+            from gateway.fleet.runtime import Fleet
+
+            self.fleet = Fleet(config.fleet, config.base_dir, self.metrics)
         self.started = False
         self.failure: str | None = None
         """Set when the gateway failed after start (its task group is gone): /healthz says so, the process exits."""
@@ -126,6 +131,8 @@ class Gateway:
             with anyio.move_on_after(5):
                 while any(u.conn.up and u.generation == 0 for u in self.catalog.upstreams.values()):
                     await anyio.sleep(0.02)
+            if self.fleet is not None:  # joins once ready (heartbeat in Redis); leaves at shutdown
+                await stack.enter_async_context(self.fleet.running(tg))
             self.started = True
             log.info("gateway ready: policy revision %s, upstreams %s", self.engine.revision, self.catalog.ready())
             try:

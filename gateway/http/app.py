@@ -4,7 +4,8 @@ Each stage is a small ASGI middleware with one job, configured in its ``__init__
 this order (see docs/architecture.md):
 
     ParseHeaders -> Lifespan (drain accounting) -> Router
-        /mcp, /mcp/<upstream>: HostOrigin -> BodyLimit -> Authenticate -> ViewGate -> AgentConcurrency -> SessionBinding
+        /mcp, /mcp/<upstream>: HostOrigin -> BodyLimit -> Authenticate -> FleetRoute ([fleet]) -> ViewGate
+                               -> AgentConcurrency -> SessionBinding
                                -> Dispatch (fast path or the SDK's transport)
         /healthz, /.well-known/oauth-protected-resource[/...]: answered by the router
 
@@ -21,6 +22,7 @@ from gateway.fastpath import FastPath
 from gateway.http.authenticate import WELL_KNOWN, Authenticate
 from gateway.http.bodylimit import BodyLimit
 from gateway.http.dispatch import VIEW_KEY, Dispatch
+from gateway.http.fleetroute import FleetRoute
 from gateway.http.headers import ParseHeaders
 from gateway.http.health import health
 from gateway.http.hostorigin import HostOrigin, default_hosts
@@ -99,6 +101,7 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
     metrics.sessions.set_function(lambda: len(live_ids()))
     chain: ASGIApp = AgentConcurrency(sessions, server.max_concurrent_calls_per_agent, limited)
     chain = ViewGate(chain, set(managers), gw.pipeline)
+    chain = FleetRoute.wrap(chain, gw)  # [fleet]: another live replica's agent goes there in one hop
     chain = Authenticate(chain, gw.auth, metrics, gw.recorder, f"{public}{WELL_KNOWN}/mcp")
     chain = BodyLimit(chain, server.max_request_bytes)
     hosts = set(server.allowed_hosts) if server.allowed_hosts is not None else default_hosts(server.host, server.port)
