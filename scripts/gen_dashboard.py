@@ -171,7 +171,8 @@ def build() -> dict[str, Any]:
         timeseries(
             "Tool calls by decision",
             "tools/call per second: allow, deny (policy said no, or unknown tool), error "
-            "(the engine failed or the audit record could not be written: fail closed).",
+            "(the engine failed or the audit record could not be written: fail closed), would_deny (denied by "
+            "the policy, let through in monitor mode).",
             "reqps",
             (f"sum by (decision) (rate(mcp_gateway_tool_calls_total{{{CALLS}}}[{RI}]))", "{{decision}}"),
             stack=True,
@@ -182,7 +183,7 @@ def build() -> dict[str, Any]:
             "Deny ratio",
             "Denied and failed tool calls over all tool calls, over the dashboard's time range.",
             "percentunit",
-            f'sum(increase(mcp_gateway_tool_calls_total{{{CALLS},decision!="allow"}}[$__range])) '
+            f'sum(increase(mcp_gateway_tool_calls_total{{{CALLS},decision=~"deny|error"}}[$__range])) '
             f"/ clamp_min(sum(increase(mcp_gateway_tool_calls_total{{{CALLS}}}[$__range])), 1)",
             thresholds=[
                 {"color": "green", "value": None},
@@ -306,6 +307,47 @@ def build() -> dict[str, Any]:
             "{{result}}",
         ),
         h=6,
+    )
+
+    lay.row("Rolling out policy: monitor mode and shadow revision")
+    lay.add(
+        timeseries(
+            "Would-deny calls per team (monitor mode)",
+            "Tool calls the policy denied that monitor mode let through ([[policy.monitor]] entries and rules "
+            'on trial, mode "monitor"), per second: what enforcing would deny. docs/policy.md, "Rolling out a rule".',
+            "reqps",
+            (
+                f'sum by (team) (rate(mcp_gateway_tool_calls_total{{{CALLS},decision="would_deny"}}[{RI}]))',
+                "{{team}}",
+            ),
+        ),
+        w=8,
+    )
+    lay.add(
+        bars(
+            "Would-deny calls per tool (top 10)",
+            "Tool calls let through in monitor mode over the time range, by upstream and tool.",
+            f'topk(10, sum by (server, tool) (increase(mcp_gateway_tool_calls_total{{{CALLS},decision="would_deny"}}'
+            f"[$__range])))",
+            "{{server}}/{{tool}}",
+        ),
+        w=8,
+    )
+    lay.add(
+        timeseries(
+            "Shadow policy disagreements",
+            "Decisions where the shadow policy ([policy] shadow_path) disagreed with the live one, per second, by "
+            "team and direction (live/shadow); dropped: decisions the shadow's full queue skipped. "
+            "mcp-gateway policy diff lists them.",
+            "reqps",
+            (
+                f"sum by (team, live, shadow) "
+                f'(rate(mcp_gateway_policy_shadow_disagreements_total{{{INST},team=~"$team"}}[{RI}]))',
+                "{{team}} live {{live}}, shadow {{shadow}}",
+            ),
+            (f"sum(rate(mcp_gateway_policy_shadow_dropped_total{{{INST}}}[{RI}]))", "dropped"),
+        ),
+        w=8,
     )
 
     lay.row("Upstreams")

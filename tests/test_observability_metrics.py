@@ -50,6 +50,13 @@ CONTAINMENT_METRICS = {
     "mcp_gateway_worker_start_seconds_bucket",
     "mcp_gateway_egress_denied_total",
 }
+# The rollout row (monitor mode, shadow policy): tests/test_rollout_dashboard.py checks it against a gateway that
+# monitors a team and runs a shadow policy.
+ROLLOUT_METRICS = {"mcp_gateway_policy_shadow_disagreements_total"}
+
+
+def rollout_query(expr: str) -> bool:
+    return 'decision="would_deny"' in expr or bool(metric_names(expr) & ROLLOUT_METRICS)
 
 # A policy of this test's own, so the deny reasons counted do not depend on the shipped team policies.
 POLICY = """package gateway
@@ -399,6 +406,8 @@ def test_dashboard_is_grafana_json_with_every_required_panel() -> None:
         "mcp_gateway_policy_errors_total",
         "mcp_gateway_upstream_up",
         "mcp_gateway_policy_reloads_total",
+        "mcp_gateway_policy_shadow_disagreements_total",
+        'decision="would_deny"',
     ):
         assert metric in exprs, f"no panel shows {metric}"
     # The generator and the committed JSON agree (edit scripts/gen_dashboard.py, then run it).
@@ -431,6 +440,8 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack) -> None:
         missing = {m for m in metric_names(expr) if m not in exposed}
         if missing and missing <= CONTAINMENT_METRICS:
             continue  # the containment row: test_containment_panels_return_data
+        if rollout_query(expr):
+            continue  # the rollout row: tests/test_rollout_dashboard.py
         empty.append(f"{title}: {expr} -> {result}")
     assert not empty, "dashboard queries that returned nothing:\n" + "\n".join(empty)
 
