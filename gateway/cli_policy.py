@@ -81,26 +81,43 @@ def policy() -> None:
 @policy.command("test")
 @click.argument("path", required=False)
 @click.option("--config", "config_path", default=None, help="Take the policy path (and decision) from this config.")
-@click.option("--opa-url", default=None, help="Decide the cases on this OPA server instead of the embedded engine.")
+@click.option(
+    "--opa-url", default=None, help="Decide the table cases on this OPA server instead of the embedded engine."
+)
 @click.option("--decision", default=None, help="The decision rule (default: the config's, or gateway/decision).")
-@click.option("-q", "--quiet", is_flag=True, help="Print failures and the total only.")
-@click.option("--allow-no-tests", is_flag=True, help="A policy without table tests passes (it still must compile).")
+@click.option("-q", "--quiet", is_flag=True, help="Print failures and the totals only.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every Rego test's result, not only failures.")
+@click.option("-r", "--run", "run_regex", default=None, metavar="REGEX", help="Run only the tests whose name matches.")
+@click.option("--coverage", is_flag=True, help="Report the rule lines no test evaluated, per file.")
+@click.option("--threshold", type=click.FloatRange(0, 100), default=None, help="Fail below this coverage (percent).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--allow-no-tests", is_flag=True, help="A policy without tests passes (it still must compile).")
 def policy_test(
     path: str | None,
     config_path: str | None,
     opa_url: str | None,
     decision: str | None,
     quiet: bool,
+    verbose: bool,
+    run_regex: str | None,
+    coverage: bool,
+    threshold: float | None,
+    fmt: str,
     allow_no_tests: bool,
 ) -> None:
-    """Run the table tests (**/*_test.yaml, *_test.json) of the policy at PATH (default: rego, or the config's).
+    """Run the tests of the policy at PATH (default: rego, or the config's): its table tests (**/*_test.yaml,
+    *_test.json) and its Rego tests (**/*_test.rego: test_ rules, with input as ..., as opa test runs them).
 
-    Prints PASS or FAIL per case, a diff under each failure, and "N passed, M failed"; exits 1 on any failure,
-    2 when the policy or a table cannot be loaded.
+    Table tests print PASS or FAIL per case, a diff under each failure and "N passed, M failed"; Rego tests
+    print as opa test does (failures, then PASS: n/m; -v every result). --coverage adds the lines no test
+    evaluated (both kinds of test count); --threshold N fails below N percent. Exits 1 on any failure or a
+    coverage below the threshold, 2 when the policy or a test cannot be loaded.
     """
+    import re
+
     from gateway.policy.embedded import compile_policy
     from gateway.policy.loader import load_policy
-    from gateway.policy.tables import load_tables, report, run_cases_async, run_policy_tables
+    from gateway.policy.tables import load_tables, report, run_cases, run_cases_async
 
     catalogue = None
     if config_path is not None:
@@ -113,12 +130,24 @@ def policy_test(
     decision = decision or "gateway/decision"
     target = Path(path or "rego")
     try:
+        pattern = re.compile(run_regex) if run_regex is not None else None
+    except re.error as exc:
+        _fail([f"--run {run_regex!r}: not a regular expression: {exc}"])
+    coverage = coverage or threshold is not None
+    try:
         if opa_url is None:
-            results = run_policy_tables(compile_policy(target, decision), catalogue)
+            compiled = compile_policy(target, decision)
+            source = compiled.source
+            evaluator = _new_evaluator()
+            decide_case: Any = lambda inp: compiled.decide(evaluator, inp)  # noqa: E731
+        else:
+            source = load_policy(target)
+        cases = [c for c in load_tables(source, catalogue) if pattern is None or pattern.search(c.label)]
+        if opa_url is None:
+            results = run_cases(cases, decide_case)
         else:
             from gateway.policy.opa import OpaEngine
 
-            cases = load_tables(load_policy(target), catalogue)
             engine = OpaEngine(PolicyConfig(engine="opa", opa_url=opa_url, decision=decision, timeout_ms=5000))
 
             async def run() -> Any:
@@ -128,14 +157,91 @@ def policy_test(
                     await engine.aclose()
 
             results = anyio.run(run)
+        rego = _run_rego_tests(source, pattern, cases if coverage else None, decision)
     except PolicyError as exc:
         _fail(exc.errors)
-    if not results and not allow_no_tests:
-        _fail([f"{target}: no table tests found (files named *_test.yaml, *_test.yml or *_test.json)"])
-    lines, failed = report(results, verbose=not quiet)
-    for line in lines:
-        click.echo(line)
+    rego_results, cov = rego
+    if not results and not rego_results:
+        if pattern is not None:
+            _fail([f"{target}: no test matches --run {run_regex!r}"])
+        if not allow_no_tests:
+            found = "no table tests found (*_test.yaml, *_test.yml, *_test.json), nor Rego tests (*_test.rego)"
+            _fail([f"{target}: {found}"])
+    below = cov is not None and threshold is not None and cov.percent < threshold
+    failed = any(not r.ok for r in results) or any(r.failed for r in rego_results) or below
+    if fmt == "json":
+        click.echo(_test_json(source, results, rego_results, cov, threshold, failed))
+        sys.exit(1 if failed else 0)
+    if results:
+        lines, _ = report(results, verbose=not quiet)
+        for line in lines:
+            click.echo(line)
+    if rego_results:
+        from gateway.policy.regotest import report as rego_report
+
+        if results:
+            click.echo("")
+        for line in rego_report(source, rego_results, verbose and not quiet):
+            click.echo(line)
+    if cov is not None:
+        from gateway.policy.coverage import report as coverage_report
+
+        click.echo("")
+        for line in coverage_report(cov):
+            click.echo(line)
+        if below:
+            click.echo(f"coverage {cov.percent:.1f}% is below the threshold of {threshold:g}%")
     sys.exit(1 if failed else 0)
+
+
+def _new_evaluator() -> Any:
+    from gateway.policy.embedded import new_evaluator
+
+    return new_evaluator()
+
+
+def _run_rego_tests(source: Any, pattern: Any, cases: Any, decision: str) -> tuple[list[Any], Any]:
+    """The Rego tests' results, and (when ``cases`` is given) the coverage of the Rego tests and those cases."""
+    from gateway.policy.regotest import new_engine, parse_modules, regorus_error, run_tests
+
+    if not source.rego_tests and cases is None:
+        return [], None
+    engine = new_engine(source, coverage=cases is not None)
+    modules = parse_modules(engine)
+    results = run_tests(source, engine, modules, pattern)
+    if cases is None:
+        return results, None
+    from gateway.policy.coverage import measure
+
+    rule = "data." + decision.replace("/", ".")
+    for case in cases:  # the table tests count: each case's input through the decision, as the gateway asks it
+        engine.set_input_json(orjson.dumps(case.input).decode())
+        try:
+            engine.eval_rule(rule)
+        except Exception as exc:
+            raise PolicyError([f"{case.label}: coverage: {regorus_error(exc, source)}"]) from None
+    return results, measure(engine, source, modules)
+
+
+def _test_json(source: Any, tables: Any, rego: Any, cov: Any, threshold: float | None, failed: bool) -> str:
+    doc = {
+        "tables": [{"name": r.case.label, "ok": r.ok, "problems": list(r.problems)} for r in tables],
+        "tests": [
+            {
+                "name": r.name,
+                "file": source.where(r.rule.file),
+                "line": r.rule.line,
+                "outcome": r.outcome,
+                "duration_ms": round(r.duration_ms, 3),
+                "detail": r.detail or None,
+            }
+            for r in rego
+        ],
+        "coverage": cov.as_json() if cov is not None else None,
+        "threshold": threshold,
+        "passed": not failed,
+    }
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
 @policy.command("lint")

@@ -20,6 +20,8 @@ from gateway.policy.decision import PolicyError
 
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 TEST_SUFFIXES = ("_test.yaml", "_test.yml", "_test.json")
+REGO_TEST_SUFFIX = "_test.rego"
+"""Rego test modules (``test_`` rules, run by ``policy test``): never part of the policy the gateway decides with."""
 _MAX_MEMBER = 32 << 20
 _MAX_BUNDLE = 128 << 20
 
@@ -37,6 +39,8 @@ class PolicySource:
     """"dir" or "bundle"."""
     catalogue: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """The cached tool catalogue (``catalogue.json`` at the root): the annotations the table tests decide on."""
+    rego_tests: dict[str, str] = field(default_factory=dict)
+    """Relative file name -> Rego test module (``*_test.rego``), not in ``modules`` nor in the revision."""
 
     def where(self, name: str, offset: int | None = None) -> str:
         """How an error message names one of this policy's files, and the line and column of an offset into a
@@ -44,7 +48,7 @@ class PolicySource:
         place = f"{self.root}/{name}" if self.kind == "dir" else f"{self.root}:{name}"
         if offset is None:
             return place
-        src = self.modules[name]
+        src = self.modules[name] if name in self.modules else self.rego_tests[name]
         line = src.count("\n", 0, offset) + 1
         col = offset - src.rfind("\n", 0, offset)
         return f"{place}:{line}:{col}"
@@ -89,6 +93,7 @@ class _Collector:
         self.modules: dict[str, str] = {}
         self.data: dict[str, Any] = {}
         self.tests: dict[str, str] = {}
+        self.rego_tests: dict[str, str] = {}
         self.catalogue: dict[str, dict[str, dict[str, Any]]] = {}
         self.errors: list[str] = []
         self.digest = hashlib.sha256()
@@ -103,6 +108,9 @@ class _Collector:
             return
         if base.endswith(TEST_SUFFIXES):
             self.tests[rel] = text
+            return
+        if base.endswith(REGO_TEST_SUFFIX):
+            self.rego_tests[rel] = text
             return
         if rel == CATALOGUE_FILE:
             from gateway.policy.catalogue import parse_catalogue
@@ -138,7 +146,7 @@ class _Collector:
         if self.errors:
             raise PolicyError(self.errors)
         rev = revision or self.digest.hexdigest()[:16]
-        return PolicySource(self.modules, self.data, rev, root, self.tests, kind, self.catalogue)
+        return PolicySource(self.modules, self.data, rev, root, self.tests, kind, self.catalogue, self.rego_tests)
 
 
 def load_policy_dir(root: Path) -> PolicySource:
