@@ -35,3 +35,9 @@ test_what_a_team_leaves_out if {
 	gateway.team_containment == {} with input.agent.team as "empty" with data.gateway.teams.empty as {}
 	not gateway.team_known with input.agent.team as "empty" with data.gateway.teams.empty as {"deny": set()}
 }
+
+test_a_teams_monitor_deny_puts_a_granted_call_on_trial if {
+	d := gateway.decision with input as {"agent": ci, "action": "tools/call", "server": "time", "tool": "get_current_time", "arguments": {}, "annotations": {}}
+		with data.gateway.teams.platform.monitor_deny as {"trial rule"}
+	d == {"allow": false, "mode": "monitor", "reasons": {"trial rule"}}
+}

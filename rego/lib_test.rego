@@ -161,3 +161,19 @@ test_list_decision if {
 	lib.list_decision(true) == {"allow": false, "reasons": {"agent x is suspended"}} with input.agent.id as "x"
 		with data.global.suspended_agents as ["x"]
 }
+
+test_decide_monitored_lets_a_granted_request_through_on_trial_rules_only if {
+	lib.decide_monitored(set(), {"new rule"}, true, {}) == {"allow": false, "mode": "monitor", "reasons": {"new rule"}}
+		with data.global.suspended_agents as []
+	lib.decide_monitored(set(), {"new rule"}, true, {"network": "none"}) == {
+		"allow": false, "mode": "monitor", "reasons": {"new rule"}, "containment": {"network": "none"},
+	} with data.global.suspended_agents as []
+}
+
+test_decide_monitored_enforces_when_an_enforced_rule_denies_or_nothing_grants if {
+	lib.decide_monitored({"old rule"}, {"new rule"}, true, {}) == {"allow": false, "reasons": {"old rule"}}
+		with data.global.suspended_agents as []
+	lib.decide_monitored(set(), {"new rule"}, false, {}) == {"allow": false, "reasons": ["no rule allows this request"]}
+		with data.global.suspended_agents as []
+	lib.decide_monitored(set(), set(), true, {}) == {"allow": true, "reasons": []} with data.global.suspended_agents as []
+}
