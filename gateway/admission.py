@@ -93,6 +93,8 @@ class Admission:
         """[[policy.monitor]] entries (the service sets them from the config)."""
         self.shadow = shadow
         """The shadow policy, when [policy] shadow_path names one."""
+        self.limits: Any = None
+        """The [[limits]] step (gateway/fleet/admit.py), when limits are configured."""
 
     # --- before any work -----------------------------------------------------------------------------------
 
@@ -123,6 +125,8 @@ class Admission:
         ``fields`` go to the policy input (``Decider.build_input``). Returns the decision, allowing or not:
         how a denial is answered (an error, a tool result with ``isError``) is the request kind's business.
         """
+        if self.limits is not None:  # [[limits]]: taken before the decision; refused with its records
+            fields["usage"] = await self.limits(self, req, target, fields)
         inp = self.decider.build_input(req, target.server, **fields)
         with tracing.span("policy.decision"):
             decision = await self.decider.decide(inp)
@@ -314,5 +318,7 @@ def guarded(fn: F) -> F:
             raise self.admission.internal_error(req, exc) from None
         finally:
             _stage.reset(token)
+            if self.admission.limits is not None:  # a concurrent-call slot ends with its call
+                self.admission.limits.limiter.release(req.decision_id)
 
     return wrapper  # type: ignore[return-value]

@@ -79,6 +79,7 @@ class Decider:
         prompt: str | None = None,
         action: str | None = None,
         arguments: Any = None,
+        usage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The policy input for this request. Arguments the policy cannot see whole (``refusal``) give a
         ``RefusedInput``: its arguments are left out, and ``decide`` refuses it without asking the engine, so every
@@ -101,6 +102,8 @@ class Decider:
                 "request": {"id": req.request_id, "time_ns": req.time_ns, "remote_addr": req.remote_addr},
             }
         )
+        if usage is not None:  # [[limits]] (fleet): {limit: {used, limit, window_s}}
+            inp["usage"] = usage
         if isinstance(inp, RefusedInput) and refused is not None:
             inp.refusal = refused
         return inp

@@ -83,6 +83,12 @@ class Metrics:
         self.fleet_members = Gauge(
             "mcp_gateway_fleet_members", "Live replicas in this replica's view of the fleet ([fleet]).", registry=r
         )
+        self.limit_redis_errors = Counter(
+            "mcp_gateway_limit_redis_errors_total",
+            "Limit checks Redis could not answer, by what was done (fleet.on_redis_error): deny or local.",
+            ["mode"],
+            registry=r,
+        )
         self.fleet_hops = Counter(
             "mcp_gateway_fleet_hops_total",
             "Requests between replicas by outcome: forwarded, received, rerouted (owner unreachable), failed, "

@@ -97,6 +97,10 @@ class Gateway:
             from gateway.fleet.runtime import Fleet
 
             self.fleet = Fleet(config.fleet, config.base_dir, self.metrics)
+        if config.limits:  # [[limits]]: one step of the admission stage, in Redis with [fleet]
+            from gateway.fleet.runtime import build_limits
+
+            self.pipeline.admission.limits = build_limits(config, self.fleet, self.metrics)
         self.started = False
         self.failure: str | None = None
         """Set when the gateway failed after start (its task group is gone): /healthz says so, the process exits."""

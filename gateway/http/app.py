@@ -29,6 +29,7 @@ from gateway.http.hostorigin import HostOrigin, default_hosts
 from gateway.http.lifespan import Lifespan
 from gateway.http.limits import AgentConcurrency
 from gateway.http.respond import JSON, respond
+from gateway.http.sessionlimits import SessionLimits
 from gateway.http.sessions import SessionBinding
 from gateway.http.viewgate import ViewGate
 from gateway.service import Gateway
@@ -99,7 +100,8 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
         lambda sid: sdk_adapter.holds_session(managers.values(), sid),
     )
     metrics.sessions.set_function(lambda: len(live_ids()))
-    chain: ASGIApp = AgentConcurrency(sessions, server.max_concurrent_calls_per_agent, limited)
+    chain: ASGIApp = SessionLimits.wrap(sessions, gw, sessions)  # [[limits]] sessions: 429 at initialize
+    chain = AgentConcurrency(chain, server.max_concurrent_calls_per_agent, limited)
     chain = ViewGate(chain, set(managers), gw.pipeline)
     chain = FleetRoute.wrap(chain, gw)  # [fleet]: another live replica's agent goes there in one hop
     chain = Authenticate(chain, gw.auth, metrics, gw.recorder, f"{public}{WELL_KNOWN}/mcp")

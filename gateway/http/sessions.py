@@ -141,6 +141,10 @@ class SessionBinding:
             if not self._opening[owner]:
                 del self._opening[owner]
 
+    def held(self, owner: Owner) -> int:
+        """Sessions this identity holds or is opening (for ``[[limits]] sessions``)."""
+        return self._open[owner] + self._opening[owner]
+
     def _touch(self, sid: str, owner: Owner) -> BoundSession | None:
         info = self.sessions.get(sid)
         if info is not None:
