@@ -123,6 +123,7 @@ async def test_rolling_out_a_rule_as_docs_policy_md_says() -> None:
     blocks = walkthrough()
     assert [b.title for b in blocks if b.title] == [
         "rego.next/teams/research.rego",
+        "rego.next/teams/research_test.rego",
         "rego.next/teams/research_test.yaml",
         "gateway.toml",
     ], "the walkthrough's steps changed: update this test's expectations with the page"
@@ -141,7 +142,7 @@ async def test_rolling_out_a_rule_as_docs_policy_md_says() -> None:
             if block.lang == "console":
                 _run_console(block, work, bin_dir)
             elif block.title == "gateway.toml":
-                # Step 3: the shadow. Its settings go under the config's [policy]; the gateway starts with them.
+                # Step 4: the shadow. Its settings go under the config's [policy]; the gateway starts with them.
                 settings = block.text.replace("[policy]\n", "", 1)
                 assert "[" not in settings, "the page's gateway.toml block is [policy] settings only"
                 config = config.replace("[policy]\n", "[policy]\n" + settings, 1)
@@ -163,7 +164,7 @@ async def test_rolling_out_a_rule_as_docs_policy_md_says() -> None:
             if block.lang != "console" or gw is None:
                 continue
             if block.text.startswith("$ cp rego.next/"):
-                # Step 4: promoted with the rule on trial: the call goes through, recorded as would_deny.
+                # Step 5: promoted with the rule on trial: the call goes through, recorded as would_deny.
                 _wait_live(gw, work)
                 r = await _call(gw, TOKYO)
                 assert not r.is_error, r.content
@@ -171,7 +172,7 @@ async def test_rolling_out_a_rule_as_docs_policy_md_says() -> None:
                 assert out["outcome"] == "would_deny" and out["reasons"] == [REASON], out
                 assert out["call_outcome"] == "ok"
             elif block.text.startswith("$ sed "):
-                # Step 5: enforced.
+                # Step 6: enforced.
                 _wait_live(gw, work)
                 r = await _call(gw, TOKYO)
                 assert r.is_error and f"Denied by policy: {REASON}" in _text(r)
