@@ -1,33 +1,61 @@
-"""Per-call cost of the gateway: an allowed tools/call through it against the same upstream called directly.
+"""Per-call cost of the gateway, measured side by side with direct connections to the same upstreams.
 
-Starts the echo fixture over streamable HTTP (the direct target) and a gateway that fronts the same fixture
-twice: once over HTTP (the very server called directly) and once launched over stdio. The same SDK client
-measures every path, interleaved in one run, then prints p50/p99 latency, calls/s with 16 concurrent sessions,
-and the ratios to the direct connection. Auth, policy (shipped rego/), audit and metrics are all on.
+One echo fixture server runs over streamable HTTP (called directly, and fronted by the gateways); the same
+fixture is launched over stdio (directly by the client, and by each gateway). Two gateways run at once: one with
+an allow-all policy and one with the shipped policy set (rego/, the demo ``ci-bot`` identity: team platform,
+role ci; its grant for ``echo`` copied to the stdio upstream). API-key auth, audit and metrics are on in both.
+For each protocol era (2025-11-25 sessions, 2026-07-28 stateless) every path is measured in the same run,
+interleaved call by call (latency) and round by round (throughput), so load on the machine hits every path alike.
 
-    python bench/bench_calls.py [--calls 400] [--seconds 5] [--concurrency 16] [--mode legacy|auto]
+Printed: p50/p99 per path and added over the direct connection to the same upstream, calls/s at
+``--concurrency`` sessions and the ratio to direct, the cost of a 100-tool ``tools/list`` over a 1-tool one,
+the gateway's RSS with ``--sessions`` sessions open, and the per-stage profile of the gateway's calls
+(``gateway/stages.py``: authenticate, parse, decide, record, forward, answer, in microseconds).
+
+    python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
+                                [--eras legacy,modern] [--fsync] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
+from mcp import Client, StdioServerParameters
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import ECHO, KEYS, default_config, free_port, mcp_client, start_gateway  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ECHO,
+    KEYS,
+    RunningGateway,
+    default_config,
+    free_port,
+    mcp_client,
+    start_gateway,
+)
 
-KEY = KEYS["ci-bot"][2]
+KEY = KEYS["ci-bot"][2]  # team platform, role ci: the demo ci-bot of gateway.toml
+ERAS = {"legacy": "2025-11-25 (sessions)", "modern": "2026-07-28 (stateless)"}
+CLIENT_MODE = {"legacy": "legacy", "modern": "auto"}
+
+ALLOW_ALL = 'package gateway\nimport rego.v1\ndecision := {"allow": true, "reasons": []}\n'
+
+Opener = Callable[[str], AbstractAsyncContextManager[Any]]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -35,120 +63,262 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
 
 
-async def latency(targets: dict[str, tuple[str, str]], calls: int, mode: str) -> dict[str, list[float]]:
-    """Sequential calls, one session per target, interleaved call by call so noise hits every path alike."""
+@asynccontextmanager
+async def stdio_client(mode: str) -> AsyncIterator[Any]:
+    params = StdioServerParameters(command=ECHO[0], args=ECHO[1:])
+    async with Client(params, mode=mode, cache=None) as c:  # type: ignore[arg-type]
+        yield c
+
+
+def http_opener(url: str) -> Opener:
+    return lambda mode: mcp_client(url, KEY, mode)
+
+
+async def latency(targets: dict[str, tuple[Opener, str]], calls: int, mode: str) -> dict[str, list[float]]:
+    """Sequential calls, one client per path, interleaved call by call so noise hits every path alike."""
     out: dict[str, list[float]] = {name: [] for name in targets}
-    async with anyio.create_task_group():
-        clients: dict[str, Any] = {}
-        stack = []
-        for name, (url, _tool) in targets.items():
-            cm = mcp_client(url, KEY, mode)
+    clients: dict[str, Any] = {}
+    stack = []
+    try:
+        for name, (opener, _tool) in targets.items():
+            cm = opener(mode)
             clients[name] = await cm.__aenter__()
             stack.append(cm)
-        try:
-            for name, (_url, tool) in targets.items():  # warm up
-                for _ in range(20):
-                    await clients[name].call_tool(tool, {"text": "warm"})
-            for _ in range(calls):
-                for name, (_url, tool) in targets.items():
-                    t0 = time.perf_counter()
-                    r = await clients[name].call_tool(tool, {"text": "hello"})
-                    out[name].append(time.perf_counter() - t0)
-                    assert not r.is_error, r
-        finally:
-            for cm in reversed(stack):
-                await cm.__aexit__(None, None, None)
+        for name, (_opener, tool) in targets.items():  # warm up
+            for _ in range(20):
+                await clients[name].call_tool(tool, {"text": "warm"})
+        for _ in range(calls):
+            for name, (_opener, tool) in targets.items():
+                t0 = time.perf_counter()
+                r = await clients[name].call_tool(tool, {"text": "hello"})
+                out[name].append(time.perf_counter() - t0)
+                assert not r.is_error, r
+    finally:
+        for cm in reversed(stack):
+            await cm.__aexit__(None, None, None)
     return out
 
 
-async def throughput(url: str, tool: str, concurrency: int, seconds: float, mode: str) -> float:
+async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float, mode: str) -> float:
     done = 0
     errors = 0
+    ready = anyio.Event()
+    started = 0
 
     async def worker() -> None:
-        nonlocal done, errors
-        async with mcp_client(url, KEY, mode) as c:
+        nonlocal done, errors, started
+        async with opener(mode) as c:
             await c.call_tool(tool, {"text": "warm"})
+            started += 1
             await ready.wait()
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 r = await c.call_tool(tool, {"text": "hello"})
-                if r.is_error:
-                    errors += 1
+                errors += bool(r.is_error)
                 done += 1
 
-    ready = anyio.Event()
+    t0 = 0.0
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
             tg.start_soon(worker)
-        await anyio.sleep(1.0)
+        while started < concurrency:
+            await anyio.sleep(0.05)
         t0 = time.perf_counter()
         ready.set()
     elapsed = time.perf_counter() - t0
     if errors:
-        print(f"  ({errors} error results at {url})")
+        print(f"  ({errors} error results)")
     return done / elapsed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=400)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--mode", default="legacy", choices=["legacy", "auto"])
-    ap.add_argument("--policy-threads", type=int, default=4, help="[policy] threads (0: evaluate on the event loop)")
-    args = ap.parse_args()
+async def list_cost(url: str, calls: int, mode: str) -> dict[str, float]:
+    """p50 of tools/list through the gateway on the 1-tool and the 100-tool upstream's view, interleaved."""
+    out: dict[str, list[float]] = {"one": [], "hundred": []}
+    async with mcp_client(url + "/one", KEY, mode) as one, mcp_client(url + "/hundred", KEY, mode) as hundred:
+        clients = {"one": one, "hundred": hundred}
+        for name, c in clients.items():
+            n = len((await c.list_tools()).tools)
+            assert n == (1 if name == "one" else 100), (name, n)
+        for _ in range(calls):
+            for name, c in clients.items():
+                t0 = time.perf_counter()
+                await c.list_tools()
+                out[name].append(time.perf_counter() - t0)
+    return {name: pct(v, 0.5) for name, v in out.items()}
 
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    echo_port, gw_port = free_port(), free_port()
-    echo = subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL)
+
+async def rss_at(gw: RunningGateway, sessions: int, tool: str) -> tuple[float, float]:
+    """The gateway's RSS (MB) before, and with ``sessions`` 2025-era sessions open, each having made one call."""
+    before = rss_mb(gw.proc.pid)
+    opened = 0
+    async with anyio.create_task_group() as tg:
+        done = anyio.Event()
+
+        limiter = anyio.CapacityLimiter(16)  # sessions being opened at once
+
+        async def hold() -> None:
+            nonlocal opened
+            cm = mcp_client(gw.url, KEY, "legacy")
+            async with limiter:
+                c = await cm.__aenter__()
+            try:
+                await c.call_tool(tool, {"text": "hold"})
+                opened += 1
+                await done.wait()
+            finally:
+                await cm.__aexit__(None, None, None)
+
+        for _ in range(sessions):
+            tg.start_soon(hold)
+        while opened < sessions:
+            await anyio.sleep(0.1)
+        after = rss_mb(gw.proc.pid)
+        done.set()
+    return before, after
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stage_profile(gw: RunningGateway, reset: bool = True) -> dict[str, Any]:
+    r = httpx2.get(gw.admin_base + "/debug/stages" + ("?reset=1" if reset else ""), timeout=5)
+    return r.json() if r.status_code == 200 else {}
+
+
+def print_stages(title: str, prof: dict[str, Any]) -> None:
+    order = ["authenticate", "parse", "decide", "record", "forward", "answer", "total"]
+    print(f"  per-stage profile, {title} (p50 us per call; forward includes the upstream's own time):")
+    print(f"    {'upstream':12}" + "".join(f"{s:>13}" for s in order))
+    for label, stats in prof.items():
+        row = "".join(f"{stats[s]['p50_us']:13.1f}" if s in stats else f"{'-':>13}" for s in order)
+        print(f"    {label:12}{row}")
+
+
+def wait_http(url: str) -> None:
     for _ in range(100):
         try:
-            httpx2.get(f"http://127.0.0.1:{echo_port}/mcp", timeout=0.5)
-            break
+            httpx2.get(url, timeout=0.5)
+            return
         except httpx2.HTTPError:
             time.sleep(0.1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=200, help="sequential calls per path and era (latency)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds per path")
+    ap.add_argument("--concurrency", type=int, default=16, help="sessions at once for throughput")
+    ap.add_argument("--sessions", type=int, default=200, help="sessions held open for the RSS figure (0: skip)")
+    ap.add_argument("--list-calls", type=int, default=50, help="tools/list calls per list size (0: skip)")
+    ap.add_argument("--eras", default="legacy,modern", help="comma-separated: legacy (2025-11-25), modern (2026-07-28)")
+    ap.add_argument("--fsync", action="store_true", help="[audit] fsync = true on both gateways")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    eras = [e for e in args.eras.split(",") if e]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    echo_port = free_port()
+    procs = [subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL)]
+    wait_http(f"http://127.0.0.1:{echo_port}/mcp")
+    toml = json.dumps  # a TOML basic string and a JSON string agree for these values
     upstreams = (
         f'[[upstreams]]\nname = "echo"\ntransport = "http"\nurl = "http://127.0.0.1:{echo_port}/mcp"\n\n'
-        '[[upstreams]]\nname = "echostdio"\ntransport = "stdio"\ncommand = ' + str(ECHO).replace("'", '"') + "\n"
+        f'[[upstreams]]\nname = "echostdio"\ntransport = "stdio"\ncommand = {toml(ECHO)}\n\n'
+        f'[[upstreams]]\nname = "one"\ntransport = "stdio"\ncommand = {toml([*ECHO, "--tools", "1"])}\n\n'
+        f'[[upstreams]]\nname = "hundred"\ntransport = "stdio"\ncommand = {toml([*ECHO, "--tools", "100"])}\n'
     )
-    policy = work / "rego"
-    subprocess.run(["cp", "-r", str(REPO / "rego"), str(policy)], check=True)
-    # The bench agent may use both echo upstreams; everything else is the shipped policy set.
-    import json
-
-    data = json.loads((policy / "data.json").read_text())
-    data["teams"]["platform"]["roles"]["ci"]["echostdio"] = ["*"]
-    (policy / "data.json").write_text(json.dumps(data))
-    config = default_config(gw_port, work, upstreams, policy=policy).replace(
-        "[policy]\n", f"[policy]\nthreads = {args.policy_threads}\n"
-    )
-    gw = start_gateway(work, config, gw_port)
+    allow = work / "allow"
+    allow.mkdir()
+    (allow / "allow.rego").write_text(ALLOW_ALL)
+    shipped = work / "rego"
+    shutil.copytree(REPO / "rego", shipped)
+    data = json.loads((shipped / "data.json").read_text())
+    grants = data["teams"]["platform"]["roles"]["ci"]
+    for name in ("echostdio", "one", "hundred"):  # the same grant as the shipped one for "echo"
+        grants[name] = grants["echo"]
+    (shipped / "data.json").write_text(json.dumps(data))
+    extra = "[audit]\nfsync = true\n" if args.fsync else ""
+    env = {"MCP_GATEWAY_STAGES": "1"}
+    gws: dict[str, RunningGateway] = {}
+    load0 = os.getloadavg()
     try:
-        targets = {
-            "direct (HTTP)": (f"http://127.0.0.1:{echo_port}/mcp", "echo"),
-            "gateway -> HTTP upstream": (gw.url, "echo__echo"),
-            "gateway -> stdio upstream": (gw.url, "echostdio__echo"),
+        for mode, policy in (("allow-all", allow), ("shipped policy", shipped)):
+            port = free_port()
+            config = default_config(port, work / mode.replace(" ", "-"), upstreams, policy=policy)
+            if extra:
+                config = config.replace("[audit]\n", extra)
+            gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
+        direct_http = http_opener(f"http://127.0.0.1:{echo_port}/mcp")
+        targets: dict[str, tuple[Opener, str, str]] = {  # name: (opener, tool, the direct path it is compared with)
+            "direct stdio": (stdio_client, "echo", ""),
+            "direct HTTP": (direct_http, "echo", ""),
         }
+        for mode, gw in gws.items():
+            targets[f"{mode} -> stdio"] = (http_opener(gw.url), "echostdio__echo", "direct stdio")
+            targets[f"{mode} -> HTTP"] = (http_opener(gw.url), "echo__echo", "direct HTTP")
         print(
-            f"mcp-gateway bench: {args.calls} sequential calls per path (interleaved), "
-            f"{args.concurrency} sessions x {args.seconds:g} s for throughput, client mode {args.mode}"
+            f"mcp-gateway bench: {args.calls} sequential calls per path and era (interleaved); throughput "
+            f"{args.concurrency} sessions x {args.seconds:g} s x {args.rounds} rounds; load {load0[0]:.2f} "
+            f"(1 min) on {os.cpu_count()} CPUs; audit fsync {'on' if args.fsync else 'off'}"
         )
-        lat = anyio.run(latency, targets, args.calls, args.mode)
-        tput: dict[str, list[float]] = {name: [] for name in targets}
-        for _ in range(2):  # interleaved rounds
-            for name, (url, tool) in targets.items():
-                tput[name].append(anyio.run(throughput, url, tool, args.concurrency, args.seconds, args.mode))
-        base_p50 = pct(lat["direct (HTTP)"], 0.5)
-        base_tput = statistics.mean(tput["direct (HTTP)"])
-        print(f"{'path':28} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'calls/s':>9} {'x direct':>9}")
-        for name in targets:
-            p50, p99, cps = pct(lat[name], 0.5), pct(lat[name], 0.99), statistics.mean(tput[name])
-            print(f"{name:28} {p50:8.2f} {p99:8.2f} {p50 - base_p50:+8.2f} {cps:9.0f} {cps / base_tput:9.2f}")
+        report: dict[str, Any] = {"load_start": load0, "eras": {}}
+        for era in eras:
+            mode = CLIENT_MODE[era]
+            for gw in gws.values():
+                stage_profile(gw)
+            plain = {name: (opener, tool) for name, (opener, tool, _) in targets.items()}
+            lat = anyio.run(latency, plain, args.calls, mode)
+            profiles = {name: stage_profile(gw) for name, gw in gws.items()}
+            tput: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name, (opener, tool, _) in targets.items():
+                    tput[name].append(anyio.run(throughput, opener, tool, args.concurrency, args.seconds, mode))
+            print(f"\nera {ERAS[era]}:")
+            head = ("p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
+            print(f"  {'path':26} " + " ".join(f"{h:>8}" for h in head) + f" {'calls/s':>9} {'x direct':>9}")
+            rows = {}
+            for name, (_, _, base) in targets.items():
+                p50, p99, cps = pct(lat[name], 0.5), pct(lat[name], 0.99), statistics.median(tput[name])
+                ref = base or name
+                add50, add99 = p50 - pct(lat[ref], 0.5), p99 - pct(lat[ref], 0.99)
+                ratio = cps / statistics.median(tput[ref])
+                rows[name] = {"p50_ms": p50, "p99_ms": p99, "added_p50_ms": add50, "added_p99_ms": add99}
+                rows[name] |= {"calls_per_s": cps, "x_direct": ratio}
+                print(f"  {name:26} {p50:8.2f} {p99:8.2f} {add50:+8.2f} {add99:+8.2f} {cps:9.0f} {ratio:9.2f}")
+            for name, prof in profiles.items():
+                print_stages(f"{name}, {ERAS[era]}", prof)
+            report["eras"][era] = {"paths": rows, "stages": profiles}
+        if args.list_calls:
+            print("\ntools/list through the gateway (p50 ms), 1 tool vs 100 tools, 2025-11-25 era:")
+            report["lists"] = {}
+            for name, gw in gws.items():
+                cost = anyio.run(list_cost, gw.url, args.list_calls, "legacy")
+                report["lists"][name] = cost
+                print(
+                    f"  {name:26} 1 tool {cost['one']:6.2f}   100 tools {cost['hundred']:6.2f}   "
+                    f"added {cost['hundred'] - cost['one']:+6.2f}"
+                )
+        if args.sessions:
+            gw = gws["shipped policy"]
+            before, after = anyio.run(rss_at, gw, args.sessions, "echostdio__echo")
+            report["rss_mb"] = {"before": before, "at_sessions": after, "sessions": args.sessions}
+            print(f"\ngateway RSS (shipped policy): {before:.1f} MB, {after:.1f} MB with {args.sessions} sessions open")
+        load1 = os.getloadavg()
+        report["load_end"] = load1
+        print(f"\nload at the end {load1[0]:.2f} (1 min)")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
     finally:
-        gw.stop()
-        echo.terminate()
-        echo.wait()
+        for gw in gws.values():
+            gw.stop()
+        for p in procs:
+            p.terminate()
+            p.wait()
 
 
 if __name__ == "__main__":

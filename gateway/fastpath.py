@@ -23,7 +23,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
-from gateway import sdk_adapter
+from gateway import sdk_adapter, stages
 from gateway.decide import Request
 from gateway.errors import INTERNAL_ERROR, REQUEST_CANCELLED
 from gateway.forward import GatewayError
@@ -212,6 +212,7 @@ class FastPath:
             await send({"type": "http.response.body", "body": body})
         except OSError:
             pass  # the agent went away
+        stages.end("answer")
         return True
 
     async def _answer(self, req: Request, msg: dict[str, Any], view: str | None, modern: bool) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.jsonrpc import ProgressFn, RemoteError, UpstreamError
+from gateway import stages
 from gateway.catalog import Upstream, strip_server_meta
 from gateway.decide import Request
 from gateway.errors import GatewayError
@@ -23,6 +24,7 @@ async def forward(
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Raises RemoteError (the upstream's own JSON-RPC error) or UpstreamError (it could not answer)."""
+    stages.tag(up.name)
     try:
         result = await up.connector_for(req.agent, req.session_id).request(method, params, timeout, on_progress)
     except UpstreamError as exc:

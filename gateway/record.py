@@ -13,7 +13,7 @@ import hashlib
 import logging
 from typing import Any
 
-from gateway import logs, tracing
+from gateway import logs, stages, tracing
 from gateway.audit import AuditLog, canonical, now_iso
 from gateway.decide import Request
 from gateway.metrics import Metrics
@@ -48,6 +48,7 @@ class Recorder:
         self, req: Request, input: dict[str, Any], decision: Decision, server: str | None, tool: str | None
     ) -> bool:
         """Write the decision record; False means it is not on record and the call must not go ahead."""
+        stages.mark("decide")
         logs.bind(req.decision_id)
         try:
             tracing.annotate_call(req, decision, server, tool)
@@ -107,10 +108,13 @@ class Recorder:
                 "; ".join(decision.reasons) or "no reason given",
                 extra={"agent": req.agent.id, "action": req.action},
             )
-        return self._write(record)
+        written = self._write(record)
+        stages.mark("record")
+        return written
 
     def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> bool:
         """Write the outcome record; False means it is not on record (the caller withholds what it would answer)."""
+        stages.mark("forward")
         record: dict[str, Any] = {
             "type": "outcome",
             "decision_id": req.decision_id,
@@ -143,6 +147,7 @@ class Recorder:
                 "duration_ms": record["duration_ms"],
             },
         )
+        stages.mark("record")
         return written
 
     def shadow_disagreement(self, record: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import stages
 from gateway.http.headers import ParseHeaders
 from gateway.http.health import health
 from gateway.http.hostorigin import HostOrigin, is_loopback, loopback_hosts
@@ -34,6 +35,9 @@ class AdminApp:
             await respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
         elif path == "/healthz":
             await health(send, self.gw)
+        elif path == "/debug/stages" and stages.ENABLED:  # MCP_GATEWAY_STAGES=1 only (gateway/stages.py)
+            reset = scope.get("query_string", b"") == b"reset=1"
+            await respond(send, 200, orjson.dumps(stages.summary(reset)), b"application/json")
         else:
             await respond(send, 404, b'{"error":"not found"}', b"application/json")
 

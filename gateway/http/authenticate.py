@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import stages
 from gateway.errors import DENIED
 from gateway.http.headers import headers_of
 from gateway.http.respond import jsonrpc_error
@@ -36,11 +37,13 @@ class Authenticate:
         self.resource_metadata_url = resource_metadata_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stages.begin()
         try:
             agent = self.backend.authenticate(headers_of(scope).authorization)
         except AuthError as exc:
             await self.on_error(scope, send, exc)
             return
+        stages.mark("authenticate")
         scope["state"][AGENT_KEY] = agent
         await self.app(scope, receive, send)
 

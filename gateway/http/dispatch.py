@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from gateway import sdk_adapter
+from gateway import sdk_adapter, stages
 from gateway.fastpath import FastPath, modern_client, parse_tool_call
 from gateway.http.authenticate import agent_of
 from gateway.http.headers import headers_of
@@ -39,6 +39,7 @@ class Dispatch:
             headers = headers_of(scope)
             sid = headers.session_id
             msg = parse_tool_call(body)
+            stages.mark("parse")
             if msg is not None:
                 client = scope.get("client")
                 remote = client[0] if client else None

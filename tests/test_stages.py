@@ -1,0 +1,67 @@
+"""The per-stage profile of calls (gateway/stages.py): served on the admin listener only when switched on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.conftest import ECHO, KEYS, REPO, default_config, free_port, mcp_client, start_gateway, stdio_upstream
+
+pytestmark = pytest.mark.anyio
+
+STAGES = ["authenticate", "parse", "decide", "record", "forward", "answer", "total"]
+
+
+async def test_stages_are_timed_per_upstream_when_switched_on(tmp_path: Path) -> None:
+    port = free_port()
+    upstreams = stdio_upstream("echo", ECHO)
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, upstreams), port, env={"MCP_GATEWAY_STAGES": "1"})
+    try:
+        for mode in ("legacy", "auto"):  # both eras take the fast path
+            async with mcp_client(gw.url, KEYS["ci-bot"][2], mode) as c:
+                for _ in range(3):
+                    assert not (await c.call_tool("echo__echo", {"text": "secret-argument"})).is_error
+        r = httpx2.get(gw.admin_base + "/debug/stages?reset=1")
+        assert r.status_code == 200
+        assert "secret-argument" not in r.text and "ci-bot" not in r.text  # names and durations only
+        prof = r.json()
+        assert list(prof) == ["echo"]
+        assert list(prof["echo"]) == STAGES
+        assert all(s["calls"] == 6 and s["p50_us"] > 0 for s in prof["echo"].values())
+        assert httpx2.get(gw.admin_base + "/debug/stages").json() == {}  # reset
+        assert httpx2.get(gw.base + "/debug/stages").status_code == 404  # never on the agents' port
+    finally:
+        gw.stop()
+
+
+def test_stages_are_not_served_when_off(tmp_path: Path) -> None:
+    port = free_port()
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, stdio_upstream("echo", ECHO)), port)
+    try:
+        assert httpx2.get(gw.admin_base + "/debug/stages").status_code == 404
+    finally:
+        gw.stop()
+
+
+def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
+    """A smoke run of bench/bench_calls.py: every path, both eras, lists, RSS and the stage profile are printed."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_calls.py"),
+            *("--calls", "3", "--seconds", "0.2", "--rounds", "1", "--concurrency", "2"),
+            *("--sessions", "3", "--list-calls", "2", "--json", str(tmp_path / "out.json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for needle in ("era 2025-11-25", "era 2026-07-28", "shipped policy -> HTTP", "allow-all -> stdio", "100 tools"):
+        assert needle in out.stdout, out.stdout
+    assert "per-stage profile" in out.stdout and "RSS" in out.stdout
+    assert (tmp_path / "out.json").exists()
