@@ -3,7 +3,9 @@
 The aggregate endpoint names tools and prompts ``<upstream>__<name>``; resources keep their URIs and route to
 the upstream that listed them. When two upstreams list the same resource URI, the upstream declared first in
 the configuration wins (the later one's copy is not reachable through ``/mcp``, only through its own
-``/mcp/<upstream>``). Lists are fetched when an upstream connects and again when it says they changed.
+``/mcp/<upstream>``). Lists are fetched when an upstream connects and again when it says they changed; with a
+tool lock (``[integrity] lock``) each list is screened first and, in ``hide`` mode, only locked items are kept, so a
+drifted item is missing to every request that names it (``gateway/integrity``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from connectors.base import CallTarget, Connector, PerAgent
 from connectors.jsonrpc import JsonRpcPeer, RemoteError, UpstreamError
 from gateway.config import UpstreamConfig
 from gateway.connect import make_connector
+from gateway.errors import METHOD_NOT_FOUND
+from gateway.integrity.guard import Integrity
 from gateway.upstream_sessions import SessionUpstreams
 
 log = logging.getLogger("gateway.catalog")
@@ -33,6 +37,11 @@ _LISTS = {
     "prompts": ("prompts/list", "prompts"),
     "resources": ("resources/list", "resources"),
     "templates": ("resources/templates/list", "resourceTemplates"),
+}
+_ANNOUNCE = {
+    "tools": "notifications/tools/list_changed",
+    "prompts": "notifications/prompts/list_changed",
+    "resources": "notifications/resources/list_changed",
 }
 _CHANGED = {
     "notifications/tools/list_changed": "tools",
@@ -55,6 +64,8 @@ class Upstream:
     """Bumped whenever a list changes, so caches keyed on it go stale."""
     sessions: SessionUpstreams | None = None
     """Set when the upstream runs with ``session_mode = "per_session"``."""
+    list_errors: dict[str, str] = field(default_factory=dict)
+    """List (tools, prompts, resources, templates) -> why its last fetch failed; cleared when one succeeds."""
 
     def __post_init__(self) -> None:
         # Judged once: an isinstance against a runtime protocol costs tens of microseconds, too much per call.
@@ -92,8 +103,11 @@ class Catalog:
         base_dir: Any,
         on_state: Callable[[str, bool], None],
         containment: Any = None,
+        integrity: Integrity | None = None,
     ):
         self._on_state = on_state
+        self.integrity = integrity if integrity is not None else Integrity(None)
+        """Screens every tools, prompts and templates list against the tool lock (``gateway/integrity``)."""
         self.upstreams: dict[str, Upstream] = {}
         self.session_upstreams = SessionUpstreams(base_dir)
         for cfg in configs:
@@ -125,6 +139,22 @@ class Catalog:
             async with anyio.create_task_group() as tg:
                 for up in self.upstreams.values():
                     tg.start_soon(up.conn.wait_ready, min(timeout, up.config.start_timeout_s))
+
+    async def open_listed(self, tg: anyio.abc.TaskGroup, timeout: float) -> None:
+        """Start every upstream and wait, at most ``timeout`` in all, until each is up and listed or has failed its
+        start (for ``mcp-gateway lock``, which needs what the gateway itself would list)."""
+        await self.start(tg)
+        await self.wait_ready(timeout)
+        with anyio.move_on_after(timeout):
+            while any(u.conn.up and u.generation == 0 for u in self.upstreams.values()):
+                await anyio.sleep(0.02)
+
+    async def relist(self) -> None:
+        """Fetch every connected upstream's lists again and tell the agents they changed (a new tool lock)."""
+        for up in self.upstreams.values():
+            if up.conn.up:
+                for kind, method in _ANNOUNCE.items():
+                    self.refresh_soon(up, kind, method)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -179,6 +209,7 @@ class Catalog:
                 continue
             cap = "resources" if kind == "templates" else kind
             if cap not in caps:
+                self.integrity.screen(up.name, kind, [])  # a locked list no longer offered: its items are removed
                 continue
             items: list[dict[str, Any]] = []
             cursor = None
@@ -190,9 +221,18 @@ class Catalog:
                     cursor = result.get("nextCursor")
                     if not cursor:
                         break
-            except (UpstreamError, RemoteError) as exc:
+            except RemoteError as exc:
+                if exc.code != METHOD_NOT_FOUND:  # not offered (templates of a server with resources): empty
+                    log.warning("upstream %s: cannot list %s: %s", up.name, kind, exc)
+                    up.list_errors[kind] = str(exc)
+                    continue
+                items = []
+            except UpstreamError as exc:
                 log.warning("upstream %s: cannot list %s: %s", up.name, kind, exc)
+                up.list_errors[kind] = str(exc)
                 continue
+            up.list_errors.pop(kind, None)
+            items = self.integrity.screen(up.name, kind, items)  # with a tool lock: drifted items are not kept
             if kind == "templates":
                 up.templates = items
                 up.template_patterns = [template_pattern(str(t.get("uriTemplate", ""))) for t in items]

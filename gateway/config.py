@@ -235,6 +235,17 @@ class TracingConfig(_Model):
         return {k: _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), v) for k, v in self.headers.items()}
 
 
+class IntegrityConfig(_Model):
+    """The tool lock (docs/integrity.md)."""
+
+    lock: str | None = None
+    """The lock file (``mcp-gateway lock`` writes it); when set, a missing or corrupt one stops the gateway's start."""
+    on_drift: Literal["hide", "monitor"] = "hide"
+    """``hide``: an item the lock does not approve is not served (answered as missing); ``monitor``: served, flagged."""
+    watch_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """How often the lock file is checked for changes (SIGHUP reloads it too)."""
+
+
 class UpstreamOAuth(_Model):
     """OAuth for an HTTP upstream that answers 401: the gateway runs the MCP authorization flow as its client."""
 
@@ -335,6 +346,7 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
+    integrity: IntegrityConfig = IntegrityConfig()
     upstreams: list[UpstreamConfig] = []
     containment: ContainmentConfig | None = None
     fleet: FleetConfig | None = None

@@ -80,6 +80,7 @@ class Decider:
         action: str | None = None,
         arguments: Any = None,
         usage: dict[str, Any] | None = None,
+        integrity: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The policy input for this request. Arguments the policy cannot see whole (``refusal``) give a
         ``RefusedInput``: its arguments are left out, and ``decide`` refuses it without asking the engine, so every
@@ -100,6 +101,7 @@ class Decider:
                 "prompt": prompt,
                 "session": {"id": req.session_id, "client": req.client, "protocol_version": req.protocol_version},
                 "request": {"id": req.request_id, "time_ns": req.time_ns, "remote_addr": req.remote_addr},
+                "integrity": integrity,  # the named tool's or prompt's {locked, digest} (gateway/integrity)
             }
         )
         if usage is not None:  # [[limits]] (fleet): {limit: {used, limit, window_s}}

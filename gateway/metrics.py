@@ -199,6 +199,18 @@ class Metrics:
             ["server"],
             registry=r,
         )
+        self.tool_drift = Counter(
+            "mcp_gateway_tool_drift_total",
+            "Listed items found drifted from the tool lock, by drift (changed, unlocked, shadow, removed).",
+            ["server", "kind"],
+            registry=r,
+        )
+        self.tool_drift_items = Gauge(
+            "mcp_gateway_tool_drift_items",
+            "Items of an upstream drifted from the tool lock now.",
+            ["server"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_call(self, server: str, tool: str, team: str, agent: str, decision: str) -> None:

@@ -227,6 +227,7 @@ class Pipeline:
         if kind == "tool":
             fields["annotations"] = target.annotations
         fields["arguments"] = req.arguments or {}
+        fields["integrity"] = self.catalog.integrity.of(target.server, kind, name)  # the tool lock's word on it
         decision = await self.admission.admit(
             req, target, GatewayError(UNKNOWN_TOOL, f"Unknown {kind}: {req.name}"), **fields
         )

@@ -22,6 +22,7 @@ from gateway.frontend import build_server
 from gateway.guard import GuardedTaskGroup
 from gateway.identity import Authenticator
 from gateway.identity_reload import IdentityWatcher
+from gateway.integrity.guard import Integrity
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
@@ -60,9 +61,19 @@ class Gateway:
             self.containment.log_report()
         self._first_attempt = {u.name: anyio.Event() for u in config.upstreams}
         """Set when an upstream first reports up or down: the start-up wait need not last its whole timeout."""
-        self.catalog = Catalog(config.upstreams, config.base_dir, self._upstream_state, self.containment)
         self.decider = Decider(self.engine, self.metrics, limits_from(config.policy))
         self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
+        integrity = config.integrity  # a lock that is set but missing or corrupt stops the start (LockError)
+        self.integrity = Integrity(
+            config.resolve(integrity.lock) if integrity.lock else None,
+            integrity.on_drift,
+            self.metrics,
+            self.recorder._write,
+            integrity.watch_interval_s,
+        )
+        self.catalog = Catalog(
+            config.upstreams, config.base_dir, self._upstream_state, self.containment, self.integrity
+        )
         self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
         # Rollout: monitor mode and the shadow policy live in the admission stage (gateway/admission.py).
         self.pipeline.admission.monitor = Monitor(config.policy.monitor)
@@ -125,6 +136,7 @@ class Gateway:
             await tg.start(IdentityWatcher(self.auth, self.metrics, self.config).run)  # [identity]: the same
             if self.shadow is not None:
                 await tg.start(self.shadow.run)
+            await tg.start(self.integrity.run, self.catalog.relist)  # [integrity] lock: the same
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz

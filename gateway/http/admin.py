@@ -32,6 +32,8 @@ class AdminApp:
             await respond(send, 200, generate_latest(self.gw.metrics.registry), self._metrics_type)
         elif path == "/readyz":
             ok, detail = self.gw.readiness()
+            if self.gw.integrity.lock is not None:  # the tool lock: items drifted now, per server
+                detail["integrity"] = self.gw.integrity.report()
             await respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
         elif path == "/healthz":
             await health(send, self.gw)

@@ -53,6 +53,7 @@ INPUT_SKELETON: dict[str, Any] = {
     "prompt": None,
     "session": {"id": None, "client": {}, "protocol_version": None},
     "request": {"id": None, "time_ns": DEFAULT_TIME_NS, "remote_addr": None},
+    "integrity": None,
 }
 """The shape of the input document the gateway builds (gateway.decide.Decider.build_input); see docs/policy.md."""
 
