@@ -194,6 +194,56 @@ class PolicyConfig(_Model):
     are recorded and counted (docs/policy.md, "Shadow revision")."""
     shadow_queue: Annotated[int, Field(gt=0, le=1_000_000)] = 10000
     """Decisions waiting for the shadow policy at most; past it they are dropped and counted, never waited for."""
+    bundle_url: str | None = None
+    """An OPA bundle (.tar.gz) served over HTTP(S), polled with ETag/If-None-Match (gateway/bundles/); ``path`` is
+    then unused. Until the first good bundle arrives every request is denied and /readyz says not ready, unless
+    ``bundle_fallback_path`` names a policy to serve meanwhile."""
+    bundle_poll_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds between polls; each wait is drawn from 75-100 % of it (jitter), so a new revision is live within
+    one interval plus its download and tests."""
+    bundle_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    bundle_token: str | None = None
+    """Bearer token for the bundle server; ``${VAR}`` references are read from the environment (never logged)."""
+    bundle_token_file: str | None = None
+    """A file holding the bearer token (a mounted secret), read again on every poll so a rotation needs no restart."""
+    bundle_public_key: str | None = None
+    """PEM public key: when set (or ``bundle_public_key_file``), bundles must carry a valid ``.signatures.json``."""
+    bundle_public_key_file: str | None = None
+    bundle_key_id: str | None = None
+    """The key's id: a signature whose JWT names another ``kid`` is refused (OPA's ``signing.keyid``)."""
+    bundle_key_algorithm: Literal[
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+    ] = "RS256"
+    """The signature algorithm the key is for; the JWT's own ``alg`` must match it (the key, not the token, decides)."""
+    bundle_scope: str = ""
+    """OPA's signing scope: a signature's ``scope`` claim must equal it."""
+    bundle_max_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 16 << 20
+    """Largest bundle download (compressed); a larger answer is cut and refused."""
+    bundle_max_unpacked_bytes: Annotated[int, Field(gt=0, le=4 << 30)] = 128 << 20
+    """Largest total of the bundle's files once decompressed (tar bombs are refused, never written)."""
+    bundle_fallback_path: str | None = None
+    """A policy directory or bundle file served from start until the first bundle is fetched (then ready)."""
+
+    @model_validator(mode="after")
+    def _bundle(self) -> PolicyConfig:
+        if self.bundle_url is None:
+            if any(k.startswith("bundle_") for k in self.model_fields_set):
+                raise ValueError("the bundle_* settings need bundle_url")
+            return self
+        if not re.match(r"^https?://[^/@\s]+(/\S*)?$", self.bundle_url):
+            raise ValueError("bundle_url must be http(s)://host[:port]/path, without credentials (use bundle_token)")
+        if self.engine == "opa":
+            raise ValueError(
+                "bundle_url is for the embedded engine; with engine = 'opa' configure the bundle in OPA itself"
+                " (services and bundles): the gateway reports the revision OPA answers with"
+            )
+        if self.bundle_token is not None and self.bundle_token_file is not None:
+            raise ValueError("set at most one of bundle_token and bundle_token_file")
+        if self.bundle_public_key is not None and self.bundle_public_key_file is not None:
+            raise ValueError("set at most one of bundle_public_key and bundle_public_key_file")
+        if "/" not in self.decision:
+            raise ValueError("bundle_url needs a decision path with a package (e.g. gateway/decision)")
+        return self
 
 
 class AuditConfig(_Model):
@@ -419,7 +469,11 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path) -> Config:
 
 def _check_files(cfg: Config, source: str) -> list[str]:
     errors = []
-    if cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
+    if cfg.policy.bundle_url is not None:
+        from gateway.bundles.settings import bundle_config_errors
+
+        errors += bundle_config_errors(cfg, source)
+    elif cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
         errors.append(f"{source}: policy.path: {cfg.resolve(cfg.policy.path)} does not exist")
     shadow = cfg.policy.shadow_path
     if shadow is not None and not cfg.resolve(shadow).exists():

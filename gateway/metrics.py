@@ -127,6 +127,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.policy_bundle_info = Gauge(
+            "mcp_gateway_policy_bundle_info",
+            "1 for the policy revision this replica serves (a bundle's manifest revision, or a directory's digest).",
+            ["revision"],
+            registry=r,
+        )
+        self.policy_bundle_polls = Counter(
+            "mcp_gateway_policy_bundle_polls_total",
+            "Bundle server polls by result: activated, unchanged, refused, error.",
+            ["result"],
+            registry=r,
+        )
         self.identity_reloads = Counter(
             "mcp_gateway_identity_reloads_total",
             "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.",

@@ -15,6 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from gateway import sdk_adapter, tracing
 from gateway.audit import AuditLog
+from gateway.bundles.poller import BundleSource
 from gateway.catalog import Catalog
 from gateway.config import Config
 from gateway.decide import Decider, limits_from
@@ -44,7 +45,10 @@ class Gateway:
         self.metrics = Metrics(config.metrics.max_agents, max_reasons=config.metrics.max_reasons)
         tracing.configure(config.tracing)
         self.auth = tracing.trace_auth(Authenticator(config.identity, config.base_dir))
-        self.engine: PolicyEngine = open_engine(config.policy, config)
+        # [policy] bundle_url: the engine opens on the fallback or a deny-everything placeholder until a bundle is in
+        self.bundles = BundleSource.from_config(config, self.metrics) if config.policy.bundle_url else None
+        policy_cfg = self.bundles.initial_policy(config.policy) if self.bundles else config.policy
+        self.engine: PolicyEngine = open_engine(policy_cfg, config)
         self.metrics.policy_revision.info({"revision": self.engine.revision})
         self.audit = AuditLog(
             config.resolve(config.audit.path),
@@ -132,7 +136,7 @@ class Gateway:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Reloads the policy on change and SIGHUP, and keeps the revision metric true.
-            await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy).run)
+            await tg.start(PolicyWatcher(self.engine, self.metrics, self.config.policy, self.bundles).run)
             await tg.start(IdentityWatcher(self.auth, self.metrics, self.config).run)  # [identity]: the same
             if self.shadow is not None:
                 await tg.start(self.shadow.run)

@@ -34,6 +34,9 @@ class AdminApp:
             ok, detail = self.gw.readiness()
             if self.gw.integrity.lock is not None:  # the tool lock: items drifted now, per server
                 detail["integrity"] = self.gw.integrity.report()
+            if self.gw.bundles is not None:  # [policy] bundle_url: not ready until a bundle (or the fallback) serves
+                detail["policy_bundle"] = self.gw.bundles.report()
+                ok = detail["ready"] = ok and self.gw.bundles.ready
             await respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
         elif path == "/healthz":
             await health(send, self.gw)

@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from gateway.bundles.poller import BundleSource
 from gateway.config import PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import PolicyError
@@ -190,12 +191,14 @@ def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, Relo
 class PolicyWatcher:
     """Keeps the engine's policy current and the revision metric true, for the gateway's lifetime."""
 
-    def __init__(self, engine: Any, metrics: Metrics, cfg: PolicyConfig):
+    def __init__(self, engine: Any, metrics: Metrics, cfg: PolicyConfig, bundles: BundleSource | None = None):
         self.engine = engine
         self.metrics = metrics
         self.interval = cfg.watch_interval_s
         self.reloadable = isinstance(engine, EmbeddedEngine)
-        self.watch = cfg.watch
+        self.bundles = bundles
+        """With ``[policy] bundle_url``: revisions come from the bundle server, not from ``path`` (never watched)."""
+        self.watch = cfg.watch and bundles is None
         self._lock = anyio.Lock()
         self._published = ""
         self._seen: tuple[tuple[str, int, int], ...] = ()
@@ -204,15 +207,21 @@ class PolicyWatcher:
         rev = self.engine.revision
         if rev != self._published:
             self.metrics.policy_revision.info({"revision": rev})
+            if self._published:
+                self.metrics.policy_bundle_info.remove(self._published)
+            self.metrics.policy_bundle_info.labels(rev).set(1)
             self._published = rev
 
-    async def reload(self, why: str) -> ReloadResult:
-        """Compile and test the policy on disk; swap it in if both pass. One reload at a time."""
+    async def reload(self, why: str, path: Path | None = None) -> ReloadResult:
+        """Compile and test the policy on disk (``path``: a downloaded bundle; default the configured policy); swap
+        it in if both pass. One reload at a time."""
         engine: EmbeddedEngine = self.engine
         async with self._lock:
-            self._seen = fingerprint(engine.path)
+            if path is None:
+                path = engine.path
+                self._seen = fingerprint(path)
             old = engine.revision
-            policy, failure = await anyio.to_thread.run_sync(prepare, engine.path, engine.decision_path)
+            policy, failure = await anyio.to_thread.run_sync(prepare, path, engine.decision_path)
             if policy is None:
                 assert failure is not None
                 result = ReloadResult(failure.result, old, failure.details)
@@ -243,10 +252,13 @@ class PolicyWatcher:
                 await anyio.sleep(self.interval)
                 self.publish_revision()
         async with anyio.create_task_group() as tg:
-            await tg.start(reload_on_sighup, self.reload, log, "policy")
+            # with bundles, SIGHUP polls the bundle server at once (the configured path is not the policy then)
+            await tg.start(reload_on_sighup, self.bundles.poll_now if self.bundles else self.reload, log, "policy")
             task_status.started()
             await self._check_initial()
-            if self.watch:
+            if self.bundles is not None:
+                await self.bundles.run(self.reload)
+            elif self.watch:
                 await self._poll()
 
     async def _check_initial(self) -> None:
