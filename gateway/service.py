@@ -140,6 +140,8 @@ class Gateway:
             await tg.start(IdentityWatcher(self.auth, self.metrics, self.config).run)  # [identity]: the same
             if self.shadow is not None:
                 await tg.start(self.shadow.run)
+                # The candidate reloads as the live policy does: on SIGHUP, and on change when watched.
+                await tg.start(self.shadow.watch, self.config.policy.watch_interval_s, self.config.policy.watch)
             await tg.start(self.integrity.run, self.catalog.relist)  # [integrity] lock: the same
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())

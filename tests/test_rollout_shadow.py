@@ -153,6 +153,24 @@ async def test_disagreements_are_recorded_and_counted_and_calls_are_unaffected(s
     assert len(rows["allow", "deny", "platform", "bad texts are refused"]["examples"]) == 1
 
 
+async def test_an_edited_candidate_is_reloaded_and_shadows_from_then_on(shadowed: RunningGateway) -> None:
+    gw = shadowed
+    before = {r["shadow"]["revision"] for r in gw.audit_records() if r["type"] == "shadow_disagreement"}
+    (gw.workdir / "candidate" / "gateway.rego").write_text(
+        SHADOW.replace('"bad"', '"fine"').replace("bad texts", "fine texts")
+    )
+    deadline = time.monotonic() + 60
+    while "shadow policy reload (files changed)" not in gw.log.read_text():
+        assert time.monotonic() < deadline, gw.log.read_text()[-3000:]
+        time.sleep(0.2)
+    async with mcp_client(gw.url, CI) as c:
+        assert texts(await c.call_tool("echo__echo", {"text": "fine again"})) == "fine again"
+    wait_for(gw, "mcp_gateway_policy_shadow_disagreements_total", 4)
+    last = [r for r in gw.audit_records() if r["type"] == "shadow_disagreement"][-1]
+    assert last["shadow"]["reasons"] == ["fine texts are refused"]
+    assert last["shadow"]["revision"] not in before
+
+
 def test_policy_diff_without_disagreements(tmp_path: Path) -> None:
     (tmp_path / "rego").mkdir()
     (tmp_path / "audit.jsonl").write_text('{"type": "decision", "decision_id": "x"}\n')

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +22,9 @@ from gateway.config import Config, PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import Decision, PolicyEngine
 from gateway.policy.engines import open_engine
+from gateway.policy.reload import ReloadResult, fingerprint, prepare
 from gateway.record import Recorder
+from gateway.signals import reload_on_change, reload_on_sighup
 
 log = logging.getLogger("gateway.policy.shadow")
 
@@ -69,6 +72,7 @@ class Shadow:
         self._recorder = recorder
         self._metrics = metrics
         self._send, self._receive = anyio.create_memory_object_stream[Offered](size)
+        self._seen: tuple[tuple[str, int, int], ...] = ()
 
     def offer(self, item: Offered) -> None:
         """Queue a live decision for the shadow; never waits (a full queue drops it, counted)."""
@@ -106,6 +110,45 @@ class Shadow:
                 "shadow": _summary(shadow),
             }
         )
+
+    async def load(self, why: str, path: Path | None = None) -> ReloadResult:
+        """Compile and test the candidate at ``path`` (default: where it was read from) and decide with it from now
+        on if both pass, as the live policy's reload does; a refused candidate is logged and the previous one
+        keeps shadowing. Only the embedded engine reloads."""
+        engine: Any = self.engine
+        if not hasattr(engine, "swap"):
+            return ReloadResult("unchanged", self.engine.revision)
+        path = path or engine.path
+        self._seen = fingerprint(path)
+        old = engine.revision
+        policy, failure = await anyio.to_thread.run_sync(prepare, path, engine.decision_path)
+        if policy is None:
+            assert failure is not None
+            log.error(
+                "shadow policy reload (%s) refused, %s keeps shadowing: %s\n  %s",
+                why,
+                old,
+                failure.result,
+                "\n  ".join(failure.details),
+            )
+            return ReloadResult(failure.result, old, failure.details)
+        if policy.revision == old:
+            return ReloadResult("unchanged", old)
+        engine.swap(policy)
+        log.info("shadow policy reload (%s): revision %s replaces %s", why, policy.revision, old)
+        return ReloadResult("success", policy.revision)
+
+    async def watch(
+        self, interval_s: float, poll: bool, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Reload the candidate on SIGHUP (with the live policy), and when ``poll``, when its files change."""
+        path: Path = getattr(self.engine, "path", Path())
+        self._seen = fingerprint(path)
+        async with anyio.create_task_group() as tg:
+            await tg.start(reload_on_sighup, self.load, log, "shadow policy")
+            task_status.started()
+            if poll:
+                await reload_on_change(lambda: fingerprint(path), lambda: self._seen, interval_s, self.load)
 
     async def aclose(self) -> None:
         self._send.close()
