@@ -100,6 +100,7 @@ def check_config(config_path: str, config_opt: str | None) -> None:
     cfg = _load(config_path)
     errors = [f"{config_path}: policy.path: {e}" for e in _check_policy(cfg)]
     errors += check_upstreams(cfg, config_path)  # programs and working directories on this host
+    errors += lock_errors(cfg, config_path)  # [integrity] lock: present and consistent
     for line in errors:
         click.echo(line, err=True)
     if errors:
@@ -165,7 +166,7 @@ def audit_verify(files: tuple[Path, ...], as_given: bool, genesis: bool, head: s
 
 # Registered last: gateway.cli_policy imports nothing from this module.
 from gateway.cli_diff import policy_diff  # noqa: E402
-from gateway.cli_lock import lock  # noqa: E402
+from gateway.cli_lock import lock, lock_errors  # noqa: E402
 from gateway.cli_policy import audit_replay, policy  # noqa: E402
 
 main.add_command(policy)

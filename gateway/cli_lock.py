@@ -30,6 +30,17 @@ def lock_path(cfg: Config, given: str | None) -> Path:
     return cfg.resolve(cfg.integrity.lock or DEFAULT_LOCK)
 
 
+def lock_errors(cfg: Config, config_path: str) -> list[str]:
+    """check-config's word on ``[integrity] lock``: the file the gateway would refuse to start with."""
+    if not cfg.integrity.lock:
+        return []
+    try:
+        load(cfg.resolve(cfg.integrity.lock))
+    except LockError as exc:
+        return [f"{config_path}: integrity.lock: {exc}"]
+    return []
+
+
 def _fail(lines: list[str]) -> None:
     for line in lines:
         click.echo(line, err=True)

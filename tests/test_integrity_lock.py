@@ -6,7 +6,10 @@ and after `lock --update` the tool is served again. Monitor mode, the policy inp
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,7 +285,79 @@ def test_a_missing_or_corrupt_lock_stops_the_start(tmp_path: Path, damage: str) 
             lock.write_text(lock.read_text()[:-20])
         else:
             lock.write_text(lock.read_text().replace("Never changes.", "Never changes, honest."))
+    checked = gateway_cli("check-config", str(config))
+    assert checked.returncode == 2 and "integrity.lock: " in checked.stderr
     with pytest.raises(RuntimeError, match="exited with 2") as err:
         start_gateway(tmp_path, text, port, ready_timeout=30)
     why = {"missing": "no such file", "not json": "not JSON", "edited": "does not match its digest"}[damage]
     assert str(lock) in str(err.value) and why in str(err.value)
+
+
+def test_built_in_contained_tools_are_locked_too(tmp_path: Path) -> None:
+    """The lock starts upstreams through the gateway's own catalog, so built-in shell and files tools (which run
+    only in the gateway's sandboxes) are listed from their declarations and locked like any other."""
+    work = Path(tempfile.mkdtemp(prefix="intg-", dir="/tmp"))
+    os.chmod(work, 0o711)
+    config = tmp_path / "gateway.toml"
+    containment = f"""
+[containment]
+workspace_root = "{work}/workspaces"
+uid_base = 330000
+uid_count = 10
+
+[containment.profiles.strict]
+tier = "sandbox"
+read_only = ["/usr"]
+read_write = ["{{workspace}}"]
+"""
+    upstreams = (
+        '[[upstreams]]\nname = "sh"\ntransport = "builtin"\ntools = "shell"\ncontainment = "strict"\n\n'
+        '[[upstreams]]\nname = "files"\ntransport = "builtin"\ntools = "files"\ncontainment = "strict"\n'
+    )
+    config.write_text(default_config(free_port(), tmp_path, upstreams, extra=containment))
+    try:
+        written = lock_cli(config)
+        assert written.returncode == 0, written.stderr
+        servers = json.loads((tmp_path / "mcp-tools.lock").read_text())["servers"]
+        assert set(servers["sh"]["tools"]) == {"run"}
+        assert {"read_file", "write_file"} <= set(servers["files"]["tools"])
+        run = servers["sh"]["tools"]["run"]
+        assert run["digest"].startswith("sha256:") and run["definition"]["inputSchema"]["type"] == "object"
+        assert lock_cli(config, "--check").returncode == 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_prompts_and_templates_drift_like_tools() -> None:
+    """The screen itself (no process needed): a changed prompt argument, a changed template and an annotation that
+    disappears are each drift, named by field; in hide mode only locked items are kept."""
+    from gateway.integrity.guard import Integrity
+    from gateway.integrity.lockfile import Lock
+
+    prompt = {"name": "greet", "description": "Say hello", "arguments": [{"name": "who", "required": True}]}
+    template = {"uriTemplate": "notes://{id}", "name": "note", "mimeType": "text/plain"}
+    tool = {"name": "rm", "inputSchema": {"type": "object"}, "annotations": {"destructiveHint": True}}
+    lock = Lock()
+    lock.approve("s", {"tools": [tool], "prompts": [prompt], "resource_templates": [template]})
+    integrity = Integrity(None)
+    integrity.lock = lock
+    assert integrity.screen("s", "prompts", [prompt]) == [prompt]
+    assert integrity.screen("s", "tools", [{**tool, "_meta": {"x": 1}, "title": None}]) != []  # unpinned fields
+    changed_prompt = {**prompt, "arguments": [{"name": "who"}, {"name": "cc"}]}
+    changed_template = {**template, "uriTemplate": "notes://{+path}"}
+    quiet_tool = {**tool, "annotations": {}}
+    assert integrity.screen("s", "prompts", [changed_prompt]) == []
+    assert integrity.screen("s", "templates", [changed_template]) == []
+    assert integrity.screen("s", "tools", [quiet_tool]) == []
+    drift = {
+        (d["item_kind"], d["name"], d["drift"], tuple(d.get("fields", []))) for d in integrity.report()["drift"]["s"]
+    }
+    assert drift == {
+        ("prompt", "greet", "changed", ("arguments",)),
+        ("resource_template", "notes://{id}", "removed", ()),
+        ("resource_template", "notes://{+path}", "unlocked", ()),
+        ("tool", "rm", "changed", ("annotations",)),
+    }
+    assert integrity.of("s", "tool", "rm") == {"locked": False, "digest": integrity.of("s", "tool", "rm")["digest"]}
+    integrity.on_drift = "monitor"
+    assert integrity.screen("s", "tools", [quiet_tool]) == [quiet_tool]
