@@ -19,6 +19,7 @@ from gateway.containment.settings import ContainmentConfig
 from gateway.fleet.config import FleetConfig, LimitConfig
 from gateway.jwks import load_jwks
 from gateway.names import parse_roles
+from gateway.secrets.settings import SecretsConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -401,6 +402,7 @@ class Config(_Model):
     containment: ContainmentConfig | None = None
     fleet: FleetConfig | None = None
     limits: list[LimitConfig] = []
+    secrets: SecretsConfig = SecretsConfig()
     base_dir: Path = Path(".")
     """Directory of the config file: relative paths in it are resolved against it."""
     config_file: Path | None = None

@@ -81,6 +81,7 @@ class Decider:
         arguments: Any = None,
         usage: dict[str, Any] | None = None,
         integrity: dict[str, Any] | None = None,
+        findings: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         """The policy input for this request. Arguments the policy cannot see whole (``refusal``) give a
         ``RefusedInput``: its arguments are left out, and ``decide`` refuses it without asking the engine, so every
@@ -106,6 +107,8 @@ class Decider:
         )
         if usage is not None:  # [[limits]] (fleet): {limit: {used, limit, window_s}}
             inp["usage"] = usage
+        if findings is not None:  # secrets in the arguments (gateway/secrets): kind and path, never the value
+            inp["findings"] = findings
         if isinstance(inp, RefusedInput) and refused is not None:
             inp.refusal = refused
         return inp

@@ -223,6 +223,12 @@ class Metrics:
             ["server"],
             registry=r,
         )
+        self.secret_findings = Counter(
+            "mcp_gateway_secret_findings_total",
+            "Secrets found by the scanner (gateway/secrets), by detector kind and where: arguments or result.",
+            ["server", "kind", "where"],
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def count_call(self, server: str, tool: str, team: str, agent: str, decision: str) -> None:
@@ -269,4 +275,11 @@ class Metrics:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.audit_records.labels(record_type)
+        child.inc()
+
+    def count_secret(self, server: str, kind: str, where: str) -> None:
+        key = ("x", server, kind, where)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.secret_findings.labels(*key[1:])
         child.inc()

@@ -35,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.policy import Decision
 from gateway.record import Recorder
 from gateway.relay import AgentSession, Relay
+from gateway.secrets import SecretScanning
 
 
 def denial_text(decision: Decision, decision_id: str) -> str:
@@ -42,9 +43,22 @@ def denial_text(decision: Decision, decision_id: str) -> str:
     return f"Denied by policy: {reasons}. (decision id {decision_id})"
 
 
+def withheld_text(findings: list[dict[str, str]], decision_id: str) -> str:
+    found = "; ".join(f"{f['kind']} at {f['path']}" for f in findings)
+    return f"The result was withheld: it carried a secret ({found}). (decision id {decision_id})"
+
+
 class Pipeline:
-    def __init__(self, catalog: Catalog, decider: Decider, recorder: Recorder, metrics: Metrics):
+    def __init__(
+        self,
+        catalog: Catalog,
+        decider: Decider,
+        recorder: Recorder,
+        metrics: Metrics,
+        secrets: SecretScanning | None = None,
+    ):
         self.catalog = catalog
+        self.secrets = secrets if secrets is not None else SecretScanning()
         self.decider = decider
         self.recorder = recorder
         self.metrics = metrics
@@ -138,7 +152,16 @@ class Pipeline:
             raise
         finally:
             end_progress()
-        self._done(req, up, t0, "tool_error" if result.get("isError") else "ok", **contained.audit())
+        outcome = "tool_error" if result.get("isError") else "ok"
+        result, found = self._scan_result(req, up.name, tool_name, result)
+        if found.get("secrets_action") == "withheld":
+            text = withheld_text(found["secrets"], req.decision_id)
+            result = {
+                "content": [{"type": "text", "text": text}],
+                "isError": True,
+                "_meta": {"gateway/decision_id": req.decision_id},
+            }
+        self._done(req, up, t0, outcome, **contained.audit(), **found)
         return result
 
     def _done(
@@ -228,6 +251,9 @@ class Pipeline:
             fields["annotations"] = target.annotations
         fields["arguments"] = req.arguments or {}
         fields["integrity"] = self.catalog.integrity.of(target.server, kind, name)  # the tool lock's word on it
+        findings = self._scan_arguments(req, target.server, name)
+        if findings is not None:
+            fields["findings"] = findings
         decision = await self.admission.admit(
             req, target, GatewayError(UNKNOWN_TOOL, f"Unknown {kind}: {req.name}"), **fields
         )
@@ -266,6 +292,35 @@ class Pipeline:
         if session is not None:
             session.shown.add((up.name, kind))
 
+    # --- secrets: arguments before the decision, results before the agent ------------------------------------
+
+    def _scan_arguments(self, req: Request, server: str | None, name: str) -> list[dict[str, str]] | None:
+        """The findings in the arguments, for ``input.findings`` (None when scanning is off for this item)."""
+        rules = self.secrets.rules(server, name)
+        if not rules.scan_arguments:
+            return None
+        found = rules.scanner.scan(req.arguments or {}, "arguments", "arguments")
+        for f in found:
+            self.metrics.count_secret(server or "unknown", f.kind, "arguments")
+        return [f.as_dict() for f in found]
+
+    def _scan_result(
+        self, req: Request, server: str, name: str, result: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Scan a result before it reaches the agent: redact its secrets in place, or mark it withheld. Returns
+        the result and the outcome record's fields (kinds and paths, never values)."""
+        rules = self.secrets.rules(server, name)
+        if not rules.scan_results:
+            return result, {}
+        withhold = rules.on_result == "withhold"
+        found = rules.scanner.scan(result, "result", "result", redact=not withhold)
+        if not found:
+            return result, {}
+        for f in found:
+            self.metrics.count_secret(server, f.kind, "result")
+        action = "withheld" if withhold else "redacted"
+        return result, {"secrets": [f.as_dict() for f in found], "secrets_action": action}
+
     async def _forward_simple(self, req: Request, up: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
@@ -280,7 +335,10 @@ class Pipeline:
         except anyio.get_cancelled_exc_class():
             self.recorder.outcome(req, "cancelled", time.perf_counter() - t0)
             raise
-        self.admission.finish(req, "ok", time.perf_counter() - t0)
+        result, found = self._scan_result(req, up.name, str(params.get("name") or params.get("uri") or ""), result)
+        self.admission.finish(req, "ok", time.perf_counter() - t0, **found)
+        if found.get("secrets_action") == "withheld":
+            raise GatewayError(DENIED, withheld_text(found["secrets"], req.decision_id))
         return result
 
     # --- relayed requests: logging level, subscriptions, completion ----------------------------------------

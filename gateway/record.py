@@ -18,6 +18,7 @@ from gateway.audit import AuditLog, canonical, now_iso
 from gateway.decide import Request
 from gateway.metrics import Metrics
 from gateway.policy import Decision
+from gateway.secrets import redacted_copy
 
 log = logging.getLogger("gateway.audit")
 call_log = logging.getLogger(logs.CALL_LOGGER)
@@ -60,6 +61,8 @@ class Recorder:
         if not self._record_arguments and args is not None:
             keys = sorted(str(k) for k in args) if isinstance(args, dict) else None
             recorded_input["arguments"] = {"digest": args_digest, "keys": keys}
+        elif input.get("findings") and args is not None:  # values kept for replay, never a secret's
+            recorded_input["arguments"] = redacted_copy(args)
         record: dict[str, Any] = {
             "type": "decision",
             "decision_id": req.decision_id,

@@ -32,6 +32,7 @@ from gateway.policy.monitor import Monitor
 from gateway.policy.reload import PolicyWatcher
 from gateway.policy.shadow import Shadow, open_shadow
 from gateway.record import Recorder
+from gateway.secrets import SecretScanning
 from gateway.upstream_check import gateway_path
 
 log = logging.getLogger("gateway")
@@ -78,7 +79,9 @@ class Gateway:
         self.catalog = Catalog(
             config.upstreams, config.base_dir, self._upstream_state, self.containment, self.integrity
         )
-        self.pipeline = Pipeline(self.catalog, self.decider, self.recorder, self.metrics)
+        self.pipeline = Pipeline(
+            self.catalog, self.decider, self.recorder, self.metrics, SecretScanning(config.secrets)
+        )
         # Rollout: monitor mode and the shadow policy live in the admission stage (gateway/admission.py).
         self.pipeline.admission.monitor = Monitor(config.policy.monitor)
         shadow_engine = open_shadow(config)

@@ -58,6 +58,28 @@ global_deny contains msg if {
 	msg := sprintf("agent %v is suspended", [input.agent.id])
 }
 
+# Secrets the gateway's scanner found in a call's arguments (input.findings, gateway/secrets: kind and argument
+# path, never the value) are denied for every team, naming both, unless the team's data allows that finding:
+# data.teams.<team>.allowed_findings, a list of {"kind", "server", "tool", "path"} where a left-out field or "*"
+# matches anything, and path is a glob over dot-separated parts ("arguments.env.*"; left out: "**", any path).
+global_deny contains msg if {
+	some f in input.findings
+	not finding_allowed(f)
+	msg := sprintf("argument %v carries a secret (%v)", [f.path, f.kind])
+}
+
+finding_allowed(f) if {
+	some a in data.teams[input.agent.team].allowed_findings
+	matches_or_any(object.get(a, "kind", "*"), f.kind)
+	matches_or_any(object.get(a, "server", "*"), input.server)
+	matches_or_any(object.get(a, "tool", "*"), input.tool)
+	glob.match(object.get(a, "path", "**"), ["."], f.path)
+}
+
+matches_or_any(want, _) if want == "*"
+
+matches_or_any(want, got) if want == got
+
 # --- paths -------------------------------------------------------------------------------------------------
 
 # A path argument inside the agent's workspace: relative, no "..", no home directory. Tools resolve relative
