@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from gateway.audit import now_iso
 from gateway.integrity.definitions import CATALOG_KIND, KINDS
