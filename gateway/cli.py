@@ -167,9 +167,10 @@ def audit_verify(files: tuple[Path, ...], as_given: bool, genesis: bool, head: s
 # Registered last: gateway.cli_policy imports nothing from this module.
 from gateway.cli_diff import policy_diff  # noqa: E402
 from gateway.cli_lock import lock, lock_errors  # noqa: E402
-from gateway.cli_policy import audit_replay, policy  # noqa: E402
+from gateway.cli_policy import audit_explain, audit_replay, policy  # noqa: E402
 
 main.add_command(policy)
 policy.add_command(policy_diff)
 main.add_command(lock)  # mcp-gateway lock: the tool lock (gateway/cli_lock.py)
 audit.add_command(audit_replay)
+audit.add_command(audit_explain)

@@ -289,6 +289,9 @@ def policy_lint(path: str | None, config_path: str | None, decision: str | None)
 )
 @click.option("--policy", "policy_path", default=None, help="Decide with the embedded engine on this policy instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option(
+    "--explain", is_flag=True, help="Show the rules behind each reason and the grant: file:line, the input they read."
+)
 def policy_eval(
     config_path: str,
     agent_id: str | None,
@@ -301,9 +304,13 @@ def policy_eval(
     input_file: str | None,
     policy_path: str | None,
     as_json: bool,
+    explain: bool,
 ) -> None:
     """Decide one request against the configured engine, as the gateway would; print the decision, the reasons
     and the time the decision took. Exits 0 when allowed, 1 when denied, 2 on bad input.
+
+    --explain adds which rule produced each reason and which grant allowed the call, each with its file:line and
+    the input values it read (evaluated again, rule by rule, on the policy's files).
 
     The tool's annotations are those its upstream declares (a built-in's declaration, a stdio or HTTP upstream's
     tools/list, asked live, else the policy's catalogue.json), unless --annotations (or the input file) gives them.
@@ -351,6 +358,7 @@ def policy_eval(
             await engine.aclose()
 
     decision, first_ms, took_ms = anyio.run(decide)
+    explanation = _explain(cfg, policy_path, inp, decision) if explain else None
     if as_json:
         click.echo(
             orjson.dumps(
@@ -365,6 +373,7 @@ def policy_eval(
                     "first_decision_ms": round(first_ms, 3),
                     "input": inp,
                     "annotations_from": origin,
+                    **({"explanation": explanation.as_json()} if explanation is not None else {}),
                 },
                 option=orjson.OPT_INDENT_2,
             ).decode()
@@ -386,7 +395,45 @@ def policy_eval(
             click.echo(f"decision id: {decision.engine_decision_id}")
         load = f", policy loaded in {compiled_ms:.1f} ms" if engine_is_embedded(engine) else ""
         click.echo(f"time:        {took_ms:.3f} ms (median of {_WARM_RUNS}; the first took {first_ms:.3f} ms{load})")
+        if explanation is not None:
+            from gateway.policy.explain import report as explain_report
+
+            for line in explain_report(explanation):
+                click.echo(line)
     sys.exit(0 if decision.allow else 1)
+
+
+def _explain(cfg: Config, policy_path: str | None, inp: dict[str, Any], decision: Decision) -> Any:
+    """The explanation of ``decision`` on the policy's files, with a note when they may not be what decided."""
+    from gateway.policy.explain import explain
+    from gateway.policy.loader import load_policy
+
+    path = Path(policy_path) if policy_path else cfg.resolve(cfg.policy.path)
+    try:
+        source = load_policy(path)
+        ex = explain(source, inp, cfg.policy.decision)
+    except PolicyError as exc:
+        _fail([f"--explain: {e}" for e in exc.errors])
+    _note_differences(ex, source, decision.allow, list(decision.reasons), decision.revision)
+    return ex
+
+
+def _note_differences(
+    ex: Any, source: Any, allow: bool, reasons: list[str], revision: str | None, compare: bool = True
+) -> None:
+    """Say when the explained policy is not the revision that decided, or (``compare``) decides otherwise."""
+    if revision is not None and revision != source.revision:
+        ex.notes.append(
+            f"the decision was made by policy revision {revision}; {source.root} is revision {source.revision} "
+            "now: the rules and lines below are today's"
+        )
+    mine = ex.decision if isinstance(ex.decision, dict) else {}
+    differs = mine.get("allow") is not allow or sorted(mine.get("reasons") or []) != sorted(reasons)
+    if compare and differs:
+        verdict = "allows" if mine.get("allow") is True else "denies"
+        ex.notes.append(
+            f"the policy's files decide this input otherwise ({verdict}: {'; '.join(mine.get('reasons') or [])})"
+        )
 
 
 @policy.command("catalogue")
@@ -680,3 +727,70 @@ def audit_replay(files: tuple[Path, ...], config_path: str, policy_path: str | N
         tail += f", {unreadable} unreadable lines"
     click.echo(tail)
     sys.exit(1 if differ else 0)
+
+
+@click.command("explain")
+@click.argument("decision_id")
+@click.option("--config", "config_path", default="gateway.toml", show_default=True)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Audit log to search (default: the config's [audit] path, with its rotated files).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+def audit_explain(decision_id: str, config_path: str, files: tuple[Path, ...], as_json: bool) -> None:
+    """Explain a recorded decision: the rules behind each recorded reason and the grant that allowed the call,
+    with their file:line and the input values they read, on the configured policy.
+
+    Says when the policy is no longer the revision that decided. When the record kept only a digest of the
+    arguments ([audit] record_arguments = false), a reason is matched to its rule by the message's wording and
+    the argument values are shown as not recorded. Exits 0 when explained, 2 when the decision is not found.
+    """
+    from gateway.policy.explain import explain_recorded
+    from gateway.policy.explain import report as explain_report
+    from gateway.policy.loader import load_policy
+
+    cfg = _config(config_path)
+    paths = _audit_files(files, False) if files else _audit_files((cfg.resolve(cfg.audit.path),), False)
+    found = next(
+        (
+            r
+            for r in _records([p for p in paths if p.exists()])
+            if isinstance(r, _Record) and r.rec.get("decision_id") == decision_id
+        ),
+        None,
+    )
+    if found is None:
+        _fail([f"decision {decision_id} is not in {', '.join(str(p) for p in paths) or 'the audit log'}"])
+    assert found is not None
+    rec = found.rec
+    inp = rec.get("input")
+    if not isinstance(inp, dict) or (rec.get("result") is None and rec.get("error") is None):
+        _fail([f"decision {decision_id} was made without asking the policy (an unknown tool or target)"])
+    assert isinstance(inp, dict)
+    try:
+        source = load_policy(cfg.resolve(cfg.policy.path))
+        reasons = [str(r) for r in rec.get("reasons") or []]
+        ex = explain_recorded(source, inp, cfg.policy.decision, reasons, found.redacted)
+    except PolicyError as exc:
+        _fail(exc.errors)
+    # Without the argument values, re-deciding cannot be compared with the record (the note below says why).
+    _note_differences(ex, source, rec.get("allow") is True, reasons, found.revision, compare=not found.redacted)
+    if found.redacted:
+        ex.notes.append(
+            "the arguments were recorded as a digest only ([audit] record_arguments = false): reasons are matched to "
+            "their rules by wording, and the argument values the rules read are not known"
+        )
+    if as_json:
+        doc = {"decision_id": decision_id, "record": found.where, "revision": found.revision, **ex.as_json()}
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"decision:    {decision_id} ({found.where})")
+    click.echo(f"request:     {found.label}")
+    click.echo(f"decided:     {_describe(_summary(rec.get('allow'), rec.get('reasons'), rec.get('result')))}")
+    same = ", the same" if found.revision == source.revision else ""
+    click.echo(f"revision:    {found.revision} (the policy is {source.revision} now{same})")
+    for line in explain_report(ex):
+        click.echo(line)

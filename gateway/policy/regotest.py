@@ -152,6 +152,9 @@ def parse_modules(engine: regorus.Engine) -> list[ModuleAst]:
             if name is None:
                 continue
             start, end = span["start"], span["end"]
+            # A rule runs to the end of its last line: regorus's span stops short of a closing quote.
+            eol = text.find(b"\n", max(end - 1, start))
+            end = len(text) if eol < 0 else eol
             stmts = {
                 st["span"]["line"] for body in spec.get("bodies", []) for st in body["query"]["stmts"] if "span" in st
             }
