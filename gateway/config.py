@@ -193,6 +193,9 @@ class PolicyConfig(_Model):
     shadow_path: str | None = None
     """A candidate policy (directory or bundle) evaluated beside the live one, off the call path; disagreements
     are recorded and counted (docs/policy.md, "Shadow revision")."""
+    shadow_bundle_url: str | None = None
+    """A candidate OPA bundle served over HTTP(S), polled as ``bundle_url`` is (with the same ``bundle_*`` token, key
+    and caps), decided beside the live policy like ``shadow_path``; nothing is shadowed until its first bundle."""
     shadow_queue: Annotated[int, Field(gt=0, le=1_000_000)] = 10000
     """Decisions waiting for the shadow policy at most; past it they are dropped and counted, never waited for."""
     bundle_url: str | None = None
@@ -227,9 +230,15 @@ class PolicyConfig(_Model):
 
     @model_validator(mode="after")
     def _bundle(self) -> PolicyConfig:
+        if self.shadow_path is not None and self.shadow_bundle_url is not None:
+            raise ValueError("set at most one of shadow_path and shadow_bundle_url")
+        if self.shadow_bundle_url is not None and not re.match(r"^https?://[^/@\s]+(/\S*)?$", self.shadow_bundle_url):
+            raise ValueError(
+                "shadow_bundle_url must be http(s)://host[:port]/path, without credentials (use bundle_token)"
+            )
         if self.bundle_url is None:
-            if any(k.startswith("bundle_") for k in self.model_fields_set):
-                raise ValueError("the bundle_* settings need bundle_url")
+            if self.shadow_bundle_url is None and any(k.startswith("bundle_") for k in self.model_fields_set):
+                raise ValueError("the bundle_* settings need bundle_url (or shadow_bundle_url)")
             return self
         if not re.match(r"^https?://[^/@\s]+(/\S*)?$", self.bundle_url):
             raise ValueError("bundle_url must be http(s)://host[:port]/path, without credentials (use bundle_token)")
@@ -477,6 +486,10 @@ def _check_files(cfg: Config, source: str) -> list[str]:
         errors += bundle_config_errors(cfg, source)
     elif cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
         errors.append(f"{source}: policy.path: {cfg.resolve(cfg.policy.path)} does not exist")
+    if cfg.policy.shadow_bundle_url is not None and cfg.policy.bundle_url is None:
+        from gateway.bundles.settings import bundle_config_errors
+
+        errors += bundle_config_errors(cfg, source)
     shadow = cfg.policy.shadow_path
     if shadow is not None and not cfg.resolve(shadow).exists():
         errors.append(f"{source}: policy.shadow_path: {cfg.resolve(shadow)} does not exist")

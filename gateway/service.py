@@ -30,7 +30,7 @@ from gateway.policy import PolicyEngine
 from gateway.policy.engines import open_engine
 from gateway.policy.monitor import Monitor
 from gateway.policy.reload import PolicyWatcher
-from gateway.policy.shadow import Shadow, open_shadow
+from gateway.policy.shadow import open_shadow
 from gateway.record import Recorder
 from gateway.secrets import SecretScanning
 from gateway.upstream_check import gateway_path
@@ -84,12 +84,7 @@ class Gateway:
         )
         # Rollout: monitor mode and the shadow policy live in the admission stage (gateway/admission.py).
         self.pipeline.admission.monitor = Monitor(config.policy.monitor)
-        shadow_engine = open_shadow(config)
-        self.shadow = (
-            None
-            if shadow_engine is None
-            else Shadow(shadow_engine, self.recorder, self.metrics, config.policy.shadow_queue)
-        )
+        self.shadow = open_shadow(config, self.recorder, self.metrics)
         self.pipeline.admission.shadow = self.shadow
         self.servers: dict[str | None, Server[Any]] = {None: build_server(self.pipeline, None)}
         for up in config.upstreams:

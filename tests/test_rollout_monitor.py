@@ -238,3 +238,14 @@ def test_monitor_entries_are_validated_at_load(tmp_path: Path) -> None:
             parse_config({"policy": {"path": str(tmp_path), **body}}, "t.toml", tmp_path)
     with pytest.raises(ConfigError, match=r"policy\.shadow_path: .* does not exist"):
         parse_config({"policy": {"path": str(tmp_path), "shadow_path": "nope"}}, "t.toml", tmp_path)
+    for shadow, needle in (
+        ({"shadow_path": ".", "shadow_bundle_url": "http://b/x.tar.gz"}, "at most one of shadow_path"),
+        ({"shadow_bundle_url": "http://user:pw@b/x.tar.gz"}, "without credentials"),
+        ({"bundle_poll_s": 5.0}, "need bundle_url"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            parse_config({"policy": {"path": str(tmp_path), **shadow}}, "t.toml", tmp_path)
+    ok = parse_config(
+        {"policy": {"path": ".", "shadow_bundle_url": "http://b/x.tar.gz", "bundle_poll_s": 5.0}}, "t", tmp_path
+    )
+    assert ok.policy.shadow_bundle_url == "http://b/x.tar.gz"

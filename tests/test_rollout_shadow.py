@@ -190,7 +190,7 @@ async def test_a_full_shadow_queue_drops_and_counts_and_never_waits(tmp_path: Pa
     from gateway.record import Recorder
 
     policy = write_policy(tmp_path / "candidate", SHADOW)
-    cfg = shadow_config(PolicyConfig(path="live", shadow_path=str(policy)))
+    cfg = shadow_config(PolicyConfig(path="live"), str(policy))
     assert cfg.path == str(policy) and cfg.threads == 1 and cfg.watch is False
     metrics = Metrics()
     audit = AuditLog(tmp_path / "audit.jsonl", False, 0, 0)
@@ -214,3 +214,37 @@ async def test_a_full_shadow_queue_drops_and_counts_and_never_waits(tmp_path: Pa
     recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [r["type"] for r in recs] == ["shadow_disagreement", "shadow_disagreement"]
     shutil.rmtree(policy)
+
+
+async def test_a_candidate_bundle_from_a_server_shadows_once_it_arrives(tmp_path: Path) -> None:
+    """[policy] shadow_bundle_url: the candidate is polled from a bundle server (as bundle_url is); nothing is
+    shadowed before its first bundle, then its disagreements are recorded under the bundle's revision."""
+    from gateway.bundles.archive import repack
+    from tests.fixtures.bundle_server import BundleServer
+
+    live = write_policy(tmp_path / "live", LIVE)
+    with BundleServer() as server:
+        port = free_port()
+        config = default_config(port, tmp_path, stdio_upstream("echo", ECHO), policy=live).replace(
+            "[audit]", f'shadow_bundle_url = "{server.url}"\nbundle_poll_s = 0.5\n\n[audit]', 1
+        )
+        gw = start_gateway(tmp_path, config, port)
+        try:
+            async with mcp_client(gw.url, CI) as c:
+                assert texts(await c.call_tool("echo__echo", {"text": "bad before"})) == "bad before"
+            assert metric(gw, "mcp_gateway_policy_shadow_decisions_total") == 0  # no candidate yet: not offered
+            server.serve(repack({".manifest": b'{"revision": "candidate-7"}', "gateway.rego": SHADOW.encode()}))
+            deadline = time.monotonic() + 60
+            while "shadow policy reload (bundle): revision candidate-7" not in gw.log.read_text():
+                assert time.monotonic() < deadline, gw.log.read_text()[-3000:]
+                time.sleep(0.2)
+            async with mcp_client(gw.url, CI) as c:
+                assert texts(await c.call_tool("echo__echo", {"text": "bad after"})) == "bad after"
+            wait_for(gw, "mcp_gateway_policy_shadow_disagreements_total", 1)
+            found = [r for r in gw.audit_records() if r["type"] == "shadow_disagreement"]
+            assert [r["shadow"]["revision"] for r in found] == ["candidate-7"]
+            assert found[0]["shadow"]["reasons"] == ["bad texts are refused"]
+            # the live policy's bundle metrics are the live policy's alone
+            assert metric(gw, "mcp_gateway_policy_bundle_polls_total") == 0
+        finally:
+            gw.stop()

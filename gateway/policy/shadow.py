@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from gateway.bundles.poller import BundleSource
+from gateway.bundles.settings import bundle_settings
 from gateway.config import Config, PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import Decision, PolicyEngine
@@ -29,18 +31,25 @@ from gateway.signals import reload_on_change, reload_on_sighup
 log = logging.getLogger("gateway.policy.shadow")
 
 
-def shadow_config(cfg: PolicyConfig) -> PolicyConfig:
+def shadow_config(cfg: PolicyConfig, path: str) -> PolicyConfig:
     """The live ``[policy]`` settings with the candidate's path, on the embedded engine, one evaluator thread (it
     shares the host with the live engine) and no watching of its own."""
-    assert cfg.shadow_path is not None
     engine = cfg.engine if cfg.engine != "opa" else "embedded"
-    return cfg.model_copy(
-        update={"path": cfg.shadow_path, "engine": engine, "threads": 1, "threads_per_agent": 1, "watch": False}
-    )
+    return cfg.model_copy(update={"path": path, "engine": engine, "threads": 1, "threads_per_agent": 1, "watch": False})
 
 
-def open_shadow(config: Config) -> PolicyEngine | None:
-    return open_engine(shadow_config(config.policy), config) if config.policy.shadow_path else None
+def open_shadow(config: Config, recorder: Recorder, metrics: Metrics) -> Shadow | None:
+    """The shadow ``[policy]`` names: ``shadow_path`` (read now), or ``shadow_bundle_url`` (polled; until its first
+    bundle the engine holds a placeholder and nothing is shadowed), or None."""
+    p = config.policy
+    if p.shadow_path is not None:
+        return Shadow(open_engine(shadow_config(p, p.shadow_path), config), recorder, metrics, p.shadow_queue)
+    if p.shadow_bundle_url is None:
+        return None
+    live_bundles = p.model_copy(update={"bundle_url": p.shadow_bundle_url, "bundle_fallback_path": None})
+    source = BundleSource(bundle_settings(config.model_copy(update={"policy": live_bundles})))
+    engine = open_engine(shadow_config(p, source.initial_policy(p).path), config)
+    return Shadow(engine, recorder, metrics, p.shadow_queue, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +76,15 @@ def _summary(d: Decision) -> dict[str, Any]:
 
 
 class Shadow:
-    def __init__(self, engine: PolicyEngine, recorder: Recorder, metrics: Metrics, size: int):
+    def __init__(
+        self, engine: PolicyEngine, recorder: Recorder, metrics: Metrics, size: int, bundles: BundleSource | None = None
+    ):
         self.engine = engine
+        self.bundles = bundles
+        """With ``shadow_bundle_url``: the candidate's poller (its own, uncounted: the bundle metrics are the live
+        policy's)."""
+        self.ready = bundles is None
+        """False until a candidate bundle is in: decisions are not offered before (a placeholder would disagree)."""
         self._recorder = recorder
         self._metrics = metrics
         self._send, self._receive = anyio.create_memory_object_stream[Offered](size)
@@ -76,6 +92,8 @@ class Shadow:
 
     def offer(self, item: Offered) -> None:
         """Queue a live decision for the shadow; never waits (a full queue drops it, counted)."""
+        if not self.ready:
+            return
         try:
             self._send.send_nowait(item)
         except anyio.WouldBlock:
@@ -118,8 +136,9 @@ class Shadow:
         engine: Any = self.engine
         if not hasattr(engine, "swap"):
             return ReloadResult("unchanged", self.engine.revision)
-        path = path or engine.path
-        self._seen = fingerprint(path)
+        if path is None:
+            path = engine.path
+            self._seen = fingerprint(path)
         old = engine.revision
         policy, failure = await anyio.to_thread.run_sync(prepare, path, engine.decision_path)
         if policy is None:
@@ -132,6 +151,7 @@ class Shadow:
                 "\n  ".join(failure.details),
             )
             return ReloadResult(failure.result, old, failure.details)
+        self.ready = True
         if policy.revision == old:
             return ReloadResult("unchanged", old)
         engine.swap(policy)
@@ -141,7 +161,14 @@ class Shadow:
     async def watch(
         self, interval_s: float, poll: bool, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Reload the candidate on SIGHUP (with the live policy), and when ``poll``, when its files change."""
+        """Reload the candidate on SIGHUP (with the live policy), and when ``poll``, when its files change; a bundle
+        candidate is polled from its server instead (SIGHUP polls at once)."""
+        if self.bundles is not None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(reload_on_sighup, self.bundles.poll_now, log, "shadow policy")
+                task_status.started()
+                await self.bundles.run(self.load)
+            return
         path: Path = getattr(self.engine, "path", Path())
         self._seen = fingerprint(path)
         async with anyio.create_task_group() as tg:
