@@ -58,6 +58,7 @@ ROLLOUT_METRICS = {"mcp_gateway_policy_shadow_disagreements_total"}
 def rollout_query(expr: str) -> bool:
     return 'decision="would_deny"' in expr or bool(metric_names(expr) & ROLLOUT_METRICS)
 
+
 # A policy of this test's own, so the deny reasons counted do not depend on the shipped team policies.
 POLICY = """package gateway
 
