@@ -14,8 +14,9 @@ same error (the caller builds it from the name the agent sent, never from what t
 Monitor mode (``gateway/policy/monitor.py``): a denial the policy marked ``mode: "monitor"``, or one a
 ``[[policy.monitor]]`` entry matches, is let through: recorded with ``mode: "monitor"``, counted as
 ``would_deny``, and its outcome recorded as ``would_deny`` (with the call's own outcome beside it). Only a decision
-the policy made on an existing, visible item can be monitored: engine failures, refused arguments, unknown and
-hidden items (and names past 128 characters, refused before) stay denied, and the forwarded call keeps its
+the policy made on an existing, visible item can be monitored: engine failures, refused arguments, arguments
+carrying a secret (``input.findings``), unknown and hidden items (and names past 128 characters, refused before)
+stay denied, and the forwarded call keeps its
 containment. Relayed messages (upstream to agent) are always enforced. A shadow policy (``gateway/policy/shadow.py``)
 is offered every decision made on an existing item, off the call path.
 
@@ -232,8 +233,10 @@ class Admission:
 
     def _monitored(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> Decision:
         """The denial with ``monitor`` set when monitor mode lets it through; else unchanged. Only a decision the
-        policy made can be monitored: not an engine failure, nor arguments refused before the engine."""
-        if decision.error is not None or isinstance(inp, RefusedInput):
+        policy made can be monitored: not an engine failure, nor arguments refused before the engine; and never a
+        request whose arguments carry a secret the scanner found (``input.findings``): a dry run must not hand a
+        credential to an upstream, whatever else the decision says."""
+        if decision.error is not None or isinstance(inp, RefusedInput) or inp.get("findings"):
             return decision
         tool = target.name if target.kind == "tool" else None
         why = self.monitor.why(decision, req.agent.team, req.action, target.server, tool)

@@ -51,6 +51,8 @@ decision := {"allow": false, "reasons": ["pid is hidden"]} if {
 	listing
 } else := "not a decision" if {
 	text == "boom"
+} else := {"allow": false, "reasons": ["a secret in the arguments"]} if {
+	count(input.findings) > 0
 } else := {"allow": false, "reasons": ["research may not call tools"]} if {
 	input.agent.team == "research"
 } else := {"allow": false, "reasons": ["the shell is for admins"]} if {
@@ -205,6 +207,10 @@ async def test_safety_refusals_stay_refused_when_everything_is_monitored(everyth
         # arguments the policy cannot see whole
         big = await c.call_tool("echo__echo", {"text": "x" * 100})
         assert big.is_error and "arguments exceed what the policy can see" in text(big)
+        assert last_call(gw, "echo")[1]["outcome"] == "denied"
+        # arguments carrying a secret the scanner found: never handed to an upstream in a dry run
+        secret = await c.call_tool("echo__echo", {"text": "key AKIAIOSFODNN7EXAMPLE"})
+        assert secret.is_error and "Denied by policy: a secret in the arguments" in text(secret)
         assert last_call(gw, "echo")[1]["outcome"] == "denied"
         # an engine failure (a malformed decision) fails closed
         boom = await c.call_tool("echo__echo", {"text": "boom"})
