@@ -30,6 +30,8 @@ log = logging.getLogger("gateway.integrity")
 _SECTION = {v: k for k, v in CATALOG_KIND.items()}
 """The catalog's list name -> the lock's section."""
 _NAMED = {"tool": "tools", "prompt": "prompts"}
+REPORT_ITEMS = 100
+"""Drifted items listed per server in /readyz (an upstream may list thousands)."""
 
 
 class Integrity:
@@ -127,15 +129,19 @@ class Integrity:
         return {"locked": state[1], "digest": state[0]}
 
     def report(self) -> dict[str, Any]:
-        """For ``/readyz``: the lock, the mode, and the items drifted now, per server."""
+        """For ``/readyz``: the lock, the mode, and the items drifted now, per server (the first
+        ``REPORT_ITEMS`` of each; ``drift_items`` counts them all)."""
         drift: dict[str, list[dict[str, Any]]] = {}
+        counts: dict[str, int] = {}
         for (server, _kind, _name), d in sorted(
             self._drift.items(), key=lambda kv: (kv[0][0], KINDS.index(kv[0][1]), kv[0][2])
         ):
-            rec = d.record()
-            rec.pop("server")
-            drift.setdefault(server, []).append(rec)
-        return {"lock": str(self.path), "on_drift": self.on_drift, "drift": drift}
+            counts[server] = counts.get(server, 0) + 1
+            if counts[server] <= REPORT_ITEMS:
+                rec = d.record()
+                rec.pop("server")
+                drift.setdefault(server, []).append(rec)
+        return {"lock": str(self.path), "on_drift": self.on_drift, "drift": drift, "drift_items": counts}
 
     # --- reloads ----------------------------------------------------------------------------------------------
 
