@@ -56,10 +56,10 @@ def start_redis(workdir: Path, port: int | None = None) -> Proc:
     return Proc(proc, port)
 
 
-def start_nginx(workdir: Path, replicas: list[int], affinity: str | None = None) -> Proc:
+def start_nginx(workdir: Path, replicas: list[int], affinity: str | None = None, port: int | None = None) -> Proc:
     """nginx with the shipped configuration, its listen address and replica list rewritten for this test."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     text = NGINX_CONF.read_text()
     servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n" for p in replicas)
     text = re.sub(r"(?m)^\s*server 127\.0\.0\.1:\d+ .*;\n", "", text)
@@ -78,25 +78,35 @@ def start_nginx(workdir: Path, replicas: list[int], affinity: str | None = None)
     return Proc(proc, port)
 
 
-def fleet_toml(redis_port: int, replica: str, port: int, hosts: list[str], extra: str = "") -> str:
+def fleet_toml(
+    redis_port: int, replica: str, port: int, hosts: list[str], extra: str = "", heartbeat_s: float = 0.5
+) -> str:
     return f"""
 [fleet]
 redis_url = "redis://127.0.0.1:{redis_port}/0"
 replica_id = "{replica}"
 advertise = "http://127.0.0.1:{port}"
-heartbeat_s = 0.5
-ttl_s = 2.0
+heartbeat_s = {heartbeat_s}
+ttl_s = {heartbeat_s * 4}
 secret = "{SECRET}"
 {extra}
 """
 
 
 def start_replica(
-    workdir: Path, replica: str, port: int, redis_port: int, hosts: list[str], fleet_extra: str = "", extra: str = ""
+    workdir: Path,
+    replica: str,
+    port: int,
+    redis_port: int,
+    hosts: list[str],
+    fleet_extra: str = "",
+    extra: str = "",
+    heartbeat_s: float = 0.5,
+    upstreams: str | None = None,
 ) -> RunningGateway:
-    upstreams = stdio_upstream("time", ["mcp-server-time", "--local-timezone", "UTC"])
+    upstreams = upstreams or stdio_upstream("time", ["mcp-server-time", "--local-timezone", "UTC"])
     allowed = ", ".join(f'"{h}"' for h in hosts)
-    fleet = fleet_toml(redis_port, replica, port, hosts, fleet_extra)
+    fleet = fleet_toml(redis_port, replica, port, hosts, fleet_extra, heartbeat_s)
     config = default_config(port, workdir, upstreams, extra=fleet + extra)
     config = config.replace("[server]\n", f"[server]\nallowed_hosts = [{allowed}]\n", 1)
     return start_gateway(workdir, config, port)

@@ -10,6 +10,7 @@ replica at once (the dead owner's connection is refused, so it is routed around 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 
 import httpx2
@@ -21,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 from gateway.fleet.membership import Member, rendezvous
 
 pytestmark = pytest.mark.anyio
+AFFINITY_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc
         # nginx's port is only known once it starts; Host is checked, so start nginx first on the ports.
         nginx = start_nginx(work / "nginx", list(ports.values()))
         nginx_port_hint.append(f"127.0.0.1:{nginx.port}")
-        hosts = nginx_port_hint + [f"127.0.0.1:{p}" for p in ports.values()]
+        hosts = [*nginx_port_hint, f"127.0.0.1:{AFFINITY_PORT}"] + [f"127.0.0.1:{p}" for p in ports.values()]
         for rid, port in ports.items():
             replicas[rid] = start_replica(work / rid, rid, port, redis.port, hosts)
         yield redis, nginx, replicas
@@ -104,6 +106,22 @@ async def test_modern_calls_without_a_worker_are_served_where_they_land(fleet) -
             await c.call_tool("time__get_current_time", {"timezone": "UTC"})
     served = [rid for rid, gw in replicas.items() if decisions(gw, "researcher", "tools/call")]
     assert len(served) >= 2, served  # not all sent to one owner
+
+
+async def test_affinity_variant_of_the_nginx_config(fleet, tmp_path) -> None:
+    """deploy/nginx's documented optimisation: hash on the agent's credential; sessions work the same."""
+    _, _, replicas = fleet
+    nginx = start_nginx(
+        tmp_path / "nginx", [gw.port for gw in replicas.values()], "hash $http_authorization consistent;", AFFINITY_PORT
+    )
+    try:
+        conf = (tmp_path / "nginx" / "nginx.conf").read_text()
+        assert re.search(r"(?m)^\s*hash \$http_authorization consistent;", conf)
+        async with mcp_client(f"http://127.0.0.1:{nginx.port}/mcp", KEYS["admin"][2], "legacy") as c:
+            for _ in range(4):
+                assert not (await c.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+    finally:
+        nginx.stop()
 
 
 async def test_a_hop_with_a_bad_proof_is_refused(fleet) -> None:
