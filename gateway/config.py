@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from gateway.containment.settings import ContainmentConfig
+from gateway.decisionlogs.config import DecisionLogsConfig
 from gateway.fleet.config import FleetConfig, LimitConfig
 from gateway.jwks import load_jwks
 from gateway.names import parse_roles
@@ -410,6 +411,7 @@ class Config(_Model):
     upstreams: list[UpstreamConfig] = []
     containment: ContainmentConfig | None = None
     fleet: FleetConfig | None = None
+    decision_logs: DecisionLogsConfig | None = None
     limits: list[LimitConfig] = []
     secrets: SecretsConfig = SecretsConfig()
     base_dir: Path = Path(".")

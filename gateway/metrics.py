@@ -139,6 +139,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.decision_logs_shipped = Counter(
+            "mcp_gateway_decision_logs_shipped_total",
+            "Audit records shipped to the decision-log sink (at least once: a retried batch counts again).",
+            registry=r,
+        )
+        self.decision_logs_errors = Counter(
+            "mcp_gateway_decision_logs_errors_total",
+            "Failed uploads to the decision-log sink (each is retried with backoff; nothing is dropped).",
+            registry=r,
+        )
         self.identity_reloads = Counter(
             "mcp_gateway_identity_reloads_total",
             "Identity ([identity], JWKS) reloads by result: success, unchanged, refused.",

@@ -25,12 +25,16 @@ call_log = logging.getLogger(logs.CALL_LOGGER)
 
 
 class Recorder:
-    def __init__(self, audit: AuditLog, metrics: Metrics, record_arguments: bool):
+    def __init__(self, audit: AuditLog, metrics: Metrics, record_arguments: bool, replica_id: str | None = None):
         self._audit = audit
         self._metrics = metrics
         self._record_arguments = record_arguments
+        self._replica_id = replica_id
+        """``[fleet] replica_id`` (default: the host name): every record names the replica whose chain it is in."""
 
     def _write(self, record: dict[str, Any]) -> bool:
+        if self._replica_id is not None:
+            record["replica_id"] = self._replica_id
         try:
             self._audit.append(record)
         except Exception as exc:  # OSError from the disk; anything else is a bug, and still must not escape

@@ -19,6 +19,8 @@ from gateway.bundles.poller import BundleSource
 from gateway.catalog import Catalog
 from gateway.config import Config
 from gateway.decide import Decider, limits_from
+from gateway.decisionlogs.shipper import Shipper
+from gateway.fleet.config import default_replica_id
 from gateway.frontend import build_server
 from gateway.guard import GuardedTaskGroup
 from gateway.identity import Authenticator
@@ -67,7 +69,12 @@ class Gateway:
         self._first_attempt = {u.name: anyio.Event() for u in config.upstreams}
         """Set when an upstream first reports up or down: the start-up wait need not last its whole timeout."""
         self.decider = Decider(self.engine, self.metrics, limits_from(config.policy))
-        self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments)
+        self.replica_id = config.fleet.replica_id if config.fleet is not None else default_replica_id()
+        self.recorder = Recorder(self.audit, self.metrics, config.audit.record_arguments, self.replica_id)
+        self.shipper: Shipper | None = None  # [decision_logs]: the audit log shipped to a central sink
+        if config.decision_logs is not None:
+            audit_path = config.resolve(config.audit.path)
+            self.shipper = Shipper(config.decision_logs, audit_path, config.base_dir, self.replica_id, self.metrics)
         integrity = config.integrity  # a lock that is set but missing or corrupt stops the start (LockError)
         self.integrity = Integrity(
             config.resolve(integrity.lock) if integrity.lock else None,
@@ -141,6 +148,8 @@ class Gateway:
                 # The candidate reloads as the live policy does: on SIGHUP, and on change when watched.
                 await tg.start(self.shadow.watch, self.config.policy.watch_interval_s, self.config.policy.watch)
             await tg.start(self.integrity.run, self.catalog.relist)  # [integrity] lock: the same
+            if self.shipper is not None:
+                await tg.start(self.shipper.run)
             for manager in self.session_managers.values():
                 await stack.enter_async_context(manager.run())
             # Upstreams start in a guarded group: one that fails (at start or later) is reported down in /readyz
@@ -165,6 +174,8 @@ class Gateway:
                 await self.engine.aclose()
                 if self.shadow is not None:
                     await self.shadow.aclose()
+                if self.shipper is not None:
+                    await self.shipper.drain()
                 tg.cancel_scope.cancel()
         self.audit.close()
         tracing.shutdown()
