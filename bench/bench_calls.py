@@ -13,7 +13,7 @@ the gateway's RSS with ``--sessions`` sessions open, and the per-stage profile o
 (``gateway/stages.py``: authenticate, parse, decide, record, forward, answer, in microseconds).
 
     python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
-                                [--eras legacy,modern] [--fsync] [--json out.json]
+                                [--eras legacy,modern] [--fsync] [--no-secrets] [--json out.json]
 """
 
 from __future__ import annotations
@@ -217,6 +217,7 @@ def main() -> None:
     ap.add_argument("--list-calls", type=int, default=50, help="tools/list calls per list size (0: skip)")
     ap.add_argument("--eras", default="legacy,modern", help="comma-separated: legacy (2025-11-25), modern (2026-07-28)")
     ap.add_argument("--fsync", action="store_true", help="[audit] fsync = true on both gateways")
+    ap.add_argument("--no-secrets", action="store_true", help="[secrets] scanning off on both gateways")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     eras = [e for e in args.eras.split(",") if e]
@@ -252,6 +253,8 @@ def main() -> None:
             config = default_config(port, work / mode.replace(" ", "-"), upstreams, policy=policy)
             if extra:
                 config = config.replace("[audit]\n", extra)
+            if args.no_secrets:
+                config += "\n[secrets]\nscan_arguments = false\nscan_results = false\n"
             gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
         direct_http = http_opener(f"http://127.0.0.1:{echo_port}/mcp")
         targets: dict[str, tuple[Opener, str, str]] = {  # name: (opener, tool, the direct path it is compared with)
@@ -264,7 +267,8 @@ def main() -> None:
         print(
             f"mcp-gateway bench: {args.calls} sequential calls per path and era (interleaved); throughput "
             f"{args.concurrency} sessions x {args.seconds:g} s x {args.rounds} rounds; load {load0[0]:.2f} "
-            f"(1 min) on {os.cpu_count()} CPUs; audit fsync {'on' if args.fsync else 'off'}"
+            f"(1 min) on {os.cpu_count()} CPUs; audit fsync {'on' if args.fsync else 'off'}; secret scanning "
+            f"{'off' if args.no_secrets else 'on'}"
         )
         report: dict[str, Any] = {"load_start": load0, "eras": {}}
         for era in eras:

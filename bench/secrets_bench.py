@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import random
 import re
 import string
@@ -44,7 +45,17 @@ def inputs(secret: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         "items": [" ".join(rng.choice(words) for _ in range(4)) for _ in range(12)],
         "text": " ".join(rng.choice(words) for _ in range(90)),
     }
-    lines = [" ".join(rng.choice(words) for _ in range(10)) for _ in range(1200)]
+    lines = []
+    for i in range(1200):  # what tools return: prose, log lines, code
+        w = [rng.choice(words) for _ in range(6)]
+        lines.append(
+            [
+                " ".join(w).capitalize() + ".",
+                f"2026-12-03T19:41:{i % 60:02d}Z INFO request_id={rng.getrandbits(32):08x} path=/api/v1/{w[0]} "
+                f"status=200 duration_ms={rng.random() * 50:.1f} user={w[1]}@example.com",
+                f"    def {w[0]}_{w[1]}(self, {w[2]}: str) -> dict[str, Any]:  # {w[3]}-{w[4]}",
+            ][i % 3]
+        )
     text = "\n".join(lines)[:65536]
     if secret:
         args["env"]["AWS_ACCESS_KEY_ID"] = aws_access_key()
@@ -66,6 +77,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200)
     n = p.parse_args().n
     scanner = Scanner()
+    ungated = Scanner([dataclasses.replace(d, gate="") for d in DETECTORS])
     unnamed = [re.sub(r"\(\?P<\w+>", "(", d.pattern.pattern.replace("(?i)", "")) for d in DETECTORS]
     combined = re.compile("|".join(f"(?:{p})" for p in unnamed), re.I)
 
@@ -88,7 +100,10 @@ def main() -> None:
     except ImportError:
         scan_line = None
 
-    print(f"{'case':34} {'gateway µs':>12} {'combined re µs':>15} {'detect-secrets µs':>18}")
+    small = timed(lambda: scanner.scan({"text": "hello"}, "arguments", "arguments"), n * 10)
+    small += timed(lambda: scanner.scan({"content": [{"type": "text", "text": "hello"}]}, "result", "result"), n * 10)
+    print(f"a bench_calls.py echo call (arguments and result): {small:.1f} µs")
+    print(f"{'case':34} {'gateway µs':>12} {'no gates µs':>12} {'combined re µs':>15} {'detect-secrets µs':>18}")
     for secret in (False, True):
         args, result = inputs(secret)
         for label, value, root, k in (
@@ -96,7 +111,9 @@ def main() -> None:
             ("64 KB result", result, "result", n // 4),
         ):
             ours = timed(lambda v=value, r=root: scanner.scan(copy.deepcopy(v), r, r, redact=True), k)
-            ours -= timed(lambda v=value: copy.deepcopy(v), k)
+            plain = timed(lambda v=value, r=root: ungated.scan(copy.deepcopy(v), r, r, redact=True), k)
+            base = timed(lambda v=value: copy.deepcopy(v), k)
+            ours, plain = ours - base, plain - base
             comb = timed(lambda v=value: combined_scan(v), max(1, k // 10))
             ds = "-"
             if scan_line is not None:
@@ -109,7 +126,7 @@ def main() -> None:
 
                     ds = f"{timed(run_ds, max(1, k // 50)):.0f}"
             name = f"{label} ({'with secrets' if secret else 'clean'})"
-            print(f"{name:34} {ours:12.1f} {comb:15.0f} {ds:>18}")
+            print(f"{name:34} {ours:12.1f} {plain:12.1f} {comb:15.0f} {ds:>18}")
 
 
 def _texts(value: Any) -> list[str]:

@@ -82,6 +82,7 @@ class Scanner:
         self.detectors = tuple(detectors)
         self._plain = tuple((d, d.anchors) for d in self.detectors if not d.lower)
         self._lowered = tuple((d, d.anchors) for d in self.detectors if d.lower)
+        self._gates = "".join(sorted({c for d in self.detectors for c in d.gate}))
         self.kinds = frozenset(d.kind for d in self.detectors)
         self._generic = "generic-secret" in self.kinds
         patterns = list(allow)
@@ -91,10 +92,13 @@ class Scanner:
     # --- text ----------------------------------------------------------------------------------------------
 
     def _active(self, blob: str) -> list[Detector]:
-        active = [d for d, anchors in self._plain if any(a in blob for a in anchors)]
-        if self._lowered:
+        present = {c for c in self._gates if c in blob}
+        gated = [(d, anchors) for d, anchors in self._plain if not d.gate or any(c in present for c in d.gate)]
+        active = [d for d, anchors in gated if any(a in blob for a in anchors)]
+        lowered = [(d, anchors) for d, anchors in self._lowered if not d.gate or any(c in present for c in d.gate)]
+        if lowered:
             low = blob.lower()
-            active += [d for d, anchors in self._lowered if any(a in low for a in anchors)]
+            active += [d for d, anchors in lowered if any(a in low for a in anchors)]
         return active
 
     def _allowed(self, value: str) -> bool:
