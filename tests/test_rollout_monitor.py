@@ -166,6 +166,23 @@ async def test_a_monitored_teams_denied_call_is_allowed_recorded_and_counted(
     assert last_call(gw, "echo")[1]["outcome"] == "denied"
 
 
+async def test_every_request_kind_is_monitored_alike(research_monitored: RunningGateway) -> None:
+    """Prompts and resources go through the same admission stage as calls: a monitored denial goes through."""
+    gw = research_monitored
+    async with mcp_client(gw.url, RESEARCHER) as c:
+        prompt = await c.get_prompt("echo__greet", {"who": "monitor"})
+        assert "Hello, monitor!" in str(prompt.messages[0].content)
+        read = await c.read_resource("echo://readme")
+        assert "contents of echo://readme" in str(read.contents[0])
+    recs = gw.audit_records()
+    for action in ("prompts/get", "resources/read"):
+        decision = [r for r in recs if r["type"] == "decision" and r["action"] == action][-1]
+        assert decision["mode"] == "monitor" and decision["allow"] is False, decision
+        _, outcome = records_of(gw, decision["decision_id"])
+        assert outcome["outcome"] == "would_deny" and outcome["call_outcome"] == "ok"
+        assert metric(gw, "mcp_gateway_requests_total", action=action, team="research", decision="would_deny") == 1
+
+
 async def test_a_rule_on_trial_is_monitored_by_its_decision(research_monitored: RunningGateway) -> None:
     gw = research_monitored
     r = await call(gw, CI, "echo__echo", {"text": "trial run"})
