@@ -41,7 +41,10 @@ def _open_engine(cfg: Config, policy_path: str | None) -> PolicyEngine:
 
     pcfg = cfg.policy
     if policy_path is not None:
-        pcfg = PolicyConfig(**{**pcfg.model_dump(), "engine": "embedded", "path": str(Path(policy_path).resolve())})
+        # model_copy, not a new PolicyConfig from model_dump: a dump holds every default, and some settings are
+        # only valid beside another (bundle_* beside bundle_url), so re-validating it refuses a valid config.
+        update = {"engine": "embedded", "path": str(Path(policy_path).resolve()), "bundle_url": None}
+        pcfg = pcfg.model_copy(update=update)
     try:
         return open_engine(pcfg, cfg)
     except PolicyError as exc:

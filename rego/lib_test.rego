@@ -46,6 +46,28 @@ test_global_deny_names_the_suspended_agent if {
 	count(lib.global_deny) == 0 with input.agent.id as "ci-bot" with data.global.suspended_agents as ["bot-7"]
 }
 
+test_global_deny_names_each_secret_found_in_the_arguments if {
+	lib.global_deny == {"argument arguments.env.TOKEN carries a secret (github_token)"} with input as {
+		"agent": {"id": "ci-bot", "team": "t"}, "server": "sh", "tool": "run",
+		"findings": [{"kind": "github_token", "path": "arguments.env.TOKEN", "where": "arguments"}],
+	}
+		with data.global.suspended_agents as []
+		with data.teams.t.allowed_findings as []
+}
+
+test_a_team_may_allow_a_finding_by_kind_server_tool_and_path_glob if {
+	finding := {"kind": "private_key", "path": "arguments.files.key", "where": "arguments"}
+	call := {"agent": {"id": "ci-bot", "team": "t"}, "server": "sh", "tool": "run", "findings": [finding]}
+	count(lib.global_deny) == 0 with input as call with data.global.suspended_agents as []
+		with data.teams.t.allowed_findings as [{"kind": "private_key", "server": "sh", "path": "arguments.files.*"}]
+	count(lib.global_deny) == 0 with input as call with data.global.suspended_agents as []
+		with data.teams.t.allowed_findings as [{"tool": "*"}]
+	count(lib.global_deny) == 1 with input as call with data.global.suspended_agents as []
+		with data.teams.t.allowed_findings as [{"kind": "private_key", "tool": "other"}]
+	count(lib.global_deny) == 1 with input as call with data.global.suspended_agents as []
+		with data.teams.t.allowed_findings as [{"kind": "private_key", "path": "arguments.env.*"}]
+}
+
 # --- paths -----------------------------------------------------------------------------------------------
 
 test_in_workspace if {
