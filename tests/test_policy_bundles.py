@@ -387,3 +387,25 @@ def test_bundle_settings_are_checked_at_load(tmp_path: Path, extra: str, error: 
         bad = text.replace('"not a key"', json.dumps(pem(EC)))
         with pytest.raises(ConfigError, match="not of the kind RS256"):
             parse_config(tomllib.loads(bad), "gw.toml", tmp_path)
+
+
+async def test_with_the_opa_engine_the_revision_is_the_one_opa_reports(tmp_path: Path) -> None:
+    """engine = "opa": OPA's own bundle plugin loads bundles; the gateway reports the revision OPA names in its
+    answers' provenance (here a stand-in of OPA's REST API: no OPA binary exists on this machine)."""
+    from gateway.policy.loader import load_policy
+    from tests.test_policy_opa import SHIPPED, start_standin
+
+    s = start_standin()
+    port = free_port()
+    config = default_config(port, tmp_path, stdio_upstream("echo", ECHO)).replace(
+        f'path = "{SHIPPED}"', f'engine = "opa"\nopa_url = "{s.url}"\ntimeout_ms = 10000\nwatch_interval_s = 0.2', 1
+    )
+    gw = start_gateway(tmp_path, config, port)
+    try:
+        assert await _echo(gw) == (False, "hi")
+        revision = load_policy(SHIPPED).revision
+        _wait(lambda: _bundle_metric(gw) == {revision: 1.0}, "the revision OPA reported, as the gauge")
+        assert _readyz(gw)[1]["policy_revision"] == revision
+    finally:
+        gw.stop()
+        s.stop()
