@@ -238,7 +238,13 @@ class PolicyConfig(_Model):
                 "shadow_bundle_url must be http(s)://host[:port]/path, without credentials (use bundle_token)"
             )
         if self.bundle_url is None:
-            if self.shadow_bundle_url is None and any(k.startswith("bundle_") for k in self.model_fields_set):
+            # a setting that differs from its default, not one merely present: a re-validated dump sets them all
+            changed = [
+                k
+                for k, f in type(self).model_fields.items()
+                if k.startswith("bundle_") and getattr(self, k) != f.get_default(call_default_factory=True)
+            ]
+            if self.shadow_bundle_url is None and changed:
                 raise ValueError("the bundle_* settings need bundle_url (or shadow_bundle_url)")
             return self
         if not re.match(r"^https?://[^/@\s]+(/\S*)?$", self.bundle_url):

@@ -409,3 +409,12 @@ async def test_with_the_opa_engine_the_revision_is_the_one_opa_reports(tmp_path:
     finally:
         gw.stop()
         s.stop()
+
+
+def test_a_validated_policy_config_validates_again_from_its_dump() -> None:
+    """Commands re-validate a full dump (every field present): only a bundle_* setting that differs from its
+    default needs bundle_url, not one merely present."""
+    from gateway.config import PolicyConfig
+
+    for cfg in (PolicyConfig(), PolicyConfig(bundle_url="http://x/b.tar.gz", bundle_poll_s=3)):
+        assert PolicyConfig.model_validate(cfg.model_dump()) == cfg
