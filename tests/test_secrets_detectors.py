@@ -131,3 +131,11 @@ def test_bad_secrets_config_is_refused_at_load(tmp_path: Path, secrets: dict, er
     with pytest.raises(ConfigError) as exc:
         parse_config({"policy": {"path": "rego"}, "secrets": secrets}, "gw.toml", tmp_path)
     assert any(e.startswith(f"gw.toml: {error}") for e in exc.value.errors), exc.value.errors
+
+
+@pytest.mark.parametrize("detector", [d for d in DETECTORS if d.prefix is not None], ids=lambda d: d.kind)
+def test_a_prefix_regex_finds_every_anchor_of_its_detector(detector) -> None:  # type: ignore[no-untyped-def]
+    """The one-pass prefix regex stands in for the anchors: it must find each of them."""
+    assert detector.prefix is not None
+    for anchor in detector.anchors:
+        assert detector.prefix.match(anchor), anchor

@@ -39,6 +39,9 @@ class Detector:
     """Anchors are matched against the lowered text (case-insensitive key names)."""
     offset: int = 0
     """How many characters before its anchor a match starts."""
+    prefix: re.Pattern[str] | None = None
+    """The anchors as one regex, for anchors that share a literal prefix (``A(?:KIA|SIA|...)``): the regex engine
+    finds them in one pass as fast as one substring search, where one search per anchor would make five."""
     gate: str = ""
     """Characters of which every match holds one: when none occurs in a text (a single ``memchr`` each, far
     cheaper than a substring search), the detector's anchors are not even looked for."""
@@ -128,11 +131,12 @@ DETECTORS: tuple[Detector, ...] = (
         "aws-access-key",
         ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
         re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}(?![A-Za-z0-9])"),
+        prefix=re.compile(r"A(?:KIA|SIA|BIA|CCA|3T)"),
         gate="A",
     ),
     Detector(
         "aws-secret-key",
-        ("aws", "secretaccesskey", "secret_access_key"),
+        ("aws", "secret"),
         re.compile(
             r"(?i)(?:aws.{0,20}?secret.{0,20}?|secret_?access_?key)[\"']?\s*(?::|=>?|:=)\s*[\"']?"
             r"(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
@@ -156,7 +160,7 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "azure-storage-key",
-        ("AccountKey=", "SharedAccessKey=", "SharedAccessSignature "),
+        ("AccountKey=", "SharedAccess"),
         re.compile(
             r"(?:AccountKey|SharedAccessKey)=(?P<value>[A-Za-z0-9+/]{43}=|[A-Za-z0-9+/]{86}==)"
             r"|SharedAccessSignature sr=[^&\s\"']+&sig=(?P<sas>[A-Za-z0-9%+/=]{43,})"
@@ -175,18 +179,21 @@ DETECTORS: tuple[Detector, ...] = (
         "github-token",
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
         re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?![A-Za-z0-9_])"),
+        prefix=re.compile(r"g(?:h[pousr]_|ithub_pat_)"),
         gate="_",
     ),
     Detector(
         "gitlab-token",
         ("glpat-", "gldt-", "glrt-", "glptt-"),
         re.compile(r"(?<![A-Za-z0-9_-])(?:glpat|gldt|glrt|glptt)-[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])"),
+        prefix=re.compile(r"gl(?:pat|dt|rt|ptt)-"),
         gate="-",
     ),
     Detector(
         "slack-token",
         ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"),
         re.compile(r"(?<![A-Za-z0-9-])xox[baprs]-(?:[0-9]{10,13}-){1,2}[A-Za-z0-9-]{10,}"),
+        prefix=re.compile(r"xox[baprs]-"),
         gate="-",
     ),
     Detector(
@@ -197,8 +204,9 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "stripe-key",
-        ("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
+        ("k_live_", "k_test_"),
         re.compile(r"(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[A-Za-z0-9]{24,}(?![A-Za-z0-9])"),
+        offset=1,
         gate="_",
     ),
     Detector(

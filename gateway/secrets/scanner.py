@@ -94,7 +94,11 @@ class Scanner:
     def _active(self, blob: str) -> list[Detector]:
         present = {c for c in self._gates if c in blob}
         gated = [(d, anchors) for d, anchors in self._plain if not d.gate or any(c in present for c in d.gate)]
-        active = [d for d, anchors in gated if any(a in blob for a in anchors)]
+        active = [
+            d
+            for d, anchors in gated
+            if (d.prefix.search(blob) is not None if d.prefix is not None else any(a in blob for a in anchors))
+        ]
         lowered = [(d, anchors) for d, anchors in self._lowered if not d.gate or any(c in present for c in d.gate)]
         if lowered:
             low = blob.lower()
@@ -117,7 +121,9 @@ class Scanner:
                 low = _lowered(text) if low is None else low
                 hay = low
             starts: set[int] = set()
-            for a in d.anchors:
+            if d.prefix is not None:
+                starts.update(m.start() - d.offset for m in d.prefix.finditer(hay))
+            for a in d.anchors if d.prefix is None else ():
                 i = hay.find(a)
                 while i != -1:
                     starts.add(i - d.offset)
