@@ -263,9 +263,23 @@ def policy_lint(path: str | None, config_path: str | None, decision: str | None)
     target = Path(path or "rego")
     try:
         compiled = compile_policy(target, decision or "gateway/decision")
+        tests = _check_rego_tests(compiled.source)
     except PolicyError as exc:
         _fail(exc.errors)
-    click.echo(f"{target}: ok (revision {compiled.revision}, {len(compiled.source.modules)} modules)")
+    extra = f", {tests} Rego test modules" if tests else ""
+    click.echo(f"{target}: ok (revision {compiled.revision}, {len(compiled.source.modules)} modules{extra})")
+
+
+def _check_rego_tests(source: Any) -> int:
+    """The Rego test modules parse, and use no ``with`` the test runner would refuse; how many there are."""
+    if not source.rego_tests:
+        return 0
+    from gateway.policy.regotest import new_engine, parse_modules, unsupported_withs
+
+    problems = unsupported_withs(parse_modules(new_engine(source)), source)
+    if problems:
+        raise PolicyError([line for lines in problems.values() for line in lines])
+    return len(source.rego_tests)
 
 
 @policy.command("eval")

@@ -155,3 +155,11 @@ def test_the_shipped_rego_tests_give_the_same_results_on_opa() -> None:
     assert len(tests) >= 40
     differ = [t.path for t in tests if opa.eval_document(t.path.removeprefix("data."), {}) != engine.eval_rule(t.path)]
     assert not differ
+
+
+def test_policy_lint_checks_the_rego_tests_too() -> None:
+    ok = gateway_cli("policy", "lint", "rego")
+    assert ok.returncode == 0 and "Rego test modules)" in ok.stdout, ok.stdout + ok.stderr
+    bad = gateway_cli("policy", "lint", str(FIXTURE))
+    assert bad.returncode == 2
+    assert f"{FIXTURE}/policy_test.rego:24:33: `with data.gateway.double as ...` replaces a function" in bad.stderr

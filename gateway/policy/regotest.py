@@ -279,7 +279,7 @@ def discover(modules: list[ModuleAst], test_files: set[str]) -> list[Rule]:
     return sorted(seen.values(), key=lambda r: (r.file, r.line))
 
 
-def unsupported_withs(modules: list[ModuleAst]) -> dict[str, list[str]]:
+def unsupported_withs(modules: list[ModuleAst], source: PolicySource) -> dict[str, list[str]]:
     """Rule path -> ``file:line:col: why`` for each ``with`` regorus would ignore (it replaces a Rego function)."""
     functions = {r.path for m in modules for r in m.rules if r.kind == "function"}
     out: dict[str, list[str]] = {}
@@ -287,9 +287,9 @@ def unsupported_withs(modules: list[ModuleAst]) -> dict[str, list[str]]:
         for w in m.withs:
             if w.target in functions:
                 out.setdefault(w.rule, []).append(
-                    f"{w.file}:{w.line}:{w.col}: `with {w.target} as ...` replaces a function written in Rego, "
-                    "which the embedded engine (regorus) cannot do (it would ignore the with): replace its inputs "
-                    "(input, data) or a rule it reads instead"
+                    f"{_file(source, w.file)}:{w.line}:{w.col}: `with {w.target} as ...` replaces a function "
+                    "written in Rego, which the embedded engine (regorus) cannot do (it would ignore the with): "
+                    "replace its inputs (input, data) or a rule it reads instead"
                 )
     return out
 
@@ -302,7 +302,7 @@ def run_tests(
 ) -> list[TestResult]:
     """Run the test rules of ``source``'s test modules (``run`` filters them by their path, as ``opa test -r``)."""
     tests = discover(modules, set(source.rego_tests))
-    bad_withs = unsupported_withs(modules)
+    bad_withs = unsupported_withs(modules, source)
     results = []
     for rule in tests:
         if run is not None and not run.search(rule.path):
@@ -312,7 +312,7 @@ def run_tests(
             results.append(TestResult(rule, "SKIPPED", 0.0))
             continue
         if rule.path in bad_withs:
-            results.append(TestResult(rule, "ERROR", 0.0, "\n".join(_rename(source, bad_withs[rule.path]))))
+            results.append(TestResult(rule, "ERROR", 0.0, "\n".join(bad_withs[rule.path])))
             continue
         t0 = time.perf_counter()
         try:
@@ -336,14 +336,6 @@ def _where(source: PolicySource, rule: Rule) -> str:
 
 def _file(source: PolicySource, name: str) -> str:
     return source.where(name) if name in source.modules or name in source.rego_tests else name
-
-
-def _rename(source: PolicySource, lines: list[str]) -> list[str]:
-    out = []
-    for line in lines:
-        name, sep, rest = line.partition(":")
-        out.append(f"{_file(source, name)}{sep}{rest}")
-    return out
 
 
 _RULE = "-" * 80
