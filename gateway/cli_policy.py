@@ -193,7 +193,9 @@ def policy_test(
         for line in coverage_report(cov):
             click.echo(line)
         if below:
-            click.echo(f"coverage {cov.percent:.1f}% is below the threshold of {threshold:g}%")
+            from gateway.policy.coverage import shown
+
+            click.echo(f"coverage {shown(cov.percent)} is below the threshold of {threshold:g}%")
     sys.exit(1 if failed else 0)
 
 

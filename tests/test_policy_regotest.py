@@ -163,3 +163,9 @@ def test_policy_lint_checks_the_rego_tests_too() -> None:
     bad = gateway_cli("policy", "lint", str(FIXTURE))
     assert bad.returncode == 2
     assert f"{FIXTURE}/policy_test.rego:24:33: `with data.gateway.double as ...` replaces a function" in bad.stderr
+
+
+def test_a_coverage_just_below_a_threshold_never_shows_as_reaching_it() -> None:
+    from gateway.policy.coverage import shown
+
+    assert shown(99.97) == "99.9%" and shown(100.0) == "100.0%" and shown(54.54) == "54.5%"

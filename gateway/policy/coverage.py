@@ -8,6 +8,7 @@ a deny or grant rule that means some test made it fire. Test modules are not cou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +64,14 @@ class Coverage:
                 f.where: {
                     "covered": list(f.covered),
                     "not_covered": list(f.not_covered),
-                    "coverage": round(f.percent, 2),
+                    "coverage": math.floor(f.percent * 100) / 100,
                     "uncovered_rules": [{"rule": r.path, "line": r.line} for r in f.uncovered_rules],
                 }
                 for f in self.files
             },
             "covered_lines": self.covered_lines,
             "not_covered_lines": self.not_covered_lines,
-            "coverage": round(self.percent, 2),
+            "coverage": math.floor(self.percent * 100) / 100,
             "deny_and_grant_rules": {"total": self.enforcing_total, "covered": self.enforcing_covered},
         }
 
@@ -104,6 +105,11 @@ def measure(engine: regorus.Engine, source: PolicySource, modules: list[ModuleAs
     return Coverage(tuple(files), total, covered)
 
 
+def shown(percent: float) -> str:
+    """A percentage rounded down to a tenth: 99.97 % shows as 99.9, never as a 100.0 that failed a threshold."""
+    return f"{math.floor(percent * 10) / 10:.1f}%"
+
+
 def _ranges(lines: tuple[int, ...]) -> str:
     out: list[str] = []
     start = prev = None
@@ -124,7 +130,7 @@ def report(cov: Coverage) -> list[str]:
     lines = ["coverage (lines a table test or a Rego test evaluated):"]
     for f in cov.files:
         total = len(f.covered) + len(f.not_covered)
-        line = f"  {f.where}: {f.percent:.1f}% ({len(f.covered)}/{total} lines)"
+        line = f"  {f.where}: {shown(f.percent)} ({len(f.covered)}/{total} lines)"
         if f.not_covered:
             line += f"; not covered: lines {_ranges(f.not_covered)}"
         lines.append(line)
@@ -132,7 +138,7 @@ def report(cov: Coverage) -> list[str]:
             what = "never fired" if is_enforcing(r) else "not fully evaluated"
             lines.append(f"      {r.name} at {f.where}:{r.line}: {what}")
     lines.append(
-        f"total: {cov.percent:.1f}% ({cov.covered_lines}/{cov.covered_lines + cov.not_covered_lines} lines); "
+        f"total: {shown(cov.percent)} ({cov.covered_lines}/{cov.covered_lines + cov.not_covered_lines} lines); "
         f"deny and grant rules: {cov.enforcing_covered}/{cov.enforcing_total} covered"
     )
     return lines
