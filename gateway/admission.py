@@ -99,7 +99,7 @@ class Admission:
 
     # --- before any work -----------------------------------------------------------------------------------
 
-    def check_name(self, req: Request, kind: str, name: str | None = None) -> None:
+    async def check_name(self, req: Request, kind: str, name: str | None = None) -> None:
         """Refuse a tool or prompt name past MCP's 128 characters before any policy work; the record keeps the
         name's first 128 characters and its length, so a 200 KB name is not an amplifier."""
         name = req.name if name is None else name
@@ -114,8 +114,8 @@ class Admission:
         inp["arguments"] = None
         decision = Decision(False, (message,), self.decider.engine.revision)
         req.name = cut  # what the records and the log lines name from here on
-        self._record(req, inp, decision, Target(kind, None, cut, exists=False))
-        self.recorder.outcome(req, "refused", 0.0, message, name_length=len(name))
+        await self._record(req, inp, decision, Target(kind, None, cut, exists=False))
+        await self.recorder.outcome(req, "refused", 0.0, message, name_length=len(name))
         raise GatewayError(INVALID_PARAMS, f"Invalid {message}")
 
     # --- the stage -----------------------------------------------------------------------------------------
@@ -142,9 +142,9 @@ class Admission:
             self._offer_shadow(req, inp, decision, target)
             if not hidden and not decision.allow:
                 recorded = self._monitored(req, inp, decision, target)
-        self._record(req, inp, recorded, target)
+        await self._record(req, inp, recorded, target)
         if hidden:
-            self.finish(req, "not_found" if not target.exists else "denied_hidden", 0.0)
+            await self.finish(req, "not_found" if not target.exists else "denied_hidden", 0.0)
             raise missing
         if recorded.monitor is not None:
             _monitored.set((req.decision_id, recorded.reasons))
@@ -157,7 +157,7 @@ class Admission:
         inp = self.decider.build_input(req, server, arguments=req.arguments, **fields)
         decision = await self.decider.decide(inp)
         try:
-            self._record(req, inp, decision, Target(None, server))
+            await self._record(req, inp, decision, Target(None, server))
         except GatewayError:
             return Decision.failed("audit record could not be written", decision.revision)
         return decision
@@ -166,14 +166,16 @@ class Admission:
         """May the agent see this item in a list (cached briefly, for lists and relayed notifications)."""
         return await self.decider.visible(req, server, kind, name, annotations)
 
-    def finish(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> None:
+    async def finish(
+        self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any
+    ) -> None:
         """Write the outcome record; when it cannot be written, withhold the answer: raise an error naming the
         decision id (the failure is counted in ``mcp_gateway_audit_write_failures_total``)."""
         monitored = _monitored.get()
         if monitored is not None and monitored[0] == req.decision_id:  # a denial let through: say so first
             extra = {**extra, "call_outcome": outcome, "reasons": list(monitored[1])}
             outcome = "would_deny"
-        if not self.recorder.outcome(req, outcome, duration_s, error, **extra):
+        if not await self.recorder.outcome(req, outcome, duration_s, error, **extra):
             raise GatewayError(
                 INTERNAL_ERROR,
                 f"the gateway could not record the outcome of this request, so its result is withheld "
@@ -260,9 +262,9 @@ class Admission:
             )
         )
 
-    def _record(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> None:
+    async def _record(self, req: Request, inp: dict[str, Any], decision: Decision, target: Target) -> None:
         tool = target.name if target.kind == "tool" else None
-        written = self.recorder.decision(req, inp, decision, target.server, tool)
+        written = await self.recorder.decision(req, inp, decision, target.server, tool)
         label = "allow" if decision.allow else ("error" if decision.error else "deny")
         if decision.monitor is not None:
             label = "would_deny"
@@ -282,7 +284,7 @@ class Admission:
             )
         _stage.set((req.decision_id, "decided"))
 
-    def internal_error(self, req: Request, exc: BaseException) -> GatewayError:
+    async def internal_error(self, req: Request, exc: BaseException) -> GatewayError:
         """An unexpected exception: its text goes to the log only; the records it left unwritten are written."""
         log.error("%s failed (decision id %s)", req.action, req.decision_id, exc_info=exc)
         state = _stage.get()
@@ -291,11 +293,11 @@ class Admission:
             decision = Decision.failed("internal gateway error", self.decider.engine.revision)
             inp = {"agent": req.agent.as_input(), "action": req.action, "resource": req.uri}
             try:
-                self._record(req, inp, decision, Target(None, req.view))
+                await self._record(req, inp, decision, Target(None, req.view))
             except GatewayError:
                 pass
         if stage != "finished":
-            self.recorder.outcome(req, "internal_error", 0.0, "internal gateway error")
+            await self.recorder.outcome(req, "internal_error", 0.0, "internal gateway error")
         return GatewayError(INTERNAL_ERROR, f"internal gateway error (decision id {req.decision_id})")
 
 
@@ -318,7 +320,7 @@ def guarded(fn: F) -> F:
         except GatewayError:
             raise
         except Exception as exc:
-            raise self.admission.internal_error(req, exc) from None
+            raise await self.admission.internal_error(req, exc) from None
         finally:
             _stage.reset(token)
             if self.admission.limits is not None:  # a concurrent-call slot ends with its call

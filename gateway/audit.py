@@ -6,6 +6,14 @@ so a deleted, edited or reordered line breaks the chain and ``mcp-gateway audit 
 decision's line is in the kernel before its call is forwarded, so a crash of the gateway loses no record of a
 forwarded call; with ``fsync = true`` it is on disk too (a crash of the machine loses none either).
 
+With ``fsync = true`` records are written by group commit: callers on the event loop hand their record to one
+writer thread (``AuditLog.write``) and wait; the thread takes every record waiting, chains and writes them in
+order with one ``write`` and one ``fdatasync``, and then wakes their callers. Concurrent calls share a flush
+instead of each holding the event loop for one; each still waits for its own record to be on disk before its call
+goes on. A batch the disk refuses is cut off the file again and fails every caller in it (nothing of it stays
+in the chain), exactly as a refused single record did. Without fsync a record is one ``write`` on the caller's
+thread: cheaper than a hop to a thread, and already in the kernel when it returns.
+
 Rotation renames the active file to ``<path>.<seq>`` (zero-padded, so names sort oldest first) and starts a new
 active file at ``<path>``. The chain runs on across files; a gateway restarted after a crash between the
 rename and the first new record continues from the newest rotated file.
@@ -13,6 +21,7 @@ rename and the first new record continues from the newest rotated file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -26,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 
 GENESIS = "0" * 64
@@ -234,17 +244,53 @@ class AuditLog:
         self._lock = threading.Lock()
         self.records = 0
         self.rotations = 0
+        self.flushes = 0
+        """Group commits made (``fsync = true``): records / flushes is the records a flush carried on average."""
+        self._queue: list[_Waiting] = []
+        self._wake = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     @property
     def head(self) -> str:
         """The hash of the last record written: an anchor worth keeping outside the log."""
         return self._prev
 
+    @property
+    def grouped(self) -> bool:
+        """Whether records go through the group-commit writer thread (``fsync = true``)."""
+        return self._fsync
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """Write one record and return once it is durable (on disk with fsync, else in the kernel); raises OSError
+        when it could not be written (then nothing of it is). The caller must not touch ``record`` meanwhile.
+
+        With fsync the record joins the next group commit and the wait is shielded from cancellation: the record
+        is being written whatever the caller does, and the caller must learn whether it was.
+        """
+        if not self._fsync:
+            self.append(record)
+            return
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(record, loop, loop.create_future())
+        self._enqueue(waiting)
+        with anyio.CancelScope(shield=True):
+            await waiting.future
+
     def append(self, record: dict[str, Any]) -> None:
         """Write one record synchronously; raises OSError when the record could not be written (then nothing is).
 
-        Any JSON value in the record is written (``encode_record``): only the disk can refuse a record.
+        Any JSON value in the record is written (``encode_record``): only the disk can refuse a record. With
+        fsync the record joins the writer thread's next group commit (so the chain keeps one order) and this
+        thread waits for it: use ``write`` on an event loop.
         """
+        if self._fsync:
+            waiting = _Waiting(record, None, threading.Event())
+            self._enqueue(waiting)
+            waiting.future.wait()
+            if waiting.error is not None:
+                raise waiting.error
+            return
         with self._lock:
             if self._fd < 0:
                 raise OSError("the audit log is closed")
@@ -263,6 +309,67 @@ class AuditLog:
             self._size += len(data)
             self._prev = hashlib.sha256(line).hexdigest()
             self.records += 1
+
+    def _enqueue(self, waiting: _Waiting) -> None:
+        with self._wake:
+            if self._closing:
+                raise OSError("the audit log is closed")
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="audit-writer", daemon=True)
+                self._writer.start()
+            self._queue.append(waiting)
+            self._wake.notify()
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit whatever is waiting, one batch at a time, until closed and drained."""
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                if not batch:
+                    return
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a caller waiting, whatever happened
+                log.exception("audit log %s: group commit failed", self.path)
+                _wake_all(batch, exc if isinstance(exc, OSError) else OSError(f"audit write failed: {exc!r}"))
+
+    def _commit(self, batch: list[_Waiting]) -> None:
+        """Chain, write and flush a batch: all of it is durable, or none of it stays in the file."""
+        with self._lock:
+            if self._fd < 0:
+                _wake_all(batch, OSError("the audit log is closed"))
+                return
+            done = 0
+            while done < len(batch):
+                # Records up to the size limit go in one write; the next one starts a new file.
+                prev, chunk, size, end = self._prev, bytearray(), self._size, done
+                while end < len(batch):
+                    batch[end].record["prev"] = prev
+                    line = encode_record(batch[end].record)
+                    if self._max and (size or chunk) and size + len(chunk) + len(line) + 1 > self._max:
+                        if chunk:
+                            break
+                        self._rotate()
+                        size = self._size
+                    chunk += line
+                    chunk += b"\n"
+                    prev = hashlib.sha256(line).hexdigest()
+                    end += 1
+                try:
+                    _write_all(self._fd, bytes(chunk))
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    self._undo_partial()
+                    _wake_all(batch[done:], exc)
+                    return
+                self._size += len(chunk)
+                self._prev = prev
+                self.records += end - done
+                self.flushes += 1
+                _wake_all(batch[done:end], None)
+                done = end
 
     def _undo_partial(self) -> None:
         """Cut a partly written record off again, so a failed write leaves no torn line behind."""
@@ -316,6 +423,12 @@ class AuditLog:
                 log.error("audit log: cannot delete %s: %s", p, exc)
 
     def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()  # the records already handed over are committed first
         with self._lock:
             if self._fd >= 0:
                 if self._fsync:
@@ -325,6 +438,42 @@ class AuditLog:
                         pass
                 os.close(self._fd)
                 self._fd = -1
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A record handed to the writer thread, and how its caller is woken: an asyncio future of ``loop``, or a
+    threading Event for a caller on another thread."""
+
+    record: dict[str, Any]
+    loop: asyncio.AbstractEventLoop | None
+    future: Any
+    error: OSError | None = None
+
+
+def _wake_all(batch: list[_Waiting], error: OSError | None) -> None:
+    """Wake the callers of a batch: one call into each event loop for all of its callers."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Waiting]] = {}
+    for w in batch:
+        w.error = error
+        if w.loop is None:
+            w.future.set()
+        else:
+            by_loop.setdefault(w.loop, []).append(w)
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, waiting)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(waiting: list[_Waiting]) -> None:
+    for w in waiting:
+        if not w.future.done():
+            if w.error is None:
+                w.future.set_result(None)
+            else:  # each caller its own exception object (a shared one would collect every caller's traceback)
+                w.future.set_exception(OSError(*w.error.args))
 
 
 def _fsync_dir(path: Path) -> None:

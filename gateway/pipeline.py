@@ -116,7 +116,7 @@ class Pipeline:
         t0 = time.perf_counter()
         up, tool_name, decision = await self._admit_named(req, "tool")
         if not decision.allow:
-            self.admission.finish(req, "denied", time.perf_counter() - t0)
+            await self.admission.finish(req, "denied", time.perf_counter() - t0)
             return {
                 "content": [{"type": "text", "text": denial_text(decision, req.decision_id)}],
                 "isError": True,
@@ -127,7 +127,7 @@ class Pipeline:
         # upstream that is not contained cannot be honoured, so the call is refused rather than run wider.
         contained = CallScope(decision.result.get("containment"))
         if contained.narrowing is not None and not is_contained(up.conn):
-            self._done(
+            await self._done(
                 req, up, t0, "upstream_error", "containment", "policy narrowed containment of an uncontained upstream"
             )
             raise GatewayError(
@@ -140,15 +140,15 @@ class Pipeline:
             with tracing.forward_span(up.name, "tools/call"), contained:
                 result = await forward(self.metrics, up, req, "tools/call", params, up.timeout_for(tool_name), progress)
         except UpstreamError as exc:
-            self._done(req, up, t0, "upstream_error", exc.kind, str(exc), **contained.audit())
+            await self._done(req, up, t0, "upstream_error", exc.kind, str(exc), **contained.audit())
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
         except RemoteError as exc:
-            self._done(req, up, t0, "upstream_error", "remote_error", exc.message, **contained.audit())
+            await self._done(req, up, t0, "upstream_error", "remote_error", exc.message, **contained.audit())
             raise GatewayError(exc.code, exc.message, exc.data) from None
         except anyio.get_cancelled_exc_class():
             # The agent cancelled or went away: the upstream was told (connectors send notifications/cancelled);
             # the record says so, so no forwarded decision is left without its outcome.
-            self.recorder.outcome(req, "cancelled", time.perf_counter() - t0, **contained.audit())
+            await self.recorder.outcome(req, "cancelled", time.perf_counter() - t0, **contained.audit())
             raise
         finally:
             end_progress()
@@ -161,10 +161,10 @@ class Pipeline:
                 "isError": True,
                 "_meta": {"gateway/decision_id": req.decision_id},
             }
-        self._done(req, up, t0, outcome, **contained.audit(), **found)
+        await self._done(req, up, t0, outcome, **contained.audit(), **found)
         return result
 
-    def _done(
+    async def _done(
         self,
         req: Request,
         up: Upstream,
@@ -176,7 +176,7 @@ class Pipeline:
     ) -> None:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_call(up.name, elapsed)
-        self.admission.finish(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
+        await self.admission.finish(req, outcome, elapsed, error, **({"error_kind": kind} if kind else {}), **extra)
 
     # --- prompts -------------------------------------------------------------------------------------------
 
@@ -187,7 +187,7 @@ class Pipeline:
     @guarded
     async def get_prompt(self, req: Request) -> dict[str, Any]:
         up, prompt_name, decision = await self._admit_named(req, "prompt")
-        self._refuse_denied(req, decision)
+        await self._refuse_denied(req, decision)
         params: dict[str, Any] = {"name": prompt_name}
         if req.arguments:
             params["arguments"] = req.arguments
@@ -206,7 +206,7 @@ class Pipeline:
                 if await self.decider.visible(req, up.name, "resource", uri, res.get("annotations") or {}):
                     out.append(res)
                     self._shown(req, up, "resources")
-        self.admission.finish(req, "ok", 0.0)
+        await self.admission.finish(req, "ok", 0.0)
         return {"resources": out}
 
     @guarded
@@ -219,7 +219,7 @@ class Pipeline:
                 uri_template = str(t.get("uriTemplate", ""))
                 if await self.decider.visible(req, up.name, "resource", uri_template, t.get("annotations") or {}):
                     out.append(t)
-        self.admission.finish(req, "ok", 0.0)
+        await self.admission.finish(req, "ok", 0.0)
         return {"resourceTemplates": out}
 
     @guarded
@@ -239,12 +239,12 @@ class Pipeline:
                 if await self.decider.visible(req, up.name, kind, name, annotations):
                     out.append({**item, "name": public_name(up.name, name, req.view)} if req.view is None else item)
                     self._shown(req, up, f"{kind}s")
-        self.admission.finish(req, "ok", 0.0)
+        await self.admission.finish(req, "ok", 0.0)
         return out
 
     async def _admit_named(self, req: Request, kind: Literal["tool", "prompt"]) -> tuple[Upstream, str, Decision]:
         """Check the name, route it and decide it: a missing or hidden one raises the same unknown-name error."""
-        self.admission.check_name(req, kind)
+        await self.admission.check_name(req, kind)
         up, name, target = (self._tool if kind == "tool" else self._prompt)(req.name or "", req.view)
         fields: dict[str, Any] = {kind: name}
         if kind == "tool":
@@ -267,12 +267,12 @@ class Pipeline:
             req, target, GatewayError(RESOURCE_NOT_FOUND, f"Resource not found: {req.uri}")
         )
         assert up is not None
-        self._refuse_denied(req, decision)
+        await self._refuse_denied(req, decision)
         return up
 
-    def _refuse_denied(self, req: Request, decision: Decision) -> None:
+    async def _refuse_denied(self, req: Request, decision: Decision) -> None:
         if not decision.allow:
-            self.admission.finish(req, "denied", 0.0)
+            await self.admission.finish(req, "denied", 0.0)
             raise GatewayError(DENIED, denial_text(decision, req.decision_id))
 
     async def _list_gate(self, req: Request, action: str) -> list[Upstream]:
@@ -283,7 +283,7 @@ class Pipeline:
             GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
             action=action,
         )
-        self._refuse_denied(req, decision)
+        await self._refuse_denied(req, decision)
         return [up for up in self.catalog.in_view(req.view) if up.conn.up]
 
     def _shown(self, req: Request, up: Upstream, kind: str) -> None:
@@ -327,16 +327,16 @@ class Pipeline:
             with tracing.forward_span(up.name, method):
                 result = await forward(self.metrics, up, req, method, params, up.config.timeout_s)
         except UpstreamError as exc:
-            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
+            await self.admission.finish(req, "upstream_error", time.perf_counter() - t0, str(exc), error_kind=exc.kind)
             raise GatewayError(UPSTREAM_FAILED, f"{exc} (decision id {req.decision_id})") from None
         except RemoteError as exc:
-            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
+            await self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
             raise GatewayError(exc.code, exc.message, exc.data) from None
         except anyio.get_cancelled_exc_class():
-            self.recorder.outcome(req, "cancelled", time.perf_counter() - t0)
+            await self.recorder.outcome(req, "cancelled", time.perf_counter() - t0)
             raise
         result, found = self._scan_result(req, up.name, str(params.get("name") or params.get("uri") or ""), result)
-        self.admission.finish(req, "ok", time.perf_counter() - t0, **found)
+        await self.admission.finish(req, "ok", time.perf_counter() - t0, **found)
         if found.get("secrets_action") == "withheld":
             raise GatewayError(DENIED, withheld_text(found["secrets"], req.decision_id))
         return result
@@ -356,22 +356,22 @@ class Pipeline:
             GatewayError(UNKNOWN_TOOL, f"Unknown server: {req.view}"),
             arguments={"level": level},
         )
-        self._refuse_denied(req, decision)
+        await self._refuse_denied(req, decision)
         session = self.session_of(req)
         if session is not None:
             await self.relay.set_level(session, level, self.catalog.in_view(req.view))
-        self.admission.finish(req, "ok", 0.0)
+        await self.admission.finish(req, "ok", 0.0)
         return {}
 
     async def _subscription(self, req: Request, subscribe: bool) -> dict[str, Any]:
         uri = req.uri or ""
         up = await self._admit_resource(req)
         if not (up.conn.capabilities.get("resources") or {}).get("subscribe"):
-            self.admission.finish(req, "unsupported", 0.0)
+            await self.admission.finish(req, "unsupported", 0.0)
             raise GatewayError(METHOD_NOT_FOUND, f"{req.action} is not supported by this server")
         session = self.session_of(req)
         if session is None:
-            self.admission.finish(req, "unsupported", 0.0)
+            await self.admission.finish(req, "unsupported", 0.0)
             raise GatewayError(INVALID_REQUEST, f"{req.action} needs an MCP session (the 2025 protocol era)")
         t0 = time.perf_counter()
 
@@ -384,9 +384,9 @@ class Pipeline:
             else:
                 result = await self.relay.unsubscribe(session, up, uri, send)
         except GatewayError as exc:
-            self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
+            await self.admission.finish(req, "upstream_error", time.perf_counter() - t0, exc.message)
             raise
-        self.admission.finish(req, "ok", time.perf_counter() - t0)
+        await self.admission.finish(req, "ok", time.perf_counter() - t0)
         return result
 
     @guarded
@@ -406,7 +406,7 @@ class Pipeline:
         argument: dict[str, Any] = raw_arg if isinstance(raw_arg, dict) else {}
         if ref.get("type") == "ref/prompt":
             name = str(ref.get("name", ""))
-            self.admission.check_name(req, "prompt", name)
+            await self.admission.check_name(req, "prompt", name)
             up, prompt_name, target = self._prompt(name, req.view)
             missing = GatewayError(INVALID_PARAMS, f"Unknown prompt: {name}")
             decision = await self.admission.admit(req, target, missing, prompt=prompt_name, arguments=argument)
@@ -419,9 +419,9 @@ class Pipeline:
         else:
             raise GatewayError(INVALID_PARAMS, "completion/complete needs a ref of type ref/prompt or ref/resource")
         assert up is not None
-        self._refuse_denied(req, decision)
+        await self._refuse_denied(req, decision)
         if "completions" not in up.conn.capabilities:
-            self.admission.finish(req, "ok", 0.0)
+            await self.admission.finish(req, "ok", 0.0)
             return {"completion": {"values": [], "hasMore": False}}
         return await self._forward_simple(req, up, "completion/complete", {**params, "ref": ref})
 

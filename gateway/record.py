@@ -32,24 +32,39 @@ class Recorder:
         self._replica_id = replica_id
         """``[fleet] replica_id`` (default: the host name): every record names the replica whose chain it is in."""
 
-    def _write(self, record: dict[str, Any]) -> bool:
+    async def _write(self, record: dict[str, Any]) -> bool:
+        if self._replica_id is not None:
+            record["replica_id"] = self._replica_id
+        try:
+            await self._audit.write(record)
+        except Exception as exc:  # OSError from the disk; anything else is a bug, and still must not escape
+            return self._failed(record, exc)
+        self._metrics.count_audit(record["type"])
+        return True
+
+    def write_now(self, record: dict[str, Any]) -> bool:
+        """Write a record from code that cannot await (with fsync it waits for the next group commit, blocking its
+        thread): for rare records only, such as integrity drift; calls use the awaited path."""
         if self._replica_id is not None:
             record["replica_id"] = self._replica_id
         try:
             self._audit.append(record)
-        except Exception as exc:  # OSError from the disk; anything else is a bug, and still must not escape
-            self._metrics.audit_failures.inc()
-            log.error(
-                "audit write of a %s record (decision id %s) failed: %s",
-                record.get("type"),
-                record.get("decision_id"),
-                exc,
-            )
-            return False
+        except Exception as exc:
+            return self._failed(record, exc)
         self._metrics.count_audit(record["type"])
         return True
 
-    def decision(
+    def _failed(self, record: dict[str, Any], exc: Exception) -> bool:
+        self._metrics.audit_failures.inc()
+        log.error(
+            "audit write of a %s record (decision id %s) failed: %s",
+            record.get("type"),
+            record.get("decision_id"),
+            exc,
+        )
+        return False
+
+    async def decision(
         self, req: Request, input: dict[str, Any], decision: Decision, server: str | None, tool: str | None
     ) -> bool:
         """Write the decision record; False means it is not on record and the call must not go ahead."""
@@ -115,11 +130,13 @@ class Recorder:
                 "; ".join(decision.reasons) or "no reason given",
                 extra={"agent": req.agent.id, "action": req.action},
             )
-        written = self._write(record)
+        written = await self._write(record)
         stages.mark("record")
         return written
 
-    def outcome(self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any) -> bool:
+    async def outcome(
+        self, req: Request, outcome: str, duration_s: float, error: str | None = None, **extra: Any
+    ) -> bool:
         """Write the outcome record; False means it is not on record (the caller withholds what it would answer)."""
         stages.mark("forward")
         record: dict[str, Any] = {
@@ -133,7 +150,7 @@ class Recorder:
         if error is not None:
             record["error"] = error
         record.update(extra)
-        written = self._write(record)
+        written = await self._write(record)
         try:
             tracing.annotate_outcome(outcome, error)
         except Exception:
@@ -157,12 +174,12 @@ class Recorder:
         stages.mark("record")
         return written
 
-    def shadow_disagreement(self, record: dict[str, Any]) -> bool:
+    async def shadow_disagreement(self, record: dict[str, Any]) -> bool:
         """A shadow policy decided otherwise than the live one (gateway/policy/shadow.py builds the record)."""
-        return self._write({"type": "shadow_disagreement", "timestamp": now_iso(), **record})
+        return await self._write({"type": "shadow_disagreement", "timestamp": now_iso(), **record})
 
-    def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
-        self._write(
+    async def auth_failure(self, reason: str, remote_addr: str | None, path: str) -> None:
+        await self._write(
             {
                 "type": "auth_failure",
                 "timestamp": now_iso(),

@@ -228,7 +228,7 @@ class Relay:
         req = self._request(session, method, arguments=params)
         decision = await self.decide(req, upstream)
         if not decision.allow:
-            self.recorder.outcome(req, "denied", 0.0)
+            await self.recorder.outcome(req, "denied", 0.0)
             reasons = "; ".join(decision.reasons) or "no rule allows this request"
             raise RemoteError(DENIED, f"Denied by the gateway's policy: {reasons}. (decision id {req.decision_id})")
         up = self.catalog.get(upstream)
@@ -253,7 +253,7 @@ class Relay:
             log.error("relaying %s to the agent failed (decision id %s): %s", method, req.decision_id, error)
             raise RemoteError(INTERNAL_ERROR, f"the gateway could not pass {method} to the agent") from None
         finally:
-            self.recorder.outcome(req, outcome, time.perf_counter() - t0, error)
+            await self.recorder.outcome(req, outcome, time.perf_counter() - t0, error)
 
     async def upstream_notification(self, upstream: str, session_id: str, method: str, params: dict[str, Any]) -> None:
         session = self.sessions.get(session_id)

@@ -80,7 +80,7 @@ class Gateway:
             config.resolve(integrity.lock) if integrity.lock else None,
             integrity.on_drift,
             self.metrics,
-            self.recorder._write,
+            self.recorder.write_now,
             integrity.watch_interval_s,
         )
         self.catalog = Catalog(

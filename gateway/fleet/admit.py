@@ -29,10 +29,10 @@ class LimitStep:
             return None
         if verdict.refused is None and not verdict.unavailable:
             return verdict.usage
-        self._refuse(admission, req, target, fields, verdict)
+        await self._refuse(admission, req, target, fields, verdict)
         return None  # not reached
 
-    def _refuse(self, admission: Any, req: Any, target: Any, fields: dict[str, Any], verdict: Verdict) -> None:
+    async def _refuse(self, admission: Any, req: Any, target: Any, fields: dict[str, Any], verdict: Verdict) -> None:
         retry = max(1, math.ceil(verdict.retry_after_s))
         if verdict.refused is not None:
             b = verdict.refused
@@ -45,6 +45,6 @@ class LimitStep:
             data = {"limit": name, "retry_after_s": retry}
         self.metrics.limited.labels(name).inc()
         inp = admission.decider.build_input(req, target.server, **fields)
-        admission._record(req, inp, Decision(False, (reason,), admission.decider.engine.revision), target)
-        admission.finish(req, "limited", 0.0, reason)
+        await admission._record(req, inp, Decision(False, (reason,), admission.decider.engine.revision), target)
+        await admission.finish(req, "limited", 0.0, reason)
         raise GatewayError(LIMITED, f"{reason}; retry after {retry} s", data)

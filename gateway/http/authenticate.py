@@ -50,7 +50,7 @@ class Authenticate:
     async def on_error(self, scope: Scope, send: Send, exc: AuthError) -> None:
         self.metrics.auth_failures.labels(exc.reason).inc()
         client = scope.get("client")
-        self.recorder.auth_failure(exc.reason, client[0] if client else None, scope["path"])
+        await self.recorder.auth_failure(exc.reason, client[0] if client else None, scope["path"])
         if exc.reason == "missing":
             challenge = 'Bearer realm="mcp-gateway"'
         else:

@@ -116,7 +116,7 @@ class Shadow:
         if shadow.allow == item.live.allow:
             return
         self._metrics.count_shadow_disagreement(item.team, item.live.allow, shadow.allow)
-        self._recorder.shadow_disagreement(
+        await self._recorder.shadow_disagreement(
             {
                 "decision_id": item.decision_id,
                 "agent": item.agent,
