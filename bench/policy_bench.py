@@ -1,6 +1,13 @@
-"""Decision time of the shipped policies on the embedded engine, for a ~1 KB input.
+"""Decision time of the shipped policies on each local engine, for a ~1 KB input.
 
 Measures, in one process, interleaved in rounds so machine noise hits every variant alike:
+- ``engine: ...``: the same ``sh__run`` call decided by each local engine, side by side: regorus's RVM (the
+  embedded default), regorus's interpreter (``engine = "regorus"``), regopy (rego-cpp, ``engine = "regopy"``);
+  then the RVM through ``RvmEngine.decide`` (inline on the event loop, as the gateway runs it) and through a hop
+  to a worker thread and back (what evaluating on threads would add: regorus holds the GIL, so threads buy no
+  parallelism);
+- ``list of N``: the visibility of N tools decided in one batch (``decide_many``) on the RVM;
+The regopy variants below:
 - ``sh__run call``: one decision through the compiled policy on this thread's evaluator (what the gateway's
   worker thread does: serialise the input, hand it to rego-cpp, evaluate, read the result), for the shell tool,
   the policy's most expensive path (command allow-list, shell operators, cwd, timeout, containment);
@@ -38,6 +45,7 @@ from gateway.metrics import Metrics  # noqa: E402
 from gateway.policy.bounds import Limits  # noqa: E402
 from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine, compile_policy, new_evaluator  # noqa: E402
 from gateway.policy.loader import PolicySource  # noqa: E402
+from gateway.policy.rvm import RvmEngine, compile_rvm  # noqa: E402
 
 
 def call_input(decider: Decider, command: str) -> dict[str, Any]:
@@ -143,7 +151,50 @@ def main() -> None:
             out.append(time.perf_counter() - t)
         return out
 
+    rvm = compile_rvm(REPO / "rego", "gateway/decision")
+    interp = compile_rvm(REPO / "rego", "gateway/decision", interpreter=True)
+    rvm_engine = RvmEngine(REPO / "rego", "gateway/decision", 1000)
+    for p in (rvm, interp):
+        d = p.evaluate(call)
+        assert d.allow and d.error is None, d
+
+    async def on_loop(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await rvm_engine.decide(call)
+            out.append(time.perf_counter() - t)
+        return out
+
+    async def on_thread(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await anyio.to_thread.run_sync(rvm.evaluate, call)
+            out.append(time.perf_counter() - t)
+        return out
+
+    def listing_of(n: int) -> list[dict[str, Any]]:
+        return [dict(listing, tool=f"tool_{i}") for i in range(n)]
+
+    lists = {n: listing_of(n) for n in (1, 100)}
+
+    async def batch(items: list[dict[str, Any]], n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await rvm_engine.decide_many(items)
+            out.append(time.perf_counter() - t)
+        return out
+
     variants: dict[str, Callable[[int], list[float]]] = {
+        f"engine: regorus RVM (embedded), sh__run {size} B": lambda n: timed(lambda: rvm.evaluate(call), n),
+        "engine: regorus interpreter (regorus)": lambda n: timed(lambda: interp.evaluate(call), n),
+        "engine: regopy (rego-cpp)": lambda n: timed(lambda: policy.decide(ev, call), n),
+        "RVM: RvmEngine.decide, inline on the loop": lambda n: anyio.run(on_loop, n),
+        "RVM: hop to a worker thread and back": lambda n: anyio.run(on_thread, n),
+        "RVM: list of 1 (decide_many)": lambda n: anyio.run(batch, lists[1], n),
+        "RVM: list of 100 (decide_many)": lambda n: anyio.run(batch, lists[100], max(1, n // 20)),
         f"sh__run call ({size} B input)": lambda n: timed(lambda: policy.decide(ev, call), n),
         "decide (gateway path, thread hop)": lambda n: anyio.run(gateway_path, n),
         "decide, whole input handed to rego-cpp": lambda n: timed(lambda: whole.decide(ev, call), n),
@@ -168,10 +219,10 @@ def main() -> None:
         f"shipped policy {policy.revision}: compiled in {compile_ms:.0f} ms; "
         f"{per_round * args.rounds} decisions per variant"
     )
-    print(f"{'variant':<52} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'variant':<52} {'p50 µs':>8} {'p99 µs':>8}")
     for k, s in samples.items():
         p50, p99 = percentiles(s)
-        print(f"{k:<52} {p50:>8.3f} {p99:>8.3f}")
+        print(f"{k:<52} {p50 * 1000:>8.0f} {p99 * 1000:>8.0f}")
     floor = percentiles(samples["trivial policy, whole input"])[0]
     full = percentiles(samples["decide, whole input handed to rego-cpp"])[0]
     print(f"parsing the whole input (the trivial policy's p50) is {floor / full:.0%} of a decision that is handed it")

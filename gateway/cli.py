@@ -17,12 +17,12 @@ from gateway.upstream_check import check_upstreams
 
 
 def _check_policy(cfg: Config) -> list[str]:
-    if cfg.policy.engine != "embedded":
+    if cfg.policy.engine == "opa":
         return []
-    from gateway.policy.embedded import compile_policy
+    from gateway.policy.engines import compile_policy
 
     try:
-        compile_policy(cfg.resolve(cfg.policy.path), cfg.policy.decision)
+        compile_policy(cfg.resolve(cfg.policy.path), cfg.policy.decision, cfg.policy.engine)
     except PolicyError as exc:
         return exc.errors
     return []

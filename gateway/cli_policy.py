@@ -43,7 +43,8 @@ def _open_engine(cfg: Config, policy_path: str | None) -> PolicyEngine:
     if policy_path is not None:
         # model_copy, not a new PolicyConfig from model_dump: a dump holds every default, and some settings are
         # only valid beside another (bundle_* beside bundle_url), so re-validating it refuses a valid config.
-        update = {"engine": "embedded", "path": str(Path(policy_path).resolve()), "bundle_url": None}
+        engine = pcfg.engine if pcfg.engine != "opa" else "embedded"
+        update = {"engine": engine, "path": str(Path(policy_path).resolve()), "bundle_url": None}
         pcfg = pcfg.model_copy(update=update)
     try:
         return open_engine(pcfg, cfg)
@@ -95,6 +96,13 @@ def policy() -> None:
 @click.option("--threshold", type=click.FloatRange(0, 100), default=None, help="Fail below this coverage (percent).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--allow-no-tests", is_flag=True, help="A policy without tests passes (it still must compile).")
+@click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(["embedded", "regorus", "regopy"]),
+    default=None,
+    help="The local engine that decides the table cases (default: the config's, or embedded).",
+)
 def policy_test(
     path: str | None,
     config_path: str | None,
@@ -107,6 +115,7 @@ def policy_test(
     threshold: float | None,
     fmt: str,
     allow_no_tests: bool,
+    engine_name: str | None,
 ) -> None:
     """Run the tests of the policy at PATH (default: rego, or the config's): its table tests (**/*_test.yaml,
     *_test.json) and its Rego tests (**/*_test.rego: test_ rules, with input as ..., as opa test runs them).
@@ -118,7 +127,7 @@ def policy_test(
     """
     import re
 
-    from gateway.policy.embedded import compile_policy
+    from gateway.policy.engines import compile_policy
     from gateway.policy.loader import load_policy
     from gateway.policy.tables import load_tables, report, run_cases, run_cases_async
 
@@ -127,6 +136,7 @@ def policy_test(
         from gateway.policy.catalogue import builtin_catalogue
 
         cfg = _config(config_path)
+        engine_name = engine_name or (cfg.policy.engine if cfg.policy.engine != "opa" else None)
         decision = decision or cfg.policy.decision
         path = path or str(cfg.resolve(cfg.policy.path))
         catalogue = builtin_catalogue(cfg)  # its built-in upstreams' tools, as they declare them
@@ -139,10 +149,9 @@ def policy_test(
     coverage = coverage or threshold is not None
     try:
         if opa_url is None:
-            compiled = compile_policy(target, decision)
+            compiled = compile_policy(target, decision, engine_name or "embedded")
             source = compiled.source
-            evaluator = _new_evaluator()
-            decide_case: Any = lambda inp: compiled.decide(evaluator, inp)  # noqa: E731
+            decide_case: Any = compiled.evaluate_input
         else:
             source = load_policy(target)
         cases = [c for c in load_tables(source, catalogue) if pattern is None or pattern.search(c.label)]
@@ -256,15 +265,17 @@ def _test_json(source: Any, tables: Any, rego: Any, cov: Any, threshold: float |
 def policy_lint(path: str | None, config_path: str | None, decision: str | None) -> None:
     """Check the policy at PATH (default: rego, or the config's) as the gateway does before loading it: the Rego
     subset, names nothing defines, syntax; then compile it. Prints every problem as file:line:col; exits 2 on any."""
-    from gateway.policy.embedded import compile_policy
+    from gateway.policy.engines import compile_policy
 
+    engine_name = "embedded"
     if config_path is not None:
         cfg = _config(config_path)
         decision = decision or cfg.policy.decision
         path = path or str(cfg.resolve(cfg.policy.path))
+        engine_name = cfg.policy.engine if cfg.policy.engine != "opa" else "embedded"
     target = Path(path or "rego")
     try:
-        compiled = compile_policy(target, decision or "gateway/decision")
+        compiled = compile_policy(target, decision or "gateway/decision", engine_name)
         tests = _check_rego_tests(compiled.source)
     except PolicyError as exc:
         _fail(exc.errors)
@@ -510,16 +521,16 @@ def policy_catalogue(config_paths: tuple[str, ...], out: str | None) -> None:
 
 
 def engine_is_embedded(engine: Any) -> bool:
-    from gateway.policy.embedded import EmbeddedEngine
+    from gateway.policy.engines import is_local
 
-    return isinstance(engine, EmbeddedEngine)
+    return is_local(engine)
 
 
 def _policy_catalogue(cfg: Config, policy_path: str | None) -> dict[str, dict[str, dict[str, Any]]]:
     """The cached catalogue of the policy decided with (empty for OPA, or a policy that has none)."""
     from gateway.policy.loader import load_policy
 
-    if policy_path is None and cfg.policy.engine != "embedded":
+    if policy_path is None and cfg.policy.engine == "opa":
         return {}
     try:
         return load_policy(Path(policy_path) if policy_path else cfg.resolve(cfg.policy.path)).catalogue

@@ -163,13 +163,15 @@ class MonitorEntry(_Model):
 
 
 class PolicyConfig(_Model):
-    engine: Literal["embedded", "opa"] = "embedded"
+    engine: Literal["embedded", "regorus", "regopy", "opa"] = "embedded"
+    """embedded: regorus's register VM; regorus: its interpreter (strict built-ins, slower); regopy: rego-cpp;
+    opa: an OPA server (docs/policy.md, "The embedded engine")."""
     path: str = "rego"
     decision: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")] = "gateway/decision"
     opa_url: str | None = None
     timeout_ms: Annotated[int, Field(gt=0, le=60000)] = 200
     threads: Annotated[int, Field(ge=0, le=64)] = 4
-    """Embedded engine: evaluator threads (rego-cpp releases the GIL); 0 evaluates on the event loop."""
+    """regopy engine: evaluator threads (rego-cpp releases the GIL); 0 evaluates on the event loop."""
     max_argument_bytes: Annotated[int, Field(gt=0)] = 262144
     """Arguments larger than this (as JSON) are refused before the policy: it decides on all that is forwarded."""
     max_argument_string: Annotated[int, Field(gt=0)] = 65536
@@ -181,9 +183,9 @@ class PolicyConfig(_Model):
     max_argument_depth: Annotated[int, Field(gt=0, le=64)] = 32
     """Deepest nesting of objects and lists in the arguments; deeper is refused."""
     threads_per_agent: Annotated[int, Field(ge=0, le=64)] = 0
-    """Embedded engine: evaluator threads one agent may hold at once (0: half of ``threads``, at least 1)."""
+    """regopy engine: evaluator threads one agent may hold at once (0: half of ``threads``, at least 1)."""
     queue_timeout_ms: Annotated[int, Field(gt=0, le=600000)] | None = None
-    """Embedded engine: longest wait for a free evaluator (default: 10 x timeout_ms, at least 1 s)."""
+    """regopy engine: longest wait for a free evaluator (default: 10 x timeout_ms, at least 1 s)."""
     opa_token_env: str | None = None
     """Name of the environment variable holding the bearer token for OPA (the token never goes in the file)."""
     watch: bool = True
@@ -492,7 +494,7 @@ def _check_files(cfg: Config, source: str) -> list[str]:
         from gateway.bundles.settings import bundle_config_errors
 
         errors += bundle_config_errors(cfg, source)
-    elif cfg.policy.engine == "embedded" and not cfg.resolve(cfg.policy.path).exists():
+    elif cfg.policy.engine != "opa" and not cfg.resolve(cfg.policy.path).exists():
         errors.append(f"{source}: policy.path: {cfg.resolve(cfg.policy.path)} does not exist")
     if cfg.policy.shadow_bundle_url is not None and cfg.policy.bundle_url is None:
         from gateway.bundles.settings import bundle_config_errors

@@ -125,7 +125,10 @@ def test_a_policy_rego_cpp_cannot_build_is_refused_not_crashed_on(tmp_path: Path
     """rego-cpp returns a broken bundle for some errors instead of raising; evaluating it would crash the process."""
     root = _policy(tmp_path, 'p contains 1 if true\n\np := 2\n\ndecision := {"allow": true, "reasons": []}\n')
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "test", str(root)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "gateway", "policy", "test", str(root), "--engine", "regopy"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert f"{root}: Invalid rule body for set rule" in proc.stderr

@@ -182,8 +182,8 @@ def test_a_change_written_while_the_candidate_is_checked_is_not_compiled_uncheck
     checked = load_policy(policy).revision
     child = reload.preflight
 
-    def preflight_during_a_deploy(path: Path, decision: str) -> reload.ReloadResult | None:
-        failure = child(path, decision)
+    def preflight_during_a_deploy(path: Path, decision: str, engine: str = "embedded") -> reload.ReloadResult | None:
+        failure = child(path, decision, engine)
         _new_reason(policy)
         return failure
 

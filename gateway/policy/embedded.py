@@ -1,4 +1,4 @@
-"""The embedded engine: regopy (rego-cpp) in-process.
+"""The regopy engine (``engine = "regopy"``, the embedded default before regorus): rego-cpp in-process.
 
 A policy revision is compiled once into a bundle; each worker thread keeps its own evaluator (sharing one
 between threads crashes rego-cpp) and evaluates the shared bundle with strict built-in errors, so a failing
@@ -126,6 +126,8 @@ def canonical_literals(text: str) -> str:
 class CompiledPolicy:
     """One revision of the policy, compiled; immutable and shared by every evaluator thread."""
 
+    fallback: tuple[str, ...] = ()
+
     def __init__(self, source: PolicySource, decision_path: str):
         if not _DECISION_PATH.fullmatch(decision_path):  # it becomes part of the query: never anything but a path
             raise PolicyError([f"decision {decision_path!r}: a rule path such as gateway/decision is expected"])
@@ -191,6 +193,13 @@ class CompiledPolicy:
         decision = self._query(evaluator)
         return None if decision.error is not None else decision
 
+    def evaluate_input(self, input: dict[str, Any]) -> Decision:
+        """``decide`` on this thread's own evaluator (what the table tests and the other engines' callers use)."""
+        ev = getattr(_THREAD, "ev", None)
+        if ev is None:
+            ev = _THREAD.ev = new_evaluator()
+        return self.decide(ev, input)
+
     def evaluate(self, evaluator: Interpreter, input_json: str) -> Decision:
         try:
             evaluator.set_input_term(input_json)
@@ -221,6 +230,9 @@ class CompiledPolicy:
         except Exception as exc:
             return Decision.failed(f"evaluation error: {exc}", self.revision)
         return Decision.from_result(result, self.revision)
+
+
+_THREAD = threading.local()
 
 
 def new_evaluator() -> Interpreter:
@@ -297,6 +309,8 @@ def _agent_of(input: dict[str, Any]) -> str:
 class EmbeddedEngine:
     """Evaluates on worker threads (regopy releases the GIL), bounded by a limiter sized to the cores."""
 
+    name = "regopy"
+
     def __init__(
         self,
         path: Path,
@@ -332,6 +346,10 @@ class EmbeddedEngine:
     @property
     def policy(self) -> CompiledPolicy:
         return self._policy
+
+    def compile(self, source: PolicySource) -> CompiledPolicy:
+        """A candidate revision for this engine (a reload compiles it, tests it, then swaps it in)."""
+        return CompiledPolicy(source, self._decision_path)
 
     def swap(self, policy: CompiledPolicy) -> None:
         """Install a new revision atomically; decisions already running finish on the one they started with."""

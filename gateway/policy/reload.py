@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from gateway.config import PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import PolicyError
 from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
-from gateway.policy.loader import is_policy_file, load_policy
+from gateway.policy.engines import compile_source, is_local
+from gateway.policy.loader import PolicySource, is_policy_file, load_policy
 from gateway.policy.tables import report, run_policy_tables
 from gateway.signals import reload_on_change, reload_on_sighup
 
@@ -62,7 +64,7 @@ def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
         return ()
 
 
-def preflight(path: Path, decision_path: str) -> ReloadResult | None:
+def preflight(path: Path, decision_path: str, engine: str = "embedded") -> ReloadResult | None:
     """Compile and test the candidate in a child process first: rego-cpp aborts its process on some malformed
     policies, and a candidate must never take the serving gateway down with it."""
     argv = [
@@ -76,6 +78,8 @@ def preflight(path: Path, decision_path: str) -> ReloadResult | None:
         decision_path,
         "-q",
         "--allow-no-tests",
+        "--engine",
+        engine,
     ]
     root = str(Path(__file__).resolve().parents[2])  # the child imports this very gateway package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -155,7 +159,9 @@ def snapshot(path: Path, into: Path) -> Path:
     return copy
 
 
-def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, ReloadResult | None]:
+def prepare(
+    path: Path, decision_path: str, compile: Callable[[PolicySource], Any] | None = None, engine: str = "embedded"
+) -> tuple[CompiledPolicy | None, ReloadResult | None]:
     """Compile and test a candidate revision (in a worker thread: it takes a while).
 
     The child process and this one work on the same snapshot of the files: a deploy still writing them cannot
@@ -170,12 +176,12 @@ def prepare(path: Path, decision_path: str) -> tuple[CompiledPolicy | None, Relo
         def named(lines: tuple[str, ...] | list[str]) -> tuple[str, ...]:
             return tuple(line.replace(str(copy), str(path)) for line in lines)
 
-        failure = preflight(copy, decision_path)
+        failure = preflight(copy, decision_path, engine)
         if failure is not None:
             return None, dataclasses.replace(failure, details=named(failure.details))
         try:
             source = dataclasses.replace(load_policy(copy), root=path)
-            policy = CompiledPolicy(source, decision_path)
+            policy = compile(source) if compile is not None else compile_source(source, decision_path, engine)
         except PolicyError as exc:
             return None, ReloadResult("compile_error", "", named(bounded(exc.errors)))
     try:
@@ -195,7 +201,7 @@ class PolicyWatcher:
         self.engine = engine
         self.metrics = metrics
         self.interval = cfg.watch_interval_s
-        self.reloadable = isinstance(engine, EmbeddedEngine)
+        self.reloadable = is_local(engine)
         self.bundles = bundles
         """With ``[policy] bundle_url``: revisions come from the bundle server, not from ``path`` (never watched)."""
         self.watch = cfg.watch and bundles is None
@@ -221,7 +227,9 @@ class PolicyWatcher:
                 path = engine.path
                 self._seen = fingerprint(path)
             old = engine.revision
-            policy, failure = await anyio.to_thread.run_sync(prepare, path, engine.decision_path)
+            policy, failure = await anyio.to_thread.run_sync(
+                prepare, path, engine.decision_path, engine.compile, engine.name
+            )
             if policy is None:
                 assert failure is not None
                 result = ReloadResult(failure.result, old, failure.details)

@@ -254,8 +254,5 @@ def report(results: list[CaseResult], verbose: bool = True) -> tuple[list[str], 
 
 
 def run_policy_tables(policy: Any, catalogue: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[CaseResult]:
-    """Run a compiled embedded policy's own table tests (a CompiledPolicy: its source holds the tables)."""
-    from gateway.policy.embedded import new_evaluator
-
-    evaluator = new_evaluator()
-    return run_cases(load_tables(policy.source, catalogue), lambda inp: policy.decide(evaluator, inp))
+    """Run a compiled embedded policy's own table tests (any local engine's: its source holds the tables)."""
+    return run_cases(load_tables(policy.source, catalogue), policy.evaluate_input)
