@@ -113,6 +113,8 @@ async def test_a_sink_that_is_down_loses_nothing_and_restarts_resume(tmp_path: P
         await _calls(gw, 4)
         metrics = lambda: httpx2.get(gw.admin_base + "/metrics").text  # noqa: E731
         _wait(lambda: "mcp_gateway_decision_logs_errors_total 0.0" not in metrics(), "failed uploads counted")
+        ready = httpx2.get(gw.admin_base + "/readyz").json()
+        assert ready["ready"] is True and ready["decision_logs"]["last_error"]  # shown, not a reason to be unready
         sink.start()  # back on the same port: everything written meanwhile arrives
         _wait(_all_shipped(gw, sink), "records of the outage shipped")
 

@@ -347,7 +347,7 @@ async def test_signed_bundles_a_bad_signature_is_refused(tmp_path: Path) -> None
 
 
 async def test_fallback_policy_serves_until_the_first_bundle(tmp_path: Path) -> None:
-    with BundleServer() as server:
+    with BundleServer(etags=False) as server:  # a plain file server: no ETags, every poll downloads again
         gw = _gateway(tmp_path, server, f'bundle_fallback_path = "{REPO / "rego"}"\n')
         try:
             _wait(lambda: _readyz(gw)[0] == 200, "ready on the fallback")
@@ -356,6 +356,13 @@ async def test_fallback_policy_serves_until_the_first_bundle(tmp_path: Path) -> 
             server.serve(bundle(policy_files(suspend=["ci-bot"]), "B"))
             _wait(lambda: _readyz(gw)[1]["policy_revision"] == "B", "revision B")
             assert (await _echo(gw))[0]
+            # the same bytes again are unchanged without being compiled and tested again
+            _wait_polls(server, 2)
+            assert all(r["status"] == 200 for r in server.requests[-2:])
+            metrics = httpx2.get(gw.admin_base + "/metrics").text
+            assert 'mcp_gateway_policy_reloads_total{result="success"} 1.0' in metrics
+            assert 'mcp_gateway_policy_reloads_total{result="unchanged"}' not in metrics
+            assert re.search(r'^mcp_gateway_policy_bundle_polls_total\{result="unchanged"\} [1-9]', metrics, re.M)
         finally:
             gw.stop()
 

@@ -64,6 +64,8 @@ class BundleSource:
         self.last_error: str | None = None
         self._refused: tuple[str, str] | None = None
         """(sha256 of the bytes, why): the last refused download, not tested again while the server serves it."""
+        self._active: str | None = None
+        """sha256 of the active bundle's bytes."""
         self._seq = 0
         self._wake = anyio.Event()
 
@@ -172,6 +174,11 @@ class BundleSource:
         if self._refused is not None and self._refused[0] == digest:
             self._count("refused")
             return "refused"  # the same bytes as last time: the same refusal, without compiling them again
+        if digest == self._active:  # a server without ETags sends the active bundle again: nothing to test
+            self.etag = etag
+            self.last_error = None
+            self._count("unchanged")
+            return "unchanged"
         try:
             path, manifest = await anyio.to_thread.run_sync(self._prepare, raw)
         except BundleRefused as exc:
@@ -188,6 +195,7 @@ class BundleSource:
         self.roots = list(roots) if isinstance(roots, list) else []
         self.last_error = None
         self._refused = None
+        self._active = digest
         self._count("activated")
         return "activated"
 

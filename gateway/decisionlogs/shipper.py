@@ -44,6 +44,11 @@ class Shipper:
         self._lock = anyio.Lock()
         self.last_error: str | None = None
 
+    def report(self) -> dict[str, Any]:
+        """What /readyz shows: the sink, the cursor's place, the last upload error (never the token)."""
+        pos = self.reader.pos
+        return {"url": self.cfg.url, "cursor": {"offset": pos.offset, "last": pos.last}, "last_error": self.last_error}
+
     def _bearer(self) -> str | None:
         if self._token_file is not None:
             return self._token_file.read_text().strip() or None

@@ -37,6 +37,8 @@ class AdminApp:
             if self.gw.bundles is not None:  # [policy] bundle_url: not ready until a bundle (or the fallback) serves
                 detail["policy_bundle"] = self.gw.bundles.report()
                 ok = detail["ready"] = ok and self.gw.bundles.ready
+            if self.gw.shipper is not None:  # [decision_logs]: shown, never a reason to take traffic away
+                detail["decision_logs"] = self.gw.shipper.report()
             await respond(send, 200 if ok else 503, orjson.dumps(detail), b"application/json")
         elif path == "/healthz":
             await health(send, self.gw)
