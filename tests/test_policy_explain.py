@@ -166,3 +166,34 @@ def test_audit_explain_with_arguments_recorded_as_a_digest(tmp_path: Path) -> No
     assert f"matches the message of deny at {PLATFORM}:" in out
     assert "input.arguments.source_timezone (not recorded)" in out
     assert "research" not in out
+
+
+def test_eval_explain_names_the_rule_that_contained_the_call() -> None:
+    proc = gateway_cli(
+        "policy", "eval", "--config", str(CONFIG), "--agent", "ci-bot", "--tool", "files__read_file",
+        "--args", '{"path": "a.txt"}', "--annotations", "{}", "--explain",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = _line_of(PLATFORM, "containment := ")
+    want = f'  contained {{"network":"none","read_only":true}} by containment at {PLATFORM}:{line}'
+    assert want in proc.stdout, proc.stdout
+
+
+def test_eval_explain_of_a_rule_on_trial(tmp_path: Path) -> None:
+    policy = tmp_path / "rego"
+    shutil.copytree(REPO / "rego", policy)
+    research = policy / "teams" / "research.rego"
+    research.write_text(
+        research.read_text()
+        + '\nmonitor_deny contains msg if {\n\tlib.is_call\n\tinput.server == "time"\n\ttz := args.timezone\n'
+        + '\ttz != "UTC"\n\tmsg := sprintf("research reads the time in UTC only (timezone %v)", [tz])\n}\n'
+    )
+    proc = gateway_cli(
+        "policy", "eval", "--config", str(CONFIG), "--policy", str(policy), "--agent", "researcher", "--team",
+        "research", "--tool", "time__get_current_time", "--args", '{"timezone": "Asia/Tokyo"}', "--annotations",
+        "{}", "--explain",
+    )  # fmt: skip
+    out = proc.stdout
+    assert f"produced by monitor_deny at {research}:" in out, out + proc.stderr
+    assert 'input.arguments.timezone = "Asia/Tokyo"' in out
+    assert "  mode monitor: only rules on trial deny it" in out

@@ -26,6 +26,8 @@ from gateway.policy.loader import PolicySource
 from gateway.policy.regotest import ModuleAst, Rule, new_engine, parse_modules, regorus_error
 
 _COPY = "__explain_"
+CONTAINMENT = "containment"
+"""A team's rule that narrows a call's sandbox: explained beside the grant."""
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _INPUT_REF = re.compile(rf'\binput((?:\.{_NAME}|\[\s*"[^"\\]*"\s*\])*)')
 _ALIAS_DEF = re.compile(rf"^({_NAME})\s*:=\s*input((?:\.{_NAME})+)", re.M)
@@ -91,6 +93,9 @@ class Explanation:
     grants: list[RuleResult] = field(default_factory=list)
     """Grant rules the decision evaluated that held."""
     not_granted: list[RuleResult] = field(default_factory=list)
+    """Grant rules that did not hold, where making them hold would change the decision."""
+    containment: list[RuleResult] = field(default_factory=list)
+    """The ``containment`` rules that narrowed this call."""
     """Grant rules the decision evaluated that did not hold."""
     notes: list[str] = field(default_factory=list)
 
@@ -110,6 +115,7 @@ class Explanation:
             ],
             "granted_by": [rule(r) for r in self.grants],
             "grants_not_held": [rule(r) for r in self.not_granted],
+            "containment_by": [{**rule(r), "value": r.value} for r in self.containment],
             "notes": self.notes,
         }
 
@@ -209,7 +215,7 @@ def explain(source: PolicySource, input: dict[str, Any], decision_path: str) -> 
         r
         for m in modules
         for r in m.rules
-        if is_enforcing(r)
+        if (is_enforcing(r) or r.name == CONTAINMENT)
         and r.kind in ("set", "complete")
         and "." not in r.name
         and r.text.startswith(r.name)
@@ -254,14 +260,17 @@ def explain(source: PolicySource, input: dict[str, Any], decision_path: str) -> 
         except Exception as exc:
             out.notes.append(f"{r.name} at {source.where(r.file)}:{r.line}: {regorus_error(exc, source)}")
             continue
-        fired = bool(value) if r.kind == "set" else value is not None and value is not False
+        fired = bool(value) if r.kind == "set" or r.name == CONTAINMENT else value is not None and value is not False
+        if r.name == CONTAINMENT and not fired:
+            continue  # no narrowing
         if r.kind == "set" and not fired:
             continue  # a deny rule that did not fire explains nothing
         # Did this rule (all its definitions) make the decision? Take it away (a fired one) or make it hold (a
         # grant that did not): only a rule whose package the decision consults changes it.
         key = (r.path, fired)
         if key not in matters:
-            matters[key] = changes(r.path, ("set()" if r.kind == "set" else "false") if fired else "true")
+            neutral = "set()" if r.kind == "set" else "{}" if r.name == CONTAINMENT else "false"
+            matters[key] = changes(r.path, neutral if fired else "true")
         if not matters[key]:
             continue
         stopped = None
@@ -280,6 +289,7 @@ def explain(source: PolicySource, input: dict[str, Any], decision_path: str) -> 
         out.reasons.append(Reason(str(text), producers, None if producers else _literal(source, modules, str(text))))
     out.grants = [x for x in results if x.fired and _is_grant(x.rule)]
     out.not_granted = [x for x in results if not x.fired and _is_grant(x.rule)]
+    out.containment = [x for x in results if x.rule.name == CONTAINMENT]
     return out
 
 
@@ -418,11 +428,17 @@ def report(ex: Explanation) -> list[str]:
                     stop = f": stopped at line {r.stopped_at[0]} `{r.stopped_at[1]}`" if r.stopped_at else ""
                     lines.append(f"      {r.rule.name} at {r.where}{stop}")
                     lines += ["  " + line for line in _reads(r)]
+    if isinstance(ex.decision, dict) and ex.decision.get("mode") == "monitor":
+        lines.append("  mode monitor: only rules on trial deny it; the gateway lets the call through, as would_deny")
     allowed = isinstance(ex.decision, dict) and ex.decision.get("allow") is True
     for r in ex.grants:
         lines.append(
             f"  {'allowed' if allowed else 'granted'} by {r.rule.name} at {r.where} (package {r.rule.package})"
         )
+        lines += _reads(r)
+    for r in ex.containment:
+        narrowed = orjson.dumps(r.value).decode()
+        lines.append(f"  contained {narrowed} by {r.rule.name} at {r.where} (package {r.rule.package})")
         lines += _reads(r)
     if allowed and not ex.grants:
         lines.append("  allowed by a rule that is not a grant rule (grants, protocol_grants, allow)")
