@@ -308,6 +308,16 @@ def build() -> dict[str, Any]:
         ),
         h=6,
     )
+    lay.add(
+        bars(
+            "Fleet convergence: replicas per policy revision",
+            "How many replicas serve each revision (a bundle's manifest revision with [policy] bundle_url): one bar "
+            "once a new bundle has reached every replica; a revision refused by its tests or signature never appears.",
+            f"count by (revision) (mcp_gateway_policy_bundle_info{{{INST}}} == 1)",
+            "{{revision}}",
+        ),
+        h=6,
+    )
 
     lay.row("Rolling out policy: monitor mode and shadow revision")
     lay.add(
