@@ -13,7 +13,8 @@ the gateway's RSS with ``--sessions`` sessions open, and the per-stage profile o
 (``gateway/stages.py``: authenticate, parse, decide, record, forward, answer, in microseconds).
 
     python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
-                                [--eras legacy,modern] [--fsync] [--no-secrets] [--json out.json]
+                                [--eras legacy,modern] [--fsync] [--no-secrets] [--secrets-off-too]
+                                [--json out.json]
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def main() -> None:
     ap.add_argument("--eras", default="legacy,modern", help="comma-separated: legacy (2025-11-25), modern (2026-07-28)")
     ap.add_argument("--fsync", action="store_true", help="[audit] fsync = true on both gateways")
     ap.add_argument("--no-secrets", action="store_true", help="[secrets] scanning off on both gateways")
+    ap.add_argument(
+        "--secrets-off-too", action="store_true", help="a third gateway: shipped policy with secret scanning off"
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     eras = [e for e in args.eras.split(",") if e]
@@ -248,12 +252,15 @@ def main() -> None:
     gws: dict[str, RunningGateway] = {}
     load0 = os.getloadavg()
     try:
-        for mode, policy in (("allow-all", allow), ("shipped policy", shipped)):
+        modes = [("allow-all", allow), ("shipped policy", shipped)]
+        if args.secrets_off_too:  # interleaved with the others, so the machine's load hits it alike
+            modes.append(("shipped, scan off", shipped))
+        for mode, policy in modes:
             port = free_port()
             config = default_config(port, work / mode.replace(" ", "-"), upstreams, policy=policy)
             if extra:
                 config = config.replace("[audit]\n", extra)
-            if args.no_secrets:
+            if args.no_secrets or mode == "shipped, scan off":
                 config += "\n[secrets]\nscan_arguments = false\nscan_results = false\n"
             gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
         direct_http = http_opener(f"http://127.0.0.1:{echo_port}/mcp")
