@@ -169,3 +169,33 @@ def test_a_coverage_just_below_a_threshold_never_shows_as_reaching_it() -> None:
     from gateway.policy.coverage import shown
 
     assert shown(99.97) == "99.9%" and shown(100.0) == "100.0%" and shown(54.54) == "54.5%"
+
+
+@pytest.mark.anyio
+async def test_a_reload_whose_rego_tests_fail_is_refused(tmp_path: Path) -> None:
+    """The reload gate runs `policy test` on the candidate (gateway/policy/reload.py's preflight): the Rego tests
+    gate a reload beside the table tests."""
+    from gateway.config import PolicyConfig
+    from gateway.metrics import Metrics
+    from gateway.policy.embedded import EmbeddedEngine
+    from gateway.policy.reload import PolicyWatcher
+
+    policy = tmp_path / "policy"
+    shutil.copytree(REPO / "rego", policy)
+    engine = EmbeddedEngine(policy, "gateway/decision", 1000, threads=1)
+    watcher = PolicyWatcher(engine, Metrics(), PolicyConfig(path=str(policy)))
+    before = engine.revision
+    (policy / "extra_test.rego").write_text(
+        "package extra_test\nimport rego.v1\nimport data.gateway\n\n"
+        'test_research_may_convert if {\n\tgateway.decision.allow with input as {"agent": {"id": "r", '
+        '"team": "research", "roles": []}, "action": "tools/call", "server": "time", "tool": "convert_time"}\n}\n'
+    )
+    (policy / "extra.rego").write_text("package extra\n\nx := 1\n")  # a new revision
+    try:
+        result = await watcher.reload("test")
+        assert result.result == "test_failure"
+        assert "data.extra_test.test_research_may_convert: FAIL" in "\n".join(result.details)
+        assert f"{policy}/extra_test.rego:5:1: test_research_may_convert is undefined" in "\n".join(result.details)
+        assert engine.revision == before
+    finally:
+        await engine.aclose()
