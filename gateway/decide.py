@@ -138,14 +138,36 @@ class Decider:
             self._metrics.policy_errors.inc()
         return decision
 
-    async def visible(self, req: Request, server: str, kind: str, name: str, annotations: dict[str, Any]) -> bool:
-        """May this agent see this tool/prompt/resource in a list? Cached briefly per identity and revision."""
-        a = req.agent
-        key = (a.id, a.team, a.roles, a.auth, a.fingerprint, self.engine.revision, server, kind, name)
-        now = time.monotonic()
-        hit = self._visible.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+    async def decide_many(self, inputs: list[dict[str, Any]]) -> list[Decision]:
+        """``decide`` for several inputs: one call into an engine that decides a batch (the embedded engine, on one
+        revision), else one decision after another."""
+        many = getattr(self.engine, "decide_many", None)
+        plain = [i for i in inputs if not isinstance(i, RefusedInput)]
+        if many is None or len(plain) < 2:
+            return [await self.decide(i) for i in inputs]
+        t0 = time.perf_counter()
+        try:
+            batch: list[Decision] = await many(plain)
+        except Exception as exc:  # fails closed, as decide does
+            failed = Decision.failed(f"engine error: {exc}", getattr(self.engine, "revision", "unknown"))
+            batch = [failed] * len(plain)
+        share = (time.perf_counter() - t0) / len(plain)
+        decided = iter(batch)
+        out = []
+        for inp in inputs:
+            if isinstance(inp, RefusedInput):
+                out.append(await self.decide(inp))
+                continue
+            decision = next(decided)
+            self._metrics.decision_seconds.observe(share)
+            if decision.error is not None:
+                self._metrics.policy_errors.inc()
+            out.append(decision)
+        return out
+
+    def _list_input(
+        self, req: Request, server: str, kind: str, name: str, annotations: dict[str, Any]
+    ) -> dict[str, Any]:
         action = {"tool": "tools/list", "prompt": "prompts/list", "resource": "resources/list"}[kind]
         inp = self.build_input(
             req,
@@ -157,7 +179,45 @@ class Decider:
         )
         if kind == "resource":
             inp["resource"] = name
-        decision = await self.decide(inp)
+        return inp
+
+    async def visible_many(
+        self, req: Request, server: str, kind: str, items: list[tuple[str, dict[str, Any]]]
+    ) -> list[bool]:
+        """``visible`` for a list's items (name, annotations) at once: cached ones from the cache, the others
+        decided in one batch on one revision (one call into the embedded engine), then cached. Hidden-equals-missing
+        checks of a single item (admission) still use ``visible``, item by item."""
+        a = req.agent
+        base = (a.id, a.team, a.roles, a.auth, a.fingerprint)
+        rev = self.engine.revision
+        now = time.monotonic()
+        out: list[bool] = [False] * len(items)
+        todo: list[tuple[int, str]] = []
+        for i, (name, _annotations) in enumerate(items):
+            hit = self._visible.get((*base, rev, server, kind, name))
+            if hit is not None and hit[0] > now:
+                out[i] = hit[1]
+            else:
+                todo.append((i, name))
+        if not todo:
+            return out
+        decisions = await self.decide_many([self._list_input(req, server, kind, n, items[i][1]) for i, n in todo])
+        for (i, name), decision in zip(todo, decisions, strict=True):
+            out[i] = decision.allow
+            self._visible[(*base, decision.revision, server, kind, name)] = (now + _VISIBILITY_TTL_S, decision.allow)
+        while len(self._visible) > _VISIBILITY_CACHE:
+            self._visible.popitem(last=False)
+        return out
+
+    async def visible(self, req: Request, server: str, kind: str, name: str, annotations: dict[str, Any]) -> bool:
+        """May this agent see this tool/prompt/resource in a list? Cached briefly per identity and revision."""
+        a = req.agent
+        key = (a.id, a.team, a.roles, a.auth, a.fingerprint, self.engine.revision, server, kind, name)
+        now = time.monotonic()
+        hit = self._visible.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        decision = await self.decide(self._list_input(req, server, kind, name, annotations))
         self._visible[key] = (now + _VISIBILITY_TTL_S, decision.allow)
         if len(self._visible) > _VISIBILITY_CACHE:
             self._visible.popitem(last=False)

@@ -200,10 +200,15 @@ class Pipeline:
         ups = await self._list_gate(req, "resources/list")
         out = []
         for up in ups:
-            for uri, res in up.resources.items():
-                if req.view is None and self.catalog.resource_owner(uri, None) is not up:
-                    continue
-                if await self.decider.visible(req, up.name, "resource", uri, res.get("annotations") or {}):
+            owned = [
+                (uri, res)
+                for uri, res in up.resources.items()
+                if req.view is not None or self.catalog.resource_owner(uri, None) is up
+            ]
+            asked = [(uri, res.get("annotations") or {}) for uri, res in owned]
+            seen = await self.decider.visible_many(req, up.name, "resource", asked)
+            for (_uri, res), shown in zip(owned, seen, strict=True):
+                if shown:
                     out.append(res)
                     self._shown(req, up, "resources")
         await self.admission.finish(req, "ok", 0.0)
@@ -234,9 +239,12 @@ class Pipeline:
         ups = await self._list_gate(req, f"{kind}s/list")
         out = []
         for up in ups:
-            for name, item in (up.tools if kind == "tool" else up.prompts).items():
-                annotations = (item.get("annotations") or {}) if kind == "tool" else {}  # prompts have none
-                if await self.decider.visible(req, up.name, kind, name, annotations):
+            listed = list((up.tools if kind == "tool" else up.prompts).items())
+            # prompts have no annotations; the items are decided in one batch (Decider.visible_many)
+            asked = [(name, (item.get("annotations") or {}) if kind == "tool" else {}) for name, item in listed]
+            seen = await self.decider.visible_many(req, up.name, kind, asked)
+            for (name, item), shown in zip(listed, seen, strict=True):
+                if shown:
                     out.append({**item, "name": public_name(up.name, name, req.view)} if req.view is None else item)
                     self._shown(req, up, f"{kind}s")
         await self.admission.finish(req, "ok", 0.0)
