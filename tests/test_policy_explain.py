@@ -197,3 +197,12 @@ def test_eval_explain_of_a_rule_on_trial(tmp_path: Path) -> None:
     assert f"produced by monitor_deny at {research}:" in out, out + proc.stderr
     assert 'input.arguments.timezone = "Asia/Tokyo"' in out
     assert "  mode monitor: only rules on trial deny it" in out
+
+
+def test_eval_explain_names_the_data_a_rule_compared_the_input_with() -> None:
+    proc = gateway_cli(
+        "policy", "eval", "--config", str(CONFIG), "--agent", "ci-bot", "--tool", "time__convert_time",
+        "--args", '{"source_timezone": "Mars/Olympus"}', "--annotations", "{}", "--explain",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert '      against: data.teams.platform.timezones = ["UTC",' in proc.stdout, proc.stdout

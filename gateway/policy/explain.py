@@ -30,7 +30,8 @@ CONTAINMENT = "containment"
 """A team's rule that narrows a call's sandbox: explained beside the grant."""
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _INPUT_REF = re.compile(rf'\binput((?:\.{_NAME}|\[\s*"[^"\\]*"\s*\])*)')
-_ALIAS_DEF = re.compile(rf"^({_NAME})\s*:=\s*input((?:\.{_NAME})+)", re.M)
+_ALIAS_DEF = re.compile(rf"^({_NAME})\s*:=\s*(input|data)((?:\.{_NAME})+)\s*(?:$|if\b)", re.M)
+_DATA_REF = re.compile(rf"\bdata((?:\.{_NAME})+)")
 _OBJECT_GET = re.compile(rf'object\.get\(\s*({_NAME}(?:\.{_NAME})*)\s*,\s*"([^"\\]+)"')
 _CALLED = re.compile(rf"(?<![\w.\"])({_NAME}(?:\.{_NAME})*)")
 _STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
@@ -102,7 +103,8 @@ class Explanation:
     def as_json(self) -> dict[str, Any]:
         def rule(r: RuleResult) -> dict[str, Any]:
             out: dict[str, Any] = {"rule": r.rule.path, "at": r.where, "fired": r.fired}
-            out["read"] = {x.path: x.value if x.defined and x.recorded else None for x in r.reads}
+            out["read"] = {x.path: x.value if x.defined and x.recorded else None for x in r.reads if x.path[0] == "i"}
+            out["data"] = {x.path: x.value for x in r.reads if x.path.startswith("data.")}
             if r.stopped_at is not None:
                 out["stopped_at"] = {"line": r.stopped_at[0], "text": r.stopped_at[1]}
             return out
@@ -129,16 +131,17 @@ class _Index:
         for m in modules:
             for r in m.rules:
                 self.by_path.setdefault(r.path, []).append(r)
-        self.aliases: dict[str, dict[str, str]] = {}  # package -> name -> input path
+        self.aliases: dict[str, dict[str, str]] = {}  # package -> name -> input or data path
         for m in modules:
             for r in m.rules:
                 found = _ALIAS_DEF.match(r.text)
                 if found and found.group(1) == r.name:
-                    self.aliases.setdefault(m.package, {})[r.name] = "input" + found.group(2)
+                    self.aliases.setdefault(m.package, {})[r.name] = found.group(2) + found.group(3)
         self._reads: dict[str, set[str]] = {}
 
     def reads(self, rule: Rule, seen: set[str] | None = None) -> set[str]:
-        """The input paths a rule's text reads, directly, through aliases, and through the rules it calls."""
+        """The input (and data) paths a rule's text reads, directly, through aliases, and through the rules it
+        calls."""
         seen = set() if seen is None else seen
         key = f"{rule.file}:{rule.start}"
         if key in seen:
@@ -154,6 +157,8 @@ class _Index:
                 paths.add(f"{aliases.get(base, base)}.{m.group(2)}")
         for m in _INPUT_REF.finditer(code):
             paths.add("input" + re.sub(r'\[\s*"([^"]*)"\s*\]', r".\1", m.group(1)))
+        for m in _DATA_REF.finditer(code):
+            paths.add("data" + m.group(1))
         local = {r.name for ms in self.modules.values() if ms.package == mod.package for r in ms.rules}
         for m in _CALLED.finditer(code):
             ref = m.group(1)
@@ -179,6 +184,19 @@ def _lookup(doc: Any, path: str) -> tuple[Any, bool]:
             return None, False
         value = value[part]
     return value, True
+
+
+def _read_all(paths: set[str], input: dict[str, Any], data: dict[str, Any]) -> tuple[Read, ...]:
+    """The values at the paths: input ones (undefined said so), data ones that are documents (not rules)."""
+    out = []
+    for p in _minimal(paths):
+        if p.startswith("input"):
+            out.append(Read(p, *_lookup(input, p)))
+        else:
+            value, defined = _lookup(data, p)
+            if defined:
+                out.append(Read(p, value, True))
+    return tuple(out)
 
 
 def _minimal(paths: set[str]) -> list[str]:
@@ -279,7 +297,7 @@ def explain(source: PolicySource, input: dict[str, Any], decision_path: str) -> 
             lines = sorted(n for n in own if n in r.lines)
             if lines:
                 stopped = (lines[-1], source.modules[r.file].splitlines()[lines[-1] - 1].strip())
-        reads = tuple(Read(p, *_lookup(input, p)) for p in _minimal(index.reads(r)))
+        reads = _read_all(index.reads(r), input, source.data)
         results.append(RuleResult(r, f"{source.where(r.file)}:{r.line}", fired, value, reads, stopped))
     reasons = decision.get("reasons") if isinstance(decision, dict) else None
     for text in reasons if isinstance(reasons, list) else []:
@@ -373,7 +391,7 @@ def explain_recorded(
                     continue
                 pattern = message_pattern(rule)
                 if pattern is not None and pattern.match(text) and consulted(rule, text):
-                    reads = tuple(_unrecorded(Read(p, *_lookup(input, p))) for p in _minimal(index.reads(rule)))
+                    reads = tuple(_unrecorded(x) for x in _read_all(index.reads(rule), input, source.data))
                     matched.append(RuleResult(rule, f"{source.where(rule.file)}:{rule.line}", True, None, reads))
         literal = None if matched else _literal(source, modules, text)
         out.append(Reason(text, tuple(matched), literal, matched=bool(matched)))
@@ -446,6 +464,7 @@ def report(ex: Explanation) -> list[str]:
 
 
 def _reads(r: RuleResult) -> list[str]:
-    if not r.reads:
-        return []
-    return ["      it read: " + ", ".join(x.describe() for x in r.reads)]
+    inputs = [x.describe() for x in r.reads if x.path.startswith("input")]
+    data = [x.describe() for x in r.reads if x.path.startswith("data.")]
+    out = ["      it read: " + ", ".join(inputs)] if inputs else []
+    return out + (["      against: " + ", ".join(data)] if data else [])
