@@ -1,8 +1,8 @@
 """Policy tests as tables: ``*_test.yaml`` (or ``.json``) files of input -> expected decision.
 
-rego-cpp has no ``opa test``, and ``with input as`` mocking crashes it, so policies are tested the way the
-gateway uses them: each case's input goes through the compiled decision, and the result is compared with what
-the case expects. A file looks like::
+A table tests a policy the way the gateway uses it: each case's input goes through the compiled decision on the
+configured engine, and the result is compared with what the case expects (Rego tests of single rules and helpers,
+``*_test.rego``, run beside them: gateway/policy/regotest.py). A file looks like::
 
     defaults:                       # merged under every case's input
       agent: {id: ci-bot, team: platform, roles: [ci]}
