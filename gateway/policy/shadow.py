@@ -32,8 +32,9 @@ log = logging.getLogger("gateway.policy.shadow")
 
 
 def shadow_config(cfg: PolicyConfig, path: str) -> PolicyConfig:
-    """The live ``[policy]`` settings with the candidate's path, on the embedded engine, one evaluator thread (it
-    shares the host with the live engine) and no watching of its own."""
+    """The live ``[policy]`` settings with the candidate's path, on the live policy's local engine (the embedded one
+    when the live policy is on OPA), one evaluator thread where the engine has threads (it shares the host with the
+    live engine), and no watching of its own."""
     engine = cfg.engine if cfg.engine != "opa" else "embedded"
     return cfg.model_copy(update={"path": path, "engine": engine, "threads": 1, "threads_per_agent": 1, "watch": False})
 
@@ -134,13 +135,15 @@ class Shadow:
         on if both pass, as the live policy's reload does; a refused candidate is logged and the previous one
         keeps shadowing. Only the embedded engine reloads."""
         engine: Any = self.engine
-        if not hasattr(engine, "swap"):
+        if not (hasattr(engine, "swap") and hasattr(engine, "compile")):
             return ReloadResult("unchanged", self.engine.revision)
         if path is None:
             path = engine.path
             self._seen = fingerprint(path)
         old = engine.revision
-        policy, failure = await anyio.to_thread.run_sync(prepare, path, engine.decision_path)
+        policy, failure = await anyio.to_thread.run_sync(
+            prepare, path, engine.decision_path, engine.compile, engine.name
+        )
         if policy is None:
             assert failure is not None
             log.error(
