@@ -173,3 +173,21 @@ def test_the_reader_follows_rotation_and_resumes_from_its_cursor(tmp_path: Path)
         reader.save(pos)
     assert seen == written
     audit.close()
+
+
+async def test_a_sink_that_hangs_never_holds_up_a_call(tmp_path: Path) -> None:
+    """The shipper reads the log behind the writer: a sink that accepts a POST and never answers delays shipping
+    only; calls go on, each decided and recorded locally first, and everything arrives once the sink answers."""
+    with LogSink() as sink:
+        sink.hang.set()
+        gw = _gateway(tmp_path, sink, "timeout_s = 600\n")
+        try:
+            await _calls(gw, 1)
+            _wait(lambda: sink.received == 1 and not sink.requests, "an upload held by the sink")
+            await _calls(gw, 6)  # all answered while the upload hangs
+            assert not _all_shipped(gw, sink)()
+            sink.release()
+            _wait(_all_shipped(gw, sink), "everything shipped once the sink answers")
+        finally:
+            sink.release()
+            gw.stop()

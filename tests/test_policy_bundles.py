@@ -425,3 +425,33 @@ def test_a_validated_policy_config_validates_again_from_its_dump() -> None:
 
     for cfg in (PolicyConfig(), PolicyConfig(bundle_url="http://x/b.tar.gz", bundle_poll_s=3)):
         assert PolicyConfig.model_validate(cfg.model_dump()) == cfg
+
+
+async def test_every_replica_converges_and_every_replica_refuses(tmp_path: Path) -> None:
+    """Two replicas polling one bundle server (each with its own token, so their polls can be told apart): a new
+    revision is active on each within two of its polls; a revision failing its tests is refused by both, which
+    keep serving the last good one."""
+    with BundleServer(token={"replica-1", "replica-2"}) as server:
+        server.serve(bundle(policy_files(), "A"))
+        gws = [_gateway(tmp_path / f"r{i}", server, f'bundle_token = "replica-{i}"\n') for i in (1, 2)]
+        try:
+            for gw in gws:
+                _wait(lambda gw=gw: _readyz(gw)[1]["policy_revision"] == "A", "revision A everywhere")
+            server.serve(bundle(policy_files(suspend=["ci-bot"]), "B"))
+            start = {i: len(server.polls(f"replica-{i}")) for i in (1, 2)}
+            for i, gw in enumerate(gws, 1):
+                _wait(lambda gw=gw: _readyz(gw)[1]["policy_revision"] == "B", "revision B everywhere")
+                since = server.polls(f"replica-{i}")[start[i] :]
+                # the poll that downloaded B (the only 200 since) activated it: at most the second poll after
+                assert since.count(200) == 1 and since.index(200) <= 1, since
+                assert (await _echo(gw))[0]
+            server.serve(bundle(policy_files(tests=True, suspend=["ci-bot"]), "C-fails-its-tests"))
+            for gw in gws:
+                _wait(
+                    lambda gw=gw: "test_failure" in (_readyz(gw)[1]["policy_bundle"]["last_error"] or ""),
+                    "C refused everywhere",
+                )
+                assert _readyz(gw)[1]["policy_revision"] == "B" and _bundle_metric(gw) == {"B": 1.0}
+        finally:
+            for gw in gws:
+                gw.stop()
