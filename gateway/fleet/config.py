@@ -33,7 +33,7 @@ class FleetConfig(BaseModel):
     secret: str | None = None
     secret_file: str | None = None
     """The inter-replica secret (at least 32 bytes); the same on every replica. Prefer a file (a Kubernetes Secret)."""
-    hop_connect_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    hop_connect_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
     """A hop to an owner that does not accept the connection within this long is given up and re-routed."""
     hop_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
     """The longest wait for a forwarded POST's answer to begin (a GET stream waits as long as it is open)."""

@@ -99,11 +99,11 @@ class Membership:
     def owner(self, agent_id: str) -> Member:
         return rendezvous(agent_id, self.live()) or self.me
 
-    def suspect(self, member_id: str) -> None:
+    def suspect(self, member_id: str, why: str = "") -> None:
         """A hop to this member failed to connect: leave it out for one TTL (its entry expires by then if dead)."""
         if member_id != self.me.id:
             self._suspect[member_id] = time.monotonic() + self.config.ttl_s
-            log.warning("fleet: replica %s did not answer; routing around it", member_id)
+            log.warning("fleet: replica %s did not answer (%s); routing around it", member_id, why)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ class Membership:
                 members.append(Member(mid, url))
         if not any(m.id == self.me.id for m in members):
             members.append(self.me)
-        if [m.id for m in members] != [m.id for m in self.members]:
+        if {m.id for m in members} != {m.id for m in self.members}:
             log.info("fleet: live replicas %s", ", ".join(sorted(m.id for m in members)))
         self.members = members
         self._last_ok = time.monotonic()

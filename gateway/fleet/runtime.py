@@ -27,8 +27,8 @@ class Fleet:
         # Bounded waits: a Redis that stops answering costs a request at most this long, never a hang.
         self.redis = aioredis.Redis.from_url(
             config.redis_url,
-            socket_connect_timeout=min(1.0, config.heartbeat_s),
-            socket_timeout=min(1.0, config.heartbeat_s),
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
         )
         self.membership = Membership(config, self.redis)
         self.limiter: Limiter | None = None
@@ -38,7 +38,9 @@ class Fleet:
         self.client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(config.hop_timeout_s, connect=config.hop_connect_timeout_s),
             follow_redirects=False,
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+            # Idle connections dropped well before the owner's server closes them (uvicorn: 5 s), so a hop never
+            # goes out on a connection the owner is closing (a POST there could not be resent).
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0),
         )
 
     @asynccontextmanager

@@ -108,16 +108,18 @@ class FleetRoute:
             owner = self.membership.owner(agent.id)
             if owner.id == self.membership.me.id:
                 break
-            if await self._forward(scope, receive, send, body, owner, agent.id):
+            failure = await self._forward(scope, receive, send, body, owner, agent.id)
+            if failure is None:
                 return
-            self.membership.suspect(owner.id)
+            self.membership.suspect(owner.id, failure)
             self.hops.labels("rerouted").inc()
         await self.app(scope, inner, send)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, owner: Member, agent: str
-    ) -> bool:
-        """Forward to ``owner``; False when it could not be reached before anything was sent (safe to re-route)."""
+    ) -> str | None:
+        """Forward to ``owner``; the failure when it could not be reached before anything was sent (safe to
+        re-route), else None (answered)."""
         method = scope["method"]
         query = _query(scope)
         client = scope.get("client")
@@ -141,13 +143,13 @@ class FleetRoute:
         request = self.fleet.client.build_request(method, url, headers=headers, content=body, timeout=timeout)
         try:
             response = await self.fleet.client.send(request, stream=True)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout):
-            return False
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+            return type(exc).__name__
         except httpx2.HTTPError as exc:
             self.hops.labels("failed").inc()
             log.warning("fleet: hop to %s failed: %s", owner.id, type(exc).__name__)
             await jsonrpc_error(send, 502, INTERNAL_ERROR, "the replica serving this agent did not answer; retry")
-            return True
+            return None
         self.hops.labels("forwarded").inc()
         try:
             await send(
@@ -178,7 +180,7 @@ class FleetRoute:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
-        return True
+        return None
 
 
 def _query(scope: Scope) -> str:
