@@ -181,7 +181,7 @@ class FastPath:
             request_id=msg["id"],
             remote_addr=remote_addr,
         )
-        body: bytes | None = None
+        sent = False
         key = (session_id, msg["id"])
         with sdk_adapter.holding(transport), anyio.CancelScope() as scope:
             if session_id is not None:
@@ -190,28 +190,16 @@ class FastPath:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_cancel_on_disconnect, receive, scope)
                     body = await self._answer(req, msg, view, modern)
+                    # Answered before the watcher is torn down: its cancellation costs event-loop turns.
+                    sent = True
+                    with anyio.CancelScope(shield=True):  # a late cancellation must not cut the answer in half
+                        await _respond(send, body)
                     tg.cancel_scope.cancel()
             finally:
                 self._inflight.pop(key, None)
-        if body is None:  # cancelled by the agent: the request is over, answer it as such
-            body = orjson.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": msg["id"],
-                    "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"},
-                }
-            )
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        except OSError:
-            pass  # the agent went away
+        if not sent:  # cancelled by the agent: the request is over, answer it as such
+            error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
+            await _respond(send, orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error}))
         stages.end("answer")
         return True
 
@@ -239,6 +227,20 @@ class FastPath:
                     },
                 }
             )
+
+
+async def _respond(send: Send, body: bytes) -> None:
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_JSON, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    except OSError:
+        pass  # the agent went away
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
