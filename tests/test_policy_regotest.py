@@ -199,3 +199,16 @@ async def test_a_reload_whose_rego_tests_fail_is_refused(tmp_path: Path) -> None
         assert engine.revision == before
     finally:
         await engine.aclose()
+
+
+def test_a_rego_test_the_engine_cannot_evaluate_is_an_error_at_its_place(tmp_path: Path) -> None:
+    pol = _fixture(tmp_path)
+    (pol / "more_test.rego").write_text(
+        "package more_test\nimport rego.v1\n\ntest_unknown if {\n\tnosuch.fn(1)\n}\n\n"
+        "test_div if {\n\tx := 1 / 0\n\tx > 0\n}\n"
+    )
+    proc = gateway_cli("policy", "test", str(pol), "--run", "unknown|div")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{pol}/more_test.rego:5:14: could not find function nosuch.fn" in proc.stdout
+    assert f"{pol}/more_test.rego:9:12: divide by zero" in proc.stdout
+    assert "PASS: 0/2" in proc.stdout and "ERROR: 2/2" in proc.stdout
