@@ -11,6 +11,8 @@ one it got wrong before the wrapper's guards (the ``:=`` of an undefined value, 
 # ruff: noqa: E501  (the vectors read best one per line)
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from gateway.policy.decision import PolicyError
 from gateway.policy.engines import LOCAL_ENGINES, compile_source
 from gateway.policy.loader import PolicySource
 from gateway.policy.rvm import RvmPolicy, RvmUnsupported
+from tests.conftest import REPO
 
 opa_bindings = pytest.importorskip("opa_bindings", reason="opa-golib-python-bindings (OPA's evaluator) not installed")
 
@@ -181,3 +184,33 @@ def test_what_no_engine_can_compile_is_refused_with_its_place() -> None:
     with pytest.raises(PolicyError) as exc:
         compile_source(PolicySource({"p.rego": module}, {}, "v", Path("/v")), "gateway/decision", "embedded")
     assert exc.value.errors[0].startswith("/v/p.rego:5:"), exc.value.errors
+
+
+@pytest.mark.parametrize("engine", ["embedded", "regorus"])
+def test_a_built_in_regorus_lacks_is_refused_at_load_with_its_place(engine: str) -> None:
+    """crypto.sha256 is an OPA built-in this regorus build lacks: refused at load, never a failure at the first
+    call that reaches it (the interpreter alone would only find out then)."""
+    module = 'package gateway\nimport rego.v1\n\ndecision := {"allow": crypto.sha256("a") != "", "reasons": []}\n'
+    with pytest.raises(PolicyError) as exc:
+        compile_source(PolicySource({"p.rego": module}, {}, "v", Path("/v")), "gateway/decision", engine)
+    assert exc.value.errors[0].startswith("/v/p.rego:4:"), exc.value.errors
+    assert "crypto.sha256" in exc.value.errors[0]
+
+
+_AIOHTTP_FIRST = """
+import sys
+from pathlib import Path
+import gateway.policy.opa  # aiohttp (and its C++ frozenlist) imported before anything loads rego-cpp
+from gateway.policy.engines import compile_policy
+from gateway.policy.loader import load_policy
+from gateway.policy.tables import load_tables
+policy = compile_policy(Path("rego"), "gateway/decision", "regopy")
+print(all(policy.evaluate_input(c.input).error is None for c in load_tables(load_policy(Path("rego")))))
+"""
+
+
+def test_regopy_decides_when_the_opa_engine_was_imported_first() -> None:
+    """aiohttp's frozenlist, loaded before rego-cpp, corrupted rego-cpp's heap (double free deciding the tables)."""
+    out = subprocess.run([sys.executable, "-c", _AIOHTTP_FIRST], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"

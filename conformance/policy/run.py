@@ -38,8 +38,8 @@ import anyio  # noqa: E402
 import httpx2  # noqa: E402
 
 from gateway.config import PolicyConfig  # noqa: E402
-from gateway.policy.decision import Decision  # noqa: E402
-from gateway.policy.embedded import compile_policy, new_evaluator  # noqa: E402
+from gateway.policy.decision import Decision, PolicyError  # noqa: E402
+from gateway.policy.engines import LOCAL_ENGINES, compile_policy  # noqa: E402
 from gateway.policy.loader import load_policy  # noqa: E402
 from gateway.policy.opa import OpaEngine  # noqa: E402
 from gateway.policy.tables import Case, check, load_tables  # noqa: E402
@@ -134,7 +134,7 @@ def _real_opa(policy: Path) -> Iterator[str]:
 
 def engines() -> tuple[list[str], list[str]]:
     """Engines to run, and the ones left out with the reason."""
-    names = ["embedded", "opa/standin-rego-cpp"]
+    names = [*LOCAL_ENGINES, "opa/standin-rego-cpp"]
     skipped = []
     if importlib.util.find_spec("opa_bindings") is not None:
         names.append("opa/standin-opa-go")
@@ -153,12 +153,11 @@ async def _nothing() -> None:
 
 @contextmanager
 def _decider(engine: str, policy: Path) -> Iterator[tuple[Decide, Close]]:
-    if engine == "embedded":
-        compiled = compile_policy(policy, "gateway/decision")
-        ev = new_evaluator()
+    if engine in LOCAL_ENGINES:
+        compiled = compile_policy(policy, "gateway/decision", engine)
 
         async def embedded(inp: dict[str, Any]) -> Decision:
-            return compiled.decide(ev, inp)
+            return compiled.evaluate_input(inp)  # type: ignore[no-any-return]
 
         yield embedded, _nothing
         return
@@ -200,8 +199,13 @@ def main() -> int:
             continue
         reference: list[Decision] | None = None
         for engine in names:
-            with _decider(engine, policy) as (decide, close):
-                decisions = anyio.run(_run_suite, cases, decide, close)
+            try:
+                with _decider(engine, policy) as (decide, close):
+                    decisions = anyio.run(_run_suite, cases, decide, close)
+            except PolicyError as exc:  # refused at load (an engine's documented gap): never mis-evaluated
+                failed += suite == "shipped"  # the shipped policy must load on every engine
+                print(f"{suite} on {engine}: refused at load: {exc.errors[0]}")
+                continue
             if reference is None:
                 reference = decisions
             ok = 0

@@ -14,7 +14,13 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+# isort: off
+# rego-cpp (regopy) must be loaded before aiohttp: aiohttp's frozenlist is C++ built against another libstdc++, and
+# when it is loaded first rego-cpp's heap is corrupted ("double free or corruption" deciding the shipped tables).
+import regopy  # noqa: F401
 import aiohttp
+
+# isort: on
 import anyio
 from opa_client import AsyncOpaClient
 

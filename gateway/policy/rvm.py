@@ -300,9 +300,12 @@ class RvmPolicy:
             mod = self._modules.get(where.group(1)) if where else None
             msg = _first_line(exc)
             kind = RvmUnsupported if "not supported" in msg or "not yet supported" in msg else PolicyError
+            if "Unknown function" in msg:  # an OPA built-in (the lint checked) this regorus build lacks altogether
+                msg += " (not built into the embedded engine, regorus: its interpreter lacks it too)"
             if mod is None:
                 raise kind([self._place(msg)]) from None
-            raise kind([self._where(mod._located(exc, False))]) from None
+            located = self._where(mod._located(exc, False))
+            raise kind([located + msg[len(_first_line(exc)) :]]) from None
         # regorus's objects are bound to the thread that made them (pyo3 "unsendable": using or dropping one on
         # another thread panics): the policy keeps the program as bytes, each thread loads its own VM from them.
         self._program = program.serialize_binary()
@@ -385,6 +388,21 @@ class InterpreterPolicy(RvmPolicy):
 
     def _compile(self) -> None:
         self._new_vm()  # each thread builds its own interpreter; this one only shows the policy loads
+        # The interpreter finds a built-in its build lacks only when a decision calls it: the RVM's compiler (same
+        # built-ins) names it now. Its other refusals (with, walk) are its own limits, not the interpreter's.
+        try:
+            regorus.Program.compile_from_modules(self._data, list(self.source.modules.items()), [self.entry])
+        except Exception as exc:
+            msg = _first_line(exc)
+            if "Unknown function" in msg:
+                where = _AT.search(str(exc))
+                name = where.group(1) if where else ""
+                place = (
+                    f"{self.source.where(name)}:{where.group(2)}:{where.group(3)}"
+                    if where and name in self.source.modules
+                    else str(self.source.root)
+                )
+                raise PolicyError([f"{place}: {msg} (not built into regorus)"]) from None
 
     def _new_vm(self) -> Any:
         engine = regorus.Engine()
