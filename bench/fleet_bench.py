@@ -29,12 +29,19 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_calls import latency, pct, throughput  # noqa: E402
 from fleet_support import start_nginx, start_redis, start_replica  # noqa: E402
 
 from gateway.fleet.limits import _SCRIPT  # noqa: E402
 from gateway.fleet.membership import Member, rendezvous  # noqa: E402
-from tests.conftest import ECHO, default_config, free_port, start_gateway, stdio_upstream  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ECHO,
+    KEYS,
+    default_config,
+    free_port,
+    mcp_client,
+    start_gateway,
+    stdio_upstream,
+)
 
 AGENT = "ci-bot"
 LIMIT = """
@@ -44,6 +51,58 @@ agents = ["ci-bot"]
 calls_per_second = 100000
 burst = 100000
 """
+
+
+KEY = KEYS[AGENT][2]
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] * 1000
+
+
+async def latency(targets: dict[str, tuple[str, str]], calls: int, mode: str) -> dict[str, list[float]]:
+    """Sequential calls, one session per path, interleaved call by call so the host's noise hits every path."""
+    out: dict[str, list[float]] = {name: [] for name in targets}
+    opened = [mcp_client(url, KEY, mode) for url, _ in targets.values()]
+    clients = [await cm.__aenter__() for cm in opened]
+    try:
+        for c, (_, tool) in zip(clients, targets.values(), strict=True):
+            for _ in range(20):
+                await c.call_tool(tool, {"text": "warm"})
+        for _ in range(calls):
+            for name, c, (_, tool) in zip(targets, clients, targets.values(), strict=True):
+                t0 = time.perf_counter()
+                r = await c.call_tool(tool, {"text": "hello"})
+                out[name].append(time.perf_counter() - t0)
+                assert not r.is_error, r
+    finally:
+        for cm in reversed(opened):
+            await cm.__aexit__(None, None, None)
+    return out
+
+
+async def throughput(url: str, tool: str, concurrency: int, seconds: float, mode: str) -> float:
+    done = 0
+    ready = anyio.Event()
+
+    async def worker() -> None:
+        nonlocal done
+        async with mcp_client(url, KEY, mode) as c:
+            await c.call_tool(tool, {"text": "warm"})
+            await ready.wait()
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                await c.call_tool(tool, {"text": "hello"})
+                done += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+        await anyio.sleep(1.0)
+        t0 = time.perf_counter()
+        ready.set()
+    return done / (time.perf_counter() - t0)
 
 
 def commandstats(r: redis.Redis) -> dict[str, int]:
