@@ -41,9 +41,9 @@ _PROBE = PolicySource({"p.rego": PROBE_POLICY}, {}, "probe", Path("probe"))
 _POLICIES = {engine: compile_source(_PROBE, "gateway/decision", engine) for engine in LOCAL_ENGINES}
 _EV = new_evaluator()
 
-REGORUS_OVER_DENIALS = {"U+2029 paragraph separator", "U+0085 next line", "U+00A0 no-break space"}
-"""Cases regorus (both modes) denies where OPA allows: its regex ``\\s`` is Unicode white space (Rust's regex), OPA's
-is ASCII (RE2), so ``regex.match("[\\s;|&]", v)`` matches these three (docs/policy.md, "The embedded engine")."""
+REGORUS_OVER_DENIALS: set[str] = set()
+"""Cases regorus denies where OPA allows. Its regex (Rust) reads ``\\s`` as Unicode white space, so U+00A0, U+0085
+and U+2029 were here until the engine spelt literal patterns' ``\\s \\d \\w`` as RE2's ASCII classes."""
 _DECIDER = Decider(object(), Metrics(), Limits())  # type: ignore[arg-type]
 _REQ = Request(agent=Agent("probe", "t", (), "api_key"), action="tools/call", view=None, name="rec__echo")
 

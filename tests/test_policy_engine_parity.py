@@ -36,6 +36,7 @@ _IN = {
     "obj": {"a": 1, "b": 2},
     "roles": ["ci"],
     "s": 'a\nb\t"c"\\d é \u2028 \U0001f600',
+    "nb": "a\u00a0b\u2029c d",
 }
 
 VECTORS: list[tuple[str, str, dict[str, Any]]] = [
@@ -82,6 +83,11 @@ VECTORS: list[tuple[str, str, dict[str, Any]]] = [
         _IN,
     ),
     ("string split", 'out := split(input.s, "\\n")', _IN),
+    (
+        "regex classes are RE2's ASCII ones",
+        'out := [regex.match(`\\s`, input.nb), regex.split(`\\s+`, input.nb), regex.match(`^\\w+$`, "é"), regex.match(`[\\d]`, "٣")]',
+        _IN,
+    ),
     (
         "unicode literal",
         'out := input.s == concat("", ["a\\nb\\t\\"c\\"\\\\d \\u00e9 \\u2028 ", "\\ud83d\\ude00"])',

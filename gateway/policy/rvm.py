@@ -53,13 +53,74 @@ def _first_line(exc: BaseException) -> str:
     return (msgs[-1] if msgs else text.splitlines()[0] if text else type(exc).__name__).strip()
 
 
+_ASCII = {"s": "\t\n\f\r ", "d": "0-9", "w": "0-9A-Za-z_"}
+"""RE2's (OPA's) ``\\s``, ``\\d``, ``\\w``: ASCII only. regorus's regex (Rust) reads them as Unicode classes."""
+_PATTERN_FUNCS = frozenset(
+    {"regex.match", "regex.split", "regex.find_n", "regex.replace", "regex.find_all_string_submatch_n"}
+)
+
+
+def re2_classes(pattern: str) -> str:
+    """The pattern with ``\\s \\d \\w`` (and ``\\S \\D \\W`` outside brackets) spelt as the ASCII classes RE2 means by
+    them, so regorus matches what OPA matches (it read U+00A0 as white space where OPA does not)."""
+    out, i, n, in_class = [], 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            if e.lower() in _ASCII and ((in_class and e.islower()) or not in_class):
+                chars = _ASCII[e.lower()]
+                out.append(chars if in_class else ("[" + ("" if e.islower() else "^") + chars + "]"))
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+            out.append(c)
+            if pattern[i + 1 : i + 2] == "^":
+                out.append("^")
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":  # a leading ] is a member, not the end
+                out.append("]")
+                i += 1
+        elif c == "]" and in_class:
+            in_class = False
+            out.append(c)
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def ascii_regexes(name: str, text: str) -> str:
+    """The module with each literal regex pattern spelt with RE2's ASCII classes (``re2_classes``); only string
+    literals passed as a pattern are touched, and each keeps its line."""
+    from gateway.policy.lint import _literal_arg, _scan
+
+    mod = _scan(name, text)
+    edits = []
+    for fn, _start, after in mod.calls:
+        if fn not in _PATTERN_FUNCS:
+            continue
+        lit = _literal_arg(mod, after)
+        if lit is None or lit.value is None:
+            continue
+        new = re2_classes(lit.value)
+        if new != lit.value:
+            edits.append((lit.start, lit.end, orjson.dumps(new).decode()))
+    for start, end, spelt in sorted(edits, reverse=True):
+        text = text[:start] + spelt + text[end:]
+    return text
+
+
 class _Module:
     """One module as compiled for the RVM: its source with every assignment guarded, and how to map a position in
     the guarded text back to the file."""
 
     def __init__(self, name: str, text: str):
         self.name = name
-        self.text = text
+        self.text = ascii_regexes(name, text)
         self.inserted: list[int] = []
         """Offsets (characters, in the original text) before which one character was inserted."""
         self.guarded = self._guard()
@@ -408,7 +469,7 @@ class InterpreterPolicy(RvmPolicy):
         engine = regorus.Engine()
         try:
             for name, text in self.source.modules.items():
-                engine.add_policy(name, text)
+                engine.add_policy(name, ascii_regexes(name, text))
             engine.add_data_json(self._data)
         except Exception as exc:
             raise PolicyError([f"{self.source.root}: {_first_line(exc)}"]) from None
