@@ -30,6 +30,12 @@ tools = ["time__*"]
 calls_per_minute = {PER_MINUTE}
 
 [[limits]]
+name = "ci-one-slow"
+agents = ["ci-bot"]
+tools = ["echo__*"]
+concurrent_calls = 1
+
+[[limits]]
 name = "admin-bucket"
 agents = ["admin"]
 calls_per_second = 0.001
@@ -49,7 +55,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc
         modes = {"a": "deny", "b": "local"}
         for rid, port in ports.items():
             extra = f'on_redis_error = "{modes[rid]}"'
-            replicas[rid] = start_replica(work / rid, rid, port, redis.port, hosts, fleet_extra=extra, extra=LIMITS)
+            ups = stdio_upstream("time", ["mcp-server-time", "--local-timezone", "UTC"]) + stdio_upstream("echo", ECHO)
+            replicas[rid] = start_replica(
+                work / rid, rid, port, redis.port, hosts, fleet_extra=extra, extra=LIMITS, upstreams=ups
+            )
         yield redis, nginx, replicas
     finally:
         for gw in replicas.values():
@@ -118,6 +127,39 @@ async def test_token_bucket_counts_every_request_kind_fleet_wide(fleet) -> None:
     assert err.value.data["retry_after_s"] > 100
 
 
+async def test_concurrent_calls_fleet_wide_and_given_back(fleet) -> None:
+    _, nginx, replicas = fleet
+    url = f"http://127.0.0.1:{nginx.port}/mcp"
+    key = KEYS["ci-bot"][2]
+
+    def slow_decided() -> bool:
+        return any(
+            r.get("tool") == "slow" and r.get("type") == "decision"
+            for gw in replicas.values()
+            for r in gw.audit_records()
+        )
+
+    async with mcp_client(url, key, "2026-07-28") as c, mcp_client(url, key, "2026-07-28") as d:
+        slow = asyncio.create_task(c.call_tool("echo__slow", {"seconds": 10}))
+        for _ in range(200):
+            if slow_decided():
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(3):  # round robin: these land on both replicas; the one slot is taken on either
+            with pytest.raises(MCPError) as err:
+                await d.call_tool("echo__echo", {"text": "x"})
+            assert err.value.data["limit"] == "ci-one-slow" and err.value.data["bound"] == "concurrent_calls"
+        await slow
+        for _ in range(50):  # the slot is given back after the call, off its path: soon
+            try:
+                assert not (await d.call_tool("echo__echo", {"text": "x"})).is_error
+                break
+            except MCPError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the concurrent-call slot was never given back")
+
+
 async def test_redis_down_denies_or_counts_locally_as_configured(fleet) -> None:
     redis, _, replicas = fleet
     redis.stop()
@@ -153,7 +195,7 @@ sessions = 1
 
 async def test_concurrent_calls_without_fleet(single: RunningGateway) -> None:
     async with mcp_client(single.url, KEYS["ci-bot"][2]) as c, mcp_client(single.url, KEYS["ci-bot"][2]) as d:
-        slow = asyncio.create_task(c.call_tool("echo__slow", {"seconds": 5}))
+        slow = asyncio.create_task(c.call_tool("echo__slow", {"seconds": 10}))
         for _ in range(200):
             if any(r.get("tool") == "slow" for r in single.audit_records() if r.get("type") == "decision"):
                 break
