@@ -53,6 +53,7 @@ def _new_reason(policy: Path) -> None:
     _edit(policy / "teams" / "platform.rego", f'"{OLD_REASON}"', f'"{NEW_REASON}"')
     _edit(policy / "teams" / "platform_test.yaml", f"[{OLD_REASON}]", f'["{NEW_REASON}"]')
     _edit(policy / "gateway_test.yaml", f'"{OLD_REASON}"]', f'"{NEW_REASON}"]')
+    _edit(policy / "teams" / "platform_test.rego", f'"{OLD_REASON}"', f'"{NEW_REASON}"')
 
 
 def _metric(gw: RunningGateway, pattern: str) -> float:
@@ -142,6 +143,7 @@ async def test_a_good_change_goes_live_and_broken_ones_are_refused(tmp_path: Pat
         (policy / "teams" / "platform.rego").write_text(good.replace(NEW_REASON, NEW_REASON + "!"))
         _edit(policy / "teams" / "platform_test.yaml", NEW_REASON, NEW_REASON + "!")
         _edit(policy / "gateway_test.yaml", NEW_REASON, NEW_REASON + "!")
+        _edit(policy / "teams" / "platform_test.rego", NEW_REASON, NEW_REASON + "!")
         _wait(lambda: _revision(gw) not in (first, second), "the fixed revision")
         assert NEW_REASON + "!" in await _denial(gw)
     finally:
