@@ -103,10 +103,11 @@ def start_replica(
     extra: str = "",
     heartbeat_s: float = 0.5,
     upstreams: str | None = None,
+    policy: Path | None = None,
 ) -> RunningGateway:
     upstreams = upstreams or stdio_upstream("time", ["mcp-server-time", "--local-timezone", "UTC"])
     allowed = ", ".join(f'"{h}"' for h in hosts)
     fleet = fleet_toml(redis_port, replica, port, hosts, fleet_extra, heartbeat_s)
-    config = default_config(port, workdir, upstreams, extra=fleet + extra)
+    config = default_config(port, workdir, upstreams, extra=fleet + extra, policy=policy)
     config = config.replace("[server]\n", f"[server]\nallowed_hosts = [{allowed}]\n", 1)
     return start_gateway(workdir, config, port)
