@@ -40,6 +40,7 @@ from mcp import Client, StdioServerParameters
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests import conftest  # noqa: E402
 from tests.conftest import (  # noqa: E402
     ECHO,
     KEYS,
@@ -223,6 +224,12 @@ def main() -> None:
         "--secrets-off-too", action="store_true", help="a third gateway: shipped policy with secret scanning off"
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier gateway (git archive REV | tar -x -C DIR): its gateway, with its own shipped "
+        "policy, joins the run as 'baseline', interleaved with the others (before/after under the same load)",
+    )
     args = ap.parse_args()
     eras = [e for e in args.eras.split(",") if e]
 
@@ -247,6 +254,16 @@ def main() -> None:
     for name in ("echostdio", "one", "hundred"):  # the same grant as the shipped one for "echo"
         grants[name] = grants["echo"]
     (shipped / "data.json").write_text(json.dumps(data))
+    trees = {"allow-all": REPO, "shipped policy": REPO}
+    if args.baseline is not None:
+        base_policy = work / "baseline-rego"
+        shutil.copytree(args.baseline / "rego", base_policy)
+        data = json.loads((base_policy / "data.json").read_text())
+        grants = data["teams"]["platform"]["roles"]["ci"]
+        for name in ("echostdio", "one", "hundred"):
+            grants[name] = grants["echo"]
+        (base_policy / "data.json").write_text(json.dumps(data))
+        trees["baseline"] = args.baseline.resolve()
     extra = "[audit]\nfsync = true\n" if args.fsync else ""
     env = {"MCP_GATEWAY_STAGES": "1"}
     gws: dict[str, RunningGateway] = {}
@@ -255,14 +272,24 @@ def main() -> None:
         modes = [("allow-all", allow), ("shipped policy", shipped)]
         if args.secrets_off_too:  # interleaved with the others, so the machine's load hits it alike
             modes.append(("shipped, scan off", shipped))
+        if args.baseline is not None:
+            modes.append(("baseline", work / "baseline-rego"))
         for mode, policy in modes:
             port = free_port()
             config = default_config(port, work / mode.replace(" ", "-"), upstreams, policy=policy)
+            # One agent holds every session of the RSS figure: its per-agent session cap (100) must allow them.
+            config = config.replace(
+                "[server]\n", f"[server]\nmax_sessions_per_agent = {max(100, args.sessions + 20)}\n"
+            )
             if extra:
                 config = config.replace("[audit]\n", extra)
-            if args.no_secrets or mode == "shipped, scan off":
+            if (args.no_secrets and mode != "baseline") or mode == "shipped, scan off":
                 config += "\n[secrets]\nscan_arguments = false\nscan_results = false\n"
-            gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
+            conftest.REPO = trees.get(mode, REPO)  # the code the gateway runs: its working directory
+            try:
+                gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
+            finally:
+                conftest.REPO = REPO
         direct_http = http_opener(f"http://127.0.0.1:{echo_port}/mcp")
         targets: dict[str, tuple[Opener, str, str]] = {  # name: (opener, tool, the direct path it is compared with)
             "direct stdio": (stdio_client, "echo", ""),
