@@ -207,7 +207,11 @@ class PolicyWatcher:
         self.watch = cfg.watch and bundles is None
         self._lock = anyio.Lock()
         self._published = ""
-        self._seen: tuple[tuple[str, int, int], ...] = ()
+        # The files as the engine just loaded them: an edit made while the start-up table check runs (the gateway
+        # already serves then) is a change the first poll sees, not part of a baseline taken after it.
+        self._seen: tuple[tuple[str, int, int], ...] = (
+            fingerprint(engine.path) if self.watch and self.reloadable else ()
+        )
 
     def publish_revision(self) -> None:
         rev = self.engine.revision
@@ -287,5 +291,4 @@ class PolicyWatcher:
 
     async def _poll(self) -> None:
         path: Path = self.engine.path
-        self._seen = fingerprint(path)
         await reload_on_change(lambda: fingerprint(path), lambda: self._seen, self.interval, self.reload)
