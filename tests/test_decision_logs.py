@@ -191,3 +191,23 @@ async def test_a_sink_that_hangs_never_holds_up_a_call(tmp_path: Path) -> None:
         finally:
             sink.release()
             gw.stop()
+
+
+def test_a_log_begun_again_is_shipped_from_its_start(tmp_path: Path) -> None:
+    """A cursor that does not fit the file it names (the log was deleted and a new chain began from the same genesis
+    hash) ships that file from its start: at least once, never a silent skip."""
+    path, cursor = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.cursor"
+    audit = AuditLog(path)
+    for i in range(5):
+        audit.append({"type": "decision", "n": i, "pad": "x" * 40})
+    audit.close()
+    reader = LogReader(path, cursor)
+    lines, pos = reader.read(100, 1 << 20)
+    reader.save(pos)
+    path.unlink()
+    audit = AuditLog(path)
+    audit.append({"type": "decision", "n": 100})
+    audit.append({"type": "decision", "n": 101, "pad": "y" * 10})
+    audit.close()
+    lines, _ = LogReader(path, cursor).read(100, 1 << 20)
+    assert [ln.record["n"] for ln in lines if ln.record] == [100, 101]

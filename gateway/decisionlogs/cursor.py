@@ -46,6 +46,23 @@ def _first_prev(path: Path) -> str | None:
     return prev if isinstance(prev, str) else None
 
 
+def _fits(path: Path, offset: int, last: str | None) -> bool:
+    """Whether the line that ends at ``offset`` in ``path`` is the one whose hash the cursor holds."""
+    if offset == 0:
+        return True
+    try:
+        with path.open("rb") as f:
+            start = max(0, offset - (64 << 20))
+            f.seek(start)
+            block = f.read(offset - start)
+    except OSError:
+        return False
+    if len(block) != offset - start or not block.endswith(b"\n"):
+        return False
+    line = block[:-1].rsplit(b"\n", 1)[-1]
+    return last is None or hashlib.sha256(line).hexdigest() == last
+
+
 @dataclass(frozen=True)
 class Line:
     record: dict[str, object] | None
@@ -61,6 +78,7 @@ class LogReader:
         self.cursor_path = cursor_path
         self.pos = self._load()
         self.lost = 0
+        self._checked = False
         """Files pruned (``keep_files``) before they were shipped: their records never reach the sink."""
 
     def _load(self) -> Position:
@@ -110,6 +128,11 @@ class LogReader:
             pos.offset = 0
         elif pos.file in names:
             idx = names.index(pos.file)
+            if not self._checked and not _fits(files[idx][1], pos.offset, pos.last):
+                # not the file the cursor was written for (a log deleted and begun again from the genesis hash):
+                # ship it from its start rather than skip anything
+                log.error("decision logs: the cursor does not fit %s: shipping that file from its start", files[idx][1])
+                pos.offset = 0
         else:
             self.lost += 1
             log.error(
@@ -117,6 +140,7 @@ class LogReader:
                 " were not shipped; continuing with the oldest file left"
             )
             idx, pos.offset = 0, 0
+        self._checked = True  # once per start: later positions are this reader's own
         out: list[Line] = []
         size = 0
         while idx < len(files):
