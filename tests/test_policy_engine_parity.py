@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regorus
 
 from gateway.policy.decision import PolicyError
 from gateway.policy.engines import LOCAL_ENGINES, compile_source
@@ -75,6 +76,18 @@ VECTORS: list[tuple[str, str, dict[str, Any]]] = [
     # dynamic virtual documents (the shipped router: data.gateway.teams[input.agent.team])
     ("dynamic package lookup", "out := data.q[input.t].g", _IN),
     ("dynamic package document", "out := data.q[input.t]", {**_IN, "t": "y"}),
+    # references through an imported package (the RVM's build spells them as full paths: test below)
+    ("imported rule", "import data.q.y\nout := y.d", _IN),
+    ("imported rule first in a body", "import data.q.y\nout := 1 if { y.d == 5; y.g }", _IN),
+    (
+        "imported in a comprehension and a not",
+        "import data.q.y\nout := [y.d, count([1 | y.g == 2])] if not y.g == 3",
+        _IN,
+    ),
+    ("imported package indexed", 'import data.q\nout := [q.y.d, q["x"].g, q[input.t].g, q.y]', _IN),
+    ("imported with as", "import data.q.y as z\nout := z.d", _IN),
+    ("import shadowed by a variable", "import data.q.y\nout := [v, data.q.y.d] if { y := 3; v := y }", _IN),
+    ("import shadowed by a parameter", "import data.q.y\nf(y) := y + 1\nout := [f(1), y.d]", _IN),
     # built-ins and strings (regopy reads escaped strings two ways; regorus reads them as OPA does)
     ("string built-ins", "out := [count(input.s), upper(input.s), indexof(input.s, `é`)]", _IN),
     (
@@ -183,6 +196,22 @@ def test_what_the_rvm_cannot_run_as_opa_does_is_decided_on_the_interpreter(body:
         assert policy.fallback == (tuple(exc.value.errors) if engine == "embedded" else ())
         d = policy.evaluate_input(_IN)
         assert (d.allow, d.result.get("out")) == want, engine
+
+
+def test_a_rule_reached_through_an_import_is_called_alone_on_the_rvm() -> None:
+    """``lib.is_call`` after ``import data.gateway.lib``: the RVM's compiler made it a lookup of lib's whole virtual
+    document (every rule of lib evaluated, at each use); the embedded engine spells it as the full path, a call of
+    that rule alone. Same meaning (the vectors above); this checks the compiled program."""
+    lib = 'package gateway.lib\nimport rego.v1\nis_call if input.action == "tools/call"\nclock := time.clock(0)\n'
+    team = "package gateway.teams.t\nimport data.gateway.lib\nimport rego.v1\ngrants if lib.is_call\n"
+    router = 'package gateway\nimport rego.v1\ndecision := {"allow": data.gateway.teams.t.grants, "reasons": []}\n'
+    source = PolicySource({"lib.rego": lib, "t.rego": team, "g.rego": router}, {}, "v", Path("v"))
+    policy = RvmPolicy(source, "gateway/decision")
+    assert policy.evaluate({"action": "tools/call"}).allow
+    program, _ = regorus.Program.deserialize_binary(policy._program)
+    listing = program.generate_listing()
+    assert "CallRule     r1 ← data.gateway.lib.is_call" in listing, listing
+    assert "VirtualDataDocumentLookup" not in listing, listing
 
 
 def test_what_no_engine_can_compile_is_refused_with_its_place() -> None:

@@ -8,6 +8,8 @@ What the RVM gets wrong, and how this wrapper keeps it from mis-evaluating (docs
 - ``x := <undefined>`` does not fail the body in the RVM (``allow if { t := input.missing }`` allowed; an ``else``
   after such a body was never taken). Every ``lhs := rhs`` in a body is compiled as ``[lhs] := [rhs]``, which the
   RVM does fail on an undefined ``rhs``; the meaning is unchanged.
+- A rule reached through an import alias (``lib.is_call``) compiles as an evaluation of the alias's whole package;
+  such references are spelt as their full path (``data.gateway.lib.is_call``), a call of that rule alone.
 - Built-in errors are undefined (OPA's default, non-strict); the RVM does not expose strict mode to Python. A rule
   that reaches a failing built-in is undefined: write deny rules so that undefined denies, or use
   ``engine = "regorus"`` (the interpreter: strict, slower).
@@ -193,6 +195,7 @@ class _Module:
                 raise PolicyError([f"{self.name}:{line}:{col}: the embedded engine cannot read this assignment"])
             # parenthesised: "[d | g]" alone would read as an array comprehension
             edits += [(l0, "["), (l1, "]"), (start, "[("), (end, ")]")]
+        edits += [(chars[at], prefix) for at, prefix in _import_roots(self._ast(text))]
         out, last = [], 0
         for pos, s in sorted(edits, key=lambda e: e[0]):
             out += [text[last:pos], s]
@@ -311,6 +314,62 @@ def _iteration(stmts: list[dict[str, Any]], bound: set[str]) -> dict[str, Any] |
         if isinstance(assign, dict):
             bound |= _vars(assign.get("lhs"))
     return None
+
+
+def _data_import(imp: dict[str, Any]) -> tuple[str, str] | None:
+    """``(alias, "data.a.b.")`` for ``import data.a.b.alias`` (no ``as``, dotted fields only), else None."""
+    if imp.get("as") is not None:
+        return None
+    node, fields = imp.get("refr", {}), []
+    while isinstance(node, dict) and "RefDot" in node:
+        fields.append(node["RefDot"]["field"][1])
+        node = node["RefDot"]["refr"]
+    if not fields or not isinstance(node, dict) or node.get("Var", {}).get("value") != "data":
+        return None
+    path = ["data", *reversed(fields)]
+    return path[-1], ".".join(path[:-1]) + "."
+
+
+def _import_roots(ast: Any) -> list[tuple[int, str]]:
+    """Where to spell a reference through an imported package (``lib.is_call`` after ``import data.gateway.lib``)
+    as its full path (``data.gateway.lib.is_call``): (byte offset of the alias, the prefix to insert).
+
+    The RVM's compiler turns a rule reached through an import alias into a lookup of the whole package's virtual
+    document, evaluating every rule of the package, where the full path is a call of that one rule: in the shipped
+    policy each ``lib.is_call`` evaluated all of lib (``global_deny``, the clock, ...), a third of a call's decision
+    and half of a list item's. The meaning is the same; a module where the alias is also a variable or a rule's
+    name is left as written."""
+    module = ast[0]["ast"] if isinstance(ast, list) and ast else {}
+    aliases = dict(filter(None, (_data_import(i) for i in module.get("imports", []))))
+    if not aliases:
+        return []
+    roots: list[tuple[int, str]] = []  # (byte offset, alias)
+    others: set[str] = set()
+
+    def walk(node: Any, head: bool) -> None:
+        if isinstance(node, dict):
+            for kind in ("RefDot", "RefBrack"):
+                ref = node.get(kind)
+                var = ref.get("refr", {}).get("Var") if isinstance(ref, dict) else None
+                if isinstance(var, dict) and var.get("value") in aliases and not head:
+                    roots.append((var["span"]["start"], var["value"]))
+                    var["_root"] = True
+            var = node.get("Var")
+            if isinstance(var, dict) and var.get("value") in aliases and (head or not var.get("_root")):
+                others.add(var["value"])
+            for key, value in node.items():
+                if key == "head" and isinstance(value, dict):  # the rule's name and a function's parameters
+                    for form in value.values():
+                        for part, sub in form.items() if isinstance(form, dict) else ():
+                            walk(sub, part in ("refr", "args"))
+                else:
+                    walk(value, head)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, head)
+
+    walk(module.get("rules", []), False)
+    return [(at, aliases[alias]) for at, alias in roots if alias not in others]
 
 
 _THREAD = threading.local()
