@@ -181,6 +181,19 @@ class Decider:
             inp["resource"] = name
         return inp
 
+    def _list_inputs(
+        self, req: Request, server: str, kind: str, items: list[tuple[str, dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """``_list_input`` for each item: the first built whole, the others as copies of it with the item's name and
+        annotations (the rest of a list item's input is the request's, the same for every item)."""
+        if not items:
+            return []
+        first = self._list_input(req, server, kind, *items[0])
+        if isinstance(first, RefusedInput):
+            return [first, *(self._list_input(req, server, kind, n, a) for n, a in items[1:])]
+        field = {"tool": "tool", "prompt": "prompt", "resource": "resource"}[kind]
+        return [first, *({**first, field: name, "annotations": a or {}} for name, a in items[1:])]
+
     async def visible_many(
         self, req: Request, server: str, kind: str, items: list[tuple[str, dict[str, Any]]]
     ) -> list[bool]:
@@ -201,7 +214,7 @@ class Decider:
                 todo.append((i, name))
         if not todo:
             return out
-        decisions = await self.decide_many([self._list_input(req, server, kind, n, items[i][1]) for i, n in todo])
+        decisions = await self.decide_many(self._list_inputs(req, server, kind, [items[i] for i, _ in todo]))
         for (i, name), decision in zip(todo, decisions, strict=True):
             out[i] = decision.allow
             self._visible[(*base, decision.revision, server, kind, name)] = (now + _VISIBILITY_TTL_S, decision.allow)

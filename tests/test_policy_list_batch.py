@@ -66,6 +66,24 @@ def test_a_list_is_decided_in_one_call_as_each_item_alone_and_then_cached() -> N
     anyio.run(main)
 
 
+@pytest.mark.parametrize("kind", ["tool", "prompt", "resource"])
+def test_a_batch_decides_on_exactly_each_items_own_input(kind: str) -> None:
+    """The batch builds the request's part of the input once and copies it per item: each item's input is still
+    the one it would have alone (name, annotations), and each is decided on its own (a shared result never
+    decides two items that differ)."""
+    engine = Counting()
+    decider = Decider(engine, Metrics(), Limits())
+    req = Request(agent=Agent("ci-bot", "platform", ("ci",), "api_key"), action="tools/list", view=None)
+    items = [*_items(5), ("write_file", {"destructiveHint": True}), ("x", {})]
+    inputs = decider._list_inputs(req, "files", kind, items)
+    assert inputs == [decider._list_input(req, "files", kind, n, a) for n, a in items]
+    decided = engine.policy.evaluate_many(inputs)
+    assert decided == [engine.policy.evaluate(i) for i in inputs]
+    if kind == "tool":
+        assert [d.allow for d in decided] == [False] * 5 + [True, False]
+        assert decided[0] is decided[1] and decided[5] is not decided[0]
+
+
 @pytest.mark.anyio
 async def test_tools_list_through_the_gateway_shows_granted_tools_and_hides_the_others(tmp_path: Path) -> None:
     port = free_port()
