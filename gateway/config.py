@@ -18,7 +18,6 @@ from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from gateway.containment.settings import ContainmentConfig
 from gateway.decisionlogs.config import DecisionLogsConfig
 from gateway.fleet.config import FleetConfig, LimitConfig
-from gateway.jwks import load_jwks
 from gateway.names import parse_roles
 from gateway.secrets.settings import SecretsConfig
 
@@ -509,6 +508,8 @@ def _check_files(cfg: Config, source: str) -> list[str]:
     if jwt and jwt.jwks_file and not cfg.resolve(jwt.jwks_file).is_file():
         errors.append(f"{source}: identity.jwt.jwks_file: {cfg.resolve(jwt.jwks_file)} does not exist")
     elif jwt and jwt.jwks_file:
+        from gateway.jwks import load_jwks  # PyJWT only when JWT identity is configured
+
         try:
             load_jwks(cfg.resolve(jwt.jwks_file))
         except ValueError as exc:

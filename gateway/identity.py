@@ -27,14 +27,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 import orjson
 
 from gateway.config import IdentityConfig, JwtConfig
-from gateway.jwks import load_jwks
 from gateway.names import MAX_NAME_CHARS, parse_roles, unprintable
+
+if TYPE_CHECKING:  # PyJWT and cryptography (~3 MB) are imported only by a gateway configured with [identity.jwt]
+    import jwt
 
 log = logging.getLogger("gateway.identity")
 
@@ -208,19 +209,26 @@ class Authenticator:
         return entry[1]
 
 
-_JWT_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
-    (jwt.ExpiredSignatureError, "expired", "token expired"),
-    (jwt.InvalidAudienceError, "bad_audience", "token audience is not this gateway"),
-    (jwt.InvalidIssuerError, "bad_issuer", "token issuer is not trusted"),
-    (jwt.ImmatureSignatureError, "bad_token", "token is not valid yet"),
-    (jwt.InvalidSignatureError, "bad_token", "token signature does not verify"),
-    (jwt.InvalidAlgorithmError, "bad_token", "token algorithm is not allowed"),
-    (jwt.DecodeError, "bad_token", "token cannot be decoded"),
-)
+def _jwt_errors() -> tuple[tuple[type[Exception], str, str], ...]:
+    import jwt
+
+    return (
+        (jwt.ExpiredSignatureError, "expired", "token expired"),
+        (jwt.InvalidAudienceError, "bad_audience", "token audience is not this gateway"),
+        (jwt.InvalidIssuerError, "bad_issuer", "token issuer is not trusted"),
+        (jwt.ImmatureSignatureError, "bad_token", "token is not valid yet"),
+        (jwt.InvalidSignatureError, "bad_token", "token signature does not verify"),
+        (jwt.InvalidAlgorithmError, "bad_token", "token algorithm is not allowed"),
+        (jwt.DecodeError, "bad_token", "token cannot be decoded"),
+    )
 
 
 class _JwtVerifier:
     def __init__(self, cfg: JwtConfig, base_dir: Path):
+        import jwt
+
+        from gateway.jwks import load_jwks
+
         self._cfg = cfg
         self.issuer = cfg.issuer
         self._keys: dict[str | None, jwt.PyJWK] = {}
@@ -234,6 +242,8 @@ class _JwtVerifier:
         self._cache: OrderedDict[str, tuple[float, Agent]] = OrderedDict()
 
     def _key(self, token: str) -> jwt.PyJWK:
+        import jwt
+
         header = jwt.get_unverified_header(token)
         kid = header.get("kid")
         key: jwt.PyJWK | None
@@ -256,6 +266,8 @@ class _JwtVerifier:
                 return hit[1]
             del self._cache[token]
         cfg = self._cfg
+        import jwt
+
         try:
             key = self._key(token)
             jwt.decode(
@@ -270,7 +282,7 @@ class _JwtVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError("bad_token", f"token lacks the {exc.claim!r} claim") from None
         except jwt.PyJWTError as exc:
-            for kind, reason, detail in _JWT_ERRORS:
+            for kind, reason, detail in _jwt_errors():
                 if isinstance(exc, kind):
                     raise AuthError(reason, detail) from None
             raise AuthError("bad_token", "invalid token") from None

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import httpx2
 
-from gateway.bundles import archive, signing
+from gateway.bundles import archive
 from gateway.bundles.archive import BundleRefused
 from gateway.bundles.settings import BundleSettings, bundle_settings
 from gateway.config import Config, PolicyConfig
@@ -146,6 +146,8 @@ class BundleSource:
 
     def _prepare(self, raw: bytes) -> tuple[Path, dict[str, Any]]:
         """Unpack, check, verify and repack (in a worker thread): the file the reload will load."""
+        from gateway.bundles import signing  # PyJWT only when bundles are configured
+
         files = archive.unpack(raw, self.settings.max_unpacked_bytes)
         signing.verify(files, self.settings)
         manifest = archive.manifest(files)

@@ -19,7 +19,7 @@ retried (the call may have run): the agent gets a JSON-RPC error, 502.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
@@ -28,8 +28,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import DENIED, INTERNAL_ERROR
 from gateway.fleet import hop
-from gateway.fleet.membership import Member
-from gateway.fleet.runtime import Fleet
 from gateway.http.authenticate import agent_of
 from gateway.http.bodylimit import read_body, replay
 from gateway.http.dispatch import VIEW_KEY
@@ -37,6 +35,10 @@ from gateway.http.headers import headers_of
 from gateway.http.respond import jsonrpc_error
 from gateway.http.sessions import initialize_of
 from gateway.metrics import Metrics
+
+if TYPE_CHECKING:  # redis is imported only by a gateway configured with [fleet]
+    from gateway.fleet.membership import Member
+    from gateway.fleet.runtime import Fleet
 
 log = logging.getLogger("gateway.fleet")
 

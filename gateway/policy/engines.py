@@ -8,6 +8,7 @@ server over REST. The first three run in-process and reload their policy from di
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,13 @@ def compile_policy(path: Path, decision_path: str, engine: str = "embedded") -> 
 
 def is_local(engine: Any) -> bool:
     """An engine that compiles the policy in-process (and so can reload it from disk)."""
-    from gateway.policy.embedded import EmbeddedEngine
     from gateway.policy.rvm import RvmEngine
 
-    return isinstance(engine, EmbeddedEngine | RvmEngine)
+    if isinstance(engine, RvmEngine):
+        return True
+    # Not imported: no regopy engine exists, and asking must not load regopy (~12 MB) into a gateway that runs none.
+    embedded = sys.modules.get("gateway.policy.embedded")
+    return embedded is not None and isinstance(engine, embedded.EmbeddedEngine)
 
 
 def open_engine(cfg: PolicyConfig, config: Config) -> PolicyEngine:

@@ -343,18 +343,24 @@ def _check_literal(fn: str, lit: _Literal) -> str | None:
     return None
 
 
-_supported: frozenset[str] | None = None
+# The OPA built-ins the embedded engines lack (rego-cpp 1.5.2, asked with regopy's Interpreter.is_builtin): a
+# constant, so that a gateway that does not run regopy never loads it (~12 MB); tests/test_memory.py checks it
+# against the installed regopy.
+_REGO_CPP_MISSING_NAMES = """
+    all any cast_array cast_boolean cast_null cast_object cast_set cast_string
+    crypto.x509.parse_and_verify_certificates_with_options graphql.is_valid graphql.parse graphql.parse_and_verify
+    graphql.parse_query graphql.parse_schema graphql.schema_is_valid http.send json.match_schema json.verify_schema
+    net.cidr_contains net.cidr_contains_matches net.cidr_expand net.cidr_intersects net.cidr_is_valid net.cidr_merge
+    net.cidr_overlap net.lookup_ip_addr providers.aws.sign_req rego.metadata.chain rego.metadata.rule
+    rego.parse_module set_diff strings.render_template trace
+"""
+REGO_CPP_MISSING = frozenset(_REGO_CPP_MISSING_NAMES.split())
+_SUPPORTED = (_OPA_BUILTINS - REGO_CPP_MISSING) | _SPECIAL
 
 
 def supported_builtins() -> frozenset[str]:
-    """The OPA built-ins the installed rego-cpp implements (asked once, by full name only)."""
-    global _supported
-    if _supported is None:
-        from regopy import Interpreter
-
-        probe = Interpreter()
-        _supported = frozenset(n for n in _OPA_BUILTINS if probe.is_builtin(n)) | _SPECIAL
-    return _supported
+    """The OPA built-ins the embedded engines implement (by full name only)."""
+    return _SUPPORTED
 
 
 def lint_source(source: PolicySource) -> list[str]:

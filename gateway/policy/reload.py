@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -27,11 +27,13 @@ from gateway.bundles.poller import BundleSource
 from gateway.config import PolicyConfig
 from gateway.metrics import Metrics
 from gateway.policy.decision import PolicyError
-from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
 from gateway.policy.engines import compile_source, is_local
 from gateway.policy.loader import PolicySource, is_policy_file, load_policy
 from gateway.policy.tables import report, run_policy_tables
 from gateway.signals import reload_on_change, reload_on_sighup
+
+if TYPE_CHECKING:  # regopy (rego-cpp, ~12 MB) is imported only by a gateway configured with engine = "regopy"
+    from gateway.policy.embedded import CompiledPolicy, EmbeddedEngine
 
 log = logging.getLogger("gateway.policy")
 

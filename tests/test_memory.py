@@ -1,0 +1,117 @@
+"""Memory: a gateway loads only the libraries its configuration uses (issue 13, <= 100 MB RSS at 200 sessions).
+
+regopy (rego-cpp, ~12 MB resident), redis (~7 MB), PyJWT, aiohttp and the OpenTelemetry SDK each cost the
+process megabytes for as long as it lives; the default configuration (embedded RVM engine, API keys, no fleet, no
+bundles, no tracing) needs none of them. The gateway runs as a real process through a wrapper that writes its
+``sys.modules`` on SIGUSR1, after serving a real session and call; no RSS threshold is asserted (that would be
+flaky), only which modules were loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+
+from tests.conftest import ECHO, KEYS, REPO, default_config, free_port, mcp_client, with_admin_port
+
+# Libraries only some configurations need: engine = "regopy", engine = "opa", [fleet] / [[limits]] in Redis,
+# [identity.jwt] or signed bundles, [tracing].
+NOT_BY_DEFAULT = ("regopy", "redis", "jwt", "aiohttp", "opa_client", "opentelemetry.sdk", "gateway.policy.embedded")
+
+WRAPPER = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+
+def dump(*_):
+    out = os.environ["GATEWAY_MODULES_OUT"]
+    with open(out + ".tmp", "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+    os.replace(out + ".tmp", out)
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "gateway"
+from gateway.cli import main
+main()
+"""
+
+
+def loaded_modules(tmp_path: Path, engine: str = "embedded") -> tuple[set[str], str]:
+    """The modules a gateway with the test default configuration had loaded when it stopped, after one session and
+    one call; and its /proc/PID/maps while it served."""
+    port = free_port()
+    config = default_config(
+        port, tmp_path, f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
+    )
+    config = config.replace("[policy]\n", f'[policy]\nengine = "{engine}"\n')
+    config, admin_port = with_admin_port(config)
+    (tmp_path / "gateway.toml").write_text(config)
+    (tmp_path / "wrapper.py").write_text(WRAPPER)
+    out = tmp_path / "modules.txt"
+    log = tmp_path / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "wrapper.py"), "serve", "--config", str(tmp_path / "gateway.toml")],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GATEWAY_MODULES_OUT": str(out)},
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx2.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        async def one_call() -> None:
+            async with mcp_client(f"http://127.0.0.1:{port}/mcp", KEYS["ci-bot"][2]) as client:
+                result = await client.call_tool("echo__echo", {"text": "hi"})
+                assert not result.is_error, result
+
+        anyio.run(one_call)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGUSR1)  # the wrapper writes sys.modules (between two bytecodes of the loop)
+        while not out.exists():
+            assert proc.poll() is None and time.monotonic() < deadline + 40, log.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    return set(out.read_text().split()), maps
+
+
+def test_default_gateway_loads_no_optional_library(tmp_path: Path) -> None:
+    modules, maps = loaded_modules(tmp_path)
+    assert "gateway.policy.rvm" in modules  # the wrapper saw the serving gateway's modules
+    assert [m for m in NOT_BY_DEFAULT if m in modules] == []
+    assert "regopy" not in maps  # rego-cpp's shared library is not mapped into the process either
+
+
+def test_regopy_engine_still_loads_regopy(tmp_path: Path) -> None:
+    """The lazy imports move the cost to the configurations that need it; the regopy engine still serves."""
+    modules, maps = loaded_modules(tmp_path, engine="regopy")
+    assert {"regopy", "gateway.policy.embedded"} <= modules
+    assert "regopy" in maps
+
+
+def test_lint_builtin_list_matches_installed_regopy() -> None:
+    """The lint's constant list of missing built-ins (kept so the default gateway never loads regopy) is what the
+    installed rego-cpp says it implements."""
+    from regopy import Interpreter
+
+    from gateway.policy.lint import _OPA_BUILTINS, _SPECIAL, supported_builtins
+
+    probe = Interpreter()
+    assert supported_builtins() == frozenset(n for n in _OPA_BUILTINS if probe.is_builtin(n)) | _SPECIAL
