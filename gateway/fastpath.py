@@ -13,6 +13,7 @@ answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -186,16 +187,17 @@ class FastPath:
         with sdk_adapter.holding(transport), anyio.CancelScope() as scope:
             if session_id is not None:
                 self._inflight[key] = scope
+            # A plain task watches for the agent hanging up (a task group would cost its set-up, and a loop turn at
+            # its exit waiting for the watcher to end); it is cancelled before the scope is left, so it can never
+            # cancel anything but this call.
+            watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, scope))
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_on_disconnect, receive, scope)
-                    body = await self._answer(req, msg, view, modern)
-                    # Answered before the watcher is torn down: its cancellation costs event-loop turns.
-                    sent = True
-                    with anyio.CancelScope(shield=True):  # a late cancellation must not cut the answer in half
-                        await _respond(send, body)
-                    tg.cancel_scope.cancel()
+                body = await self._answer(req, msg, view, modern)
+                sent = True
+                with anyio.CancelScope(shield=True):  # a late cancellation must not cut the answer in half
+                    await _respond(send, body)
             finally:
+                watcher.cancel()
                 self._inflight.pop(key, None)
         if not sent:  # cancelled by the agent: the request is over, answer it as such
             error = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
@@ -244,8 +246,11 @@ async def _respond(send: Send, body: bytes) -> None:
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+    except Exception:  # a connection that cannot be read from is gone too (nobody awaits this task's errors)
+        pass
+    scope.cancel()

@@ -52,7 +52,7 @@ def guarded_h11(
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
+            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
             if len(self.connections) > max_connections:
                 on_refused("connections")
                 transport.write(_TOO_MANY)  # type: ignore[attr-defined]
@@ -90,6 +90,49 @@ def guarded_h11(
             super().connection_lost(exc)
 
     return GuardedH11Protocol
+
+
+class _OneWrite:
+    """The connection's transport as uvicorn's h11 protocol sees it: a response head is held until the body's
+    first write in the same event-loop turn, and goes out with it in one ``write``.
+
+    uvicorn writes a head and its body separately; with TCP_NODELAY each is a packet and a wake-up of the client,
+    which on a loaded machine may run before the body is written. A head with no body written in the same turn
+    (a stream that has nothing to say yet) goes out on the loop's next turn, so streamed answers still stream;
+    an informational (1xx) head goes out at once. Everything else is the transport's own.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:9] == b"HTTP/1.1 " and data[9:10] != b"1":
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 _TOO_MANY = (

@@ -85,6 +85,61 @@ async def test_guarded_h11_bounds_connections_and_request_heads() -> None:
         await task
 
 
+@pytest.mark.anyio
+async def test_guarded_h11_writes_a_head_and_its_body_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's h11 protocol writes through ``self.transport`` (set in connection_made), a head and its body in
+    two writes: held, they go out as one; a streamed answer's head still goes out before its first chunk."""
+    from asyncio.selector_events import _SelectorSocketTransport  # type: ignore[attr-defined]
+
+    writes: list[bytes] = []
+    real_write = _SelectorSocketTransport.write
+
+    def spy(self: Any, data: bytes) -> None:
+        if data and not bytes(data).startswith(b"GET "):  # the server's writes (the client's are requests)
+            writes.append(bytes(data))
+        real_write(self, data)
+
+    monkeypatch.setattr(_SelectorSocketTransport, "write", spy)
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await gate.wait()  # nothing to say yet: the head must not wait for it
+            await send({"type": "http.response.body", "body": b"late", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=sdk_adapter.guarded_h11(10, 5, lambda _: None))
+    server = sdk_adapter.QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        for _ in range(2):  # kept alive: the second answer too
+            writes.clear()
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+            assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\nok")
+        writes.clear()
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+        gate.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"4\r\nlate\r\n0\r\n\r\n"
+        assert writes[0] == head
+        writer.close()
+    finally:
+        gate.set()
+        server.should_exit = True
+        await task
+
+
 def test_sse_starlette_drain_switches() -> None:
     from sse_starlette.sse import AppStatus
 
