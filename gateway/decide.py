@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from gateway.audit import new_decision_id
 from gateway.config import PolicyConfig
 from gateway.identity import Agent
 from gateway.metrics import Metrics
@@ -39,7 +39,7 @@ class Request:
     request_id: Any = None
     remote_addr: str | None = None
     time_ns: int = field(default_factory=time.time_ns)
-    decision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    decision_id: str = field(default_factory=new_decision_id)
 
 
 class RefusedInput(dict[str, Any]):

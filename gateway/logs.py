@@ -149,6 +149,12 @@ class TextFormatter(logging.Formatter):
 
 def setup(cfg: LoggingConfig, level: str | None = None, stream: IO[str] | None = None) -> logging.Handler:
     """Route every logger (the gateway's, uvicorn's, the SDK's) through one handler in the configured format."""
+    # No line the gateway writes names the caller's file, thread or process: records need not look them up (the
+    # logging HOWTO's optimisations; a call's log line is on every call's path).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
     handler.addFilter(DecisionFilter())

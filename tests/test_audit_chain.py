@@ -189,3 +189,27 @@ def test_fsync_mode_writes_the_same_chain(tmp_path: Path) -> None:
     assert verify_chain(audit_set(path), start=GENESIS).records == 20
     with pytest.raises(OSError):
         log.append({"type": "decision"})  # a closed log refuses: the caller must not forward the call
+
+
+def test_decision_ids_are_random_version_4_uuids_and_a_fork_does_not_repeat_them() -> None:
+    import os
+    import uuid
+
+    from gateway.audit import new_decision_id
+
+    ids = [new_decision_id() for _ in range(1000)]  # several pools' worth of randomness
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    new_decision_id()  # the pool is partly used: a child must not take the same ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, new_decision_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child not in ids and child != new_decision_id()
