@@ -39,7 +39,7 @@ def rs256(header: bytes, payload: bytes, key: rsa.RSAPrivateKey = KEY) -> str:
 
 
 def payload(extra: str = "", sub: str = '"jwt-agent"', roles: str = '["ci"]') -> bytes:
-    exp = int(time.time()) + 300
+    exp = int(time.time()) + 86_400  # built at collection: valid however long the suite runs before this test
     return (
         f'{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":{sub},"team":"platform","roles":{roles},"exp":{exp}{extra}}}'
     ).encode()
@@ -89,7 +89,7 @@ REFUSED = {
     "NaN": rs256(HEADER, payload(',"n":NaN')),
     "exp 1e400": rs256(HEADER, payload().replace(b'"exp":', b'"exp":1e400,"x":')),
     "exp as a string": rs256(
-        HEADER, payload().replace(b'"exp":', b'"x":').replace(b"}", f',"exp":"{int(time.time()) + 300}"}}'.encode())
+        HEADER, payload().replace(b'"exp":', b'"x":').replace(b"}", f',"exp":"{int(time.time()) + 86_400}"}}'.encode())
     ),
     "exp as a float": rs256(HEADER, payload().replace(b"}", b".5}")),
     "nbf 1e400": rs256(HEADER, payload(',"nbf":1e400')),
