@@ -88,7 +88,7 @@ deny contains "command uses shell operators" if {
 deny contains "ref holds whitespace or an operator" if {
 	input.action == "tools/call"
 	is_string(args.ref)
-	regex.match(`[\s;|&]`, args.ref)
+	regex.match(`[[:space:];|&]`, args.ref) # [[:space:]] holds \v too (RE2's \s does not)
 }
 
 deny contains "an item is bad" if {
