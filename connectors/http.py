@@ -13,15 +13,10 @@ the limit (a Content-Length above it is refused unread), an SSE event is cut whi
 line included, so an event that never ends or a line without a newline costs at most the limit), and an error
 body is read for its first 500 bytes only. A cut answer fails its request with an ``oversize`` UpstreamError.
 
-SSE is parsed by httpx2's ``EventSource`` (the SDK's own client uses it) with ``max_event_size``. Measured
-against the former hand-written line reader (``aiter_lines``) on this machine: 6.4 vs 6.1 us per 200-byte event,
-32 vs 19 us per 10 KB event, 65 vs 66 ms per 10 MB event: within noise of a gateway call (milliseconds), so
-the maintained, bounded parser wins over keeping a second one here.
+SSE is parsed by httpx2's bounded event parser (the one its ``EventSource`` uses) with ``max_event_size``.
 
-Connections are pooled and kept alive (httpx2's pool; one session, no handshake per call, and a 2026-era agent's
-stateless call reuses the same upstream session). httpcore writes a request's head and body as two sends; each
-send wakes the server, so a loaded machine paid for two context switches per call. The pool's streams hold a
-request's writes until it reads its response (``_Coalescing``): head and body leave in one send.
+Requests go out on a pooled keep-alive aiohttp session (``connectors/exchange.py``: one send per request, no
+handshake per call), or on httpx2 for an upstream with ``oauth`` (the SDK's OAuth provider is an httpx2 flow).
 """
 
 from __future__ import annotations
@@ -32,12 +27,20 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import httpcore2
 import httpx2
 import orjson
 from mcp.client.auth.exceptions import OAuthFlowError
 
 from connectors.base import Limits, StateFn
+from connectors.exchange import (
+    AiohttpExchange,
+    EventTooLarge,
+    Exchange,
+    ExchangeError,
+    Httpx2Exchange,
+    Response,
+    sse_events,
+)
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 
 log = logging.getLogger("gateway.upstream")
@@ -47,84 +50,8 @@ _MAX_RESUMES = 5
 _ERROR_BODY_BYTES = 500
 
 
-def coalesce_writes(client: httpx2.AsyncClient) -> bool:
-    """Make the client's connection pool hold each request's writes until it reads (one send per request).
-
-    A reach into httpx2's transport (``_transport._pool._network_backend``): when its shape is not the one known,
-    the client is left as it is (two sends per request, as before) and False is returned.
-    """
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if not isinstance(backend, httpcore2.AsyncNetworkBackend):
-        log.debug("httpx2's connection pool is not the one known: request writes are not coalesced")
-        return False
-    if not isinstance(backend, _CoalescingBackend):
-        pool._network_backend = _CoalescingBackend(backend)  # type: ignore[union-attr]
-    return True
-
-
-class _CoalescingBackend(httpcore2.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore2.AsyncNetworkBackend):
-        self._inner = inner
-        self.sends = 0
-        """Sends made on this pool's connections (one per request)."""
-        self.connects = 0
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
-        self.connects += 1
-        return _Coalescing(await self._inner.connect_tcp(*args, **kwargs), self)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
-        return _Coalescing(await self._inner.connect_unix_socket(*args, **kwargs), self)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _Coalescing(httpcore2.AsyncNetworkStream):
-    """A connection whose writes wait for the next read (or TLS start): an HTTP/1.1 client always reads after it
-    has written a request, so the request's head, body and end leave together. A write error surfaces at that
-    read, as the transport error it is."""
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream, backend: _CoalescingBackend):
-        self._inner = inner
-        self._backend = backend
-        self._held: list[bytes] = []
-        self._timeout: float | None = None
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            self._held.append(bytes(buffer))
-            self._timeout = timeout
-
-    async def _flush(self) -> None:
-        if self._held:
-            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-            self._held.clear()
-            self._backend.sends += 1
-            await self._inner.write(data, self._timeout)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        await self._flush()
-        return await self._inner.read(max_bytes, timeout)
-
-    async def aclose(self) -> None:
-        self._held.clear()
-        await self._inner.aclose()
-
-    async def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore2.AsyncNetworkStream:
-        await self._flush()
-        return _Coalescing(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._backend)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-def _is_sse(resp: httpx2.Response) -> bool:
-    """Judged as EventSource does (its own check would raise SSEError, which here means an oversized event)."""
-    ctype = resp.headers.get("content-type", "").partition(";")[0]
+def _is_sse(resp: Response) -> bool:
+    ctype = resp.header("content-type").partition(";")[0]
     return ctype.strip().lower() == "text/event-stream"
 
 
@@ -148,8 +75,7 @@ class HttpConnector(JsonRpcPeer):
         }
         self.start_timeout = start_timeout
         self.on_state = on_state
-        self._client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=5.0), follow_redirects=False, auth=auth)
-        self.coalescing = coalesce_writes(self._client)
+        self._http: Exchange = AiohttpExchange(url) if auth is None else Httpx2Exchange(auth)
         self._session_id: str | None = None
         self._ready = anyio.Event()
         self._reconnect = anyio.Event()
@@ -243,17 +169,17 @@ class HttpConnector(JsonRpcPeer):
         resume: tuple[str, float] | None = None
         headers = self._session_headers(versioned=message.get("method") != "initialize")
         try:
-            async with self._client.stream("POST", self.url, content=orjson.dumps(message), headers=headers) as resp:
-                if resp.status_code == 404 and self._session_id:
+            async with self._http.open("POST", self.url, headers, orjson.dumps(message)) as resp:
+                if resp.status == 404 and self._session_id:
                     self._mark_down("the server ended the session")
                     raise UpstreamError(self.name, "unavailable", "ended the session; reconnecting")
-                if resp.status_code >= 400:
+                if resp.status >= 400:
                     body = await self._head(resp)
-                    raise UpstreamError(self.name, "protocol", f"answered HTTP {resp.status_code}: {body}")
-                sid = resp.headers.get("mcp-session-id")
+                    raise UpstreamError(self.name, "protocol", f"answered HTTP {resp.status}: {body}")
+                sid = resp.header("mcp-session-id")
                 if sid and message.get("method") == "initialize":
                     self._session_id = sid
-                if "id" not in message or "method" not in message or resp.status_code == 202:
+                if "id" not in message or "method" not in message or resp.status == 202:
                     return
                 if _is_sse(resp):
                     last_id, retry = await self._read_sse(resp)
@@ -271,9 +197,9 @@ class HttpConnector(JsonRpcPeer):
                         )
             if resume is not None:
                 await self._resume(message["id"], *resume)
-        except httpx2.TransportError as exc:
-            self._mark_down(f"connection failed: {exc.__class__.__name__}")
-            raise UpstreamError(self.name, "unavailable", f"is not reachable: {exc.__class__.__name__}") from None
+        except ExchangeError as exc:
+            self._mark_down(f"connection failed: {exc}")
+            raise UpstreamError(self.name, "unavailable", f"is not reachable: {exc}") from None
         except orjson.JSONDecodeError:
             raise UpstreamError(self.name, "protocol", "sent a body that is not JSON") from None
         except (OAuthFlowError, ValueError, RuntimeError) as exc:  # the OAuth flow (see connectors.oauth) failed
@@ -285,24 +211,24 @@ class HttpConnector(JsonRpcPeer):
         log.warning("upstream %s sent %s over %d bytes; cut", self.name, what, limit)
         return UpstreamError(self.name, "oversize", f"sent {what} over the limit of {limit} bytes; not read further")
 
-    async def _read_body(self, resp: httpx2.Response) -> bytearray:
+    async def _read_body(self, resp: Response) -> bytearray:
         """The whole body, read in chunks and refused as soon as it exceeds the message limit."""
         limit = self.limits.max_message_bytes
-        length = resp.headers.get("content-length", "")
+        length = resp.header("content-length")
         if length.isdigit() and int(length) > limit:
             raise self._oversize("a body")
         body = bytearray()
-        async for chunk in resp.aiter_bytes():
+        async for chunk in resp.chunks():
             body += chunk
             if len(body) > limit:
                 raise self._oversize("a body")
         return body
 
     @staticmethod
-    async def _head(resp: httpx2.Response) -> str:
+    async def _head(resp: Response) -> str:
         """The start of an error body, for the message (the rest is never read)."""
         head = bytearray()
-        async for chunk in resp.aiter_bytes():
+        async for chunk in resp.chunks():
             head += chunk
             if len(head) >= _ERROR_BODY_BYTES:
                 break
@@ -317,9 +243,9 @@ class HttpConnector(JsonRpcPeer):
         for _ in range(_MAX_RESUMES):
             await anyio.sleep(retry)
             headers = {**self._session_headers(), "Accept": "text/event-stream", "Last-Event-ID": last_id}
-            async with self._client.stream("GET", self.url, headers=headers) as resp:
-                if resp.status_code >= 400 or not _is_sse(resp):
-                    raise UpstreamError(self.name, "protocol", f"refused to resume a stream (HTTP {resp.status_code})")
+            async with self._http.open("GET", self.url, headers) as resp:
+                if resp.status >= 400 or not _is_sse(resp):
+                    raise UpstreamError(self.name, "protocol", f"refused to resume a stream (HTTP {resp.status})")
                 new_id, retry = await self._read_sse(resp, until=rid)
             if not self._waiting(rid):
                 return
@@ -338,17 +264,17 @@ class HttpConnector(JsonRpcPeer):
                 if last_id is not None:
                     headers["Last-Event-ID"] = last_id
                 try:
-                    async with self._client.stream("GET", self.url, headers=headers) as resp:
-                        if resp.status_code >= 400 or not _is_sse(resp):
+                    async with self._http.open("GET", self.url, headers) as resp:
+                        if resp.status >= 400 or not _is_sse(resp):
                             return  # no standalone stream offered (405) or not for us: nothing to listen to
                         failures = 0
                         new_id, retry = await self._read_sse(resp)
                         last_id = new_id or last_id
-                except (httpx2.TransportError, UpstreamError):  # an oversized event cuts the stream: reconnect
+                except (ExchangeError, UpstreamError):  # an oversized event cuts the stream: reconnect
                     failures += 1
                 await anyio.sleep(retry * (1 + failures))
 
-    async def _read_sse(self, resp: httpx2.Response, until: Any = None) -> tuple[str | None, float]:
+    async def _read_sse(self, resp: Response, until: Any = None) -> tuple[str | None, float]:
         """Dispatch every event of a stream; returns its last event id and the server's retry delay (seconds).
 
         With ``until``, stops as soon as that request has its answer (a resumed GET stream may stay open).
@@ -356,9 +282,8 @@ class HttpConnector(JsonRpcPeer):
         """
         last_id: str | None = None
         retry = _DEFAULT_RETRY_S
-        events = httpx2.EventSource(resp, max_event_size=self.limits.max_message_bytes)
         try:
-            async with aclosing(events.__aiter__()) as stream:  # type: ignore[type-var]  # an async generator
+            async with aclosing(sse_events(resp, self.limits.max_message_bytes)) as stream:
                 async for event in stream:
                     last_id = event.id or last_id
                     if event.retry is not None:
@@ -373,7 +298,7 @@ class HttpConnector(JsonRpcPeer):
                     await self._dispatch(msg)
                     if until is not None and not self._waiting(until):
                         break
-        except httpx2.SSEError:  # the content type was checked before: this is the size limit
+        except EventTooLarge:
             raise self._oversize("an SSE event") from None
         return last_id, retry
 
@@ -385,7 +310,8 @@ class HttpConnector(JsonRpcPeer):
         if self._session_id:
             with anyio.move_on_after(1):
                 try:
-                    await self._client.delete(self.url, headers=self._session_headers())
-                except httpx2.HTTPError:
+                    async with self._http.open("DELETE", self.url, self._session_headers()):
+                        pass
+                except ExchangeError:
                     pass
-        await self._client.aclose()
+        await self._http.aclose()

@@ -1,16 +1,21 @@
-"""The HTTP upstream client sends each request (head and body) in one write on a pooled keep-alive connection."""
+"""The HTTP upstream client sends each request (head and body) in one write on a pooled keep-alive connection,
+on both clients: aiohttp (the default) and httpx2 (upstreams with OAuth)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx2
 import pytest
 
-from connectors.http import HttpConnector, _CoalescingBackend
+from connectors.exchange import AiohttpExchange, Httpx2Exchange, _CoalescingBackend
+from connectors.http import HttpConnector
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.anyio
@@ -18,7 +23,8 @@ pytestmark = pytest.mark.anyio
 ECHO_HTTP = [sys.executable, str(REPO / "tests" / "fixtures" / "echo_server.py"), "--transport", "http", "--port"]
 
 
-async def test_one_send_per_request_on_one_connection() -> None:
+@pytest.fixture
+def echo_port() -> Iterator[int]:
     port = free_port()
     server = subprocess.Popen([*ECHO_HTTP, str(port)], stderr=subprocess.DEVNULL)
     try:
@@ -28,23 +34,69 @@ async def test_one_send_per_request_on_one_connection() -> None:
                 break
             except httpx2.HTTPError:
                 time.sleep(0.1)
-        async with anyio.create_task_group() as tg:
-            conn = HttpConnector("echo", f"http://127.0.0.1:{port}/mcp")
-            assert conn.coalescing
-            await conn.start(tg)
-            assert await conn.wait_ready(30)
-            backend = conn._client._transport._pool._network_backend  # type: ignore[attr-defined]
-            assert isinstance(backend, _CoalescingBackend)
-            await conn.request("tools/call", {"name": "echo", "arguments": {"text": "warm"}}, 10)
-            before, connects = backend.sends, backend.connects
-            for i in range(20):
-                result = await conn.request("tools/call", {"name": "echo", "arguments": {"text": f"t{i}"}}, 10)
-                assert result["content"][0]["text"] == f"t{i}"
-            # Head and body together (two writes each without coalescing); the standalone GET may add one.
-            assert 20 <= backend.sends - before <= 21
-            assert backend.connects == connects  # kept alive and reused: no connection or handshake per call
-            await conn.aclose()
-            tg.cancel_scope.cancel()
+        yield port
     finally:
         server.terminate()
         server.wait()
+
+
+async def _calls(conn: HttpConnector, n: int) -> None:
+    for i in range(n):
+        result = await conn.request("tools/call", {"name": "echo", "arguments": {"text": f"t{i}"}}, 10)
+        assert result["content"][0]["text"] == f"t{i}"
+
+
+async def test_aiohttp_one_write_per_request_on_one_connection(echo_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = 0
+    transport = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+    write, writelines = transport.write, transport.writelines
+
+    def counted_write(self: Any, data: Any) -> None:
+        nonlocal writes
+        writes += 1
+        write(self, data)
+
+    def counted_writelines(self: Any, data: Any) -> None:
+        nonlocal writes
+        writes += 1
+        writelines(self, data)
+
+    monkeypatch.setattr(transport, "write", counted_write)  # every socket write of this process (the server is not)
+    monkeypatch.setattr(transport, "writelines", counted_writelines)
+    async with anyio.create_task_group() as tg:
+        conn = HttpConnector("echo", f"http://127.0.0.1:{echo_port}/mcp")
+        assert isinstance(conn._http, AiohttpExchange)
+        await conn.start(tg)
+        assert await conn.wait_ready(30)
+        await _calls(conn, 1)
+        before, connects = writes, conn._http.connects
+        await _calls(conn, 20)
+        # Head and body in one write (two each if they went apart); the standalone GET may add one.
+        assert 20 <= writes - before <= 21
+        assert conn._http.connects == connects  # kept alive and reused: no connection or handshake per call
+        await conn.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_httpx2_one_send_per_request_on_one_connection(echo_port: int) -> None:
+    async with anyio.create_task_group() as tg:
+        conn = HttpConnector("echo", f"http://127.0.0.1:{echo_port}/mcp")
+        conn._http = exchange = Httpx2Exchange()  # what an upstream with oauth gets
+        assert exchange.coalescing
+        await conn.start(tg)
+        assert await conn.wait_ready(30)
+        backend = exchange.client._transport._pool._network_backend  # type: ignore[attr-defined]
+        assert isinstance(backend, _CoalescingBackend)
+        await _calls(conn, 1)
+        before, connects = backend.sends, backend.connects
+        await _calls(conn, 20)
+        # Head and body together (two writes each without coalescing); the standalone GET may add one.
+        assert 20 <= backend.sends - before <= 21
+        assert backend.connects == connects
+        await conn.aclose()
+        tg.cancel_scope.cancel()
+
+
+def test_an_upstream_with_oauth_goes_through_httpx2() -> None:
+    conn = HttpConnector("echo", "http://127.0.0.1:9/mcp", auth=httpx2.BasicAuth("u", "p"))
+    assert isinstance(conn._http, Httpx2Exchange)
