@@ -9,7 +9,9 @@ interleaved call by call (latency) and round by round (throughput), so load on t
 
 Printed: p50/p99 per path and added over the direct connection to the same upstream, calls/s at
 ``--concurrency`` sessions and the ratio to direct, the cost of a 100-tool ``tools/list`` over a 1-tool one,
-the gateway's RSS with ``--sessions`` sessions open, and the per-stage profile of the gateway's calls
+the gateway's RSS with ``--sessions`` sessions open, the floor (what the SDK client's HTTP costs by itself: a
+null HTTP server that does no work, ``bench/null_server.py``, plus the echo's own time over a raw pipe, against
+direct stdio), and the per-stage profile of the gateway's calls
 (``gateway/stages.py``: authenticate, parse, decide, record, forward, answer, in microseconds).
 
     python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
@@ -99,6 +101,32 @@ async def latency(targets: dict[str, tuple[Opener, str]], calls: int, mode: str)
         for cm in reversed(stack):
             await cm.__aexit__(None, None, None)
     return out
+
+
+async def echo_own_time(calls: int) -> float:
+    """p50 ms of a tools/call to the stdio echo fixture over a raw pipe (no SDK client): the upstream's own time."""
+    proc = await anyio.open_process([*ECHO])
+    assert proc.stdin is not None and proc.stdout is not None
+    buf = b""
+
+    async def rpc(msg: dict[str, Any]) -> None:
+        nonlocal buf
+        await proc.stdin.send(json.dumps(msg).encode() + b"\n")  # type: ignore[union-attr]
+        if "id" in msg:
+            while b"\n" not in buf:
+                buf += await proc.stdout.receive()  # type: ignore[union-attr]
+            _, _, buf = buf.partition(b"\n")
+
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
+    await rpc({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
+    await rpc({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    times = []
+    for i in range(1, calls + 20):
+        t0 = time.perf_counter()
+        await rpc({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo", "arguments": {}}})
+        times.append(time.perf_counter() - t0)
+    await proc.aclose()
+    return pct(times[20:], 0.5)
 
 
 async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float, mode: str) -> float:
@@ -235,8 +263,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     echo_port = free_port()
-    procs = [subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL)]
+    null_port = free_port()
+    procs = [
+        subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(REPO / "bench" / "null_server.py"), str(null_port)]),
+    ]
     wait_http(f"http://127.0.0.1:{echo_port}/mcp")
+    wait_http(f"http://127.0.0.1:{null_port}/mcp")
     toml = json.dumps  # a TOML basic string and a JSON string agree for these values
     upstreams = (
         f'[[upstreams]]\nname = "echo"\ntransport = "http"\nurl = "http://127.0.0.1:{echo_port}/mcp"\n\n'
@@ -294,6 +327,8 @@ def main() -> None:
         targets: dict[str, tuple[Opener, str, str]] = {  # name: (opener, tool, the direct path it is compared with)
             "direct stdio": (stdio_client, "echo", ""),
             "direct HTTP": (direct_http, "echo", ""),
+            # The SDK client over HTTP to a server that does nothing: what the client's HTTP costs by itself.
+            "null HTTP server": (http_opener(f"http://127.0.0.1:{null_port}/mcp"), "echo", "direct stdio"),
         }
         for mode, gw in gws.items():
             targets[f"{mode} -> stdio"] = (http_opener(gw.url), "echostdio__echo", "direct stdio")
@@ -328,9 +363,15 @@ def main() -> None:
                 rows[name] = {"p50_ms": p50, "p99_ms": p99, "added_p50_ms": add50, "added_p99_ms": add99}
                 rows[name] |= {"calls_per_s": cps, "x_direct": ratio}
                 print(f"  {name:26} {p50:8.2f} {p99:8.2f} {add50:+8.2f} {add99:+8.2f} {cps:9.0f} {ratio:9.2f}")
+            own = anyio.run(echo_own_time, args.calls)
+            floor = rows["null HTTP server"]["p50_ms"] + own - rows["direct stdio"]["p50_ms"]
+            print(
+                f"  floor: the echo's own time over a raw pipe {own:.2f} ms; a gateway that cost nothing would add "
+                f"{floor:+.2f} ms p50 over direct stdio here (null HTTP server + the echo's own time - direct stdio)"
+            )
             for name, prof in profiles.items():
                 print_stages(f"{name}, {ERAS[era]}", prof)
-            report["eras"][era] = {"paths": rows, "stages": profiles}
+            report["eras"][era] = {"paths": rows, "stages": profiles, "echo_own_p50_ms": own, "floor_p50_ms": floor}
         if args.list_calls:
             print("\ntools/list through the gateway (p50 ms), 1 tool vs 100 tools, 2025-11-25 era:")
             report["lists"] = {}

@@ -13,17 +13,33 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import httpcore2
 import httpx2
 from httpx2._sse import _SSEParser  # the parser EventSource uses (bounded events); pinned, see pyproject.toml
 
+if TYPE_CHECKING:
+    import aiohttp
+
 log = logging.getLogger("gateway.upstream")
+
+
+def _import_aiohttp() -> Any:
+    """aiohttp, imported on first use: it costs about 19 MB resident, which only a gateway with an HTTP upstream
+    pays. Its frozenlist is C++ built against another libstdc++ and corrupts rego-cpp's heap when loaded first
+    (gateway/policy/opa.py); rego-cpp may load after it (``engine = "regopy"`` at a reload), so frozenlist's
+    pure-Python form is used unless it is already loaded (it only holds aiohttp's signal lists)."""
+    if "frozenlist" not in sys.modules:
+        os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
+    import aiohttp
+
+    return aiohttp
 
 
 class ExchangeError(Exception):
@@ -74,10 +90,11 @@ async def sse_events(resp: Response, max_event_size: int) -> AsyncGenerator[Even
 
 
 class _AiohttpResponse:
-    __slots__ = ("_resp", "status")
+    __slots__ = ("_errors", "_resp", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse):
+    def __init__(self, resp: aiohttp.ClientResponse, errors: tuple[type[BaseException], ...]):
         self._resp = resp
+        self._errors = errors
         self.status = resp.status
 
     def header(self, name: str) -> str:
@@ -87,7 +104,7 @@ class _AiohttpResponse:
         try:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
+        except self._errors as exc:
             raise ExchangeError(exc.__class__.__name__) from None
 
 
@@ -95,13 +112,16 @@ class AiohttpExchange:
     """A pooled keep-alive aiohttp session. Created on first use: aiohttp binds it to the running loop."""
 
     def __init__(self, url: str, connect_timeout: float = 5.0):
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self._connect_timeout = connect_timeout
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._session: aiohttp.ClientSession | None = None
         self._proxy = env_proxy(url)
         self.connects = 0
         """New connections opened (a kept-alive pool opens one and reuses it)."""
 
     def _open_session(self) -> aiohttp.ClientSession:
+        aiohttp = _import_aiohttp()
+        self._errors = (aiohttp.ClientError, OSError, TimeoutError)
         trace = aiohttp.TraceConfig()
 
         async def counted(*_: Any) -> None:
@@ -109,7 +129,7 @@ class AiohttpExchange:
 
         trace.on_connection_create_end.append(counted)
         return aiohttp.ClientSession(
-            timeout=self._timeout,
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
             trust_env=False,  # read per request in a thread (two hops a call): the proxy is read once, above
             auto_decompress=True,
             trace_configs=[trace],
@@ -127,10 +147,10 @@ class AiohttpExchange:
                 method, url, data=body, headers=dict(headers), allow_redirects=False, proxy=self._proxy
             )
             resp = await cm.__aenter__()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             raise ExchangeError(exc.__class__.__name__) from None
         try:
-            yield _AiohttpResponse(resp)
+            yield _AiohttpResponse(resp, self._errors)
         finally:
             await cm.__aexit__(None, None, None)
 

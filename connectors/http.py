@@ -30,6 +30,8 @@ import anyio.abc
 import httpx2
 import orjson
 from mcp.client.auth.exceptions import OAuthFlowError
+from mcp.shared.inbound import encode_header_value, mcp_param_headers, x_mcp_header_map
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from connectors.base import Limits, StateFn
 from connectors.exchange import (
@@ -41,13 +43,17 @@ from connectors.exchange import (
     Response,
     sse_events,
 )
-from connectors.jsonrpc import JsonRpcPeer, UpstreamError
+from connectors.jsonrpc import CLIENT_INFO, JsonRpcPeer, UpstreamError
 
 log = logging.getLogger("gateway.upstream")
 
 _DEFAULT_RETRY_S = 1.0
 _MAX_RESUMES = 5
 _ERROR_BODY_BYTES = 500
+
+_PROTOCOL_META = "io.modelcontextprotocol/protocolVersion"
+_CLIENT_META = "io.modelcontextprotocol/clientInfo"
+_CAPABILITIES_META = "io.modelcontextprotocol/clientCapabilities"
 
 
 def _is_sse(resp: Response) -> bool:
@@ -85,6 +91,11 @@ class HttpConnector(JsonRpcPeer):
         self._listener: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.last_error = "not connected yet"
+        self._modern: str | None = None
+        """The 2026-era version the server offers, once discovered; None keeps every call in the session."""
+        self._param_headers: dict[str, dict[tuple[str, ...], str]] = {}
+        """Per tool seen in this server's lists: its ``x-mcp-header`` arguments (a call to a tool never listed
+        stays in the session, as its ``Mcp-Param-*`` headers are unknown)."""
 
     @property
     def up(self) -> bool:
@@ -136,8 +147,27 @@ class HttpConnector(JsonRpcPeer):
             result = await JsonRpcPeer.request(self, "initialize", self._initialize_params(), self.start_timeout)
         self._adopt(result)
         await self.notify("notifications/initialized")
+        self._modern = await self._discover() if self.stateless_calls else None
         self.last_error = ""
         self._ready.set()
+
+    async def _discover(self) -> str | None:
+        """The newest 2026-era version the server serves statelessly, or None (a 2025-only server answers
+        ``server/discover`` with an error, which is quietly taken as "no")."""
+        try:
+            with anyio.fail_after(self.start_timeout):
+                envelope = {
+                    _PROTOCOL_META: MODERN_PROTOCOL_VERSIONS[-1],
+                    _CLIENT_META: CLIENT_INFO,
+                    _CAPABILITIES_META: {},
+                }
+                result = await JsonRpcPeer.request(self, "server/discover", {"_meta": envelope}, self.start_timeout)
+        except Exception as exc:  # any failure keeps the session for everything, as before
+            log.debug("upstream %s: no stateless era (%s)", self.name, type(exc).__name__)
+            return None
+        offered = result.get("supportedVersions")
+        versions = [v for v in MODERN_PROTOCOL_VERSIONS if isinstance(offered, list) and v in offered]
+        return max(versions) if versions else None
 
     def _mark_down(self, why: str) -> None:
         if self._ready.is_set():
@@ -154,7 +184,44 @@ class HttpConnector(JsonRpcPeer):
                     await self._ready.wait()
             if not self._ready.is_set():
                 raise UpstreamError(self.name, "unavailable", f"is not reachable ({self.last_error})")
-        return await super().request(method, params, timeout, on_progress)
+        if method == "tools/call" and self._modern is not None and params and params.get("name") in self._param_headers:
+            return await self._stateless_call(params, timeout, on_progress)
+        result = await super().request(method, params, timeout, on_progress)
+        if method == "tools/list" and self._modern is not None:
+            self._learn(result)
+        return result
+
+    def _learn(self, result: dict[str, Any]) -> None:
+        tools = result.get("tools")
+        for tool in tools if isinstance(tools, list) else []:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                try:
+                    self._param_headers[tool["name"]] = x_mcp_header_map(tool.get("inputSchema"))
+                except Exception:  # a schema the SDK's reader cannot walk: that tool's calls stay in the session
+                    self._param_headers.pop(tool["name"], None)
+
+    async def _stateless_call(self, params: dict[str, Any], timeout: float, on_progress: Any) -> dict[str, Any]:
+        """A ``tools/call`` as a stateless 2026-era request: no session id, the era's envelope in ``_meta`` and
+        its routing headers. The server's cheapest path (no session stream, a plain JSON answer); a result that
+        asks for input (which a shared session cannot relay either) is an error."""
+        version = self._modern
+        assert version is not None
+        meta = {
+            **(params.get("_meta") or {}),
+            _PROTOCOL_META: version,
+            _CLIENT_META: CLIENT_INFO,
+            _CAPABILITIES_META: {},
+        }
+        result = await super().request("tools/call", {**params, "_meta": meta}, timeout, on_progress)
+        kind = result.pop("resultType", "complete")
+        if kind != "complete":
+            raise UpstreamError(
+                self.name,
+                "protocol",
+                f"asked for input ({kind}) that a shared upstream session cannot relay "
+                '(set session_mode = "per_session" on this upstream)',
+            )
+        return result
 
     def _session_headers(self, versioned: bool = True) -> dict[str, str]:
         """The headers of a request in this session (the protocol version once it has been negotiated)."""
@@ -165,11 +232,36 @@ class HttpConnector(JsonRpcPeer):
             headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
+    def _headers_for(self, message: dict[str, Any]) -> tuple[dict[str, str], bool]:
+        """A message's headers, and whether it is one of this connector's own stateless 2026-era requests: those
+        carry the connector's own ``CLIENT_INFO`` object in ``_meta`` (by identity: an agent's ``_meta`` passed
+        through never does, whatever it says)."""
+        method = message.get("method")
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(meta, dict) or meta.get(_CLIENT_META) is not CLIENT_INFO:
+            return self._session_headers(versioned=method != "initialize"), False
+        headers = {**self._headers, "MCP-Protocol-Version": str(meta[_PROTOCOL_META]), "Mcp-Method": str(method)}
+        if method == "tools/call":
+            assert isinstance(params, dict)
+            name, arguments = str(params.get("name")), params.get("arguments")
+            headers["Mcp-Name"] = encode_header_value(name)
+            header_map = self._param_headers.get(name)
+            if header_map and isinstance(arguments, dict):
+                headers.update(mcp_param_headers(header_map, arguments))
+        return headers, True
+
     async def _send(self, message: dict[str, Any]) -> None:
         resume: tuple[str, float] | None = None
-        headers = self._session_headers(versioned=message.get("method") != "initialize")
+        headers, stateless = self._headers_for(message)
         try:
             async with self._http.open("POST", self.url, headers, orjson.dumps(message)) as resp:
+                if stateless and resp.status >= 400 and not _is_sse(resp):
+                    # The era answers a refused request with its JSON-RPC error under a 4xx status.
+                    await self._dispatch(orjson.loads(await self._read_body(resp)))
+                    if self._waiting(message["id"]):
+                        raise UpstreamError(self.name, "protocol", f"answered HTTP {resp.status}")
+                    return
                 if resp.status == 404 and self._session_id:
                     self._mark_down("the server ended the session")
                     raise UpstreamError(self.name, "unavailable", "ended the session; reconnecting")

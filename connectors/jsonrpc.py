@@ -81,6 +81,10 @@ class JsonRpcPeer:
         self.protocol_version = PROTOCOL_VERSION
         self.client_capabilities: dict[str, Any] = {"roots": {}}
         """What the gateway declares to the upstream; a per-session connection declares what its agent declared."""
+        self.stateless_calls = True
+        """Whether a ``tools/call`` may go out as a stateless 2026-era request when the server offers that era
+        (HTTP upstreams). A per-session connection, which relays the server's requests to its agent, keeps its
+        calls in the session."""
         self.preamble: list[tuple[str, dict[str, Any]]] = []
         """Requests to make before the next one (an agent's log level for a session that just came up)."""
         self._spawn: Callable[..., Any] | None = None

@@ -162,6 +162,8 @@ class SessionUpstreams:
 
         conn = make_connector(up.config, self._base_dir, on_state)
         conn.client_capabilities = caps
+        if isinstance(conn, JsonRpcPeer):
+            conn.stateless_calls = False  # its upstream's requests reach this agent only through the session
         if hooks is not None:
 
             async def on_request(method: str, params: dict[str, Any]) -> Any:

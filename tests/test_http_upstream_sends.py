@@ -100,3 +100,25 @@ async def test_httpx2_one_send_per_request_on_one_connection(echo_port: int) -> 
 def test_an_upstream_with_oauth_goes_through_httpx2() -> None:
     conn = HttpConnector("echo", "http://127.0.0.1:9/mcp", auth=httpx2.BasicAuth("u", "p"))
     assert isinstance(conn._http, Httpx2Exchange)
+
+
+_CONNECTOR_FIRST = """
+from pathlib import Path
+from connectors.exchange import _import_aiohttp
+_import_aiohttp()  # an HTTP upstream connected before anything loaded rego-cpp
+from gateway.policy.engines import compile_policy
+from gateway.policy.loader import load_policy
+from gateway.policy.tables import load_tables
+policy = compile_policy(Path("rego"), "gateway/decision", "regopy")
+print(all(policy.evaluate_input(c.input).error is None for c in load_tables(load_policy(Path("rego")))))
+"""
+
+
+def test_regopy_decides_after_an_http_upstream_loaded_aiohttp() -> None:
+    """aiohttp's C++ frozenlist, loaded before rego-cpp, corrupted rego-cpp's heap: the connector's aiohttp uses
+    frozenlist's pure-Python form."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CONNECTOR_FIRST], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
