@@ -28,6 +28,7 @@ from gateway.errors import DENIED
 from gateway.forward import GatewayError
 from gateway.http.authenticate import AGENT_KEY
 from gateway.http.headers import HEADERS_KEY
+from gateway.http.sessions import hand_over
 from gateway.identity import Agent
 from gateway.mailbox import PROGRESS_CAPACITY, Mailbox
 from gateway.pipeline import Pipeline
@@ -273,6 +274,12 @@ def install_relay(server: Server[Any], pipeline: Pipeline, view: str | None) -> 
         return up.name if up is not None else None
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        result = await route(ctx, call_next)
+        if ctx.request_id is None or ctx.request is None:
+            return result
+        return hand_over(ctx.request.scope.get("state"), result)
+
+    async def route(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         session = session_of(ctx)
         if session is None:
             return await call_next(ctx)

@@ -9,6 +9,7 @@ flaky), only which modules were loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -115,3 +116,82 @@ def test_lint_builtin_list_matches_installed_regopy() -> None:
 
     probe = Interpreter()
     assert supported_builtins() == frozenset(n for n in _OPA_BUILTINS if probe.is_builtin(n)) | _SPECIAL
+
+
+COUNTER = """
+import gc, os, signal, sys
+sys.path.insert(0, os.getcwd())
+
+def dump(*_):
+    gc.collect()
+    n = sum(1 for o in gc.get_objects() if type(o) is dict and str(o.get("name", "")).startswith("echo__tool_"))
+    out = os.environ["GATEWAY_COUNT_OUT"]
+    with open(out + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(out + ".tmp", out)
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "gateway"
+from gateway.cli import main
+main()
+"""
+
+
+def test_an_open_session_does_not_keep_its_tools_list_answer(tmp_path: Path) -> None:
+    """The SDK's per-session message router keeps the last message it sent alive until the next one; with calls on
+    the fast path that is the session's tools/list answer (~1 KB a tool). The gateway empties the lists of an
+    answer once it is on the wire (``gateway.http.sessions.hand_over``): the live tool entries of a 100-tool list
+    do not grow with the sessions that listed it and stay open. Each answer is still whole, listed again too."""
+    port = free_port()
+    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps([*ECHO, "--tools", "100"])}\n'
+    config, admin_port = with_admin_port(default_config(port, tmp_path, upstream))
+    (tmp_path / "gateway.toml").write_text(config)
+    (tmp_path / "counter.py").write_text(COUNTER)
+    out = tmp_path / "count.txt"
+    log = tmp_path / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "counter.py"), "serve", "--config", str(tmp_path / "gateway.toml")],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GATEWAY_COUNT_OUT": str(out)},
+    )
+
+    def live_tool_entries() -> int:
+        if out.exists():
+            out.unlink()
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not out.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        return int(out.read_text())
+
+    async def hold(sessions: int) -> tuple[int, int]:
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with mcp_client(url, KEYS["ci-bot"][2]) as first:
+            assert len((await first.list_tools()).tools) == 100
+            one = await anyio.to_thread.run_sync(live_tool_entries)
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(sessions):
+                    client = await stack.enter_async_context(mcp_client(url, KEYS["ci-bot"][2]))
+                    for _ in range(2):  # the second answer is whole too: nothing the gateway keeps was emptied
+                        assert len((await client.list_tools()).tools) == 100
+                return one, await anyio.to_thread.run_sync(live_tool_entries)
+
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx2.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        one, many = anyio.run(hold, 5)
+        assert many - one < 100, (one, many)  # without the release: +99 entries per session that listed
+    finally:
+        proc.terminate()
+        proc.wait(15)

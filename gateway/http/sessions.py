@@ -28,6 +28,8 @@ from gateway.http.respond import jsonrpc_error
 
 BODY_KEY = "gateway.body"
 SESSION_KEY = "gateway.session"
+RELEASE_KEY = "gateway.release"
+"""Lists of a result the SDK answered this request with, emptied once the answer is on the wire (see ``hand_over``)."""
 Owner = tuple[str, str, str]
 """(agent id, auth method, team): the identity a session belongs to."""
 
@@ -122,7 +124,11 @@ class SessionBinding:
             send = self._unbinding_send(send, sid)
         elif sid is not None:
             self._touch(sid, owner)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for items in scope["state"].pop(RELEASE_KEY, ()):
+                items.clear()
 
     async def _open_session(
         self, scope: Scope, receive: Receive, send: Send, owner: Owner, init: tuple[dict[str, Any], str | None]
@@ -194,3 +200,31 @@ class SessionBinding:
             live = set(self.live_ids())
             for sid in [s for s in self.sessions if s not in live]:
                 self._forget(sid, self.sessions[sid])
+
+
+_RESULT_LISTS = ("tools", "prompts", "resources", "resourceTemplates", "contents", "content")
+
+
+def hand_over(state: dict[str, Any] | None, result: Any) -> Any:
+    """The result with its lists copied into lists only the SDK's answer holds, which the session gate empties once
+    the HTTP request that asked for it has been answered.
+
+    Why: the SDK's per-session message router (``StreamableHTTPServerTransport.connect``) keeps the last message it
+    routed alive in its loop variable until the next one. With tools/call on the gateway's fast path, that last
+    message is typically a session's ``tools/list`` answer: ~1 KB per tool, for as long as the session lives
+    (~100 KB a session with 100 tools). Copying only the list keeps the answer intact on the wire, and never empties
+    a list the pipeline (or a cache) still holds.
+    """
+    if state is None or not isinstance(result, dict):
+        return result
+    owned: list[list[Any]] = []
+    out = dict(result)
+    for key in _RESULT_LISTS:
+        items = out.get(key)
+        if isinstance(items, list) and items:
+            out[key] = copy = list(items)
+            owned.append(copy)
+    if not owned:
+        return result
+    state.setdefault(RELEASE_KEY, []).extend(owned)
+    return out
