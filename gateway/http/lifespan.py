@@ -13,6 +13,7 @@ own graceful-shutdown timeout), then are closed so idle listening streams do not
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import anyio
@@ -52,6 +53,7 @@ class Lifespan:
                 tg.start_soon(self._drain_on_exit)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
+                freeze_startup_objects()
                 msg = await receive()
                 # lifespan.shutdown: leaving the block stops upstreams and session managers
                 tg.cancel_scope.cancel()
@@ -75,3 +77,11 @@ class Lifespan:
             await anyio.sleep(0.05)
         await anyio.sleep(0.5)  # let clients take in their last answers before their listening streams go
         sdk_adapter.close_sse_streams()
+
+
+def freeze_startup_objects() -> None:
+    """Move what start-up built (modules, models, the compiled policy: hundreds of thousands of objects) out of
+    the collector's reach. Every full collection walked them all, about 3 ms on this machine and some 25 times per
+    300 calls, landing on whichever call was running; frozen, a collection walks only what calls create."""
+    gc.collect()
+    gc.freeze()
