@@ -80,7 +80,7 @@ class Lifespan:
 
 
 def freeze_startup_objects() -> None:
-    """Move what start-up built (modules, models, the compiled policy: hundreds of thousands of objects) out of
+    """Move what start-up built (modules, models, the compiled policy: about 100,000 objects) out of
     the collector's reach. Every full collection walked them all, about 3 ms on this machine and some 25 times per
     300 calls, landing on whichever call was running; frozen, a collection walks only what calls create."""
     gc.collect()
