@@ -44,6 +44,11 @@ def main() -> None:
 )
 def serve(config_path: str, log_level: str | None) -> None:
     """Run the gateway."""
+    # The gateway serves on asyncio only. httpcore2 (under httpx2, which the MCP SDK's server package imports)
+    # imports trio whenever it is installed, for its locks under a trio loop: trio and attrs cost the process
+    # ~2.7 MB RSS for as long as it lives. A None entry makes ``import trio`` fail as if it were not installed
+    # (the import system's documented behaviour), so httpcore2 uses its anyio locks, as it does on asyncio anyway.
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
     from gateway import logs, tracing
