@@ -89,6 +89,7 @@ def serve(config_path: str, log_level: str | None) -> None:
         admin_sock,
         lambda limit: gw.metrics.limited.labels(limit).inc(),
         lambda: gw.failure is not None,
+        loop=cfg.event_loop,
     )
     tracing.shutdown()
     if gw.failure is not None:

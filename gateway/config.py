@@ -29,6 +29,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _host_port(v: str) -> str:
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -56,6 +62,23 @@ class ServerConfig(_Model):
     max_sessions: Annotated[int, Field(gt=0)] = 10000
     public_url: str | None = None
     """The URL agents use, when it differs from http://listen (used in OAuth resource metadata)."""
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The event loop (read at start): auto = uvloop when it is installed and no upstream is contained."""
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    """The agent listener's HTTP/1.1 parser (read at start): auto = httptools when it is installed."""
+
+    @field_validator("loop", "http")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        if v in ("uvloop", "httptools") and not _installed(v):
+            raise ValueError(f"{v!r} is not installed (pip install {v}), or choose 'auto'")
+        return v
+
+    @property
+    def http_parser(self) -> Literal["httptools", "h11"]:
+        if self.http == "auto":
+            return "httptools" if _installed("httptools") else "h11"
+        return self.http
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -439,7 +462,20 @@ class Config(_Model):
                     f"upstream {u.name!r}: containment profile {u.containment!r} is not defined"
                     " in [containment.profiles]"
                 )
+        if self.server.loop == "uvloop" and any(u.containment is not None for u in self.upstreams):
+            raise ValueError(
+                "server.loop = 'uvloop' cannot start contained workers (its subprocesses take no umask, user or"
+                " group): use 'auto' or 'asyncio' with contained upstreams"
+            )
         return self
+
+    @property
+    def event_loop(self) -> Literal["uvloop", "asyncio"]:
+        """The loop ``server.loop`` names; for "auto", uvloop unless it is missing or an upstream is contained."""
+        if self.server.loop == "auto":
+            contained = any(u.containment is not None for u in self.upstreams)
+            return "uvloop" if not contained and _installed("uvloop") else "asyncio"
+        return self.server.loop
 
     def resolve(self, path: str) -> Path:
         p = Path(path)

@@ -36,6 +36,20 @@ class QuietServer(uvicorn.Server):
         yield
 
 
+MAX_HEAD_BYTES = 16 * 1024
+"""h11's default bound on a request head not yet whole (uvicorn keeps it): past it the connection gets 400 and is
+closed. The httptools protocol bounds a head to it too, whether it came in pieces or whole."""
+
+
+def guarded_protocol(
+    http: str, max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
+) -> type[asyncio.Protocol]:
+    """The agent listener's protocol for ``[server] http`` ("httptools" or "h11"), with the same guards."""
+    if http == "httptools":
+        return guarded_httptools(max_connections, header_timeout, on_refused)
+    return guarded_h11(max_connections, header_timeout, on_refused)
+
+
 def guarded_h11(
     max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
 ) -> type[asyncio.Protocol]:
@@ -92,9 +106,111 @@ def guarded_h11(
     return GuardedH11Protocol
 
 
+class _Refused(Exception):
+    """Raised in a parser callback: httptools turns it into a parser error, which uvicorn answers with 400."""
+
+
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def guarded_httptools(
+    max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
+) -> type[asyncio.Protocol]:
+    """uvicorn's httptools (llhttp) protocol with the bounds of ``guarded_h11``, and the one h11 has built in
+    that llhttp lacks: a request head of at most ``MAX_HEAD_BYTES`` (llhttp would buffer a header of any size).
+    A request asking to upgrade (the gateway upgrades to nothing) is refused when it has a body, and otherwise
+    answered on a connection closed after it.
+
+    The head's size is known two ways: the chunks received wholly while a head is awaited (no message began or
+    ended in them: a head sent slowly, or a header without end), and the whole head once parsed (a head that
+    came in one chunk). A head is awaited from the connection's start and from each message's end to its next
+    head's end; the timer runs, as with h11, from the start and from each response's end.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _awaiting_head = True
+        _head_bytes = 0
+        _boundary = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
+            if len(self.connections) > max_connections:
+                on_refused("connections")
+                transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head and not self.transport.is_closing():
+                on_refused("header_timeout")
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._awaiting_head:
+                super().data_received(data)
+                return
+            self._boundary = False
+            super().data_received(data)
+            if self._awaiting_head and not self._boundary:  # the whole chunk was head bytes
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self.send_400_response("Invalid HTTP request received.")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._boundary = True
+            self._head_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+            if size > MAX_HEAD_BYTES:
+                raise _Refused("head too large")
+            self._awaiting_head = False
+            self._boundary = True
+            self._disarm()  # the request head is in: the body and the answer have their own bounds
+            upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+            if upgrade and any(name in _FRAMING for name, value in self.headers if value.strip() != b"0"):
+                # llhttp skips the body of a request that asks to upgrade (h2c...) and would parse what follows
+                # as the next request: a body a proxy in front forwarded would become a request of its own.
+                raise _Refused("upgrade with a body")
+            super().on_headers_complete()
+            if upgrade:
+                self.cycle.keep_alive = False  # nothing after this head is ever served on this connection
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._awaiting_head = True
+            self._boundary = True
+            self._head_bytes = 0
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._awaiting_head:
+                self._arm()  # a kept-alive connection has as long for its next request head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol
+
+
 class _OneWrite:
-    """The connection's transport as uvicorn's h11 protocol sees it: a response head is held until the body's
-    first write in the same event-loop turn, and goes out with it in one ``write``.
+    """The connection's transport as uvicorn's h11 and httptools protocols see it: a response head is held until
+    the body's first write in the same event-loop turn, and goes out with it in one ``write``.
 
     uvicorn writes a head and its body separately; with TCP_NODELAY each is a packet and a wake-up of the client,
     which on a loaded machine may run before the body is written. A head with no body written in the same turn

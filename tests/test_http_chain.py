@@ -20,11 +20,13 @@ from tests.test_protocol_bad_input import headers, open_session, parse, recorder
 A, B = "ci-bot", "researcher"
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def gw(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningGateway]:
+    """One gateway per HTTP parser of the agent listener: every attempt holds with either."""
     g = recorder_gateway(
         tmp_path_factory.mktemp("chain"),
-        "max_sessions_per_agent = 3\nmax_concurrent_calls_per_agent = 2\nmax_connections = 25\nheader_timeout_s = 1\n",
+        "max_sessions_per_agent = 3\nmax_concurrent_calls_per_agent = 2\nmax_connections = 25\nheader_timeout_s = 1\n"
+        f"http = {request.param!r}\n",
     )
     yield g
     g.stop()

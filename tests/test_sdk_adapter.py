@@ -45,16 +45,28 @@ def test_server_exiting_reads_uvicorn_s_signal_handler() -> None:
     server.should_exit = False
 
 
-async def _serve_guarded(max_connections: int, timeout: float, refused: list[str]) -> tuple[uvicorn.Server, int, Any]:
+PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
+
+
+async def _serve_guarded(
+    max_connections: int, timeout: float, refused: list[str], parser: str = "h11"
+) -> tuple[uvicorn.Server, int, Any]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+        body = b""
+        while True:  # the whole body is read, so a test sees what the parser handed over
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = b"ok" + body
+        headers = [(b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, lifespan="off", log_config=None, http=sdk_adapter.guarded_h11(max_connections, timeout, refused.append)
-    )
+    protocol = sdk_adapter.guarded_protocol(parser, max_connections, timeout, refused.append)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol)
     server = sdk_adapter.QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -62,11 +74,13 @@ async def _serve_guarded(max_connections: int, timeout: float, refused: list[str
     return server, sock.getsockname()[1], task
 
 
+@PARSERS
 @pytest.mark.anyio
-async def test_guarded_h11_bounds_connections_and_request_heads() -> None:
-    """uvicorn's h11 protocol (connection_made, data_received, on_response_complete, conn.their_state)."""
+async def test_guarded_protocol_bounds_connections_and_request_heads(parser: str) -> None:
+    """uvicorn's h11 protocol (connection_made, data_received, on_response_complete, conn.their_state) and its
+    httptools protocol (the same, and on_message_begin, on_headers_complete, on_message_complete)."""
     refused: list[str] = []
-    server, port, task = await _serve_guarded(2, 0.3, refused)
+    server, port, task = await _serve_guarded(2, 0.3, refused, parser)
     try:
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         idle[0][1].write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a head
@@ -85,10 +99,14 @@ async def test_guarded_h11_bounds_connections_and_request_heads() -> None:
         await task
 
 
+@PARSERS
 @pytest.mark.anyio
-async def test_guarded_h11_writes_a_head_and_its_body_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """uvicorn's h11 protocol writes through ``self.transport`` (set in connection_made), a head and its body in
-    two writes: held, they go out as one; a streamed answer's head still goes out before its first chunk."""
+async def test_guarded_protocol_writes_a_head_and_its_body_at_once(
+    monkeypatch: pytest.MonkeyPatch, parser: str
+) -> None:
+    """uvicorn's h11 and httptools protocols write through ``self.transport`` (set in connection_made), a head
+    and its body in two writes: held, they go out as one; a streamed answer's head still goes out before its first
+    chunk."""
     from asyncio.selector_events import _SelectorSocketTransport  # type: ignore[attr-defined]
 
     writes: list[bytes] = []
@@ -114,7 +132,8 @@ async def test_guarded_h11_writes_a_head_and_its_body_at_once(monkeypatch: pytes
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="off", log_config=None, http=sdk_adapter.guarded_h11(10, 5, lambda _: None))
+    protocol = sdk_adapter.guarded_protocol(parser, 10, 5, lambda _: None)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol)
     server = sdk_adapter.QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -136,6 +155,73 @@ async def test_guarded_h11_writes_a_head_and_its_body_at_once(monkeypatch: pytes
         writer.close()
     finally:
         gate.set()
+        server.should_exit = True
+        await task
+
+
+async def _exchange(port: int, *pieces: bytes, pause: float = 0.0) -> tuple[bytes, int]:
+    """Send the pieces (``pause`` apart) until the server closes; what it answered and how many pieces went."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = 0
+    got = b""
+    try:
+        for piece in pieces:
+            if reader.at_eof():
+                break
+            writer.write(piece)
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(pause)
+        got = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionError:
+        pass  # a reset: the server closed with our bytes unread
+    finally:
+        writer.close()
+    return got, sent
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_guarded_protocol_bounds_the_request_head_size(parser: str) -> None:
+    """A head over MAX_HEAD_BYTES sent in pieces gets 400 and is closed before it ends (h11 bounds what it
+    buffers; llhttp would buffer a header of any size). With httptools a head that came whole is bounded too."""
+    refused: list[str] = []
+    server, port, task = await _serve_guarded(10, 5, refused, parser)
+    try:
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
+        pieces = [head, *[b"a" * 1024] * 64, b"\r\n\r\n"]
+        got, sent = await _exchange(port, *pieces, pause=0.01)
+        assert sent < len(pieces) and (got == b"" or got.startswith(b"HTTP/1.1 400")), got[:60]
+        whole = head + b"a" * (sdk_adapter.MAX_HEAD_BYTES + 1024) + b"\r\n\r\n"
+        if parser == "httptools":
+            assert (await _exchange(port, whole))[0].startswith(b"HTTP/1.1 400")
+        # control: a head under the bound is served, sent whole or in pieces
+        small = head + b"a" * (sdk_adapter.MAX_HEAD_BYTES - 2048) + b"\r\nConnection: close\r\n\r\n"
+        assert (await _exchange(port, small))[0].startswith(b"HTTP/1.1 200")
+        split = [small[i : i + 1000] for i in range(0, len(small), 1000)]
+        assert (await _exchange(port, *split, pause=0.005))[0].startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        await task
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_guarded_protocol_never_serves_a_body_as_a_request(parser: str) -> None:
+    """A request that asks to upgrade (h2c) with a body that is itself a request, sent after the head: llhttp
+    skips such a body and would parse it as the next request. Refused with 400 (httptools) or read as the body
+    (h11): either way one answer, never two. An upgrade request without a body is answered, then closed."""
+    server, port, task = await _serve_guarded(10, 5, [], parser)
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+    try:
+        got, _ = await _exchange(port, head + b"Content-Length: %d\r\n\r\n" % len(inner), inner, pause=0.05)
+        assert got.count(b"HTTP/1.1 ") == 1, got
+        assert got.startswith(b"HTTP/1.1 400" if parser == "httptools" else b"HTTP/1.1 200"), got
+        bodiless = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        got, _ = await _exchange(port, bodiless, inner, pause=0.05)
+        assert got.startswith(b"HTTP/1.1 200") and (parser == "h11" or got.count(b"HTTP/1.1 ") == 1), got
+    finally:
         server.should_exit = True
         await task
 

@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.config import ServerConfig
-from gateway.sdk_adapter import QuietServer, guarded_h11
+from gateway.sdk_adapter import QuietServer, guarded_protocol
 
 log = logging.getLogger("gateway.http")
 
@@ -88,12 +89,15 @@ def serve(
     admin_sock: socket.socket,
     on_refused: Callable[[str], None],
     failed: Callable[[], bool] = lambda: False,
+    loop: Literal["uvloop", "asyncio"] = "asyncio",
 ) -> None:
     """Run until told to stop (SIGTERM/SIGINT), or until ``failed()`` (the gateway died after start: the caller
     exits non-zero). The agent port's connections are bounded in number (``max_connections``) and in the time
-    to send a request head (``header_timeout_s``)."""
+    to send a request head (``header_timeout_s``), with either HTTP parser (``server.http``)."""
     common = {"log_level": log_level, "log_config": None, "access_log": False}
-    protocol = guarded_h11(connection_budget(server.max_connections), server.header_timeout_s, on_refused)
+    budget = connection_budget(server.max_connections)
+    protocol = guarded_protocol(server.http_parser, budget, server.header_timeout_s, on_refused)
+    log.info("event loop %s, HTTP parser %s", loop, server.http_parser)
     agent = uvicorn.Server(
         uvicorn.Config(
             agent_app,
@@ -121,4 +125,10 @@ def serve(
             admin.should_exit = True
             await admin_task
 
-    asyncio.run(both())
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(both())
