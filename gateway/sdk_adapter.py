@@ -38,7 +38,10 @@ class QuietServer(uvicorn.Server):
 
 MAX_HEAD_BYTES = 16 * 1024
 """h11's default bound on a request head not yet whole (uvicorn keeps it): past it the connection gets 400 and is
-closed. The httptools protocol bounds a head to it too, whether it came in pieces or whole."""
+closed. The httptools protocol keeps the same bound."""
+MAX_WHOLE_HEAD_BYTES = 64 * 1024
+"""A request head that came whole, at most, with httptools (h11 takes whatever one read holds): room for a large
+token, which is refused with 401 and recorded rather than cut at the parser."""
 
 
 def guarded_protocol(
@@ -117,7 +120,8 @@ def guarded_httptools(
     max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools (llhttp) protocol with the bounds of ``guarded_h11``, and the one h11 has built in
-    that llhttp lacks: a request head of at most ``MAX_HEAD_BYTES`` (llhttp would buffer a header of any size).
+    that llhttp lacks: a request head still incomplete past ``MAX_HEAD_BYTES`` is refused (llhttp would buffer
+    a header of any size), and one that came whole past ``MAX_WHOLE_HEAD_BYTES``.
     A request asking to upgrade (the gateway upgrades to nothing) is refused when it has a body, and otherwise
     answered on a connection closed after it.
 
@@ -176,7 +180,7 @@ def guarded_httptools(
 
         def on_headers_complete(self) -> None:
             size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-            if size > MAX_HEAD_BYTES:
+            if size > MAX_WHOLE_HEAD_BYTES:
                 raise _Refused("head too large")
             self._awaiting_head = False
             self._boundary = True

@@ -262,7 +262,9 @@ def test_a_body_framed_two_ways_is_refused(gw: RunningGateway) -> None:
                 + chunked
             )
             answer = _recv_all(sock, 10)
-        assert answer.startswith(b"HTTP/1.1 400 ") and b"Transfer-Encoding" in answer, answer
+        # refused by the gateway (naming the header) or, with httptools, already by the parser (llhttp)
+        named = b"Transfer-Encoding" in answer or b"Invalid HTTP request" in answer
+        assert answer.startswith(b"HTTP/1.1 400 ") and named, answer
         with socket.create_connection(("127.0.0.1", gw.port)) as sock:  # control: chunked alone is served
             head = "".join(f"{k}: {v}\r\n" for k, v in base)
             sock.sendall(
