@@ -112,6 +112,10 @@ class StdioConnector(JsonRpcPeer):
             backoff = min(backoff * 2, 5.0)
 
     async def _run_once(self) -> None:
+        from gateway.sdk_adapter import spawns_safely
+
+        if not spawns_safely():  # a reload added this upstream to a gateway started on uvloop
+            raise OSError("cannot start a process on uvloop (server.loop): restart the gateway")
         proc = await anyio.open_process(
             self.command,
             stdin=subprocess.PIPE,

@@ -8,24 +8,55 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_module
+from tests.conftest import default_config, free_port, start_gateway
 from tests.test_containment_profiles import STRICT, errors, load
 from tests.test_protocol_bad_input import open_session, recorder_gateway, still_serving
 
 CONTAINED = '[[upstreams]]\nname = "sh"\ntransport = "builtin"\ntools = "shell"\ncontainment = "strict"\n'
+STDIO = '[[upstreams]]\nname = "p"\ntransport = "stdio"\ncommand = ["cat"]\n'
+REMOTE = '[[upstreams]]\nname = "r"\ntransport = "http"\nurl = "http://127.0.0.1:1/mcp"\n'
 
 
-def test_auto_picks_uvloop_and_httptools_when_installed_and_nothing_is_contained() -> None:
-    cfg = load("")
+def test_auto_picks_uvloop_only_when_no_upstream_is_a_process_and_httptools_when_installed() -> None:
+    cfg = load(REMOTE)
     assert cfg.event_loop == "uvloop" and cfg.server.http_parser == "httptools"  # type: ignore[attr-defined]
-    cfg = load(STRICT + CONTAINED)
-    assert cfg.event_loop == "asyncio"  # type: ignore[attr-defined]  # uvloop cannot start contained workers
+    for local in (STRICT + CONTAINED, STDIO, REMOTE + STDIO):
+        assert load(local).event_loop == "asyncio"  # type: ignore[attr-defined]  # uvloop spawns unsafely
     cfg = load('[server]\nloop = "asyncio"\nhttp = "h11"\n')
     assert cfg.event_loop == "asyncio" and cfg.server.http_parser == "h11"  # type: ignore[attr-defined]
 
 
-def test_uvloop_with_a_contained_upstream_is_refused_at_load() -> None:
-    errs = errors('[server]\nloop = "uvloop"\n' + STRICT + CONTAINED)
-    assert any("cannot start contained workers" in e for e in errs), errs
+def test_uvloop_with_a_local_upstream_is_refused_at_load() -> None:
+    for local in (STRICT + CONTAINED, STDIO):
+        errs = errors('[server]\nloop = "uvloop"\n' + local)
+        assert any("cannot run stdio or builtin upstreams" in e for e in errs), errs
+    assert load('[server]\nloop = "uvloop"\n' + REMOTE).event_loop == "uvloop"  # type: ignore[attr-defined]
+
+
+def test_no_process_is_started_on_uvloop() -> None:
+    """uvloop ignores close_fds: a child it starts holds the parent's inheritable descriptors (the agent port's
+    listening socket is one). The spawn sites ask ``spawns_safely`` first; a reload cannot bypass the load check."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from gateway.sdk_adapter import spawns_safely
+
+    async def probe() -> tuple[bool, set[str]]:
+        listener = socket.socket()
+        listener.set_inheritable(True)
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", "ls /proc/$$/fd", stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        listener.close()
+        return spawns_safely(), set(out.decode().split())
+
+    safe, fds = asyncio.run(probe())
+    assert safe and fds <= {"0", "1", "2", "3"}, fds  # 3: ls's own directory
+    safe, fds = uvloop.run(probe())
+    assert not safe and len(fds) > 4, fds  # the reason for the guard
 
 
 def test_a_bad_or_missing_choice_is_refused_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,11 +70,21 @@ def test_a_bad_or_missing_choice_is_refused_and_auto_falls_back(monkeypatch: pyt
     assert cfg.event_loop == "asyncio" and cfg.server.http_parser == "h11"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("loop", "http"), [("uvloop", "httptools"), ("asyncio", "h11"), ("uvloop", "h11")])
-def test_the_gateway_serves_calls_on_each_loop_and_parser(tmp_path: Path, loop: str, http: str) -> None:
-    gw = recorder_gateway(tmp_path, f'loop = "{loop}"\nhttp = "{http}"\n')
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_the_gateway_serves_calls_with_each_parser(tmp_path: Path, http: str) -> None:
+    gw = recorder_gateway(tmp_path, f'http = "{http}"\n')
     try:
         still_serving(gw, open_session(gw))
-        assert f"event loop {loop}, HTTP parser {http}" in gw.log.read_text()
+        assert f"event loop asyncio, HTTP parser {http}" in gw.log.read_text()  # auto: a stdio upstream
+    finally:
+        gw.stop()
+
+
+def test_the_gateway_serves_on_uvloop(tmp_path: Path) -> None:
+    port = free_port()
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, "", extra=""), port)
+    try:
+        open_session(gw)
+        assert "event loop uvloop, HTTP parser httptools" in gw.log.read_text()
     finally:
         gw.stop()

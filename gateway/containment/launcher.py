@@ -198,6 +198,10 @@ TierBuilder = Callable[[TierRequest], Awaitable[TierCommand]]
 
 async def _open_piped(argv: list[str], env: dict[str, str], cwd: str, **extra: Any) -> anyio.abc.Process:
     """A worker process with its stdio on pipes, in its own session (a kill reaches all it starts)."""
+    from gateway.sdk_adapter import spawns_safely
+
+    if not spawns_safely():  # a reload added a contained upstream to a gateway started on uvloop
+        raise OSError("cannot start a worker on uvloop (server.loop): restart the gateway")
     return await anyio.open_process(
         argv,
         stdin=subprocess.PIPE,
