@@ -3,8 +3,12 @@ that serves calls with each."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from gateway import config as config_module
@@ -80,11 +84,23 @@ def test_the_gateway_serves_calls_with_each_parser(tmp_path: Path, http: str) ->
         gw.stop()
 
 
-def test_the_gateway_serves_on_uvloop(tmp_path: Path) -> None:
+def test_the_gateway_serves_reloads_and_stops_on_uvloop(tmp_path: Path) -> None:
+    """uvloop handles signals its own way: SIGHUP still reloads (loop.add_signal_handler) and SIGTERM still
+    stops the gateway cleanly (uvicorn's handler)."""
     port = free_port()
-    gw = start_gateway(tmp_path, default_config(port, tmp_path, "", extra=""), port)
+    gw = start_gateway(tmp_path, default_config(port, tmp_path, ""), port)
     try:
         open_session(gw)
         assert "event loop uvloop, HTTP parser httptools" in gw.log.read_text()
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        metric = 'mcp_gateway_policy_reloads_total{result="unchanged"} 1.0'
+        while metric not in httpx2.get(gw.admin_base + "/metrics").text:
+            assert time.monotonic() < deadline, "no reload after SIGHUP"
+            time.sleep(0.1)
+        open_session(gw)
+        gw.proc.terminate()
+        assert gw.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn raises the signal again once it has stopped
+        assert "session manager shutting down" in gw.log.read_text()  # the lifespan ran to its end
     finally:
         gw.stop()
