@@ -36,6 +36,9 @@ NOT_BY_DEFAULT = (
     "trio",  # the gateway serves on asyncio: httpcore2 would import trio (and attrs) only because it is installed
 )
 
+# The policy, audit and lock subcommands' modules: imported when their command is named, never by serve.
+CLI_ONLY = ("gateway.cli_policy", "gateway.cli_lock", "gateway.cli_diff")
+
 WRAPPER = """
 import os, signal, sys
 sys.path.insert(0, os.getcwd())
@@ -106,6 +109,7 @@ def test_default_gateway_loads_no_optional_library(tmp_path: Path) -> None:
     modules, maps = loaded_modules(tmp_path)
     assert "gateway.policy.rvm" in modules  # the wrapper saw the serving gateway's modules
     assert [m for m in NOT_BY_DEFAULT if m in modules] == []
+    assert [m for m in CLI_ONLY if m in modules] == []
     assert "regopy" not in maps  # rego-cpp's shared library is not mapped into the process either
 
 
