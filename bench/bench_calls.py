@@ -162,13 +162,24 @@ async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float
 
 
 async def list_cost(url: str, calls: int, mode: str) -> dict[str, float]:
-    """p50 of tools/list through the gateway on the 1-tool and the 100-tool upstream's view, interleaved."""
-    out: dict[str, list[float]] = {"one": [], "hundred": []}
-    async with mcp_client(url + "/one", KEY, mode) as one, mcp_client(url + "/hundred", KEY, mode) as hundred:
-        clients = {"one": one, "hundred": hundred}
+    """p50 of tools/list on the 1-tool and the 100-tool upstream, through the gateway (its per-upstream view) and
+    directly over stdio, interleaved: the client's own work on 100 tools is in both, so the gateway's share of a
+    long list is the difference of the two differences."""
+    out: dict[str, list[float]] = {"one": [], "hundred": [], "direct one": [], "direct hundred": []}
+    direct = {
+        f"direct {name}": StdioServerParameters(command=ECHO[0], args=[*ECHO[1:], "--tools", str(n)])
+        for name, n in (("one", 1), ("hundred", 100))
+    }
+    async with (
+        mcp_client(url + "/one", KEY, mode) as one,
+        mcp_client(url + "/hundred", KEY, mode) as hundred,
+        Client(direct["direct one"], mode=mode, cache=None) as direct_one,  # type: ignore[arg-type]
+        Client(direct["direct hundred"], mode=mode, cache=None) as direct_hundred,  # type: ignore[arg-type]
+    ):
+        clients = {"one": one, "hundred": hundred, "direct one": direct_one, "direct hundred": direct_hundred}
         for name, c in clients.items():
             n = len((await c.list_tools()).tools)
-            assert n == (1 if name == "one" else 100), (name, n)
+            assert n == (100 if name.endswith("hundred") else 1), (name, n)
         for _ in range(calls):
             for name, c in clients.items():
                 t0 = time.perf_counter()
@@ -373,14 +384,19 @@ def main() -> None:
                 print_stages(f"{name}, {ERAS[era]}", prof)
             report["eras"][era] = {"paths": rows, "stages": profiles, "echo_own_p50_ms": own, "floor_p50_ms": floor}
         if args.list_calls:
-            print("\ntools/list through the gateway (p50 ms), 1 tool vs 100 tools, 2025-11-25 era:")
+            print(
+                "\ntools/list (p50 ms), 1 tool vs 100 tools, 2025-11-25 era, through the gateway and direct over stdio:"
+            )
             report["lists"] = {}
             for name, gw in gws.items():
                 cost = anyio.run(list_cost, gw.url, args.list_calls, "legacy")
                 report["lists"][name] = cost
+                added = cost["hundred"] - cost["one"]
+                direct = cost["direct hundred"] - cost["direct one"]
                 print(
-                    f"  {name:26} 1 tool {cost['one']:6.2f}   100 tools {cost['hundred']:6.2f}   "
-                    f"added {cost['hundred'] - cost['one']:+6.2f}"
+                    f"  {name:26} 1 tool {cost['one']:6.2f}   100 tools {cost['hundred']:6.2f}   added {added:+6.2f}"
+                    f"   (direct {cost['direct one']:.2f} / {cost['direct hundred']:.2f}, added {direct:+.2f}; "
+                    f"the gateway's share {added - direct:+.2f})"
                 )
         if args.sessions:
             gw = gws["shipped policy"]
