@@ -53,6 +53,56 @@ def guarded_protocol(
     return guarded_h11(max_connections, header_timeout, on_refused)
 
 
+_ProtocolBase: Any = object
+
+
+class _Guards(_ProtocolBase):
+    """The bounds both listener protocols share, in front of uvicorn's protocol in the class's bases: the
+    connection cap, the head timeout (armed at the start and after each response while a head is awaited) and
+    one write per answer. A subclass says when a head is awaited (``_head_pending``) and sets the three bounds."""
+
+    _max_connections: int
+    _header_timeout: float
+    _on_refused: Callable[[str], None]
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _head_pending(self) -> bool:
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_OneWrite(transport, self.loop))
+        if len(self.connections) > self._max_connections:
+            self._on_refused("connections")
+            transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_pending() and not self.transport.is_closing():
+            self._on_refused("header_timeout")
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._head_pending():
+            self._arm()  # a kept-alive connection has as long for its next request head
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
 def guarded_h11(
     max_connections: int, header_timeout: float, on_refused: Callable[[str], None]
 ) -> type[asyncio.Protocol]:
@@ -65,46 +115,16 @@ def guarded_h11(
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
+    class GuardedH11Protocol(_Guards, H11Protocol):
+        _max_connections, _header_timeout, _on_refused = max_connections, header_timeout, staticmethod(on_refused)
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
-            if len(self.connections) > max_connections:
-                on_refused("connections")
-                transport.write(_TOO_MANY)  # type: ignore[attr-defined]
-                transport.close()
-                return
-            self._arm()
-
-        def _arm(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                on_refused("header_timeout")
-                self.transport.close()
+        def _head_pending(self) -> bool:
+            return self.conn.their_state is h11.IDLE
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm()  # the request head is in: the body and the answer have their own bounds
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm()  # a kept-alive connection has as long for its next request head
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
     return GuardedH11Protocol
 
@@ -132,35 +152,14 @@ def guarded_httptools(
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _head_timer: asyncio.TimerHandle | None = None
+    class GuardedHttpToolsProtocol(_Guards, HttpToolsProtocol):
+        _max_connections, _header_timeout, _on_refused = max_connections, header_timeout, staticmethod(on_refused)
         _awaiting_head = True
         _head_bytes = 0
         _boundary = False
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
-            if len(self.connections) > max_connections:
-                on_refused("connections")
-                transport.write(_TOO_MANY)  # type: ignore[attr-defined]
-                transport.close()
-                return
-            self._arm()
-
-        def _arm(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._awaiting_head and not self.transport.is_closing():
-                on_refused("header_timeout")
-                self.transport.close()
+        def _head_pending(self) -> bool:
+            return self._awaiting_head
 
         def data_received(self, data: bytes) -> None:
             if not self._awaiting_head:
@@ -199,15 +198,6 @@ def guarded_httptools(
             self._awaiting_head = True
             self._boundary = True
             self._head_bytes = 0
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self._awaiting_head:
-                self._arm()  # a kept-alive connection has as long for its next request head
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol
 
