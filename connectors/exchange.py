@@ -89,20 +89,26 @@ async def sse_events(resp: Response, max_event_size: int) -> AsyncGenerator[Even
         raise EventTooLarge from None
 
 
-class _AiohttpResponse:
-    __slots__ = ("_errors", "_resp", "status")
+class _Response:
+    """Either client's streamed response in the shape the connector reads; a transport error while reading the
+    body (one of ``errors``) is an ExchangeError."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, errors: tuple[type[BaseException], ...]):
-        self._resp = resp
+    __slots__ = ("_body", "_errors", "_headers", "status")
+
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: AsyncIterator[bytes], errors: tuple[type[Exception], ...]
+    ):
+        self.status = status
+        self._headers = headers
+        self._body = body
         self._errors = errors
-        self.status = resp.status
 
     def header(self, name: str) -> str:
-        return self._resp.headers.get(name, "")
+        return self._headers.get(name, "")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._body:
                 yield chunk
         except self._errors as exc:
             raise ExchangeError(exc.__class__.__name__) from None
@@ -113,7 +119,7 @@ class AiohttpExchange:
 
     def __init__(self, url: str, connect_timeout: float = 5.0):
         self._connect_timeout = connect_timeout
-        self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._errors: tuple[type[Exception], ...] = (OSError,)
         self._session: aiohttp.ClientSession | None = None
         self._proxy = env_proxy(url)
         self.connects = 0
@@ -150,7 +156,7 @@ class AiohttpExchange:
         except self._errors as exc:
             raise ExchangeError(exc.__class__.__name__) from None
         try:
-            yield _AiohttpResponse(resp, self._errors)
+            yield _Response(resp.status, resp.headers, resp.content.iter_any(), self._errors)
         finally:
             await cm.__aexit__(None, None, None)
 
@@ -173,24 +179,6 @@ def env_proxy(url: str) -> str | None:
     return proxy
 
 
-class _Httpx2Response:
-    __slots__ = ("_resp", "status")
-
-    def __init__(self, resp: httpx2.Response):
-        self._resp = resp
-        self.status = resp.status_code
-
-    def header(self, name: str) -> str:
-        return self._resp.headers.get(name, "")
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.aiter_bytes():
-                yield chunk
-        except httpx2.TransportError as exc:
-            raise ExchangeError(exc.__class__.__name__) from None
-
-
 class Httpx2Exchange:
     """httpx2, for an upstream whose requests go through an ``httpx2.Auth`` flow (OAuth)."""
 
@@ -210,7 +198,7 @@ class Httpx2Exchange:
         except httpx2.TransportError as exc:
             raise ExchangeError(exc.__class__.__name__) from None
         try:
-            yield _Httpx2Response(resp)
+            yield _Response(resp.status_code, resp.headers, resp.aiter_bytes(), (httpx2.TransportError,))
         finally:
             await cm.__aexit__(None, None, None)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,99 @@ def start_gateway(
         time.sleep(0.1)
     gw.stop()
     raise RuntimeError(f"gateway not ready in {ready_timeout}s:\n{log.read_text()}")
+
+
+_PROBE_WRAPPER = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+{probe}
+
+def dump(*_):
+    out = os.environ["GATEWAY_PROBE_OUT"]
+    with open(out + ".tmp", "w") as f:
+        f.write(str(probe()))
+    os.replace(out + ".tmp", out)
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "gateway"
+from gateway.cli import main
+main()
+"""
+
+
+@dataclass
+class ProbedGateway:
+    """A serving gateway process that answers ``probe()`` (its wrapper's ``probe`` function, run in the process on
+    SIGUSR1, between two bytecodes of the event loop): what it holds in memory, seen from inside."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    out: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def probe(self) -> str:
+        self.out.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while not self.out.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+        return self.out.read_text()
+
+
+@contextmanager
+def probed_gateway(workdir: Path, upstreams: str, probe: str, engine: str = "embedded") -> Iterator[ProbedGateway]:
+    """A gateway with the test default configuration, started through a wrapper defining ``probe`` (Python source
+    of a ``def probe()``), yielded once ready and stopped after."""
+    port = free_port()
+    config = default_config(port, workdir, upstreams).replace("[policy]\n", f'[policy]\nengine = "{engine}"\n')
+    config, admin_port = with_admin_port(config)
+    (workdir / "gateway.toml").write_text(config)
+    (workdir / "wrapper.py").write_text(_PROBE_WRAPPER.format(probe=probe))
+    log = workdir / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(workdir / "wrapper.py"), "serve", "--config", str(workdir / "gateway.toml")],
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GATEWAY_PROBE_OUT": str(workdir / "probe.txt")},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx2.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        yield ProbedGateway(proc, port, workdir / "probe.txt", log)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@contextmanager
+def echo_http_server(*extra: str) -> Iterator[str]:
+    """The echo fixture over streamable HTTP on a free port (``extra``: its flags); yields its URL once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([*ECHO, "--transport", "http", "--port", str(port), *extra], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        for _ in range(300):
+            try:
+                httpx2.get(url, timeout=0.5)
+                break
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 @asynccontextmanager

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.conftest import ECHO, KEYS, RunningGateway, default_config, free_port, mcp_client, start_gateway, toml_list
+from tests.conftest import (
+    ECHO,
+    KEYS,
+    RunningGateway,
+    default_config,
+    echo_http_server,
+    free_port,
+    mcp_client,
+    start_gateway,
+    toml_list,
+)
 
 pytestmark = pytest.mark.anyio
 KEY = KEYS["ci-bot"][2]
@@ -18,18 +26,8 @@ KEY = KEYS["ci-bot"][2]
 
 @pytest.fixture(scope="module")
 def http_echo() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([*ECHO, "--transport", "http", "--port", str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    for _ in range(100):
-        try:
-            httpx2.get(url, timeout=0.5)
-            break
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait()
+    with echo_http_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

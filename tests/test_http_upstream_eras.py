@@ -4,42 +4,24 @@ Lists, notifications and per-session connections stay in the 2025-era session.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 
 from connectors.exchange import Response
 from connectors.http import HttpConnector
-from tests.conftest import REPO, free_port
+from tests.conftest import echo_http_server
 
 pytestmark = pytest.mark.anyio
-
-ECHO_HTTP = [sys.executable, str(REPO / "tests" / "fixtures" / "echo_server.py"), "--transport", "http"]
 
 
 @pytest.fixture(scope="module")
 def echo_url() -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen([*ECHO_HTTP, "--header-tool", "--port", str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        for _ in range(300):
-            try:
-                httpx2.get(url, timeout=0.5)
-                break
-            except httpx2.HTTPError:
-                time.sleep(0.1)
+    with echo_http_server("--header-tool") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait()
 
 
 class Recorded:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,28 +15,15 @@ import pytest
 
 from connectors.exchange import AiohttpExchange, Httpx2Exchange, _CoalescingBackend
 from connectors.http import HttpConnector
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, echo_http_server
 
 pytestmark = pytest.mark.anyio
 
-ECHO_HTTP = [sys.executable, str(REPO / "tests" / "fixtures" / "echo_server.py"), "--transport", "http", "--port"]
-
 
 @pytest.fixture
-def echo_port() -> Iterator[int]:
-    port = free_port()
-    server = subprocess.Popen([*ECHO_HTTP, str(port)], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                httpx2.get(f"http://127.0.0.1:{port}/mcp", timeout=0.5)
-                break
-            except httpx2.HTTPError:
-                time.sleep(0.1)
-        yield port
-    finally:
-        server.terminate()
-        server.wait()
+def echo_url() -> Iterator[str]:
+    with echo_http_server() as url:
+        yield url
 
 
 async def _calls(conn: HttpConnector, n: int) -> None:
@@ -46,7 +32,7 @@ async def _calls(conn: HttpConnector, n: int) -> None:
         assert result["content"][0]["text"] == f"t{i}"
 
 
-async def test_aiohttp_one_write_per_request_on_one_connection(echo_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_aiohttp_one_write_per_request_on_one_connection(echo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     writes = 0
     transport = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
     write, writelines = transport.write, transport.writelines
@@ -64,7 +50,7 @@ async def test_aiohttp_one_write_per_request_on_one_connection(echo_port: int, m
     monkeypatch.setattr(transport, "write", counted_write)  # every socket write of this process (the server is not)
     monkeypatch.setattr(transport, "writelines", counted_writelines)
     async with anyio.create_task_group() as tg:
-        conn = HttpConnector("echo", f"http://127.0.0.1:{echo_port}/mcp")
+        conn = HttpConnector("echo", echo_url)
         assert isinstance(conn._http, AiohttpExchange)
         await conn.start(tg)
         assert await conn.wait_ready(30)
@@ -78,9 +64,9 @@ async def test_aiohttp_one_write_per_request_on_one_connection(echo_port: int, m
         tg.cancel_scope.cancel()
 
 
-async def test_httpx2_one_send_per_request_on_one_connection(echo_port: int) -> None:
+async def test_httpx2_one_send_per_request_on_one_connection(echo_url: str) -> None:
     async with anyio.create_task_group() as tg:
-        conn = HttpConnector("echo", f"http://127.0.0.1:{echo_port}/mcp")
+        conn = HttpConnector("echo", echo_url)
         conn._http = exchange = Httpx2Exchange()  # what an upstream with oauth gets
         assert exchange.coalescing
         await conn.start(tg)
