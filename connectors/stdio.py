@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import anyio
 import anyio.abc
 import orjson
 
-from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits, StateFn
+from connectors.base import DEFAULT_MAX_MESSAGE_BYTES, Limits, StateFn, open_piped
 from connectors.jsonrpc import JsonRpcPeer, UpstreamError
 from connectors.lines import NOT_JSON, JsonLines, LineTooLong
 
@@ -112,19 +111,7 @@ class StdioConnector(JsonRpcPeer):
             backoff = min(backoff * 2, 5.0)
 
     async def _run_once(self) -> None:
-        from gateway.sdk_adapter import spawns_safely
-
-        if not spawns_safely():  # a reload added this upstream to a gateway started on uvloop
-            raise OSError("cannot start a process on uvloop (server.loop): restart the gateway")
-        proc = await anyio.open_process(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=True,
-        )
+        proc = await open_piped(list(self.command), self.env, self.cwd)
         self._proc = proc
         self._stop_reason = ""
         self._stop_kind = "crashed"

@@ -251,13 +251,6 @@ _TOO_MANY = (
 )
 
 
-def spawns_safely() -> bool:
-    """Whether the running loop starts subprocesses as asyncio does (close_fds, umask, user, group; a pipe's end
-    seen when the child closes it). uvloop does none of these: a process must never be started on it (the child
-    would inherit the gateway's descriptors, its agent port among them)."""
-    return type(asyncio.get_running_loop()).__module__.startswith("asyncio")
-
-
 def server_exiting() -> bool:
     """Has uvicorn been told to stop? (Its SIGTERM handler is a bound method of the server: sse-starlette's way.)"""
     handler = signal.getsignal(signal.SIGTERM)

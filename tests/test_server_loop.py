@@ -45,7 +45,7 @@ def test_no_process_is_started_on_uvloop() -> None:
 
     import uvloop
 
-    from gateway.sdk_adapter import spawns_safely
+    from connectors.base import spawns_safely
 
     async def probe() -> tuple[bool, set[str]]:
         listener = socket.socket()

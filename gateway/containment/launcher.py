@@ -17,7 +17,6 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import anyio
 import anyio.abc
 import orjson
 
+from connectors.base import open_piped
 from gateway.containment import bwrap as bw
 from gateway.containment.cgroups import CgroupSupport, WorkerCgroup
 from gateway.containment.egress import EgressGrant, EgressProxy
@@ -196,24 +196,6 @@ class TierRequest:
 TierBuilder = Callable[[TierRequest], Awaitable[TierCommand]]
 
 
-async def _open_piped(argv: list[str], env: dict[str, str], cwd: str, **extra: Any) -> anyio.abc.Process:
-    """A worker process with its stdio on pipes, in its own session (a kill reaches all it starts)."""
-    from gateway.sdk_adapter import spawns_safely
-
-    if not spawns_safely():  # a reload added a contained upstream to a gateway started on uvloop
-        raise OSError("cannot start a worker on uvloop (server.loop): restart the gateway")
-    return await anyio.open_process(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-        **extra,
-    )
-
-
 class Launcher:
     """Starts workers. A tier is a ``TierBuilder`` in ``self.tiers``: a heavier one (gVisor ``runsc``, a
     micro-VM) is one more entry that returns its command line, with the probe saying when the host has it."""
@@ -283,7 +265,7 @@ class Launcher:
         cwd = fill(req.cwd, ws.path, req.agent) if req.cwd else ws.path
         if p.tier == "none":
             env.setdefault("PATH", os.environ.get("PATH", _BASE_PATH))
-            proc = await _open_piped(argv, env, cwd)
+            proc = await open_piped(argv, env, cwd)
             return WorkerProcess(wid, req, ws, proc, None, None, None)
         uid = ws.uid if self.caps.root else None
         cgroup = None
@@ -301,7 +283,7 @@ class Launcher:
             shell = ["/bin/sh", "-c", _GATE.format(unset=unset), "sh", self._prlimit, *limits, "--", *command]
             ids: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
             try:
-                proc = await _open_piped(shell, proc_env, proc_cwd, pass_fds=fds, umask=0o077, **ids)
+                proc = await open_piped(shell, proc_env, proc_cwd, pass_fds=fds, umask=0o077, **ids)
             except (OSError, ValueError) as exc:  # ValueError: a NUL in an upstream's env or command
                 raise LaunchError(f"cannot start the worker: {getattr(exc, 'strerror', None) or exc}") from None
             worker = WorkerProcess(wid, req, ws, proc, cgroup, close_egress, uid)
