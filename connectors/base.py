@@ -18,13 +18,13 @@ The layering is one-way: ``connectors`` imports nothing from ``gateway``.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import anyio.abc
+
+from connectors.process import spawn
 
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
 """Receives the params of each notifications/progress of a request."""
@@ -97,26 +97,7 @@ class Limits:
     """Server-to-client requests (sampling, elicitation, roots, ping) of one upstream session answered at once."""
 
 
-def spawns_safely() -> bool:
-    """Whether the running loop starts subprocesses as asyncio does (close_fds, umask, user, group; a pipe's end
-    seen when the child closes it). uvloop does none of these: a process must never be started on it (the child
-    would inherit the gateway's descriptors, its agent port among them)."""
-    return type(asyncio.get_running_loop()).__module__.startswith("asyncio")
-
-
 async def open_piped(argv: list[str], env: dict[str, str] | None, cwd: str | None, **extra: Any) -> anyio.abc.Process:
     """A child with its stdio on pipes, in its own session (a kill reaches all it starts): every upstream process
-    and worker the gateway starts. Refused on a loop that does not spawn as asyncio does (a reload that added a
-    local upstream to a gateway started on uvloop, which ``server.loop`` refuses at load)."""
-    if not spawns_safely():
-        raise OSError("cannot start a process on uvloop (server.loop): restart the gateway")
-    return await anyio.open_process(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-        **extra,
-    )
+    and worker the gateway starts, the same way on asyncio's loop and on uvloop (``connectors/process.py``)."""
+    return await spawn(argv, env, cwd, **extra)

@@ -48,7 +48,6 @@ class StdioConnector(JsonRpcPeer):
         self._proc: anyio.abc.Process | None = None
         self._ready = anyio.Event()
         self._stopping = False
-        self._write_lock = anyio.Lock()
         self.restarts = 0
         self.last_error = "not started"
         self._unsaid = False
@@ -83,9 +82,8 @@ class StdioConnector(JsonRpcPeer):
         if proc is None or proc.stdin is None:
             raise UpstreamError(self.name, "unavailable", "is not running")
         data = orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
-        try:
-            async with self._write_lock:
-                await proc.stdin.send(data)
+        try:  # one write of the whole line (connectors/process.py): concurrent senders never interleave
+            await proc.stdin.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise UpstreamError(self.name, "crashed", "closed its input") from None
 

@@ -63,7 +63,7 @@ class ServerConfig(_Model):
     public_url: str | None = None
     """The URL agents use, when it differs from http://listen (used in OAuth resource metadata)."""
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """The event loop (read at start): auto = uvloop when it is installed and no upstream is a local process."""
+    """The event loop (read at start): auto = uvloop when it is installed."""
     http: Literal["auto", "httptools", "h11"] = "auto"
     """The agent listener's HTTP/1.1 parser (read at start): auto = httptools when it is installed."""
 
@@ -462,22 +462,14 @@ class Config(_Model):
                     f"upstream {u.name!r}: containment profile {u.containment!r} is not defined"
                     " in [containment.profiles]"
                 )
-        if self.server.loop == "uvloop" and self._spawns():
-            raise ValueError(
-                "server.loop = 'uvloop' cannot run stdio or builtin upstreams: its subprocesses inherit the gateway's"
-                " descriptors (close_fds is ignored: the agent port's socket among them), take no umask, user or"
-                " group, and show a closed output only when the process exits. Use 'auto' or 'asyncio'"
-            )
         return self
-
-    def _spawns(self) -> bool:
-        return any(u.transport != "http" or u.containment is not None for u in self.upstreams)
 
     @property
     def event_loop(self) -> Literal["uvloop", "asyncio"]:
-        """The loop ``server.loop`` names; for "auto", uvloop when installed and every upstream is remote (HTTP)."""
+        """The loop ``server.loop`` names; for "auto", uvloop when it is installed. Child processes never start
+        through the loop (``connectors/process.py``), so every upstream kind runs on either."""
         if self.server.loop == "auto":
-            return "uvloop" if not self._spawns() and _installed("uvloop") else "asyncio"
+            return "uvloop" if _installed("uvloop") else "asyncio"
         return self.server.loop
 
     def resolve(self, path: str) -> Path:

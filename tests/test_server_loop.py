@@ -21,46 +21,87 @@ STDIO = '[[upstreams]]\nname = "p"\ntransport = "stdio"\ncommand = ["cat"]\n'
 REMOTE = '[[upstreams]]\nname = "r"\ntransport = "http"\nurl = "http://127.0.0.1:1/mcp"\n'
 
 
-def test_auto_picks_uvloop_only_when_no_upstream_is_a_process_and_httptools_when_installed() -> None:
-    cfg = load(REMOTE)
-    assert cfg.event_loop == "uvloop" and cfg.server.http_parser == "httptools"  # type: ignore[attr-defined]
-    for local in (STRICT + CONTAINED, STDIO, REMOTE + STDIO):
-        assert load(local).event_loop == "asyncio"  # type: ignore[attr-defined]  # uvloop spawns unsafely
+def test_auto_picks_uvloop_and_httptools_when_installed_whatever_the_upstreams() -> None:
+    for upstreams in (REMOTE, STRICT + CONTAINED, STDIO, REMOTE + STDIO):
+        cfg = load(upstreams)
+        assert cfg.event_loop == "uvloop" and cfg.server.http_parser == "httptools"  # type: ignore[attr-defined]
+        assert load('[server]\nloop = "uvloop"\n' + upstreams).event_loop == "uvloop"  # type: ignore[attr-defined]
     cfg = load('[server]\nloop = "asyncio"\nhttp = "h11"\n')
     assert cfg.event_loop == "asyncio" and cfg.server.http_parser == "h11"  # type: ignore[attr-defined]
 
 
-def test_uvloop_with_a_local_upstream_is_refused_at_load() -> None:
-    for local in (STRICT + CONTAINED, STDIO):
-        errs = errors('[server]\nloop = "uvloop"\n' + local)
-        assert any("cannot run stdio or builtin upstreams" in e for e in errs), errs
-    assert load('[server]\nloop = "uvloop"\n' + REMOTE).event_loop == "uvloop"  # type: ignore[attr-defined]
+PROBE = "ls /proc/$$/fd; umask; id -G; exec 1>&-; sleep 2; exit 3"
 
 
-def test_no_process_is_started_on_uvloop() -> None:
-    """uvloop ignores close_fds: a child it starts holds the parent's inheritable descriptors (the agent port's
-    listening socket is one). The spawn sites ask ``spawns_safely`` first; a reload cannot bypass the load check."""
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_child_starts_the_same_on_either_loop(loop: str) -> None:
+    """uvloop's own subprocesses ignore close_fds (a child held the agent port's listening socket), take no umask,
+    user or group, and show a closed output only at exit. ``open_piped`` starts every child with Popen and only
+    watches it on the loop: on both loops the child inherits no descriptor, gets its umask and groups, and a
+    closed output is seen at once, its exit code when it exits."""
     import asyncio
     import socket
 
+    import anyio
     import uvloop
 
-    from connectors.base import spawns_safely
+    from connectors.base import open_piped
 
-    async def probe() -> tuple[bool, set[str]]:
+    async def probe() -> tuple[list[str], float, int, bool]:
         listener = socket.socket()
         listener.set_inheritable(True)
-        proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", "ls /proc/$$/fd", stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
-        )
-        out, _ = await proc.communicate()
-        listener.close()
-        return spawns_safely(), set(out.decode().split())
+        try:
+            proc = await open_piped(["sh", "-c", PROBE], {"PATH": "/usr/bin:/bin"}, None, umask=0o027, extra_groups=[])
+            out = b""
+            t0 = time.monotonic()
+            assert proc.stdout is not None and proc.stdin is not None
+            async for chunk in proc.stdout:
+                out += chunk
+            eof_after = time.monotonic() - t0
+            code = await proc.wait()
+            try:
+                await proc.stdin.send(b"x\n")
+                broken = False
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                broken = True
+            await proc.aclose()
+            return out.decode().split(), eof_after, code, broken
+        finally:
+            listener.close()
 
-    safe, fds = asyncio.run(probe())
-    assert safe and fds <= {"0", "1", "2", "3"}, fds  # 3: ls's own directory
-    safe, fds = uvloop.run(probe())
-    assert not safe and len(fds) > 4, fds  # the reason for the guard
+    lines, eof_after, code, broken = (uvloop.run if loop == "uvloop" else asyncio.run)(probe())
+    fds, umask, groups = lines[:-2], lines[-2], lines[-1]
+    assert set(fds) <= {"0", "1", "2", "3"}, fds  # 3: ls's own directory
+    assert umask == "0027" and groups == "0", lines  # extra_groups=[]: only the primary group
+    assert eof_after < 1.5 and code == 3 and broken, (eof_after, code, broken)
+
+
+def test_a_full_pipe_makes_the_writer_wait_not_fail() -> None:
+    import anyio
+    import uvloop
+
+    from connectors.base import open_piped
+
+    async def pump() -> int:
+        proc = await open_piped(["cat"], None, None)
+        assert proc.stdin is not None and proc.stdout is not None
+        got = 0
+
+        async def read() -> None:
+            nonlocal got
+            assert proc.stdout is not None
+            async for chunk in proc.stdout:
+                got += len(chunk)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            for _ in range(64):  # 4 MiB, far past a pipe's 64 KiB
+                await proc.stdin.send(b"y" * 65536)
+            await proc.stdin.aclose()
+        await proc.wait()
+        return got
+
+    assert uvloop.run(pump()) == 64 * 65536
 
 
 def test_a_bad_or_missing_choice_is_refused_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +120,7 @@ def test_the_gateway_serves_calls_with_each_parser(tmp_path: Path, http: str) ->
     gw = recorder_gateway(tmp_path, f'http = "{http}"\n')
     try:
         still_serving(gw, open_session(gw))
-        assert f"event loop asyncio, HTTP parser {http}" in gw.log.read_text()  # auto: a stdio upstream
+        assert f"event loop uvloop, HTTP parser {http}" in gw.log.read_text()  # auto, with a stdio upstream
     finally:
         gw.stop()
 
