@@ -133,6 +133,17 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """The classic line for people at a terminal, ending in ``decision_id=...`` when it is about a call."""
 
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The date and time are formatted once a second, not once a line (a call's line is on every call's path).
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.formatTime(record)} {record.levelname} {escape(record.name)}: {escape(record.getMessage())}"
         decision_id = getattr(record, "decision_id", None)

@@ -47,8 +47,9 @@ def _child(path: str, key: Any) -> str:
 
 
 def _strings(value: Any, root: str) -> list[tuple[Any, Any, str, str, str | None]]:
-    """Every string in ``value``: (container, key, path, string, the object key it sits under). Iterative: JSON
-    from agents and upstreams may nest deeper than the recursion limit."""
+    """Every string in ``value``: (container, key, its container's path, string, the object key it sits under).
+    A string's own path is built only when it holds a finding (``_child``). Iterative: JSON from agents and
+    upstreams may nest deeper than the recursion limit."""
     out: list[tuple[Any, Any, str, str, str | None]] = []
     if isinstance(value, str):
         return [(None, None, root, value, None)]
@@ -58,13 +59,13 @@ def _strings(value: Any, root: str) -> list[tuple[Any, Any, str, str, str | None
         if isinstance(v, dict):
             for k, item in v.items():
                 if isinstance(item, str):
-                    out.append((v, k, _child(path, k), item, str(k)))
+                    out.append((v, k, path, item, str(k)))
                 elif isinstance(item, (dict, list)):
                     stack.append((item, _child(path, k), str(k)))
         elif isinstance(v, list):
             for i, item in enumerate(v):
                 if isinstance(item, str):
-                    out.append((v, i, _child(path, i), item, name))
+                    out.append((v, i, path, item, name))
                 elif isinstance(item, (dict, list)):
                     stack.append((item, _child(path, i), name))
     return out
@@ -166,7 +167,7 @@ class Scanner:
             return []
         findings: list[Finding] = []
         seen: set[tuple[str, str]] = set()
-        for container, key, path, text, name in strings:
+        for container, key, parent, text, name in strings:
             hits = self._hits(text, active) if active else []
             if (
                 not hits
@@ -179,6 +180,7 @@ class Scanner:
                 hits = [_Hit("generic-secret", 0, len(text))]
             if not hits:
                 continue
+            path = parent if container is None else _child(parent, key)
             for h in hits:
                 if (h.kind, path) not in seen:
                     seen.add((h.kind, path))
