@@ -161,7 +161,8 @@ async def spawn(argv: list[str], env: dict[str, str] | None, cwd: str | None, **
         streams = []
         for pipe in (popen.stdout, popen.stderr):
             reader = asyncio.StreamReader(limit=2**31, loop=loop)
-            transport, _ = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)  # noqa: B023 (awaited here)
             streams.append(_Reader(reader, transport))
         wtransport, wprotocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, popen.stdin)
         writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
