@@ -9,14 +9,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.machinery
+import importlib.util
 import logging
 import math
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 from typing import Any
 
-import anyio
-import uvicorn
+# --- MCP SDK: its packages, imported without their __init__ ----------------------------------------------------
+
+SDK_BARE_PACKAGES = ("mcp", "mcp.client", "mcp.client.auth", "mcp.server")
+"""Packages of the SDK whose ``__init__`` imports what the gateway never uses: ``mcp`` and ``mcp.client`` import
+the SDK's ``Client`` and in-memory transport, which import ``MCPServer`` (its resources, prompts and utilities,
+and ``cryptography`` through ``mcp.server.auth``), and ``mcp.server`` imports ``MCPServer`` itself: ~15 MB of a
+process that only needs ``mcp.server.lowlevel``, the streamable-HTTP transport, ``mcp.shared`` and
+``mcp.client.auth.exceptions``. The gateway imports those submodules by their full names."""
+
+
+def bare_package(name: str) -> ModuleType:
+    """Register the package ``name`` in ``sys.modules`` without running its ``__init__``.
+
+    Its submodules import as usual (the package's ``__path__`` is set). Whoever asks the package for a name it does
+    not have gets it as before: a submodule is imported, anything else runs the real ``__init__`` first (so
+    ``from mcp import ClientSession`` elsewhere in the process keeps working, at the old cost). A package already
+    imported is returned as it is. Call before anything imports the SDK (``gateway/__init__.py`` does).
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    parent, _, child = name.rpartition(".")
+    search = bare_package(parent).__path__ if parent else None
+    spec = importlib.machinery.PathFinder.find_spec(name, search)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{name} is not a package on the path")
+    module = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def __getattr__(attr: str) -> Any:
+        if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
+            return importlib.import_module(f"{name}.{attr}")
+        if module.__dict__.pop("__getattr__", None) is None:  # the __init__ already ran, or is running
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+        loader.exec_module(module)
+        return getattr(module, attr)
+
+    module.__dict__["__getattr__"] = __getattr__
+    sys.modules[name] = module
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
+for _package in SDK_BARE_PACKAGES:
+    bare_package(_package)
+
+import anyio  # noqa: E402
+import uvicorn  # noqa: E402
 
 log = logging.getLogger("gateway.http")
 

@@ -28,6 +28,11 @@ NOT_BY_DEFAULT = (
     "opentelemetry.sdk",
     "gateway.policy.embedded",
     "trio",  # the gateway serves on asyncio: httpcore2 would import trio (and attrs) only because it is installed
+    # The SDK's package __init__ files import these (gateway.sdk_adapter.bare_package): MCPServer and the SDK's
+    # Client, cryptography through the SDK's server-side OAuth, ~10 MB resident.
+    "cryptography",
+    "mcp.server.mcpserver",
+    "mcp.client.client",
 )
 
 # The policy, audit and lock subcommands' modules: imported when their command is named, never by serve.

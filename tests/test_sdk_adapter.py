@@ -8,6 +8,9 @@ import inspect
 import math
 import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +29,38 @@ from gateway import sdk_adapter
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+BARE_IMPORTS = """
+import sys
+import gateway.cli, gateway.service, gateway.fastpath, gateway.frontend, connectors.http
+unused = [m for m in ("cryptography", "mcp.server.mcpserver", "mcp.client.client", "mcp.client._memory",
+                      "mcp.client.auth.oauth2") if m in sys.modules]
+assert unused == [], unused
+from mcp import ClientSession  # the package's names are still there, at the old cost, for whoever asks
+from mcp.server import MCPServer, Server
+from mcp.client import Client
+import mcp.server.mcpserver
+assert Server is sys.modules["mcp.server.lowlevel.server"].Server and MCPServer is mcp.server.mcpserver.MCPServer
+assert ClientSession.__module__ == "mcp.client.session" and Client.__module__ == "mcp.client.client"
+try:
+    from mcp.server import NoSuchName
+except ImportError:
+    print("ok")
+"""
+
+
+def test_sdk_packages_import_without_their_init() -> None:
+    """``bare_package``: the gateway's modules import the SDK's server, transport and client submodules without
+    ``mcp``, ``mcp.client`` and ``mcp.server``'s ``__init__`` (which import ``MCPServer`` and ``cryptography``,
+    ~10 MB resident the gateway never uses); a name asked of such a package later runs its ``__init__`` then. In a
+    fresh interpreter: the test process has imported the SDK whole already."""
+    out = subprocess.run(
+        [sys.executable, "-c", BARE_IMPORTS], cwd=Path(__file__).parent.parent, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+    for name in sdk_adapter.SDK_BARE_PACKAGES:  # the package, its __init__ not run, unless already imported
+        assert sdk_adapter.bare_package(name) is sys.modules[name]
 
 
 def test_quiet_server_leaves_signal_handlers_alone() -> None:
