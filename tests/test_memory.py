@@ -118,3 +118,19 @@ def test_an_open_session_does_not_keep_its_tools_list_answer(tmp_path: Path) -> 
     with probed_gateway(tmp_path, upstream, COUNTER) as gw:
         one, many = anyio.run(hold, gw, 5)
     assert many - one < 100, (one, many)  # without the release: +99 entries per session that listed
+
+
+ALLOCATOR = """
+import os, sys
+def probe():
+    return f"{'regorus' in sys.modules} {os.environ.get('MIMALLOC_ARENA_EAGER_COMMIT')}"
+"""
+
+
+def test_regorus_allocator_commits_memory_on_demand(tmp_path: Path) -> None:
+    """regorus's mimalloc commits its first arena whole at load unless ``MIMALLOC_ARENA_EAGER_COMMIT=0`` is in the
+    environment then (~8 MB resident, in transparent huge pages); gateway/policy/__init__.py sets it before any
+    policy module imports regorus. The serving gateway has regorus loaded with the option set."""
+    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
+    with probed_gateway(tmp_path, upstream, ALLOCATOR) as gw:
+        assert gw.probe() == "True 0"
