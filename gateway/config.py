@@ -6,6 +6,7 @@ Errors are reported all at once as ``file: key: what is wrong`` lines.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -58,6 +59,9 @@ class ServerConfig(_Model):
     allowed_hosts: list[str] | None = None
     """Host headers accepted (DNS-rebinding protection); default: the listen address and localhost."""
     allowed_origins: list[str] | None = None
+    trusted_proxies: list[str] = []
+    """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` names the agent's address; from anyone
+    else the header is ignored and the address is the connection's (gateway/http/clientaddr.py)."""
     session_idle_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     max_sessions: Annotated[int, Field(gt=0)] = 10000
     public_url: str | None = None
@@ -66,6 +70,16 @@ class ServerConfig(_Model):
     """The event loop (read at start): auto = uvloop when it is installed."""
     http: Literal["auto", "httptools", "h11"] = "auto"
     """The agent listener's HTTP/1.1 parser (read at start): auto = httptools when it is installed."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+        return v
 
     @field_validator("loop", "http")
     @classmethod

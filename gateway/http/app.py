@@ -3,7 +3,7 @@
 Each stage is a small ASGI middleware with one job, configured in its ``__init__``; an MCP request passes them in
 this order (see docs/architecture.md):
 
-    ParseHeaders -> Lifespan (drain accounting) -> Router
+    ParseHeaders -> ForwardedFor ([server] trusted_proxies) -> Lifespan (drain accounting) -> Router
         /mcp, /mcp/<upstream>: HostOrigin -> BodyLimit -> Authenticate -> FleetRoute ([fleet]) -> ViewGate
                                -> AgentConcurrency -> SessionBinding
                                -> Dispatch (fast path or the SDK's transport)
@@ -21,6 +21,7 @@ from gateway import sdk_adapter, tracing
 from gateway.fastpath import FastPath
 from gateway.http.authenticate import WELL_KNOWN, Authenticate
 from gateway.http.bodylimit import BodyLimit
+from gateway.http.clientaddr import ForwardedFor
 from gateway.http.dispatch import VIEW_KEY, Dispatch
 from gateway.http.fleetroute import FleetRoute
 from gateway.http.headers import ParseHeaders
@@ -112,4 +113,4 @@ def build_agent_app(gw: Gateway) -> ASGIApp:
     if tracing.enabled():
         chain = tracing.TracingMiddleware(chain)
     router = Router(chain, set(managers), gw, public)
-    return ParseHeaders(Lifespan(router, gw))
+    return ParseHeaders(ForwardedFor.wrap(Lifespan(router, gw), server.trusted_proxies))

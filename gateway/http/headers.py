@@ -35,6 +35,7 @@ SINGLE = frozenset(
         b"cookie",
         b"traceparent",
         b"last-event-id",
+        b"x-forwarded-for",
     }
 )
 _PARAM = b"mcp-param-"
@@ -58,6 +59,8 @@ class RequestHeaders(NamedTuple):
     """Any ``Mcp-Param-*`` header; looked for only on a request with ``Mcp-Method`` (the 2026 era's, the only
     ones that carry them: without Mcp-Method the fast path does not take the request anyway)."""
     tracestate: str | None = None
+    forwarded_for: str | None = None
+    """``X-Forwarded-For``, read only when the connection comes from a trusted proxy (gateway/http/clientaddr.py)."""
 
 
 # Header name -> its field's index in RequestHeaders; -1 for single-valued headers the gateway does not read.
@@ -71,6 +74,7 @@ _SLOT = {
     b"mcp-method": 6,
     b"mcp-name": 7,
     b"traceparent": 8,
+    b"x-forwarded-for": 9,
     **{
         name: -1
         for name in SINGLE
@@ -85,6 +89,7 @@ _SLOT = {
             b"mcp-method",
             b"mcp-name",
             b"traceparent",
+            b"x-forwarded-for",
         )
     },
 }
@@ -113,6 +118,7 @@ def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
         get(b"traceparent"),
     )
     state = get(b"tracestate")
+    forwarded = get(b"x-forwarded-for")
     if length is not None and b"transfer-encoding" in found:
         return b"content-length"  # framed two ways: a proxy in front may read another body than the gateway
     return RequestHeaders(
@@ -127,11 +133,12 @@ def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
         None if parent is None else parent.decode("latin-1"),
         False if method is None else any(k.startswith(_PARAM) for k in found),
         None if state is None else state.decode("latin-1"),
+        None if forwarded is None else forwarded.decode("latin-1"),
     )
 
 
 def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
-    values: list[Any] = [None] * 9
+    values: list[Any] = [None] * 10
     others: list[bytes] = []
     tracestate: list[bytes] | None = None
     has_param = False
@@ -157,7 +164,7 @@ def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
     if values[5] is not None and b"transfer-encoding" in others:
         return b"content-length"
     state = b",".join(tracestate).decode("latin-1") if tracestate else None
-    return RequestHeaders._make([*values, has_param, state])
+    return RequestHeaders._make([*values[:9], has_param, state, values[9]])
 
 
 def _repeated_length(scope: Scope) -> bool:

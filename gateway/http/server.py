@@ -94,7 +94,8 @@ def serve(
     """Run until told to stop (SIGTERM/SIGINT), or until ``failed()`` (the gateway died after start: the caller
     exits non-zero). The agent port's connections are bounded in number (``max_connections``) and in the time
     to send a request head (``header_timeout_s``), with either HTTP parser (``server.http``)."""
-    common = {"log_level": log_level, "log_config": None, "access_log": False}
+    # proxy_headers off: uvicorn would take X-Forwarded-For from any local process (gateway/http/clientaddr.py).
+    common = {"log_level": log_level, "log_config": None, "access_log": False, "proxy_headers": False}
     budget = connection_budget(server.max_connections)
     protocol = guarded_protocol(server.http_parser, budget, server.header_timeout_s, on_refused)
     log.info("event loop %s, HTTP parser %s", loop, server.http_parser)
