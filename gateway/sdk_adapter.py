@@ -89,6 +89,9 @@ class QuietServer(uvicorn.Server):
 MAX_HEAD_BYTES = 16 * 1024
 """h11's default bound on a request head not yet whole (uvicorn keeps it): past it the connection gets 400 and is
 closed. The httptools protocol keeps the same bound."""
+LINGER_S = 2.0
+"""After the gateway closes a connection, how long it still reads and drops what the client sends (see
+``_Guards._linger``)."""
 MAX_WHOLE_HEAD_BYTES = 64 * 1024
 """A request head that came whole, at most, with httptools (h11 takes whatever one read holds): room for a large
 token, which is refused with 401 and recorded rather than cut at the parser."""
@@ -119,8 +122,10 @@ class _Guards(_ProtocolBase):
     def _head_pending(self) -> bool:
         raise NotImplementedError
 
+    _lingering = False
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_OneWrite(transport, self.loop))
+        super().connection_made(_OneWrite(transport, self.loop, self._linger))
         if len(self.connections) > self._max_connections:
             self._on_refused("connections")
             transport.write(_TOO_MANY)  # type: ignore[attr-defined]
@@ -141,12 +146,32 @@ class _Guards(_ProtocolBase):
         self._head_timer = None
         if self._head_pending() and not self.transport.is_closing():
             self._on_refused("header_timeout")
-            self.transport.close()
+            self.transport.abort()  # a slow head is not lingered on: it would only hold the connection longer
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self._head_pending():
             self._arm()  # a kept-alive connection has as long for its next request head
+
+    def _linger(self, transport: asyncio.WriteTransport) -> None:
+        """uvicorn closes the connection: send everything and a FIN now, then read and drop what the client still
+        sends (the rest of a body refused early: 401, 413) until it closes its end (uvicorn's ``eof_received``
+        lets asyncio close the transport), for at most ``LINGER_S``.
+        Closed at once with data unread, the kernel answers a reset, and a client still sending its body never
+        reads the refusal (RFC 9112, 9.6)."""
+        if self._lingering or transport.is_closing():
+            return
+        try:
+            half_close = transport.can_write_eof()
+        except (AttributeError, NotImplementedError):
+            half_close = False
+        if not half_close:
+            transport.close()
+            return
+        self._lingering = True
+        self._disarm()
+        transport.write_eof()
+        self.loop.call_later(LINGER_S, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -172,6 +197,8 @@ def guarded_h11(
             return self.conn.their_state is h11.IDLE
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return  # the connection is closing: what the client still sends is dropped
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm()  # the request head is in: the body and the answer have their own bounds
@@ -212,6 +239,8 @@ def guarded_httptools(
             return self._awaiting_head
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return  # the connection is closing: what the client still sends is dropped
             if not self._awaiting_head:
                 super().data_received(data)
                 return
@@ -262,14 +291,18 @@ class _OneWrite:
     an informational (1xx) head goes out at once. Everything else is the transport's own.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_closed", "_held", "_linger", "_loop", "_transport")
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop, linger: Callable[[Any], None]):
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
+        self._linger = linger
+        self._closed = False
 
     def write(self, data: bytes) -> None:
+        if self._closed:
+            return
         held = self._held
         if held is not None:
             self._held = None
@@ -288,8 +321,14 @@ class _OneWrite:
                 self._transport.write(held)
 
     def close(self) -> None:
+        if self._closed:
+            return
         self.flush()
-        self._transport.close()
+        self._closed = True
+        self._linger(self._transport)  # a lingering close (_Guards._linger)
+
+    def is_closing(self) -> bool:
+        return self._closed or bool(self._transport.is_closing())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

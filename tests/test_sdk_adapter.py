@@ -195,22 +195,25 @@ async def test_guarded_protocol_writes_a_head_and_its_body_at_once(
 
 
 async def _exchange(port: int, *pieces: bytes, pause: float = 0.0) -> tuple[bytes, int]:
-    """Send the pieces (``pause`` apart) until the server closes; what it answered and how many pieces went."""
+    """Send the pieces (``pause`` apart) until the server has closed its end (a FIN: it answered and closed, and
+    lingers on what is still sent); what it answered and how many pieces went."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = asyncio.ensure_future(reader.read())  # done at the server's FIN
     sent = 0
     got = b""
     try:
         for piece in pieces:
-            if reader.at_eof():
+            if answer.done():
                 break
             writer.write(piece)
             await writer.drain()
             sent += 1
             await asyncio.sleep(pause)
-        got = await asyncio.wait_for(reader.read(), 5)
+        got = await asyncio.wait_for(answer, 5)
     except ConnectionError:
         pass  # a reset: the server closed with our bytes unread
     finally:
+        answer.cancel()
         writer.close()
     return got, sent
 
@@ -405,3 +408,36 @@ async def test_scrub_transport_errors() -> None:
     ok = {"type": "http.response.start", "status": 200, "headers": []}
     await scrub(ok)
     assert sent[-1] is ok
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_a_refusal_is_read_even_while_the_client_still_sends(parser: str) -> None:
+    """A head refused (400) while the client is still sending: the gateway closes its end but keeps reading and
+    dropping for a moment, so the client reads the refusal. Closed with bytes unread, the kernel sends a reset
+    that can throw the answer away before the client reads it."""
+    server, port, task = await _serve_guarded(10, 5, [], parser)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (sdk_adapter.MAX_WHOLE_HEAD_BYTES + 1024)
+    trailing = b"b" * (2 * 1024 * 1024)
+
+    def one() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            try:
+                s.sendall(head + trailing)
+            except OSError:
+                pass  # the server stopped reading: what it answered is still there to read
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except ConnectionError as e:
+                return b"reset after %r (%s)" % (out[:20], type(e).__name__.encode())
+            return out
+
+    try:
+        for _ in range(8):
+            got = await asyncio.to_thread(one)
+            assert got.startswith(b"HTTP/1.1 400"), got[:80]
+    finally:
+        server.should_exit = True
+        await task
