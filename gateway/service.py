@@ -98,6 +98,7 @@ class Gateway:
             self.servers[up.name] = build_server(self.pipeline, up.name)
         # Host/Origin checks are done once, in the gateway's HTTP layer, before authentication.
         no_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        sdk_adapter.serve_standalone_streams()
         self.session_managers: dict[str | None, StreamableHTTPSessionManager] = {
             view: StreamableHTTPSessionManager(
                 app=server,

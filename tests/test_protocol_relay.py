@@ -356,3 +356,59 @@ def handler_guard(fn: Any) -> Any:
             await fn(getattr(message, "root", message))
 
     return guarded
+
+
+async def test_the_standalone_stream_carries_notifications_and_is_released(gateway: RunningGateway) -> None:
+    """The session's GET stream (served by the gateway's own handler, gateway.sdk_adapter.serve_standalone_streams):
+    one per session (a second gets 409), a notification arrives on it as an SSE event, a client that goes frees
+    it for the next GET, and DELETE ends it."""
+    head = {
+        "Authorization": f"Bearer {key('ci-bot')}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    notify = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "rec__notify", "arguments": {"method": "notifications/tools/list_changed"}},
+    }
+    async with httpx2.AsyncClient(timeout=10) as http:
+        r = await http.post(gateway.url, json=init, headers=head)
+        assert r.status_code == 200, r.text
+        head["MCP-Session-Id"] = r.headers["mcp-session-id"]
+        r = await http.post(gateway.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=head)
+        assert r.status_code == 202, r.text
+        listen = {**head, "Accept": "text/event-stream"}
+        async with http.stream("GET", gateway.url, headers=listen) as stream:
+            assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+            assert stream.headers["mcp-session-id"] == head["MCP-Session-Id"]
+            assert (await http.get(gateway.url, headers=listen)).status_code == 409
+            assert (await http.post(gateway.url, json=notify, headers=head)).status_code == 200
+            methods = []
+            with anyio.fail_after(10):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        methods.append(json.loads(line[len("data: ") :]).get("method"))
+                        if methods[-1] == "notifications/tools/list_changed":
+                            break
+            assert "notifications/tools/list_changed" in methods
+        status = 409  # the client went: the session's stream slot frees for its next GET
+        with anyio.fail_after(10):
+            while status == 409:
+                async with http.stream("GET", gateway.url, headers=listen) as stream:
+                    status = stream.status_code
+                    if status == 200:
+                        assert (await http.delete(gateway.url, headers=head)).status_code == 200
+                        with anyio.fail_after(5):
+                            rest = [line async for line in stream.aiter_lines()]  # ends: DELETE closed it
+                        assert not any(line.startswith("data: ") for line in rest), rest
+                await anyio.sleep(0.05)
+        assert status == 200

@@ -441,3 +441,74 @@ async def test_a_refusal_is_read_even_while_the_client_still_sends(parser: str) 
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.mark.anyio
+async def test_serve_standalone_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's GET handler is replaced by the gateway's: an SSE event per message, a ping when idle, the slot freed
+    when the client goes, ended by close_sse_streams at shutdown. What the SDK answers itself stays its own (406)."""
+    from mcp.server import streamable_http as sdk
+    from mcp_types import JSONRPCNotification
+
+    sdk_adapter.serve_standalone_streams()
+    assert getattr(StreamableHTTPServerTransport._handle_get_request, "gateway_stream", False)
+    for name in ("check_accept_headers", "LAST_EVENT_ID_HEADER", "GET_STREAM_KEY", "REQUEST_STREAM_BUFFER_SIZE"):
+        assert hasattr(sdk, name), name
+    from sse_starlette.sse import AppStatus
+
+    monkeypatch.setattr(sdk_adapter, "PING_S", 0.05)
+    monkeypatch.setattr(AppStatus, "should_exit", False)  # close_sse_streams sets it
+    manager = _manager()
+
+    async def get(sid: str, accept: bytes, sent: list[dict[str, Any]], gone: anyio.Event) -> None:
+        request = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if request:
+                return request.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"accept", accept), (b"mcp-session-id", sid.encode())]
+        scope = {"type": "http", "method": "GET", "path": "/mcp", "query_string": b"", "headers": headers}
+        with anyio.fail_after(10):
+            await manager.handle_request(scope, receive, send)
+
+    def body(sent: list[dict[str, Any]]) -> bytes:
+        return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+    async with manager.run():
+        sid = await _initialize(manager)
+        transport = sdk_adapter.live_transport(manager, sid)
+        refused: list[dict[str, Any]] = []
+        await get(sid, b"application/json", refused, anyio.Event())
+        assert refused[0]["status"] == 406  # the SDK's own answer
+        for _ in range(2):  # the second time: the slot the first client left is free again
+            sent: list[dict[str, Any]] = []
+            gone = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get, sid, b"text/event-stream", sent, gone)
+                with anyio.fail_after(5):
+                    while sdk.GET_STREAM_KEY not in transport._request_streams:
+                        await anyio.sleep(0.01)
+                    note = JSONRPCNotification(jsonrpc="2.0", method="notifications/tools/list_changed")
+                    await transport._request_streams[sdk.GET_STREAM_KEY][0].send(sdk.EventMessage(note, "e1"))
+                    while b": ping" not in body(sent):
+                        await anyio.sleep(0.01)
+                gone.set()
+            assert sent[0]["status"] == 200 and dict(sent[0]["headers"])[b"content-type"] == b"text/event-stream"
+            assert b"event: message\r\nid: e1\r\ndata: " in body(sent)
+            assert b'"method":"notifications/tools/list_changed"' in body(sent)
+            assert sdk.GET_STREAM_KEY not in transport._request_streams
+        sent = []
+        async with anyio.create_task_group() as tg:  # shutdown: close_sse_streams ends the stream, whole
+            tg.start_soon(get, sid, b"text/event-stream", sent, anyio.Event())
+            with anyio.fail_after(5):
+                while sdk.GET_STREAM_KEY not in transport._request_streams:
+                    await anyio.sleep(0.01)
+            sdk_adapter.close_sse_streams()
+        assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+        assert sdk.GET_STREAM_KEY not in transport._request_streams
