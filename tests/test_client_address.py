@@ -60,6 +60,7 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> No
     try:
         assert _post(gw, ["203.0.113.9"]).status_code == 200
         assert _post(gw, ["203.0.113.9"], key="not-a-key").status_code == 401
+        assert _post(gw, ["203.0.113.9", "198.51.100.1"]).status_code == 200  # two lines: served, and ignored
         decided, failed = _addresses(gw)
         assert decided == {"127.0.0.1"} and failed == {"127.0.0.1"}, (decided, failed)
     finally:
@@ -74,8 +75,12 @@ def test_a_trusted_proxy_names_the_agent_and_nothing_left_of_it_counts(tmp_path:
         assert _post(gw, ["192.0.2.77"], key="not-a-key").status_code == 401
         decided, failed = _addresses(gw)
         assert decided == {"203.0.113.9"} and failed == {"192.0.2.77"}, (decided, failed)
-        r = _post(gw, ["203.0.113.9", "198.51.100.1"])  # two headers: which one is the proxy's?
-        assert r.status_code == 400 and "x-forwarded-for header may be sent only once" in r.text
+        # Two header lines are one list in their order (RFC 9110, 5.3): the agent's own line, then the line a
+        # proxy appended (HAProxy's option forwardfor does so): the proxy's entry still counts, the agent's not.
+        assert _post(gw, ["198.51.100.1", "203.0.113.10"]).status_code == 200
+        assert _post(gw, ["198.51.100.1, 10.9.9.9", "192.0.2.78"], key="not-a-key").status_code == 401
+        decided, failed = _addresses(gw)
+        assert decided == {"203.0.113.9", "203.0.113.10"} and failed == {"192.0.2.77", "192.0.2.78"}, (decided, failed)
     finally:
         gw.stop()
 

@@ -35,7 +35,6 @@ SINGLE = frozenset(
         b"cookie",
         b"traceparent",
         b"last-event-id",
-        b"x-forwarded-for",
     }
 )
 _PARAM = b"mcp-param-"
@@ -60,7 +59,9 @@ class RequestHeaders(NamedTuple):
     ones that carry them: without Mcp-Method the fast path does not take the request anyway)."""
     tracestate: str | None = None
     forwarded_for: str | None = None
-    """``X-Forwarded-For``, read only when the connection comes from a trusted proxy (gateway/http/clientaddr.py)."""
+    """``X-Forwarded-For``, read only when the connection comes from a trusted proxy (gateway/http/clientaddr.py).
+    Several such headers are one list in their order (RFC 9110, 5.3): a proxy that appends a line of its own
+    (HAProxy's ``option forwardfor``) leaves its entry right-most, as one that extends the agent's line does."""
 
 
 # Header name -> its field's index in RequestHeaders; -1 for single-valued headers the gateway does not read.
@@ -74,7 +75,6 @@ _SLOT = {
     b"mcp-method": 6,
     b"mcp-name": 7,
     b"traceparent": 8,
-    b"x-forwarded-for": 9,
     **{
         name: -1
         for name in SINGLE
@@ -89,7 +89,6 @@ _SLOT = {
             b"mcp-method",
             b"mcp-name",
             b"traceparent",
-            b"x-forwarded-for",
         )
     },
 }
@@ -138,9 +137,10 @@ def parse(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
 
 
 def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
-    values: list[Any] = [None] * 10
+    values: list[Any] = [None] * 9
     others: list[bytes] = []
     tracestate: list[bytes] | None = None
+    forwarded: list[bytes] | None = None
     has_param = False
     slot_of = _SLOT.get
     for name, value in raw:
@@ -153,6 +153,8 @@ def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
                 has_param = True
             elif name == b"tracestate":  # W3C: several tracestate headers are one list
                 tracestate = [*(tracestate or []), value]
+            elif name == b"x-forwarded-for":  # so are several X-Forwarded-For headers, in their order
+                forwarded = [*(forwarded or []), value]
         elif slot >= 0:
             if values[slot] is not None:
                 return name
@@ -164,7 +166,8 @@ def _parse_repeated(raw: list[tuple[bytes, bytes]]) -> RequestHeaders | bytes:
     if values[5] is not None and b"transfer-encoding" in others:
         return b"content-length"
     state = b",".join(tracestate).decode("latin-1") if tracestate else None
-    return RequestHeaders._make([*values[:9], has_param, state, values[9]])
+    joined = b",".join(forwarded).decode("latin-1") if forwarded else None
+    return RequestHeaders._make([*values, has_param, state, joined])
 
 
 def _repeated_length(scope: Scope) -> bool:
