@@ -128,8 +128,8 @@ class _Guards(_ProtocolBase):
         super().connection_made(_OneWrite(transport, self.loop, self._linger))
         if len(self.connections) > self._max_connections:
             self._on_refused("connections")
-            self.transport.write(_TOO_MANY)
-            self.transport.close()  # lingering: what the client already sent cannot reset the 503 away
+            transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()  # at once, not lingering: past the limit every descriptor counts (slowloris)
             return
         self._arm()
 
