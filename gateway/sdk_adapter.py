@@ -65,6 +65,26 @@ def bare_package(name: str) -> ModuleType:
 for _package in SDK_BARE_PACKAGES:
     bare_package(_package)
 
+
+# --- pydantic: models built when first used ----------------------------------------------------------------------
+
+
+def defer_model_builds() -> None:
+    """Build a pydantic model's validator and serializer when the model is first used, not when its class is
+    defined.
+
+    The SDK defines several hundred models (both protocol eras in ``mcp_types``, the OAuth server's) and the
+    gateway validates with a few dozen of them: built at import, the rest cost the process ~3 MB for as long as it
+    lives. Pydantic has the switch per model (``ConfigDict(defer_build=True)``) and no public one for the
+    process: this sets its default, before the SDK's models are defined. A model whose class sets the option
+    itself keeps its own."""
+    from pydantic._internal import _config
+
+    _config.config_defaults["defer_build"] = True
+
+
+defer_model_builds()
+
 import anyio  # noqa: E402
 import uvicorn  # noqa: E402
 
@@ -176,6 +196,10 @@ class _Guards(_ProtocolBase):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only when the connection closed cleanly: after a reset the timer
+        # (``timeout_keep_alive``) would hold the closed connection, its last request and buffers, a few KB, alive
+        # until it fired. Clients reset connections routinely (an HTTP client dropping one it did not read out).
+        self._unset_keepalive_if_required()
 
 
 def guarded_h11(

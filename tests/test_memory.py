@@ -123,14 +123,64 @@ def test_an_open_session_does_not_keep_its_tools_list_answer(tmp_path: Path) -> 
 ALLOCATOR = """
 import os, sys
 def probe():
-    return f"{'regorus' in sys.modules} {os.environ.get('MIMALLOC_ARENA_EAGER_COMMIT')}"
+    options = [os.environ.get(f"MIMALLOC_{o}") for o in ("ARENA_EAGER_COMMIT", "PURGE_DELAY")]
+    return " ".join([str("regorus" in sys.modules), *map(str, options)])
 """
 
 
 def test_regorus_allocator_commits_memory_on_demand(tmp_path: Path) -> None:
     """regorus's mimalloc commits its first arena whole at load unless ``MIMALLOC_ARENA_EAGER_COMMIT=0`` is in the
     environment then (~8 MB resident, in transparent huge pages); gateway/policy/__init__.py sets it before any
-    policy module imports regorus. The serving gateway has regorus loaded with the option set."""
+    policy module imports regorus; ``MIMALLOC_PURGE_DELAY=0`` has it give back what a policy compilation freed. The
+    serving gateway has regorus loaded with both options set."""
     upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
     with probed_gateway(tmp_path, upstream, ALLOCATOR) as gw:
-        assert gw.probe() == "True 0"
+        assert gw.probe() == "True 0 0"
+
+
+DEFERRED = """
+def probe():
+    import mcp.shared.auth
+    import mcp_types
+    return " ".join(str(m.__pydantic_complete__) for m in (mcp.shared.auth.OAuthMetadata, mcp_types.ElicitRequest))
+"""
+
+
+def test_sdk_models_the_gateway_never_uses_are_never_built(tmp_path: Path) -> None:
+    """The SDK's pydantic models are built when first used (``sdk_adapter.defer_model_builds``): after a session and
+    a call, the OAuth server's metadata model and a request the gateway never receives are still unbuilt."""
+    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
+    with probed_gateway(tmp_path, upstream, DEFERRED) as gw:
+
+        async def one_call() -> None:
+            async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
+                assert (await client.call_tool("echo__echo", {"text": "hi"})).content[0].text == "hi"  # type: ignore[union-attr]
+
+        anyio.run(one_call)
+        assert gw.probe() == "False False"
+
+
+FREED = """
+import sys
+from gateway.memory import release_free_memory
+
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
+
+blocks = [bytes(4000) + bytes([i % 256]) for i in range(20_000)]  # ~80 MB from malloc, not the Python allocator
+pin = bytes(9000)  # allocated last (a size no freed chunk fits), at the top: glibc cannot shrink the heap past it
+del blocks
+before = rss_mb()
+assert release_free_memory()
+print(before - rss_mb())
+"""
+
+
+def test_release_free_memory_gives_freed_pages_back() -> None:
+    """What a program freed in the middle of glibc's heap stays resident until ``malloc_trim``: the gateway calls it
+    once start-up (policy compilation) is done."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FREED], capture_output=True, text=True, check=True).stdout
+    assert float(out) > 40, out  # MB given back

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
 
 
 async def _serve_guarded(
-    max_connections: int, timeout: float, refused: list[str], parser: str = "h11"
+    max_connections: int, timeout: float, refused: list[str], parser: str = "h11", keep_alive: int = 5
 ) -> tuple[uvicorn.Server, int, Any]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         body = b""
@@ -101,7 +102,7 @@ async def _serve_guarded(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     protocol = sdk_adapter.guarded_protocol(parser, max_connections, timeout, refused.append)
-    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol, timeout_keep_alive=keep_alive)
     server = sdk_adapter.QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -438,6 +439,38 @@ async def test_a_refusal_is_read_even_while_the_client_still_sends(parser: str) 
         for _ in range(8):
             got = await asyncio.to_thread(one)
             assert got.startswith(b"HTTP/1.1 400"), got[:80]
+    finally:
+        server.should_exit = True
+        await task
+
+
+@PARSERS
+@pytest.mark.anyio
+async def test_a_reset_connection_is_released_at_once(parser: str) -> None:
+    """uvicorn's keep-alive timer (``_unset_keepalive_if_required``) is cancelled when a kept-alive connection is
+    reset, not only when it closes cleanly: the timer would hold the closed connection for ``timeout_keep_alive``."""
+    import gc
+    import struct
+    import weakref
+
+    server, port, task = await _serve_guarded(10, 30, [], parser, keep_alive=60)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+        (protocol,) = server.server_state.connections
+        assert protocol.timeout_keep_alive_task is not None  # kept alive, waiting for a next request
+        gone = weakref.ref(protocol)
+        del protocol
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        writer.close()
+        deadline = time.monotonic() + 2  # the keep-alive timer would hold it for 60 s
+        while gone() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            gc.collect()
+        assert gone() is None, "the reset connection is still held (by its keep-alive timer)"
+        assert not server.server_state.connections
     finally:
         server.should_exit = True
         await task
