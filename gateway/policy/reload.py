@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from gateway.bundles.poller import BundleSource
 from gateway.config import PolicyConfig
+from gateway.memory import release_free_memory
 from gateway.metrics import Metrics
 from gateway.policy.decision import PolicyError
 from gateway.policy.engines import compile_source, is_local
@@ -255,6 +256,7 @@ class PolicyWatcher:
                 log.info("policy reload (%s): revision %s replaces %s", why, policy.revision, old)
             self.metrics.policy_reloads.labels(result.result).inc()
             self.publish_revision()
+            release_free_memory()  # what the compilation freed (gateway/memory.py); the old revision too
             return result
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
