@@ -184,3 +184,58 @@ def test_release_free_memory_gives_freed_pages_back() -> None:
 
     out = subprocess.run([sys.executable, "-c", FREED], capture_output=True, text=True, check=True).stdout
     assert float(out) > 40, out  # MB given back
+
+
+def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
+    """The SDK keeps a session's last routed message, and with it the request it came on (its receive and send),
+    until the next message. The session stage hands the layers below a receive and send cut from the connection
+    once the request is over (``Detachable``): what is kept then holds neither the connection's callables nor,
+    through them, the closed connection."""
+    import gc
+    import weakref
+    from typing import Any
+
+    from gateway.http.authenticate import AGENT_KEY
+    from gateway.http.headers import ParseHeaders
+    from gateway.http.sessions import SessionBinding
+    from gateway.identity import Agent
+
+    kept: list[Any] = []
+
+    async def sdk(scope: Any, receive: Any, send: Any) -> None:
+        kept[:] = [receive, send]  # as the SDK's router keeps its last message's request
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    binding = SessionBinding(sdk, lambda: (), 10, lambda _: None)
+
+    async def with_agent(scope: Any, receive: Any, send: Any) -> None:
+        scope["state"][AGENT_KEY] = Agent("ci-bot", "platform", ("ci",), "api_key")
+        await binding(scope, receive, send)
+
+    sent: list[Any] = []
+
+    class Connection:  # stands for uvicorn's request cycle: its receive and send are its bound methods
+        async def receive(self) -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(self, message: Any) -> None:
+            sent.append(message["type"])
+
+    async def one_request() -> weakref.ref[Connection]:
+        conn = Connection()
+        scope = {"type": "http", "method": "GET", "path": "/mcp", "headers": [(b"accept", b"text/event-stream")]}
+        await ParseHeaders(with_agent)(scope | {"state": {}}, conn.receive, conn.send)
+        return weakref.ref(conn)
+
+    gc.disable()  # freed by reference counting, not by a collection
+    try:
+        conn = anyio.run(one_request)
+        assert sent == ["http.response.start", "http.response.body"]
+        assert conn() is None, "the connection is still held through what the SDK kept"
+        receive, send = kept
+        assert anyio.run(receive) == {"type": "http.disconnect"}
+        anyio.run(send, {"type": "http.response.body", "body": b"late"})
+        assert sent == ["http.response.start", "http.response.body"]  # dropped: the request is over
+    finally:
+        gc.enable()

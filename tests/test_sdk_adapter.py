@@ -476,6 +476,36 @@ async def test_a_reset_connection_is_released_at_once(parser: str) -> None:
         await task
 
 
+@PARSERS
+@pytest.mark.anyio
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(parser: str) -> None:
+    """``_OneWrite.lost``: a closed connection holds no reference cycle (its lingering close pointed back at the
+    protocol), so reference counting frees it the moment it closes; with the cycle, every closed connection waited
+    for the collector's next full pass."""
+    import gc
+
+    server, port, task = await _serve_guarded(10, 30, [], parser)
+    cls = server.config.http
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            await asyncio.wait_for(reader.readuntil(b"okhi"), 5)
+            writer.close()
+            await writer.wait_closed()
+        deadline = time.monotonic() + 2
+        while server.server_state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        assert sum(1 for o in gc.get_objects() if type(o) is cls) == 0
+    finally:
+        gc.enable()
+        server.should_exit = True
+        await task
+
+
 @pytest.mark.anyio
 async def test_serve_standalone_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK's GET handler is replaced by the gateway's: an SSE event per message, a ping when idle, the slot freed
