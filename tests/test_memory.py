@@ -123,19 +123,17 @@ def test_an_open_session_does_not_keep_its_tools_list_answer(tmp_path: Path) -> 
 ALLOCATOR = """
 import os, sys
 def probe():
-    options = [os.environ.get(f"MIMALLOC_{o}") for o in ("ARENA_EAGER_COMMIT", "PURGE_DELAY")]
-    return " ".join([str("regorus" in sys.modules), *map(str, options)])
+    return f"{'regorus' in sys.modules} {os.environ.get('MIMALLOC_ARENA_EAGER_COMMIT')}"
 """
 
 
 def test_regorus_allocator_commits_memory_on_demand(tmp_path: Path) -> None:
     """regorus's mimalloc commits its first arena whole at load unless ``MIMALLOC_ARENA_EAGER_COMMIT=0`` is in the
     environment then (~8 MB resident, in transparent huge pages); gateway/policy/__init__.py sets it before any
-    policy module imports regorus; ``MIMALLOC_PURGE_DELAY=0`` has it give back what a policy compilation freed. The
-    serving gateway has regorus loaded with both options set."""
+    policy module imports regorus. The serving gateway has regorus loaded with the option set."""
     upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
     with probed_gateway(tmp_path, upstream, ALLOCATOR) as gw:
-        assert gw.probe() == "True 0 0"
+        assert gw.probe() == "True 0"
 
 
 DEFERRED = """
@@ -239,3 +237,32 @@ def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
         assert sent == ["http.response.start", "http.response.body"]  # dropped: the request is over
     finally:
         gc.enable()
+
+
+def test_the_policy_is_compiled_on_a_thread_of_its_own(tmp_path: Path) -> None:
+    """regorus's allocator keeps what a thread freed committed for that thread: the start-up compilation runs on a
+    thread of its own (``rvm.on_own_thread``), which hands its heap back when it ends, not on the event loop's."""
+    import threading
+
+    from gateway.policy import rvm
+
+    seen: list[str] = []
+    compile_rvm = rvm.compile_rvm
+
+    def spy(*args: object) -> rvm.RvmPolicy:
+        seen.append(threading.current_thread().name)
+        return compile_rvm(*args)  # type: ignore[arg-type]
+
+    rvm.compile_rvm = spy  # type: ignore[assignment]
+    try:
+        engine = rvm.RvmEngine(Path(__file__).parent.parent / "rego", "gateway/decision", 1000)
+    finally:
+        rvm.compile_rvm = compile_rvm
+    assert seen == ["policy-compile"]
+    assert engine.revision
+    try:
+        rvm.on_own_thread(rvm.compile_rvm, tmp_path / "missing", "gateway/decision")
+    except Exception as exc:  # the compilation's error reaches the caller
+        assert "missing" in str(exc)
+    else:
+        raise AssertionError("a policy that does not exist compiled")

@@ -10,9 +10,6 @@ import os
 # regorus (mimalloc reads its options once, at load); an operator's own value wins. Children do not inherit it:
 # every upstream process gets only the environment its config names.
 os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
-# And it keeps pages a compilation freed (~2 MB of syntax trees per policy revision) committed for reuse unless
-# told to give them back at once: decisions are no slower for it (p50 55 us either way on the shipped policy).
-os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
 
 from gateway.policy.decision import Decision, PolicyEngine, PolicyError
 
