@@ -4,7 +4,8 @@
 millisecond less per request than httpx2's on this 2-core machine. Measured against the SDK's echo server
 over a 2025-era session (SSE answers), p50 per ``tools/call``: a raw socket 1.95 ms, aiohttp 2.28 ms, httpx2
 4.31 ms. ``Httpx2Exchange`` stays for upstreams with ``oauth``: the SDK's OAuth provider is an ``httpx2.Auth``
-flow. Both give the connector the same small response shape, and one SSE parser reads both.
+flow (``connectors/httpx2_exchange.py``, imported only then). Both give the connector the same small response
+shape, and one SSE parser reads both.
 
 A transport failure of either client is raised as ``ExchangeError``, so the connector has one error to map.
 """
@@ -20,9 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpcore2
-import httpx2
-from httpx2._sse import _SSEParser  # the parser EventSource uses (bounded events); pinned, see pyproject.toml
+from httpx2._sse import SSEError, _SSEParser  # the parser EventSource uses (bounded events); pinned, see pyproject.toml
 
 if TYPE_CHECKING:
     import aiohttp
@@ -85,7 +84,7 @@ async def sse_events(resp: Response, max_event_size: int) -> AsyncGenerator[Even
             yield Event(event.data, event.id, event.retry)
         for event in parser.flush():
             yield Event(event.data, event.id, event.retry)
-    except httpx2.SSEError:
+    except SSEError:
         raise EventTooLarge from None
 
 
@@ -177,106 +176,3 @@ def env_proxy(url: str) -> str | None:
     if not proxy or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
         return None
     return proxy
-
-
-class Httpx2Exchange:
-    """httpx2, for an upstream whose requests go through an ``httpx2.Auth`` flow (OAuth)."""
-
-    def __init__(self, auth: httpx2.Auth | None = None, connect_timeout: float = 5.0):
-        self.client = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(None, connect=connect_timeout), follow_redirects=False, auth=auth
-        )
-        self.coalescing = coalesce_writes(self.client)
-
-    @asynccontextmanager
-    async def open(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
-    ) -> AsyncIterator[Response]:
-        try:
-            cm = self.client.stream(method, url, content=body, headers=headers)
-            resp = await cm.__aenter__()
-        except httpx2.TransportError as exc:
-            raise ExchangeError(exc.__class__.__name__) from None
-        try:
-            yield _Response(resp.status_code, resp.headers, resp.aiter_bytes(), (httpx2.TransportError,))
-        finally:
-            await cm.__aexit__(None, None, None)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-def coalesce_writes(client: httpx2.AsyncClient) -> bool:
-    """Make the client's connection pool hold each request's writes until it reads (one send per request).
-
-    httpcore writes a request's head and body as two sends, and each wakes the server. A reach into httpx2's
-    transport (``_transport._pool._network_backend``): when its shape is not the one known, the client is left
-    as it is and False is returned.
-    """
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if not isinstance(backend, httpcore2.AsyncNetworkBackend):
-        log.debug("httpx2's connection pool is not the one known: request writes are not coalesced")
-        return False
-    if not isinstance(backend, _CoalescingBackend):
-        pool._network_backend = _CoalescingBackend(backend)  # type: ignore[union-attr]
-    return True
-
-
-class _CoalescingBackend(httpcore2.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore2.AsyncNetworkBackend):
-        self._inner = inner
-        self.sends = 0
-        """Sends made on this pool's connections (one per request)."""
-        self.connects = 0
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
-        self.connects += 1
-        return _Coalescing(await self._inner.connect_tcp(*args, **kwargs), self)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore2.AsyncNetworkStream:
-        return _Coalescing(await self._inner.connect_unix_socket(*args, **kwargs), self)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _Coalescing(httpcore2.AsyncNetworkStream):
-    """A connection whose writes wait for the next read (or TLS start): an HTTP/1.1 client always reads after it
-    has written a request, so the request's head, body and end leave together. A write error surfaces at that
-    read, as the transport error it is."""
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream, backend: _CoalescingBackend):
-        self._inner = inner
-        self._backend = backend
-        self._held: list[bytes] = []
-        self._timeout: float | None = None
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            self._held.append(bytes(buffer))
-            self._timeout = timeout
-
-    async def _flush(self) -> None:
-        if self._held:
-            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-            self._held.clear()
-            self._backend.sends += 1
-            await self._inner.write(data, self._timeout)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        await self._flush()
-        return await self._inner.read(max_bytes, timeout)
-
-    async def aclose(self) -> None:
-        self._held.clear()
-        await self._inner.aclose()
-
-    async def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore2.AsyncNetworkStream:
-        await self._flush()
-        return _Coalescing(await self._inner.start_tls(ssl_context, server_hostname, timeout), self._backend)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)

@@ -39,7 +39,6 @@ from connectors.exchange import (
     EventTooLarge,
     Exchange,
     ExchangeError,
-    Httpx2Exchange,
     Response,
     sse_events,
 )
@@ -81,7 +80,12 @@ class HttpConnector(JsonRpcPeer):
         }
         self.start_timeout = start_timeout
         self.on_state = on_state
-        self._http: Exchange = AiohttpExchange(url) if auth is None else Httpx2Exchange(auth)
+        if auth is None:
+            self._http: Exchange = AiohttpExchange(url)
+        else:
+            from connectors.httpx2_exchange import Httpx2Exchange
+
+            self._http = Httpx2Exchange(auth)
         self._session_id: str | None = None
         self._ready = anyio.Event()
         self._reconnect = anyio.Event()

@@ -65,6 +65,14 @@ def bare_package(name: str) -> ModuleType:
 for _package in SDK_BARE_PACKAGES:
     bare_package(_package)
 
+HTTPX2_BARE = "httpx2"
+"""httpx2 too: the gateway's modules import it at the top for what only some configurations use (OAuth upstreams,
+bundles, decision-log shipping, the fleet's hops), and the connectors use its SSE parser (``httpx2._sse``, which
+needs a few of its modules). Its ``__init__`` imports its client and transports, and httpcore2 under them: ~3 MB
+a gateway without those features never uses. The first use of a name of the package (``httpx2.AsyncClient``) runs
+the real ``__init__``."""
+bare_package(HTTPX2_BARE)
+
 
 # --- pydantic: models built when first used ----------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ import anyio
 import httpx2
 import pytest
 
-from connectors.exchange import AiohttpExchange, Httpx2Exchange, _CoalescingBackend
+from connectors.exchange import AiohttpExchange
 from connectors.http import HttpConnector
+from connectors.httpx2_exchange import Httpx2Exchange, _CoalescingBackend
 from tests.conftest import REPO, echo_http_server
 
 pytestmark = pytest.mark.anyio

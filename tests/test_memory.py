@@ -27,6 +27,10 @@ NOT_BY_DEFAULT = (
     "opa_client",
     "opentelemetry.sdk",
     "gateway.policy.embedded",
+    # httpx2's client and transports, and httpcore2 under them: only OAuth upstreams, bundles, decision-log shipping
+    # and the fleet's hops use them (gateway.sdk_adapter.HTTPX2_BARE; the SSE parser alone is imported).
+    "httpcore2",
+    "httpx2._client",
     "trio",  # the gateway serves on asyncio: httpcore2 would import trio (and attrs) only because it is installed
     # The SDK's package __init__ files import these (gateway.sdk_adapter.bare_package): MCPServer and the SDK's
     # Client, cryptography through the SDK's server-side OAuth, ~10 MB resident.
