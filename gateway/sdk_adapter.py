@@ -426,7 +426,7 @@ _standalone_streams: set[anyio.CancelScope] = set()
 
 def serve_standalone_streams() -> None:
     """Serve a session's standalone GET stream (server-to-client notifications and requests) with the request's
-    own task and one that waits for the client to go, in place of the SDK's sse-starlette response (five tasks,
+    own task and a plain one that waits for the client to go, in place of the SDK's sse-starlette response (five tasks,
     two memory streams and a writer task). Every session of the 2025 era holds one for its whole life: ~36 KB
     each the SDK's way, ~7 MB at 200 sessions. What the SDK answers otherwise (406, 409, a replay from
     Last-Event-ID, a bad session header) is still its own: those requests go to its handler unchanged."""
@@ -463,22 +463,27 @@ async def _standalone_stream(transport: Any, sdk: Any, receive: Any, send: Any) 
     gone = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": head})
-        async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
 
             async def until_gone() -> None:
                 nonlocal gone
-                while (await receive())["type"] != "http.disconnect":
+                try:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                except Exception:  # a connection that cannot be read from is gone too (nobody awaits this task)
                     pass
                 gone = True
-                tg.cancel_scope.cancel()
+                scope.cancel()
 
-            tg.start_soon(until_gone)
-            _standalone_streams.add(tg.cancel_scope)
+            # A plain task watches for the client going: a task group would hold its set-up (its scope, sets and
+            # the task's state, a few KB) for the session's whole life. It is cancelled before the scope is left.
+            watcher = asyncio.get_running_loop().create_task(until_gone())
+            _standalone_streams.add(scope)
             try:
                 await _pump(transport, streams[1], send)
             finally:
-                _standalone_streams.discard(tg.cancel_scope)
-                tg.cancel_scope.cancel()
+                _standalone_streams.discard(scope)
+                watcher.cancel()
     finally:
         if transport._request_streams.get(sdk.GET_STREAM_KEY) is streams:
             await transport._clean_up_memory_streams(sdk.GET_STREAM_KEY)
