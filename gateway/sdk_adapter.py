@@ -1,8 +1,9 @@
-"""Every reach into the private internals of the MCP SDK, uvicorn and sse-starlette, in one place.
+"""Every reach into the private internals of the MCP SDK, httpx2, pydantic, uvicorn and sse-starlette, in one place.
 
 The gateway relies on a few behaviours these libraries do not promise. Each one is a small function here with
 a test of its own in ``tests/test_sdk_adapter.py``: a release that changes one fails a test named after it,
-instead of silently breaking the hot path. ``pyproject.toml`` pins ``mcp`` to the minor series they passed on.
+instead of silently breaking the hot path. ``pyproject.toml`` pins ``mcp``, httpx2 and pydantic to the minor series
+they passed on.
 """
 
 from __future__ import annotations
