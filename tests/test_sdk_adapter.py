@@ -4,6 +4,7 @@ one of them fails the test named after it (and pyproject.toml pins ``mcp`` to th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +89,12 @@ def test_server_exiting_reads_uvicorn_s_signal_handler() -> None:
 PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
 
 
-async def _serve_guarded(
+@contextlib.asynccontextmanager
+async def _guarded_server(
     max_connections: int, timeout: float, refused: list[str], parser: str = "h11", keep_alive: int = 5
-) -> tuple[uvicorn.Server, int, Any]:
+) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """A uvicorn server on the guarded protocol, serving an app that answers ``ok`` and the body it read."""
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         body = b""
         while True:  # the whole body is read, so a test sees what the parser handed over
@@ -110,7 +115,11 @@ async def _serve_guarded(
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
-    return server, sock.getsockname()[1], task
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
 
 
 @PARSERS
@@ -119,8 +128,7 @@ async def test_guarded_protocol_bounds_connections_and_request_heads(parser: str
     """uvicorn's h11 protocol (connection_made, data_received, on_response_complete, conn.their_state) and its
     httptools protocol (the same, and on_message_begin, on_headers_complete, on_message_complete)."""
     refused: list[str] = []
-    server, port, task = await _serve_guarded(2, 0.3, refused, parser)
-    try:
+    async with _guarded_server(2, 0.3, refused, parser) as (_server, port):
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         idle[0][1].write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a head
         extra = await asyncio.open_connection("127.0.0.1", port)
@@ -133,9 +141,6 @@ async def test_guarded_protocol_bounds_connections_and_request_heads(parser: str
         assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
         assert await asyncio.wait_for(reader.read(), 5) == b""  # kept alive, then its next head timed out
         writer.close()
-    finally:
-        server.should_exit = True
-        await task
 
 
 @PARSERS
@@ -229,8 +234,7 @@ async def test_guarded_protocol_bounds_the_request_head_size(parser: str) -> Non
     buffers; llhttp would buffer a header of any size). With httptools a head that came whole is bounded too,
     at MAX_WHOLE_HEAD_BYTES."""
     refused: list[str] = []
-    server, port, task = await _serve_guarded(10, 5, refused, parser)
-    try:
+    async with _guarded_server(10, 5, refused, parser) as (_server, port):
         head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
         pieces = [head, *[b"a" * 1024] * 64, b"\r\n\r\n"]
         got, sent = await _exchange(port, *pieces, pause=0.01)
@@ -244,9 +248,6 @@ async def test_guarded_protocol_bounds_the_request_head_size(parser: str) -> Non
         assert (await _exchange(port, large))[0].startswith(b"HTTP/1.1 200")
         split = [small[i : i + 1000] for i in range(0, len(small), 1000)]
         assert (await _exchange(port, *split, pause=0.005))[0].startswith(b"HTTP/1.1 200")
-    finally:
-        server.should_exit = True
-        await task
 
 
 @PARSERS
@@ -255,19 +256,15 @@ async def test_guarded_protocol_never_serves_a_body_as_a_request(parser: str) ->
     """A request that asks to upgrade (h2c) with a body that is itself a request, sent after the head: llhttp
     skips such a body and would parse it as the next request. Refused with 400 (httptools) or read as the body
     (h11): either way one answer, never two. An upgrade request without a body is answered, then closed."""
-    server, port, task = await _serve_guarded(10, 5, [], parser)
     inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
     head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-    try:
+    async with _guarded_server(10, 5, [], parser) as (_server, port):
         got, _ = await _exchange(port, head + b"Content-Length: %d\r\n\r\n" % len(inner), inner, pause=0.05)
         assert got.count(b"HTTP/1.1 ") == 1, got
         assert got.startswith(b"HTTP/1.1 400" if parser == "httptools" else b"HTTP/1.1 200"), got
         bodiless = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
         got, _ = await _exchange(port, bodiless, inner, pause=0.05)
         assert got.startswith(b"HTTP/1.1 200") and (parser == "h11" or got.count(b"HTTP/1.1 ") == 1), got
-    finally:
-        server.should_exit = True
-        await task
 
 
 def test_sse_starlette_drain_switches() -> None:
@@ -420,7 +417,6 @@ async def test_a_refusal_is_read_even_while_the_client_still_sends(parser: str) 
     """A head refused (400) while the client is still sending: the gateway closes its end but keeps reading and
     dropping for a moment, so the client reads the refusal. Closed with bytes unread, the kernel sends a reset
     that can throw the answer away before the client reads it."""
-    server, port, task = await _serve_guarded(10, 5, [], parser)
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (sdk_adapter.MAX_WHOLE_HEAD_BYTES + 1024)
     trailing = b"b" * (2 * 1024 * 1024)
 
@@ -438,13 +434,10 @@ async def test_a_refusal_is_read_even_while_the_client_still_sends(parser: str) 
                 return b"reset after %r (%s)" % (out[:20], type(e).__name__.encode())
             return out
 
-    try:
+    async with _guarded_server(10, 5, [], parser) as (_server, port):
         for _ in range(8):
             got = await asyncio.to_thread(one)
             assert got.startswith(b"HTTP/1.1 400"), got[:80]
-    finally:
-        server.should_exit = True
-        await task
 
 
 @PARSERS
@@ -456,8 +449,7 @@ async def test_a_reset_connection_is_released_at_once(parser: str) -> None:
     import struct
     import weakref
 
-    server, port, task = await _serve_guarded(10, 30, [], parser, keep_alive=60)
-    try:
+    async with _guarded_server(10, 30, [], parser, keep_alive=60) as (server, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
@@ -474,9 +466,6 @@ async def test_a_reset_connection_is_released_at_once(parser: str) -> None:
             gc.collect()
         assert gone() is None, "the reset connection is still held (by its keep-alive timer)"
         assert not server.server_state.connections
-    finally:
-        server.should_exit = True
-        await task
 
 
 @PARSERS
@@ -487,26 +476,24 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(parser: 
     for the collector's next full pass."""
     import gc
 
-    server, port, task = await _serve_guarded(10, 30, [], parser)
-    cls = server.config.http
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(5):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
-            await asyncio.wait_for(reader.readuntil(b"okhi"), 5)
-            writer.close()
-            await writer.wait_closed()
-        deadline = time.monotonic() + 2
-        while server.server_state.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)
-        assert sum(1 for o in gc.get_objects() if type(o) is cls) == 0
-    finally:
-        gc.enable()
-        server.should_exit = True
-        await task
+    async with _guarded_server(10, 30, [], parser) as (server, port):
+        cls = server.config.http
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+                await asyncio.wait_for(reader.readuntil(b"okhi"), 5)
+                writer.close()
+                await writer.wait_closed()
+            deadline = time.monotonic() + 2
+            while server.server_state.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+            assert sum(1 for o in gc.get_objects() if type(o) is cls) == 0
+        finally:
+            gc.enable()
 
 
 @pytest.mark.anyio
