@@ -13,7 +13,6 @@ answers ``HEADER_MISMATCH``), and the result is stamped with the gateway's serve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -28,6 +27,7 @@ from gateway import sdk_adapter, stages
 from gateway.decide import Request
 from gateway.errors import INTERNAL_ERROR, REQUEST_CANCELLED
 from gateway.forward import GatewayError
+from gateway.http.disconnect import watch_disconnect
 from gateway.http.headers import RequestHeaders
 from gateway.identity import Agent
 from gateway.pipeline import Pipeline
@@ -187,10 +187,7 @@ class FastPath:
         with sdk_adapter.holding(transport), anyio.CancelScope() as scope:
             if session_id is not None:
                 self._inflight[key] = scope
-            # A plain task watches for the agent hanging up (a task group would cost its set-up, and a loop turn at
-            # its exit waiting for the watcher to end); it is cancelled before the scope is left, so it can never
-            # cancel anything but this call.
-            watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, scope))
+            watcher = watch_disconnect(receive, scope)  # cancelled before the scope is left
             try:
                 body = await self._answer(req, msg, view, modern)
                 sent = True
@@ -243,14 +240,3 @@ async def _respond(send: Send, body: bytes) -> None:
         await send({"type": "http.response.body", "body": body})
     except OSError:
         pass  # the agent went away
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-    except Exception:  # a connection that cannot be read from is gone too (nobody awaits this task's errors)
-        pass
-    scope.cancel()

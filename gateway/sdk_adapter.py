@@ -97,6 +97,8 @@ defer_model_builds()
 import anyio  # noqa: E402
 import uvicorn  # noqa: E402
 
+from gateway.http.disconnect import hung_up, watch_disconnect  # noqa: E402
+
 log = logging.getLogger("gateway.http")
 
 
@@ -465,25 +467,13 @@ async def _standalone_stream(transport: Any, sdk: Any, receive: Any, send: Any) 
     try:
         await send({"type": "http.response.start", "status": 200, "headers": head})
         with anyio.CancelScope() as scope:
-
-            async def until_gone() -> None:
-                nonlocal gone
-                try:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                except Exception:  # a connection that cannot be read from is gone too (nobody awaits this task)
-                    pass
-                gone = True
-                scope.cancel()
-
-            # A plain task watches for the client going: a task group would hold its set-up (its scope, sets and
-            # the task's state, a few KB) for the session's whole life. It is cancelled before the scope is left.
-            watcher = asyncio.get_running_loop().create_task(until_gone())
+            watcher = watch_disconnect(receive, scope)  # cancelled before the scope is left
             _standalone_streams.add(scope)
             try:
                 await _pump(transport, streams[1], send)
             finally:
                 _standalone_streams.discard(scope)
+                gone = hung_up(watcher)
                 watcher.cancel()
     finally:
         if transport._request_streams.get(sdk.GET_STREAM_KEY) is streams:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
 
 from tests.conftest import ECHO, KEYS, ProbedGateway, mcp_client, probed_gateway
 
@@ -190,14 +192,14 @@ def test_release_free_memory_gives_freed_pages_back() -> None:
 
 def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
     """The SDK keeps a session's last routed message, and with it the request it came on (its receive and send),
-    until the next message. The session stage hands the layers below a receive and send cut from the connection
-    once the request is over (``Detachable``): what is kept then holds neither the connection's callables nor,
-    through them, the closed connection."""
+    until the next message. The dispatcher hands the SDK a receive and send cut from the connection once the
+    request is over (``gateway.http.dispatch.Detachable``): what is kept then holds neither the connection's
+    callables nor, through them, the closed connection."""
     import gc
     import weakref
-    from typing import Any
 
     from gateway.http.authenticate import AGENT_KEY
+    from gateway.http.dispatch import VIEW_KEY, Dispatch
     from gateway.http.headers import ParseHeaders
     from gateway.http.sessions import SessionBinding
     from gateway.identity import Agent
@@ -209,10 +211,12 @@ def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    binding = SessionBinding(sdk, lambda: (), 10, lambda _: None)
+    # A GET without a body never reaches the fast path: the dispatcher hands it to the SDK.
+    binding = SessionBinding(Dispatch(None, {None: sdk}), lambda: (), 10, lambda _: None)  # type: ignore[arg-type]
 
     async def with_agent(scope: Any, receive: Any, send: Any) -> None:
         scope["state"][AGENT_KEY] = Agent("ci-bot", "platform", ("ci",), "api_key")
+        scope["state"][VIEW_KEY] = None
         await binding(scope, receive, send)
 
     sent: list[Any] = []
@@ -243,7 +247,7 @@ def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
         gc.enable()
 
 
-def test_the_policy_is_compiled_on_a_thread_of_its_own(tmp_path: Path) -> None:
+def test_the_policy_is_compiled_on_a_thread_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """regorus's allocator keeps what a thread freed committed for that thread: the start-up compilation runs on a
     thread of its own (``rvm.on_own_thread``), which hands its heap back when it ends, not on the event loop's."""
     import threading
@@ -253,20 +257,13 @@ def test_the_policy_is_compiled_on_a_thread_of_its_own(tmp_path: Path) -> None:
     seen: list[str] = []
     compile_rvm = rvm.compile_rvm
 
-    def spy(*args: object) -> rvm.RvmPolicy:
+    def spy(*args: Any) -> rvm.RvmPolicy:
         seen.append(threading.current_thread().name)
-        return compile_rvm(*args)  # type: ignore[arg-type]
+        return compile_rvm(*args)
 
-    rvm.compile_rvm = spy  # type: ignore[assignment]
-    try:
-        engine = rvm.RvmEngine(Path(__file__).parent.parent / "rego", "gateway/decision", 1000)
-    finally:
-        rvm.compile_rvm = compile_rvm
+    monkeypatch.setattr(rvm, "compile_rvm", spy)
+    engine = rvm.RvmEngine(Path(__file__).parent.parent / "rego", "gateway/decision", 1000)
     assert seen == ["policy-compile"]
     assert engine.revision
-    try:
-        rvm.on_own_thread(rvm.compile_rvm, tmp_path / "missing", "gateway/decision")
-    except Exception as exc:  # the compilation's error reaches the caller
-        assert "missing" in str(exc)
-    else:
-        raise AssertionError("a policy that does not exist compiled")
+    with pytest.raises(Exception, match="missing"):  # the compilation's error reaches the caller
+        rvm.on_own_thread(compile_rvm, tmp_path / "missing", "gateway/decision")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import sdk_adapter, stages
 from gateway.fastpath import FastPath, modern_client, parse_tool_call
@@ -24,6 +24,36 @@ SdkApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def view_of(scope: Scope) -> str | None:
     view: str | None = scope["state"][VIEW_KEY]
     return view
+
+
+class Detachable:
+    """A request's ``receive`` and ``send`` as the SDK sees them, cut from the connection once the request is over
+    (a later ``receive`` reads a disconnect, a later ``send`` is dropped).
+
+    Why: the SDK's per-session message router keeps the last message it routed alive until the next one, and with
+    it the request that message came on, which holds these. Uncut, an idle session kept its last POST's connection
+    alive after the client closed it: uvicorn's protocol, parser and buffers, some 10 KB a session.
+    """
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send):
+        self._receive: Receive | None = receive
+        self._send: Send | None = send
+
+    async def receive(self) -> Message:
+        receive = self._receive
+        if receive is None:
+            return {"type": "http.disconnect"}
+        return await receive()
+
+    async def send(self, message: Message) -> None:
+        send = self._send
+        if send is not None:
+            await send(message)
+
+    def release(self) -> None:
+        self._receive = self._send = None
 
 
 class Dispatch:
@@ -65,4 +95,8 @@ class Dispatch:
                         return
             elif sid is not None:
                 self.fast.cancel(sid, body)
-        await self.sdk_apps[view](scope, receive, sdk_adapter.scrub_transport_errors(send))
+        cut = Detachable(receive, sdk_adapter.scrub_transport_errors(send))
+        try:
+            await self.sdk_apps[view](scope, cut.receive, cut.send)
+        finally:
+            cut.release()

@@ -68,36 +68,6 @@ def initialize_of(body: bytes) -> tuple[dict[str, Any], str | None] | None:
     return None
 
 
-class Detachable:
-    """A request's ``receive`` and ``send`` as the stages below see them, cut from the connection once the request is
-    over (a later ``receive`` reads a disconnect, a later ``send`` is dropped).
-
-    Why: the SDK's per-session message router keeps the last message it routed alive until the next one, and with
-    it the request that message came on, which holds these. Uncut, an idle session kept its last POST's connection
-    alive after the client closed it: uvicorn's protocol, parser and buffers, some 10 KB a session.
-    """
-
-    __slots__ = ("_receive", "_send")
-
-    def __init__(self, receive: Receive, send: Send):
-        self._receive: Receive | None = receive
-        self._send: Send | None = send
-
-    async def receive(self) -> Message:
-        receive = self._receive
-        if receive is None:
-            return {"type": "http.disconnect"}
-        return await receive()
-
-    async def send(self, message: Message) -> None:
-        send = self._send
-        if send is not None:
-            await send(message)
-
-    def release(self) -> None:
-        self._receive = self._send = None
-
-
 class SessionBinding:
     def __init__(
         self,
@@ -126,13 +96,6 @@ class SessionBinding:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cut = Detachable(receive, send)
-        try:
-            await self._serve(scope, cut.receive, cut.send)
-        finally:
-            cut.release()
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         sid = headers_of(scope).session_id
         agent = agent_of(scope)
         owner = (agent.id, agent.auth, agent.team)
