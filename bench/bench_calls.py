@@ -9,10 +9,14 @@ interleaved call by call (latency) and round by round (throughput), so load on t
 
 Printed: p50/p99 per path and added over the direct connection to the same upstream, calls/s at
 ``--concurrency`` sessions and the ratio to direct, the cost of a 100-tool ``tools/list`` over a 1-tool one,
-the gateway's RSS with ``--sessions`` sessions open, the floor (what the SDK client's HTTP costs by itself: a
-null HTTP server that does no work, ``bench/null_server.py``, plus the echo's own time over a raw pipe, against
-direct stdio), and the per-stage profile of the gateway's calls
-(``gateway/stages.py``: authenticate, parse, decide, record, forward, answer, in microseconds).
+the gateway's RSS with ``--sessions`` sessions open, and the floors: for a stdio upstream, what the SDK client's
+HTTP costs by itself (a null HTTP server that does no work, ``bench/null_server.py``, plus the echo's own time
+over a raw pipe, against direct stdio); for an HTTP upstream, what one more Python HTTP hop costs by itself (a
+forwarder on the gateway's own stack that does nothing else, ``bench/null_proxy.py``, against direct HTTP).
+The throughput rounds also give each process's CPU time per call (the client, the process in the middle, the
+HTTP echo): on a machine with few cores, throughput against direct is set by the CPU the middle adds per call.
+Last, the per-stage profile of the gateway's calls (``gateway/stages.py``: authenticate, parse, decide, record,
+forward, answer, in microseconds).
 
     python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
                                 [--eras legacy,modern] [--fsync] [--no-secrets] [--secrets-off-too]
@@ -129,7 +133,38 @@ async def echo_own_time(calls: int) -> float:
     return pct(times[20:], 0.5)
 
 
-async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float, mode: str) -> float:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_throughput(
+    opener: Opener, tool: str, concurrency: int, seconds: float, mode: str, pids: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """calls/s, and the CPU microseconds per call, over the timed window only, of this client and of each process
+    in ``pids``."""
+
+    def probe() -> dict[str, float]:
+        return {name: cpu_s(pid) for name, pid in pids.items()} | {"client": time.process_time()}
+
+    window: dict[str, Any] = {}
+    rate = anyio.run(throughput, opener, tool, concurrency, seconds, mode, probe, window)
+    start, end, calls = window["start"], window["end"], max(window["calls"], 1)
+    return rate, {name: (end[name] - start[name]) / calls * 1e6 for name in start}
+
+
+async def throughput(
+    opener: Opener,
+    tool: str,
+    concurrency: int,
+    seconds: float,
+    mode: str,
+    probe: Callable[[], dict[str, float]] | None = None,
+    window: dict[str, Any] | None = None,
+) -> float:
+    """Calls per second at ``concurrency`` sessions; ``probe``'s readings at the start and the end of the timed
+    window (when the first session stops), and the calls done by then, go into ``window``."""
     done = 0
     errors = 0
     ready = anyio.Event()
@@ -146,6 +181,8 @@ async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float
                 r = await c.call_tool(tool, {"text": "hello"})
                 errors += bool(r.is_error)
                 done += 1
+            if probe is not None and window is not None and "end" not in window:
+                window["end"], window["calls"] = probe(), done
 
     t0 = 0.0
     async with anyio.create_task_group() as tg:
@@ -153,6 +190,8 @@ async def throughput(opener: Opener, tool: str, concurrency: int, seconds: float
             tg.start_soon(worker)
         while started < concurrency:
             await anyio.sleep(0.05)
+        if probe is not None and window is not None:
+            window["start"] = probe()
         t0 = time.perf_counter()
         ready.set()
     elapsed = time.perf_counter() - t0
@@ -239,6 +278,16 @@ def print_stages(title: str, prof: dict[str, Any]) -> None:
         print(f"    {label:12}{row}")
 
 
+def print_cpu(cpu: dict[str, dict[str, float]], concurrency: int) -> None:
+    print(f"  CPU per call at {concurrency} sessions (us, median of rounds; middle = the gateway or the null proxy):")
+    print(f"    {'path':26}{'client':>9}{'middle':>9}{'HTTP echo':>11}")
+    for name, use in cpu.items():
+        cells = "".join(
+            f"{use[k]:{w}.0f}" if k in use else f"{'-':>{w}}" for k, w in (("client", 9), ("middle", 9), ("echo", 11))
+        )
+        print(f"    {name:26}{cells}")
+
+
 def wait_http(url: str) -> None:
     for _ in range(100):
         try:
@@ -275,12 +324,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     echo_port = free_port()
     null_port = free_port()
+    proxy_port = free_port()
+    echo_url = f"http://127.0.0.1:{echo_port}/mcp"
     procs = [
         subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "null_server.py"), str(null_port)]),
+        subprocess.Popen([sys.executable, str(REPO / "bench" / "null_proxy.py"), str(proxy_port), echo_url]),
     ]
-    wait_http(f"http://127.0.0.1:{echo_port}/mcp")
-    wait_http(f"http://127.0.0.1:{null_port}/mcp")
+    for port in (echo_port, null_port, proxy_port):
+        wait_http(f"http://127.0.0.1:{port}/mcp")
     toml = json.dumps  # a TOML basic string and a JSON string agree for these values
     upstreams = (
         f'[[upstreams]]\nname = "echo"\ntransport = "http"\nurl = "http://127.0.0.1:{echo_port}/mcp"\n\n'
@@ -334,16 +386,25 @@ def main() -> None:
                 gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
             finally:
                 conftest.REPO = REPO
-        direct_http = http_opener(f"http://127.0.0.1:{echo_port}/mcp")
+        direct_http = http_opener(echo_url)
         targets: dict[str, tuple[Opener, str, str]] = {  # name: (opener, tool, the direct path it is compared with)
             "direct stdio": (stdio_client, "echo", ""),
             "direct HTTP": (direct_http, "echo", ""),
             # The SDK client over HTTP to a server that does nothing: what the client's HTTP costs by itself.
             "null HTTP server": (http_opener(f"http://127.0.0.1:{null_port}/mcp"), "echo", "direct stdio"),
+            # One more HTTP hop in Python that does nothing else, in front of the same echo: what it costs by itself.
+            "null proxy -> HTTP": (http_opener(f"http://127.0.0.1:{proxy_port}/mcp"), "echo", "direct HTTP"),
+        }
+        echo_pid = {"echo": procs[0].pid}
+        pids: dict[str, dict[str, int]] = {  # name: the processes whose CPU per call is shown
+            "direct HTTP": echo_pid,
+            "null proxy -> HTTP": {"middle": procs[2].pid} | echo_pid,
         }
         for mode, gw in gws.items():
             targets[f"{mode} -> stdio"] = (http_opener(gw.url), "echostdio__echo", "direct stdio")
             targets[f"{mode} -> HTTP"] = (http_opener(gw.url), "echo__echo", "direct HTTP")
+            pids[f"{mode} -> stdio"] = {"middle": gw.proc.pid}
+            pids[f"{mode} -> HTTP"] = {"middle": gw.proc.pid} | echo_pid
         print(
             f"mcp-gateway bench: {args.calls} sequential calls per path and era (interleaved); throughput "
             f"{args.concurrency} sessions x {args.seconds:g} s x {args.rounds} rounds; load {load0[0]:.2f} "
@@ -359,9 +420,14 @@ def main() -> None:
             lat = anyio.run(latency, plain, args.calls, mode)
             profiles = {name: stage_profile(gw) for name, gw in gws.items()}
             tput: dict[str, list[float]] = {name: [] for name in targets}
+            cpu: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(args.rounds):
                 for name, (opener, tool, _) in targets.items():
-                    tput[name].append(anyio.run(throughput, opener, tool, args.concurrency, args.seconds, mode))
+                    rate, per_call = measured_throughput(
+                        opener, tool, args.concurrency, args.seconds, mode, pids.get(name, {})
+                    )
+                    tput[name].append(rate)
+                    cpu[name].append(per_call)
             print(f"\nera {ERAS[era]}:")
             head = ("p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
             print(f"  {'path':26} " + " ".join(f"{h:>8}" for h in head) + f" {'calls/s':>9} {'x direct':>9}")
@@ -380,9 +446,26 @@ def main() -> None:
                 f"  floor: the echo's own time over a raw pipe {own:.2f} ms; a gateway that cost nothing would add "
                 f"{floor:+.2f} ms p50 over direct stdio here (null HTTP server + the echo's own time - direct stdio)"
             )
+            proxy = rows["null proxy -> HTTP"]
+            print(
+                f"  HTTP floor: a forwarder on the gateway's stack that does nothing else adds "
+                f"{proxy['added_p50_ms']:+.2f} ms p50 over direct HTTP here, at {proxy['x_direct']:.2f}x its throughput"
+            )
+            cpu_use = {
+                name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in cpu.items()
+            }
+            print_cpu(cpu_use, args.concurrency)
             for name, prof in profiles.items():
                 print_stages(f"{name}, {ERAS[era]}", prof)
-            report["eras"][era] = {"paths": rows, "stages": profiles, "echo_own_p50_ms": own, "floor_p50_ms": floor}
+            report["eras"][era] = {
+                "paths": rows,
+                "stages": profiles,
+                "echo_own_p50_ms": own,
+                "floor_p50_ms": floor,
+                "http_floor_added_p50_ms": proxy["added_p50_ms"],
+                "http_floor_x_direct": proxy["x_direct"],
+                "cpu_us_per_call": cpu_use,
+            }
         if args.list_calls:
             print(
                 "\ntools/list (p50 ms), 1 tool vs 100 tools, 2025-11-25 era, through the gateway and direct over stdio:"

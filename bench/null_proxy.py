@@ -1,0 +1,69 @@
+"""A streamable-HTTP forwarder that does nothing else, on the gateway's own stack: uvicorn (httptools, uvloop)
+serving a bare ASGI app, and one pooled aiohttp session to the upstream.
+
+No authentication, no policy, no audit, no metrics, no parsing of the message: each POST (and DELETE) is sent on
+as it came, with the MCP headers, and its answer is handed back whole. The benchmark puts it beside the gateway
+in front of the same HTTP upstream. What it adds over a direct connection is what one more HTTP hop in Python
+costs by itself: the part of a gateway's added latency and lost throughput that its own work cannot remove.
+
+    python bench/null_proxy.py PORT UPSTREAM_URL
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import aiohttp
+import uvicorn
+
+_FORWARDED = (b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name")
+_RETURNED = ("content-type", "mcp-session-id")
+
+
+class NullProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["method"] not in ("POST", "DELETE"):  # no standalone GET stream: the client goes on without one
+            await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"POST, DELETE")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARDED}
+        assert self.session is not None
+        async with self.session.request(scope["method"], self.upstream, data=body, headers=headers) as resp:
+            out = await resp.read()
+            back = [(k.encode(), resp.headers[k].encode()) for k in _RETURNED if k in resp.headers]
+            back.append((b"content-length", str(len(out)).encode()))
+            await send({"type": "http.response.start", "status": resp.status, "headers": back})
+            await send({"type": "http.response.body", "body": out})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "lifespan.shutdown":
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+            await send({"type": "lifespan.startup.complete"})
+        if self.session is not None:
+            await self.session.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+if __name__ == "__main__":
+    uvicorn.run(
+        NullProxy(sys.argv[2]),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+    )
