@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,4 +65,9 @@ def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
     for needle in ("era 2025-11-25", "era 2026-07-28", "shipped policy -> HTTP", "allow-all -> stdio", "100 tools"):
         assert needle in out.stdout, out.stdout
     assert "per-stage profile" in out.stdout and "RSS" in out.stdout
-    assert (tmp_path / "out.json").exists()
+    report = json.loads((tmp_path / "out.json").read_text())
+    for era in ("legacy", "modern"):
+        figures = report["eras"][era]
+        assert figures["paths"]["null proxy -> HTTP"]["calls_per_s"] > 0  # the forwarder answered every call
+        cpu = figures["cpu_us_per_call"]
+        assert cpu["shipped policy -> HTTP"]["middle"] > 0 and cpu["null proxy -> HTTP"]["echo"] > 0
