@@ -12,7 +12,8 @@ Printed: p50/p99 per path and added over the direct connection to the same upstr
 the gateway's RSS with ``--sessions`` sessions open, and the floors: for a stdio upstream, what the SDK client's
 HTTP costs by itself (a null HTTP server that does no work, ``bench/null_server.py``, plus the echo's own time
 over a raw pipe, against direct stdio); for an HTTP upstream, what one more Python HTTP hop costs by itself (a
-forwarder on the gateway's own stack that does nothing else, ``bench/null_proxy.py``, against direct HTTP).
+forwarder on the gateway's own stack that does nothing else, ``bench/null_proxy.py``, and the thinnest forwarder
+Python can be, ``bench/raw_proxy.py``, against direct HTTP).
 The throughput rounds also give each process's CPU time per call (the client, the process in the middle, the
 HTTP echo): on a machine with few cores, throughput against direct is set by the CPU the middle adds per call.
 Last, the per-stage profile of the gateway's calls (``gateway/stages.py``: authenticate, parse, decide, record,
@@ -279,7 +280,7 @@ def print_stages(title: str, prof: dict[str, Any]) -> None:
 
 
 def print_cpu(cpu: dict[str, dict[str, float]], concurrency: int) -> None:
-    print(f"  CPU per call at {concurrency} sessions (us, median of rounds; middle = the gateway or the null proxy):")
+    print(f"  CPU per call at {concurrency} sessions (us, median of rounds; middle = the gateway or the proxy):")
     print(f"    {'path':26}{'client':>9}{'middle':>9}{'HTTP echo':>11}")
     for name, use in cpu.items():
         cells = "".join(
@@ -325,13 +326,15 @@ def main() -> None:
     echo_port = free_port()
     null_port = free_port()
     proxy_port = free_port()
+    raw_port = free_port()
     echo_url = f"http://127.0.0.1:{echo_port}/mcp"
     procs = [
         subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "null_server.py"), str(null_port)]),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "null_proxy.py"), str(proxy_port), echo_url]),
+        subprocess.Popen([sys.executable, str(REPO / "bench" / "raw_proxy.py"), str(raw_port), str(echo_port)]),
     ]
-    for port in (echo_port, null_port, proxy_port):
+    for port in (echo_port, null_port, proxy_port, raw_port):
         wait_http(f"http://127.0.0.1:{port}/mcp")
     toml = json.dumps  # a TOML basic string and a JSON string agree for these values
     upstreams = (
@@ -394,11 +397,13 @@ def main() -> None:
             "null HTTP server": (http_opener(f"http://127.0.0.1:{null_port}/mcp"), "echo", "direct stdio"),
             # One more HTTP hop in Python that does nothing else, in front of the same echo: what it costs by itself.
             "null proxy -> HTTP": (http_opener(f"http://127.0.0.1:{proxy_port}/mcp"), "echo", "direct HTTP"),
+            "raw proxy -> HTTP": (http_opener(f"http://127.0.0.1:{raw_port}/mcp"), "echo", "direct HTTP"),
         }
         echo_pid = {"echo": procs[0].pid}
         pids: dict[str, dict[str, int]] = {  # name: the processes whose CPU per call is shown
             "direct HTTP": echo_pid,
             "null proxy -> HTTP": {"middle": procs[2].pid} | echo_pid,
+            "raw proxy -> HTTP": {"middle": procs[3].pid} | echo_pid,
         }
         for mode, gw in gws.items():
             targets[f"{mode} -> stdio"] = (http_opener(gw.url), "echostdio__echo", "direct stdio")
@@ -446,10 +451,11 @@ def main() -> None:
                 f"  floor: the echo's own time over a raw pipe {own:.2f} ms; a gateway that cost nothing would add "
                 f"{floor:+.2f} ms p50 over direct stdio here (null HTTP server + the echo's own time - direct stdio)"
             )
-            proxy = rows["null proxy -> HTTP"]
+            proxy, raw = rows["null proxy -> HTTP"], rows["raw proxy -> HTTP"]
             print(
-                f"  HTTP floor: a forwarder on the gateway's stack that does nothing else adds "
-                f"{proxy['added_p50_ms']:+.2f} ms p50 over direct HTTP here, at {proxy['x_direct']:.2f}x its throughput"
+                f"  HTTP floor: a forwarder that does nothing else adds {proxy['added_p50_ms']:+.2f} ms p50 over "
+                f"direct HTTP at {proxy['x_direct']:.2f}x its throughput on the gateway's stack (null proxy), and "
+                f"{raw['added_p50_ms']:+.2f} ms at {raw['x_direct']:.2f}x as the thinnest Python can be (raw proxy)"
             )
             cpu_use = {
                 name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in cpu.items()
@@ -464,6 +470,8 @@ def main() -> None:
                 "floor_p50_ms": floor,
                 "http_floor_added_p50_ms": proxy["added_p50_ms"],
                 "http_floor_x_direct": proxy["x_direct"],
+                "raw_floor_added_p50_ms": raw["added_p50_ms"],
+                "raw_floor_x_direct": raw["x_direct"],
                 "cpu_us_per_call": cpu_use,
             }
         if args.list_calls:
