@@ -95,6 +95,9 @@ def serve(config_path: str, log_level: str | None) -> None:
     # ~2.7 MB RSS for as long as it lives. A None entry makes ``import trio`` fail as if it were not installed
     # (the import system's documented behaviour), so httpcore2 uses its anyio locks, as it does on asyncio anyway.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+    from gateway.memory import share_one_arena
+
+    share_one_arena()  # before the first thread starts
     logging.basicConfig(level=(log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
     from gateway import logs, tracing

@@ -190,6 +190,47 @@ def test_release_free_memory_gives_freed_pages_back() -> None:
     assert float(out) > 40, out  # MB given back
 
 
+ARENAS = """
+import ctypes, sys, threading
+from gateway.memory import share_one_arena
+
+if sys.argv[1] == "shared":
+    assert share_one_arena()
+
+def work():
+    global kept
+    kept = [bytes(50_000) for _ in range(40)]  # from malloc (above Python's small-object size, below mmap's)
+
+t = threading.Thread(target=work)
+t.start()
+t.join()
+ctypes.CDLL(None).malloc_stats()  # per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize("mode", ["shared", "default"])
+def test_threads_allocate_from_the_main_arena(mode: str) -> None:
+    """glibc gives a thread that allocates an arena of its own, whose freed memory stays resident; the gateway
+    calls ``share_one_arena`` before its first thread. Without the call the thread gets a second arena (so the
+    check can fail)."""
+    import subprocess
+    import sys
+
+    err = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True).stderr
+    arenas = [line for line in err.splitlines() if line.startswith("Arena ")]
+    assert len(arenas) == (1 if mode == "shared" else 2), err
+
+
+def test_serve_shares_one_arena_before_any_thread() -> None:
+    """The call sits at the start of ``serve``, before the config is loaded and the policy compiled on a thread."""
+    import inspect
+
+    from gateway import cli
+
+    source = inspect.getsource(cli.serve.callback)  # type: ignore[arg-type]
+    assert source.index("share_one_arena()") < source.index("_load(config_path)") < source.index("Gateway(cfg)")
+
+
 def test_a_request_s_connection_is_not_held_by_what_the_sdk_keeps() -> None:
     """The SDK keeps a session's last routed message, and with it the request it came on (its receive and send),
     until the next message. The dispatcher hands the SDK a receive and send cut from the connection once the
