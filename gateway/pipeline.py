@@ -207,10 +207,9 @@ class Pipeline:
             ]
             asked = [(uri, res.get("annotations") or {}) for uri, res in owned]
             seen = await self.decider.visible_many(req, up.name, "resource", asked)
-            for (_uri, res), shown in zip(owned, seen, strict=True):
-                if shown:
-                    out.append(res)
-                    self._shown(req, up, "resources")
+            out += [res for (_uri, res), shown in zip(owned, seen, strict=True) if shown]
+            if any(seen):
+                self._shown(req, up, "resources")
         await self.admission.finish(req, "ok", 0.0)
         return {"resources": out}
 
@@ -243,10 +242,16 @@ class Pipeline:
             # prompts have no annotations; the items are decided in one batch (Decider.visible_many)
             asked = [(name, (item.get("annotations") or {}) if kind == "tool" else {}) for name, item in listed]
             seen = await self.decider.visible_many(req, up.name, kind, asked)
-            for (name, item), shown in zip(listed, seen, strict=True):
-                if shown:
-                    out.append({**item, "name": public_name(up.name, name, req.view)} if req.view is None else item)
-                    self._shown(req, up, f"{kind}s")
+            if req.view is None:  # the aggregate: each item under its public name
+                out += [
+                    {**item, "name": public_name(up.name, name, None)}
+                    for (name, item), shown in zip(listed, seen, strict=True)
+                    if shown
+                ]
+            else:
+                out += [item for (_name, item), shown in zip(listed, seen, strict=True) if shown]
+            if any(seen):
+                self._shown(req, up, f"{kind}s")
         await self.admission.finish(req, "ok", 0.0)
         return out
 
