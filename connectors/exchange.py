@@ -121,23 +121,16 @@ class AiohttpExchange:
         self._errors: tuple[type[Exception], ...] = (OSError,)
         self._session: aiohttp.ClientSession | None = None
         self._proxy = env_proxy(url)
-        self.connects = 0
-        """New connections opened (a kept-alive pool opens one and reuses it)."""
 
     def _open_session(self) -> aiohttp.ClientSession:
         aiohttp = _import_aiohttp()
         self._errors = (aiohttp.ClientError, OSError, TimeoutError)
-        trace = aiohttp.TraceConfig()
-
-        async def counted(*_: Any) -> None:
-            self.connects += 1
-
-        trace.on_connection_create_end.append(counted)
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
             trust_env=False,  # read per request in a thread (two hops a call): the proxy is read once, above
             auto_decompress=True,
-            trace_configs=[trace],
+            # No trace_configs: with any, aiohttp sends each of its request signals through a coroutine, every
+            # request (10-40 us a call here). tests/test_http_upstream_sends.py counts connections at the loop.
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=10),
         )
 
