@@ -491,6 +491,7 @@ def main() -> None:
                 )
         if args.sessions:
             gw = gws["shipped policy"]
+            stage_profile(gw)  # the stage samples are the benchmark's, not the gateway's: emptied before the figure
             before, after = anyio.run(rss_at, gw, args.sessions, "echostdio__echo")
             report["rss_mb"] = {"before": before, "at_sessions": after, "sessions": args.sessions}
             print(f"\ngateway RSS (shipped policy): {before:.1f} MB, {after:.1f} MB with {args.sessions} sessions open")
