@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+from null_server import read_body  # its directory is first on sys.path: run as a script
 
 _FORWARDED = (b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name")
 _RETURNED = ("content-type", "mcp-session-id")
@@ -34,12 +35,7 @@ class NullProxy:
             await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"POST, DELETE")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARDED}
         assert self.session is not None
         async with self.session.request(scope["method"], self.upstream, data=body, headers=headers) as resp:

@@ -35,18 +35,23 @@ def _result(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**done}
 
 
+async def read_body(receive: Any) -> bytes:
+    """A request's whole body, from its ASGI messages (also used by ``bench/null_proxy.py``)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     msg = orjson.loads(body) if scope["method"] == "POST" and body else None
     if not isinstance(msg, dict) or "id" not in msg:
         await send({"type": "http.response.start", "status": 202 if msg else 405, "headers": []})

@@ -19,40 +19,49 @@ from typing import Any
 import httptools
 import uvloop
 
-_FORWARDED = {b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name"}
-_RETURNED = {b"content-type", b"mcp-session-id"}
 
+class _Messages(asyncio.Protocol):
+    """One connection's messages, parsed by httptools: the headers named in ``keep``, and the body whole."""
 
-class _Upstream(asyncio.Protocol):
-    """One keep-alive connection to the upstream; at most one request in flight on it."""
+    keep: frozenset[bytes] = frozenset()
 
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
-        self.closed = False
+    def __init__(self, parser: type[httptools.HttpRequestParser | httptools.HttpResponseParser]) -> None:
+        self.parser = parser(self)
         self.transport: Any = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport subclasses
         self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(ConnectionError("the upstream closed the connection"))
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
 
     def on_message_begin(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.headers, self.body = [], []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in _RETURNED:
+        if name.lower() in self.keep:
             self.headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+
+class _Upstream(_Messages):
+    """One keep-alive connection to the upstream; at most one request in flight on it."""
+
+    keep = frozenset({b"content-type", b"mcp-session-id"})
+
+    def __init__(self) -> None:
+        super().__init__(httptools.HttpResponseParser)
+        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+        self.closed = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionError("the upstream closed the connection"))
 
     def on_message_complete(self) -> None:
         if self.answer is not None and not self.answer.done():
@@ -66,13 +75,10 @@ class _Pool:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def request(self, method: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, list, bytes]:
-        for attempt in (1, 2):  # a pooled connection the upstream closed meanwhile: once more on a new one
-            try:
-                return await self._once(method, headers, body)
-            except ConnectionError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._once(method, headers, body)
+        except ConnectionError:  # a pooled connection the upstream closed meanwhile: once more, on a new one
+            return await self._once(method, headers, body)
 
     async def _once(self, method: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, list, bytes]:
         while self.idle and self.idle[-1].closed:
@@ -84,35 +90,23 @@ class _Pool:
             _, up = await loop.create_connection(_Upstream, "127.0.0.1", self.port)
         up.answer = loop.create_future()
         head = f"{method} /mcp HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\ncontent-length: {len(body)}\r\n".encode()
-        up.transport.write(head + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
+        up.transport.write(head + _lines(headers) + body)
         answer = await up.answer
         if not up.closed:
             self.idle.append(up)
         return answer
 
 
-class _Front(asyncio.Protocol):
+class _Front(_Messages):
+    """One agent-side connection."""
+
+    keep = frozenset(
+        {b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name"}
+    )
+
     def __init__(self, pool: _Pool) -> None:
+        super().__init__(httptools.HttpRequestParser)
         self.pool = pool
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport subclasses
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_begin(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in _FORWARDED:
-            self.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method()
@@ -127,7 +121,12 @@ class _Front(asyncio.Protocol):
         status, back, out = await self.pool.request(method, headers, body)
         head = f"HTTP/1.1 {status} -\r\ncontent-length: {len(out)}\r\n".encode()
         if not self.transport.is_closing():
-            self.transport.write(head + b"".join(k + b": " + v + b"\r\n" for k, v in back) + b"\r\n" + out)
+            self.transport.write(head + _lines(back) + out)
+
+
+def _lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Header lines and the blank line that ends a message's head."""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
 
 
 async def _serve(port: int, upstream_port: int) -> None:

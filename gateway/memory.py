@@ -20,36 +20,31 @@ import ctypes
 import gc
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """A function of the C library the interpreter runs on (glibc's, on Linux), or None where it has none."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter itself runs on
+        fn = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    return fn
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc("malloc_trim", ctypes.c_size_t)
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def share_one_arena() -> bool:
     """Threads started from now on allocate from the main arena (glibc's ``mallopt(M_ARENA_MAX, 1)``); call it
     before any thread starts. False where it cannot (no glibc), changing nothing."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, 1))
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, 1))
 
 
 def release_free_memory() -> bool:

@@ -221,6 +221,41 @@ def test_threads_allocate_from_the_main_arena(mode: str) -> None:
     assert len(arenas) == (1 if mode == "shared" else 2), err
 
 
+HEAPS = """
+import ctypes, os, threading
+def probe():
+    kept = []
+    worker = threading.Thread(target=lambda: kept.extend(bytes(50_000) for _ in range(40)))  # from malloc
+    worker.start()
+    worker.join()
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    path = os.environ["GATEWAY_PROBE_OUT"] + ".heaps"
+    out = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, out)  # glibc's per-arena statistics, as XML
+    libc.fclose(out)
+    with open(path) as f:
+        return f.read().count("<heap nr=")
+"""
+
+
+def test_a_serving_gateway_s_threads_share_the_main_arena(tmp_path: Path) -> None:
+    """In a gateway that has started (the policy compiled on its thread) and served a call, a new thread that
+    allocates still lands in the one arena: ``serve`` made the call before anything started a thread."""
+    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
+    with probed_gateway(tmp_path, upstream, HEAPS) as gw:
+
+        async def one_call() -> None:
+            async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
+                assert (await client.call_tool("echo__echo", {"text": "hi"})).content[0].text == "hi"  # type: ignore[union-attr]
+
+        anyio.run(one_call)
+        assert gw.probe() == "1"
+
+
 def test_serve_shares_one_arena_before_any_thread() -> None:
     """The call sits at the start of ``serve``, before the config is loaded and the policy compiled on a thread."""
     import inspect
@@ -304,7 +339,7 @@ def test_the_policy_is_compiled_on_a_thread_of_its_own(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(rvm, "compile_rvm", spy)
     engine = rvm.RvmEngine(Path(__file__).parent.parent / "rego", "gateway/decision", 1000)
-    assert seen == ["policy-compile"]
+    assert seen == ["policy-compile_0"]  # the compile pool's one thread
     assert engine.revision
     with pytest.raises(Exception, match="missing"):  # the compilation's error reaches the caller
         rvm.on_own_thread(compile_rvm, tmp_path / "missing", "gateway/decision")

@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -598,21 +599,8 @@ def on_own_thread(fn: Callable[..., T], *args: Any) -> T:
     process's life; a thread of its own hands its heap back when it ends. (``MIMALLOC_PURGE_DELAY=0`` would too,
     but it makes every decision give back and fault in its pages again: 49 -> ~90 us p50 on the shipped policy.)
     """
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(*args))
-        except BaseException as exc:  # handed to the caller as is
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name="policy-compile")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-compile") as pool:  # joined on leaving
+        return pool.submit(fn, *args).result()
 
 
 class RvmEngine:
