@@ -99,6 +99,7 @@ class Gateway:
         # Host/Origin checks are done once, in the gateway's HTTP layer, before authentication.
         no_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)
         sdk_adapter.serve_standalone_streams()
+        sdk_adapter.sieve_list_items_once()
         self.session_managers: dict[str | None, StreamableHTTPSessionManager] = {
             view: StreamableHTTPSessionManager(
                 app=server,

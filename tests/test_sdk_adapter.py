@@ -565,3 +565,88 @@ async def test_serve_standalone_streams(monkeypatch: pytest.MonkeyPatch) -> None
             sdk_adapter.close_sse_streams()
         assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
         assert sdk.GET_STREAM_KEY not in transport._request_streams
+
+
+LISTED = [
+    {"name": "plain", "inputSchema": {"type": "object"}},
+    {
+        "name": "full",
+        "title": "Full",
+        "description": "Every field, and some no version has",
+        "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "outputSchema": {"type": "object"},
+        "annotations": {"readOnlyHint": True, "title": None},
+        "icons": [{"src": "https://example.com/i.png"}],
+        "execution": {"taskSupport": "optional"},
+        "_meta": {"k": 1},
+        "notInAnyVersion": 1,
+    },
+    {"name": "nulls", "description": None, "inputSchema": {"type": "object"}},
+]
+
+
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-11-25", "2026-07-28"])
+def test_item_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
+    from mcp_types.methods import serialize_server_result
+
+    sdk = serialize_server_result.sieve if isinstance(serialize_server_result, sdk_adapter.ItemSieve) else None
+    sdk = sdk or serialize_server_result
+    sieve = sdk_adapter.ItemSieve(sdk)
+    envelope = {"ttlMs": 0, "cacheScope": "private", "resultType": "complete"} if version == "2026-07-28" else {}
+    data = {**envelope, "tools": LISTED, "nextCursor": "c"}
+    want = sdk("tools/list", version, data)
+    first = sieve("tools/list", version, data)
+    assert first == want
+    assert "notInAnyVersion" not in want["tools"][1] and "description" not in want["tools"][2]
+    assert len(sieve.kept) == 3
+    first["tools"][1]["inputSchema"]["type"] = "changed"  # an answer owns its objects: the kept items are untouched
+    assert sieve("tools/list", version, data) == want
+    assert len(sieve.kept) == 3  # the second answer came from what was kept
+    changed = {**data, "tools": [{**LISTED[0], "description": "new"}]}
+    assert sieve("tools/list", version, changed) == sdk("tools/list", version, changed)
+    assert len(sieve.kept) == 4
+    assert sieve("prompts/list", version, {**envelope, "prompts": [{"name": "p"}]}) == sdk(
+        "prompts/list", version, {**envelope, "prompts": [{"name": "p"}]}
+    )
+
+
+def test_item_sieve_fails_an_invalid_item_as_the_sdk_does_and_keeps_nothing_of_it() -> None:
+    import pydantic
+    from mcp_types.methods import serialize_server_result
+
+    sieve = sdk_adapter.ItemSieve(getattr(serialize_server_result, "sieve", serialize_server_result), budget=4096)
+    bad = {"tools": [LISTED[0], {"name": "no schema"}]}
+    with pytest.raises(pydantic.ValidationError):
+        sieve.sieve("tools/list", "2025-11-25", bad)
+    with pytest.raises(pydantic.ValidationError):
+        sieve("tools/list", "2025-11-25", bad)
+    assert [key[2] for key in sieve.kept] == [orjson.dumps(LISTED[0])]
+    with pytest.raises(pydantic.ValidationError):  # the envelope is checked too
+        sieve("tools/list", "2026-07-28", {"tools": [LISTED[0]]})
+    with pytest.raises(pydantic.ValidationError):
+        sieve("tools/list", "2025-11-25", {"tools": [LISTED[0]], "nextCursor": 5})
+    many = {"tools": [{"name": f"t{i}", "inputSchema": {"type": "object"}} for i in range(200)]}
+    assert sieve("tools/list", "2025-11-25", many) == sieve.sieve("tools/list", "2025-11-25", many)
+    assert 0 < sieve.size <= 4096 and len(sieve.kept) < 200  # bounded: dropped all at once when full
+
+
+@pytest.mark.anyio
+async def test_sieve_list_items_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp import Client
+    from mcp_types import methods
+
+    sdk = getattr(methods.serialize_server_result, "sieve", methods.serialize_server_result)
+    monkeypatch.setattr(methods, "serialize_server_result", sdk)
+    sdk_adapter.sieve_list_items_once()
+    sdk_adapter.sieve_list_items_once()
+    sieve = methods.serialize_server_result
+    assert isinstance(sieve, sdk_adapter.ItemSieve) and not isinstance(sieve.sieve, sdk_adapter.ItemSieve)
+
+    async def list_tools(ctx: Any, params: Any) -> dict[str, Any]:
+        return {"tools": LISTED, "ttlMs": 0, "cacheScope": "private", "resultType": "complete"}  # 2025: dropped
+
+    for mode in ("legacy", "2026-07-28"):  # the server's runner calls it, in both eras
+        async with Client(Server("t", on_list_tools=list_tools), mode=mode) as client:  # type: ignore[arg-type]
+            tools = (await client.list_tools()).tools
+        assert [t.name for t in tools] == ["plain", "full", "nulls"]
+    assert {key[1] for key in sieve.kept} == {"2025-11-25", "2026-07-28"} and len(sieve.kept) == 6
