@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -72,3 +73,33 @@ def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
             assert figures["paths"][proxy]["calls_per_s"] > 0
         cpu = figures["cpu_us_per_call"]
         assert cpu["shipped policy -> HTTP"]["middle"] > 0 and cpu["null proxy -> HTTP"]["echo"] > 0
+
+
+def test_the_stack_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
+    """A smoke run of bench/stack_bench.py: each installed server x client pair, the raw proxy and direct answer."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "stack_bench.py"),
+            *("--seconds", "0.2", "--rounds", "1", "--concurrency", "2", "--json", str(tmp_path / "out.json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "out.json").read_text())
+    have = {module: importlib.util.find_spec(module) is not None for module in ("granian", "pyreqwest")}
+    for module, found in have.items():
+        assert found or f"skipped: {module} is not installed" in out.stdout
+    expected = {"direct", "raw proxy"} | {
+        f"{server} + {client}"
+        for server in ("uvicorn", "granian")
+        for client in ("aiohttp", "pyreqwest")
+        if have.get(server, True) and have.get(client, True)
+    }
+    assert set(report) == expected, out.stdout
+    for name, figures in report.items():
+        assert figures["calls_per_s"] > 0, name
+        if name != "direct":
+            assert figures["proxy_cpu_us_per_call"] > 0, name
