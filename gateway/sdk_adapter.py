@@ -641,15 +641,17 @@ LIST_ITEMS = {
 
 class ItemSieve:
     """The SDK's outbound sieve (``mcp_types.methods.serialize_server_result``: validate against the protocol
-    version's surface, then dump it) for list results, with each item's outcome kept.
+    version's surface, then dump it) for list results, with the sieved items kept per list.
 
     The SDK re-validates every item of every list it answers: ~10 µs a tool, a millisecond per 100-tool
     ``tools/list``, for items that only change when an upstream says so. The surface models of the list results have
-    no validator across items, so the sieve of a list is the sieve of its envelope plus that of each item: this
-    sieves the envelope each time and an item once per (method, version, item) — keyed by the item's JSON, so an
-    item that changes is a new key, and an item that fails fails the whole list exactly as the SDK would (nothing
-    is kept of it). The answer is parsed afresh from the kept JSON, so no two answers share an object. The kept
-    items are bounded by size (``budget`` bytes), dropped all at once when full."""
+    no validator across fields, so the sieve of a list result is the sieve of its envelope with the sieve of its
+    items in place: this sieves the envelope each time and the items once per (method, version, items), keyed by the
+    items' JSON, so a list that changes is a new key. A list that fails, fails as the SDK's sieve does, and nothing
+    of it is kept. The items are parsed afresh from the kept JSON, so no two answers share an object. Kept per list,
+    not per item: two large ``bytes`` a list live outside Python's small-object arenas, where a few hundred small
+    ones kept among a request's garbage held ~1.5 MB of arenas resident. Bounded by ``budget`` bytes, dropped all at
+    once when full; a list larger than the budget is never kept."""
 
     def __init__(self, sieve: Callable[..., dict[str, Any]], budget: int = 2 << 20):
         self.sieve = sieve
@@ -661,24 +663,25 @@ class ItemSieve:
         field = LIST_ITEMS.get(method)
         if field is None or kwargs or not isinstance(data.get(field), list):
             return self.sieve(method, version, data, **kwargs)
-        items: list[Any] = data[field]
+        try:
+            key = (method, version, orjson.dumps(data[field]))
+        except TypeError:  # not JSON: the SDK's own sieve says what is wrong with it
+            return self.sieve(method, version, data)
+        kept = self.kept.get(key)
+        if kept is None:
+            shaped = self.sieve(method, version, data)
+            kept = orjson.dumps(shaped[field])
+            size = len(key[2]) + len(kept)
+            if size > self.budget:
+                return shaped  # a list larger than the whole budget is sieved each time
+            if self.size + size > self.budget:
+                self.kept.clear()
+                self.size = 0
+            self.kept[key] = kept
+            self.size += size
+            return shaped
         shaped = self.sieve(method, version, {**data, field: []})
-        out = []
-        for item in items:
-            try:
-                key = (method, version, orjson.dumps(item))
-            except TypeError:  # not JSON: the SDK's own sieve says what is wrong with it
-                return self.sieve(method, version, data)
-            kept = self.kept.get(key)
-            if kept is None:
-                kept = orjson.dumps(self.sieve(method, version, {**data, field: [item]})[field][0])
-                if self.size + len(key[2]) + len(kept) > self.budget:
-                    self.kept.clear()
-                    self.size = 0
-                self.kept[key] = kept
-                self.size += len(key[2]) + len(kept)
-            out.append(kept)
-        shaped[field] = orjson.loads(b"[" + b",".join(out) + b"]")
+        shaped[field] = orjson.loads(kept)
         return shaped
 
 

@@ -589,28 +589,29 @@ LISTED = [
 def test_item_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
     from mcp_types.methods import serialize_server_result
 
-    sdk = serialize_server_result.sieve if isinstance(serialize_server_result, sdk_adapter.ItemSieve) else None
-    sdk = sdk or serialize_server_result
+    sdk = getattr(serialize_server_result, "sieve", serialize_server_result)
     sieve = sdk_adapter.ItemSieve(sdk)
     envelope = {"ttlMs": 0, "cacheScope": "private", "resultType": "complete"} if version == "2026-07-28" else {}
     data = {**envelope, "tools": LISTED, "nextCursor": "c"}
     want = sdk("tools/list", version, data)
-    first = sieve("tools/list", version, data)
-    assert first == want
     assert "notInAnyVersion" not in want["tools"][1] and "description" not in want["tools"][2]
-    assert len(sieve.kept) == 3
-    first["tools"][1]["inputSchema"]["type"] = "changed"  # an answer owns its objects: the kept items are untouched
+    first = sieve("tools/list", version, data)
+    assert first == want and len(sieve.kept) == 1
+    again = sieve("tools/list", version, {**data, "nextCursor": "d"})  # the items from what was kept
+    assert again == {**want, "nextCursor": "d"} and len(sieve.kept) == 1
+    again["tools"][1]["inputSchema"]["type"] = "changed"  # an answer owns its objects: the kept items are untouched
     assert sieve("tools/list", version, data) == want
-    assert len(sieve.kept) == 3  # the second answer came from what was kept
     changed = {**data, "tools": [{**LISTED[0], "description": "new"}]}
     assert sieve("tools/list", version, changed) == sdk("tools/list", version, changed)
-    assert len(sieve.kept) == 4
-    assert sieve("prompts/list", version, {**envelope, "prompts": [{"name": "p"}]}) == sdk(
-        "prompts/list", version, {**envelope, "prompts": [{"name": "p"}]}
-    )
+    assert len(sieve.kept) == 2
+    prompts = {**envelope, "prompts": [{"name": "p", "extra": 1}]}
+    assert sieve("prompts/list", version, prompts) == sieve("prompts/list", version, prompts)
+    assert sieve("prompts/list", version, prompts) == sdk("prompts/list", version, prompts)
+    called = {**envelope, "content": [{"type": "text", "text": "x"}], "extra": 1}
+    assert sieve("tools/call", version, called) == sdk("tools/call", version, called)  # not a list: the SDK's own
 
 
-def test_item_sieve_fails_an_invalid_item_as_the_sdk_does_and_keeps_nothing_of_it() -> None:
+def test_item_sieve_fails_an_invalid_list_as_the_sdk_does_and_keeps_nothing_of_it() -> None:
     import pydantic
     from mcp_types.methods import serialize_server_result
 
@@ -620,14 +621,21 @@ def test_item_sieve_fails_an_invalid_item_as_the_sdk_does_and_keeps_nothing_of_i
         sieve.sieve("tools/list", "2025-11-25", bad)
     with pytest.raises(pydantic.ValidationError):
         sieve("tools/list", "2025-11-25", bad)
-    assert [key[2] for key in sieve.kept] == [orjson.dumps(LISTED[0])]
-    with pytest.raises(pydantic.ValidationError):  # the envelope is checked too
-        sieve("tools/list", "2026-07-28", {"tools": [LISTED[0]]})
+    assert not sieve.kept
+    good = {"tools": [LISTED[0]]}
+    sieve("tools/list", "2025-11-25", good)
+    with pytest.raises(pydantic.ValidationError):  # the envelope is checked on every answer, kept items or not
+        sieve("tools/list", "2025-11-25", {**good, "nextCursor": 5})
     with pytest.raises(pydantic.ValidationError):
-        sieve("tools/list", "2025-11-25", {"tools": [LISTED[0]], "nextCursor": 5})
-    many = {"tools": [{"name": f"t{i}", "inputSchema": {"type": "object"}} for i in range(200)]}
-    assert sieve("tools/list", "2025-11-25", many) == sieve.sieve("tools/list", "2025-11-25", many)
-    assert 0 < sieve.size <= 4096 and len(sieve.kept) < 200  # bounded: dropped all at once when full
+        sieve("tools/list", "2026-07-28", good)
+    for n in range(1, 60):  # bounded: dropped all at once when full
+        many = {"tools": [{"name": f"t{i}", "inputSchema": {"type": "object"}} for i in range(n)]}
+        assert sieve("tools/list", "2025-11-25", many) == sieve.sieve("tools/list", "2025-11-25", many)
+        assert sieve.size <= 4096 and sieve.size == sum(len(k[2]) + len(v) for k, v in sieve.kept.items())
+    assert 0 < len(sieve.kept) < 59
+    huge = {"tools": [{"name": "t" * 5000, "inputSchema": {"type": "object"}}]}
+    assert sieve("tools/list", "2025-11-25", huge) == sieve.sieve("tools/list", "2025-11-25", huge)
+    assert all(len(key[2]) < 4096 for key in sieve.kept)  # larger than the whole budget: never kept
 
 
 @pytest.mark.anyio
@@ -649,4 +657,4 @@ async def test_sieve_list_items_once(monkeypatch: pytest.MonkeyPatch) -> None:
         async with Client(Server("t", on_list_tools=list_tools), mode=mode) as client:  # type: ignore[arg-type]
             tools = (await client.list_tools()).tools
         assert [t.name for t in tools] == ["plain", "full", "nulls"]
-    assert {key[1] for key in sieve.kept} == {"2025-11-25", "2026-07-28"} and len(sieve.kept) == 6
+    assert {key[1] for key in sieve.kept} == {"2025-11-25", "2026-07-28"} and len(sieve.kept) == 2
