@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -49,24 +50,29 @@ def test_stages_are_not_served_when_off(tmp_path: Path) -> None:
         gw.stop()
 
 
-def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
-    """A smoke run of bench/bench_calls.py: every path, both eras, lists, RSS and the stage profile are printed."""
+def run_bench(script: str, tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """Run a benchmark script with tiny numbers; its printed output and its --json report."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "bench_calls.py"),
-            *("--calls", "3", "--seconds", "0.2", "--rounds", "1", "--concurrency", "2"),
-            *("--sessions", "3", "--list-calls", "2", "--json", str(tmp_path / "out.json")),
-        ],
+        [sys.executable, str(REPO / "bench" / script), *args, "--json", str(tmp_path / "out.json")],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, json.loads((tmp_path / "out.json").read_text())
+
+
+def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
+    """A smoke run of bench/bench_calls.py: every path, both eras, lists, RSS and the stage profile are printed."""
+    stdout, report = run_bench(
+        "bench_calls.py",
+        tmp_path,
+        *("--calls", "3", "--seconds", "0.2", "--rounds", "1", "--concurrency", "2"),
+        *("--sessions", "3", "--list-calls", "2"),
+    )
     for needle in ("era 2025-11-25", "era 2026-07-28", "shipped policy -> HTTP", "allow-all -> stdio", "100 tools"):
-        assert needle in out.stdout, out.stdout
-    assert "per-stage profile" in out.stdout and "RSS" in out.stdout
-    report = json.loads((tmp_path / "out.json").read_text())
+        assert needle in stdout, stdout
+    assert "per-stage profile" in stdout and "RSS" in stdout
     for era in ("legacy", "modern"):
         figures = report["eras"][era]
         for proxy in ("null proxy -> HTTP", "raw proxy -> HTTP"):  # each forwarder answered in both eras
@@ -77,28 +83,17 @@ def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
 
 def test_the_stack_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
     """A smoke run of bench/stack_bench.py: each installed server x client pair, the raw proxy and direct answer."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "stack_bench.py"),
-            *("--seconds", "0.2", "--rounds", "1", "--concurrency", "2", "--json", str(tmp_path / "out.json")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads((tmp_path / "out.json").read_text())
+    stdout, report = run_bench("stack_bench.py", tmp_path, "--seconds", "0.2", "--rounds", "1", "--concurrency", "2")
     have = {module: importlib.util.find_spec(module) is not None for module in ("granian", "pyreqwest")}
     for module, found in have.items():
-        assert found or f"skipped: {module} is not installed" in out.stdout
+        assert found or f"skipped: {module} is not installed" in stdout
     expected = {"direct", "raw proxy"} | {
         f"{server} + {client}"
         for server in ("uvicorn", "granian")
         for client in ("aiohttp", "pyreqwest")
         if have.get(server, True) and have.get(client, True)
     }
-    assert set(report) == expected, out.stdout
+    assert set(report) == expected, stdout
     for name, figures in report.items():
         assert figures["calls_per_s"] > 0, name
         if name != "direct":
