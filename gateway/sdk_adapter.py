@@ -628,7 +628,7 @@ def _scrubbed(body: bytes) -> bytes:
     return body
 
 
-# --- MCP SDK: the per-version sieve of a list's items -------------------------------------------------------------
+# --- MCP SDK: the per-version sieve of list results ----------------------------------------------------------------
 
 LIST_ITEMS = {
     "tools/list": "tools",
@@ -639,7 +639,7 @@ LIST_ITEMS = {
 """The list methods whose results the SDK sieves item by item, and the field that holds the items."""
 
 
-class ItemSieve:
+class ListSieve:
     """The SDK's outbound sieve (``mcp_types.methods.serialize_server_result``: validate against the protocol
     version's surface, then dump it) for list results, with the sieved items kept per list.
 
@@ -686,8 +686,8 @@ class ItemSieve:
 
 
 def sieve_list_items_once() -> None:
-    """Put an ``ItemSieve`` in front of the SDK's sieve, where its server runner calls it."""
+    """Put an ``ListSieve`` in front of the SDK's sieve, where its server runner calls it."""
     from mcp_types import methods
 
-    if not isinstance(methods.serialize_server_result, ItemSieve):
-        methods.serialize_server_result = ItemSieve(methods.serialize_server_result)
+    if not isinstance(methods.serialize_server_result, ListSieve):
+        methods.serialize_server_result = ListSieve(methods.serialize_server_result)

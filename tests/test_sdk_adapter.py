@@ -586,11 +586,11 @@ LISTED = [
 
 
 @pytest.mark.parametrize("version", ["2025-03-26", "2025-11-25", "2026-07-28"])
-def test_item_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
+def test_list_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
     from mcp_types.methods import serialize_server_result
 
     sdk = getattr(serialize_server_result, "sieve", serialize_server_result)
-    sieve = sdk_adapter.ItemSieve(sdk)
+    sieve = sdk_adapter.ListSieve(sdk)
     envelope = {"ttlMs": 0, "cacheScope": "private", "resultType": "complete"} if version == "2026-07-28" else {}
     data = {**envelope, "tools": LISTED, "nextCursor": "c"}
     want = sdk("tools/list", version, data)
@@ -611,11 +611,11 @@ def test_item_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
     assert sieve("tools/call", version, called) == sdk("tools/call", version, called)  # not a list: the SDK's own
 
 
-def test_item_sieve_fails_an_invalid_list_as_the_sdk_does_and_keeps_nothing_of_it() -> None:
+def test_list_sieve_fails_an_invalid_list_as_the_sdk_does_and_keeps_nothing_of_it() -> None:
     import pydantic
     from mcp_types.methods import serialize_server_result
 
-    sieve = sdk_adapter.ItemSieve(getattr(serialize_server_result, "sieve", serialize_server_result), budget=4096)
+    sieve = sdk_adapter.ListSieve(getattr(serialize_server_result, "sieve", serialize_server_result), budget=4096)
     bad = {"tools": [LISTED[0], {"name": "no schema"}]}
     with pytest.raises(pydantic.ValidationError):
         sieve.sieve("tools/list", "2025-11-25", bad)
@@ -648,7 +648,7 @@ async def test_sieve_list_items_once(monkeypatch: pytest.MonkeyPatch) -> None:
     sdk_adapter.sieve_list_items_once()
     sdk_adapter.sieve_list_items_once()
     sieve = methods.serialize_server_result
-    assert isinstance(sieve, sdk_adapter.ItemSieve) and not isinstance(sieve.sieve, sdk_adapter.ItemSieve)
+    assert isinstance(sieve, sdk_adapter.ListSieve) and not isinstance(sieve.sieve, sdk_adapter.ListSieve)
 
     async def list_tools(ctx: Any, params: Any) -> dict[str, Any]:
         return {"tools": LISTED, "ttlMs": 0, "cacheScope": "private", "resultType": "complete"}  # 2025: dropped
