@@ -587,8 +587,11 @@ LISTED = [
 
 @pytest.mark.parametrize("version", ["2025-03-26", "2025-11-25", "2026-07-28"])
 def test_list_sieve_answers_as_the_sdk_s_sieve(version: str) -> None:
-    from mcp_types.methods import serialize_server_result
+    from mcp_types.methods import SERVER_RESULTS, serialize_server_result
 
+    for method in sdk_adapter.LIST_ITEMS:  # what makes a list's sieve its envelope's with its items': no validator
+        decorators = SERVER_RESULTS[(method, version)].__pydantic_decorators__  # looks across the result's fields
+        assert not decorators.model_validators and not decorators.field_validators, method
     sdk = getattr(serialize_server_result, "sieve", serialize_server_result)
     sieve = sdk_adapter.ListSieve(sdk)
     envelope = {"ttlMs": 0, "cacheScope": "private", "resultType": "complete"} if version == "2026-07-28" else {}
