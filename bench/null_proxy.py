@@ -44,8 +44,6 @@ class NullProxy:
             return
         body = await read_body(receive)
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARDED}
-        if self.session is None:  # granian may serve before the lifespan's start-up
-            self._open()
         if self.client == "aiohttp":
             async with self.session.request(scope["method"], self.upstream, data=body, headers=headers) as resp:
                 out = await resp.read()
@@ -73,8 +71,7 @@ class NullProxy:
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
-            if self.session is None:
-                self._open()
+            self._open()
             await send({"type": "lifespan.startup.complete"})
         if self.session is not None:
             await self.session.close()

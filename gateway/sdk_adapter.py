@@ -686,7 +686,7 @@ class ListSieve:
 
 
 def sieve_list_items_once() -> None:
-    """Put an ``ListSieve`` in front of the SDK's sieve, where its server runner calls it."""
+    """Put a ``ListSieve`` in front of the SDK's sieve, where its server runner calls it."""
     from mcp_types import methods
 
     if not isinstance(methods.serialize_server_result, ListSieve):

@@ -19,6 +19,21 @@ import pytest
 
 from tests.conftest import ECHO, KEYS, ProbedGateway, mcp_client, probed_gateway
 
+ECHO_UPSTREAM = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
+
+
+def one_echo_call(gw: ProbedGateway) -> None:
+    """One session and one allowed call through the gateway, with the real SDK client."""
+
+    async def call() -> None:
+        async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
+            result = await client.call_tool("echo__echo", {"text": "hi"})
+            assert not result.is_error, result
+            assert result.content[0].text == "hi"  # type: ignore[union-attr]
+
+    anyio.run(call)
+
+
 # Libraries only some configurations need: engine = "regopy", engine = "opa", [fleet] / [[limits]] in Redis,
 # [identity.jwt] or signed bundles, [tracing].
 NOT_BY_DEFAULT = (
@@ -54,15 +69,8 @@ def probe():
 def loaded_modules(tmp_path: Path, engine: str = "embedded") -> tuple[set[str], str]:
     """The modules a gateway with the test default configuration had loaded after one session and one call; and its
     /proc/PID/maps while it served."""
-    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
-    with probed_gateway(tmp_path, upstream, MODULES, engine) as gw:
-
-        async def one_call() -> None:
-            async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
-                result = await client.call_tool("echo__echo", {"text": "hi"})
-                assert not result.is_error, result
-
-        anyio.run(one_call)
+    with probed_gateway(tmp_path, ECHO_UPSTREAM, MODULES, engine) as gw:
+        one_echo_call(gw)
         maps = Path(f"/proc/{gw.proc.pid}/maps").read_text()
         modules = set(gw.probe().split())
     return modules, maps
@@ -137,8 +145,7 @@ def test_regorus_allocator_commits_memory_on_demand(tmp_path: Path) -> None:
     """regorus's mimalloc commits its first arena whole at load unless ``MIMALLOC_ARENA_EAGER_COMMIT=0`` is in the
     environment then (~8 MB resident, in transparent huge pages); gateway/policy/__init__.py sets it before any
     policy module imports regorus. The serving gateway has regorus loaded with the option set."""
-    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
-    with probed_gateway(tmp_path, upstream, ALLOCATOR) as gw:
+    with probed_gateway(tmp_path, ECHO_UPSTREAM, ALLOCATOR) as gw:
         assert gw.probe() == "True 0"
 
 
@@ -153,14 +160,8 @@ def probe():
 def test_sdk_models_the_gateway_never_uses_are_never_built(tmp_path: Path) -> None:
     """The SDK's pydantic models are built when first used (``sdk_adapter.defer_model_builds``): after a session and
     a call, the OAuth server's metadata model and a request the gateway never receives are still unbuilt."""
-    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
-    with probed_gateway(tmp_path, upstream, DEFERRED) as gw:
-
-        async def one_call() -> None:
-            async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
-                assert (await client.call_tool("echo__echo", {"text": "hi"})).content[0].text == "hi"  # type: ignore[union-attr]
-
-        anyio.run(one_call)
+    with probed_gateway(tmp_path, ECHO_UPSTREAM, DEFERRED) as gw:
+        one_echo_call(gw)
         assert gw.probe() == "False False"
 
 
@@ -245,14 +246,8 @@ def probe():
 def test_a_serving_gateway_s_threads_share_the_main_arena(tmp_path: Path) -> None:
     """In a gateway that has started (the policy compiled on its thread) and served a call, a new thread that
     allocates still lands in the one arena: ``serve`` made the call before anything started a thread."""
-    upstream = f'[[upstreams]]\nname = "echo"\ntransport = "stdio"\ncommand = {json.dumps(ECHO)}\n'
-    with probed_gateway(tmp_path, upstream, HEAPS) as gw:
-
-        async def one_call() -> None:
-            async with mcp_client(gw.url, KEYS["ci-bot"][2]) as client:
-                assert (await client.call_tool("echo__echo", {"text": "hi"})).content[0].text == "hi"  # type: ignore[union-attr]
-
-        anyio.run(one_call)
+    with probed_gateway(tmp_path, ECHO_UPSTREAM, HEAPS) as gw:
+        one_echo_call(gw)
         assert gw.probe() == "1"
 
 
