@@ -651,7 +651,8 @@ class ListSieve:
     of it is kept. The items are parsed afresh from the kept JSON, so no two answers share an object. Kept per list,
     not per item: two large ``bytes`` a list live outside Python's small-object arenas, where a few hundred small
     ones kept among a request's garbage held ~1.5 MB of arenas resident. Bounded by ``budget`` bytes, dropped all at
-    once when full; a list larger than the budget is never kept."""
+    once when full; a list larger than the budget is never kept. The key is faithful for what the gateway lists: items
+    from upstreams' JSON as orjson parsed it (no NaN or infinity, which orjson would write as null like ``None``)."""
 
     def __init__(self, sieve: Callable[..., dict[str, Any]], budget: int = 2 << 20):
         self.sieve = sieve
