@@ -5,7 +5,8 @@ fixture is launched over stdio (directly by the client, and by each gateway). Tw
 an allow-all policy and one with the shipped policy set (rego/, the demo ``ci-bot`` identity: team platform,
 role ci; its grant for ``echo`` copied to the stdio upstream). API-key auth, audit and metrics are on in both.
 For each protocol era (2025-11-25 sessions, 2026-07-28 stateless) every path is measured in the same run,
-interleaved call by call (latency) and round by round (throughput), so load on the machine hits every path alike.
+interleaved call by call (latency; ``--block N`` runs N calls in a row per path instead, so each path finds its
+caches warm) and round by round (throughput), so load on the machine hits every path alike.
 
 Printed: p50/p99 per path and added over the direct connection to the same upstream, calls/s at
 ``--concurrency`` sessions and the ratio to direct, the cost of a 100-tool ``tools/list`` over a 1-tool one,
@@ -15,11 +16,12 @@ over a raw pipe, against direct stdio); for an HTTP upstream, what one more Pyth
 forwarder on the gateway's own stack that does nothing else, ``bench/null_proxy.py``, and the thinnest forwarder
 Python can be, ``bench/raw_proxy.py``, against direct HTTP).
 The throughput rounds also give each process's CPU time per call (the client, the process in the middle, the
-HTTP echo): on a machine with few cores, throughput against direct is set by the CPU the middle adds per call.
+HTTP echo): on a machine with few cores, throughput against direct is set by the CPU the middle adds per call,
+so the run also prints, per HTTP path, the CPU a call its middle may spend for 0.9x direct, beside what it spent.
 Last, the per-stage profile of the gateway's calls (``gateway/stages.py``: authenticate, parse, decide, record,
 forward, answer, in microseconds).
 
-    python bench/bench_calls.py [--calls 200] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
+    python bench/bench_calls.py [--calls 200] [--block 1] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
                                 [--eras legacy,modern] [--fsync] [--no-secrets] [--secrets-off-too]
                                 [--json out.json]
 """
@@ -83,8 +85,10 @@ def http_opener(url: str) -> Opener:
     return lambda mode: mcp_client(url, KEY, mode)
 
 
-async def latency(targets: dict[str, tuple[Opener, str]], calls: int, mode: str) -> dict[str, list[float]]:
-    """Sequential calls, one client per path, interleaved call by call so noise hits every path alike."""
+async def latency(
+    targets: dict[str, tuple[Opener, str]], calls: int, mode: str, block: int = 1
+) -> dict[str, list[float]]:
+    """Sequential calls, one client per path, interleaved in blocks of `block` calls so noise hits every path alike."""
     out: dict[str, list[float]] = {name: [] for name in targets}
     clients: dict[str, Any] = {}
     stack = []
@@ -96,12 +100,13 @@ async def latency(targets: dict[str, tuple[Opener, str]], calls: int, mode: str)
         for name, (_opener, tool) in targets.items():  # warm up
             for _ in range(20):
                 await clients[name].call_tool(tool, {"text": "warm"})
-        for _ in range(calls):
+        for start in range(0, calls, block):
             for name, (_opener, tool) in targets.items():
-                t0 = time.perf_counter()
-                r = await clients[name].call_tool(tool, {"text": "hello"})
-                out[name].append(time.perf_counter() - t0)
-                assert not r.is_error, r
+                for _ in range(min(block, calls - start)):
+                    t0 = time.perf_counter()
+                    r = await clients[name].call_tool(tool, {"text": "hello"})
+                    out[name].append(time.perf_counter() - t0)
+                    assert not r.is_error, r
     finally:
         for cm in reversed(stack):
             await cm.__aexit__(None, None, None)
@@ -289,6 +294,19 @@ def print_cpu(cpu: dict[str, dict[str, float]], concurrency: int) -> None:
         print(f"    {name:26}{cells}")
 
 
+def budget_at(cpu: dict[str, dict[str, float]], target: float = 0.9) -> dict[str, dict[str, float]]:
+    """Per HTTP path: the CPU per call its middle may spend for ``target`` x direct throughput, by the CPU model
+    (all processes share the machine's cores, so calls/s go as 1 / the CPU a call costs them all), and what it
+    spent. The path's own client and echo costs are counted: a middle that makes them dearer pays for it."""
+    direct = cpu["direct HTTP"]["client"] + cpu["direct HTTP"]["echo"]
+    out = {}
+    for name, use in cpu.items():
+        if "middle" in use and "echo" in use:
+            allowed = direct / target - use["client"] - use["echo"]
+            out[name] = {"allowed_us": allowed, "spent_us": use["middle"]}
+    return out
+
+
 def wait_http(url: str) -> None:
     for _ in range(100):
         try:
@@ -301,6 +319,7 @@ def wait_http(url: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=200, help="sequential calls per path and era (latency)")
+    ap.add_argument("--block", type=int, default=1, help="latency: calls in a row per path before the next path")
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds per path")
     ap.add_argument("--concurrency", type=int, default=16, help="sessions at once for throughput")
@@ -422,7 +441,7 @@ def main() -> None:
             for gw in gws.values():
                 stage_profile(gw)
             plain = {name: (opener, tool) for name, (opener, tool, _) in targets.items()}
-            lat = anyio.run(latency, plain, args.calls, mode)
+            lat = anyio.run(latency, plain, args.calls, mode, args.block)
             profiles = {name: stage_profile(gw) for name, gw in gws.items()}
             tput: dict[str, list[float]] = {name: [] for name in targets}
             cpu: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -461,6 +480,14 @@ def main() -> None:
                 name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in cpu.items()
             }
             print_cpu(cpu_use, args.concurrency)
+            budget = budget_at(cpu_use)
+            print(
+                "  0.9x direct HTTP throughput by the CPU model leaves the middle (us a call, allowed / spent): "
+                + "; ".join(
+                    f"{name.removesuffix(' -> HTTP')} {b['allowed_us']:.0f} / {b['spent_us']:.0f}"
+                    for name, b in budget.items()
+                )
+            )
             for name, prof in profiles.items():
                 print_stages(f"{name}, {ERAS[era]}", prof)
             report["eras"][era] = {
@@ -473,6 +500,7 @@ def main() -> None:
                 "raw_floor_added_p50_ms": raw["added_p50_ms"],
                 "raw_floor_x_direct": raw["x_direct"],
                 "cpu_us_per_call": cpu_use,
+                "cpu_budget_at_0_9": budget,
             }
         if args.list_calls:
             print(
