@@ -18,11 +18,15 @@ Python can be, ``bench/raw_proxy.py``, against direct HTTP).
 The throughput rounds also give each process's CPU time per call (the client, the process in the middle, the
 HTTP echo): on a machine with few cores, throughput against direct is set by the CPU the middle adds per call,
 so the run also prints, per HTTP path, the CPU a call its middle may spend for 0.9x direct, beside what it spent.
+``--pin`` gives the gateways a core of their own, with the forwarders and the null server that give the floors (the
+client and the echo share the other cores): what the gateway costs when it takes no CPU from the agent and the
+tool server. Direct stdio then runs its echo children on the client's cores, where a gateway runs its one echo on
+its own core, so only the HTTP columns compare like for like.
 Last, the per-stage profile of the gateway's calls (``gateway/stages.py``: authenticate, parse, decide, record,
 forward, answer, in microseconds).
 
     python bench/bench_calls.py [--calls 200] [--block 1] [--seconds 2] [--rounds 2] [--concurrency 16] [--sessions 200]
-                                [--eras legacy,modern] [--fsync] [--no-secrets] [--secrets-off-too]
+                                [--eras legacy,modern] [--pin] [--fsync] [--no-secrets] [--secrets-off-too]
                                 [--json out.json]
 """
 
@@ -307,6 +311,23 @@ def budget_at(cpu: dict[str, dict[str, float]], target: float = 0.9) -> dict[str
     return out
 
 
+def pin_tree(pid: int, cpus: set[int] | None = None) -> set[int]:
+    """Every thread of ``pid`` and of its descendants onto ``cpus`` (children inherit it from then on), or with
+    no ``cpus`` left as they are; the CPUs the tree may run on, read back."""
+    allowed: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if cpus is not None:
+                os.sched_setaffinity(int(tid), cpus)
+            allowed |= os.sched_getaffinity(int(tid))
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except (ProcessLookupError, FileNotFoundError):
+            continue  # the thread has ended
+        for child in children:
+            allowed |= pin_tree(int(child), cpus)
+    return allowed
+
+
 def wait_http(url: str) -> None:
     for _ in range(100):
         try:
@@ -320,6 +341,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=200, help="sequential calls per path and era (latency)")
     ap.add_argument("--block", type=int, default=1, help="latency: calls in a row per path before the next path")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the gateways (and their upstream children) on the last CPU, everything else on the others: what the "
+        "gateway costs the agent and the tool server when it has a core of its own",
+    )
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds per path")
     ap.add_argument("--concurrency", type=int, default=16, help="sessions at once for throughput")
@@ -347,12 +374,20 @@ def main() -> None:
     proxy_port = free_port()
     raw_port = free_port()
     echo_url = f"http://127.0.0.1:{echo_port}/mcp"
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cpus) < 2:
+            ap.error("--pin needs two CPUs or more")
+        os.sched_setaffinity(0, set(cpus[:-1]))  # the processes started below inherit it
     procs = [
         subprocess.Popen([*ECHO, "--transport", "http", "--port", str(echo_port)], stderr=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "null_server.py"), str(null_port)]),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "null_proxy.py"), str(proxy_port), echo_url]),
         subprocess.Popen([sys.executable, str(REPO / "bench" / "raw_proxy.py"), str(raw_port), str(echo_port)]),
     ]
+    if args.pin:  # the middles that stand in for a gateway (the floors) get its core too; the echo does not
+        for p in procs[1:]:
+            pin_tree(p.pid, {cpus[-1]})
     for port in (echo_port, null_port, proxy_port, raw_port):
         wait_http(f"http://127.0.0.1:{port}/mcp")
     toml = json.dumps  # a TOML basic string and a JSON string agree for these values
@@ -406,6 +441,8 @@ def main() -> None:
             conftest.REPO = trees.get(mode, REPO)  # the code the gateway runs: its working directory
             try:
                 gws[mode] = start_gateway(work / mode.replace(" ", "-"), config, port, env=env)
+                if args.pin:
+                    pin_tree(gws[mode].proc.pid, {cpus[-1]})
             finally:
                 conftest.REPO = REPO
         direct_http = http_opener(echo_url)
@@ -434,8 +471,12 @@ def main() -> None:
             f"{args.concurrency} sessions x {args.seconds:g} s x {args.rounds} rounds; load {load0[0]:.2f} "
             f"(1 min) on {os.cpu_count()} CPUs; audit fsync {'on' if args.fsync else 'off'}; secret scanning "
             f"{'off' if args.no_secrets else 'on'}"
+            + (f"; the gateways pinned to CPU {cpus[-1]}, the rest to {cpus[:-1]}" if args.pin else "")
         )
         report: dict[str, Any] = {"load_start": load0, "eras": {}}
+        named = zip(("echo", "null HTTP server", "null proxy", "raw proxy"), procs, strict=True)
+        running = {name: p.pid for name, p in named} | {mode: gw.proc.pid for mode, gw in gws.items()}
+        report["cpus"] = {name: sorted(pin_tree(pid)) for name, pid in running.items()}  # read back: what --pin did
         for era in eras:
             mode = CLIENT_MODE[era]
             for gw in gws.values():
@@ -480,14 +521,15 @@ def main() -> None:
                 name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in cpu.items()
             }
             print_cpu(cpu_use, args.concurrency)
-            budget = budget_at(cpu_use)
-            print(
-                "  0.9x direct HTTP throughput by the CPU model leaves the middle (us a call, allowed / spent): "
-                + "; ".join(
-                    f"{name.removesuffix(' -> HTTP')} {b['allowed_us']:.0f} / {b['spent_us']:.0f}"
-                    for name, b in budget.items()
+            budget = {} if args.pin else budget_at(cpu_use)  # the model is of cores shared by all
+            if budget:
+                print(
+                    "  0.9x direct HTTP throughput by the CPU model leaves the middle (us a call, allowed / spent): "
+                    + "; ".join(
+                        f"{name.removesuffix(' -> HTTP')} {b['allowed_us']:.0f} / {b['spent_us']:.0f}"
+                        for name, b in budget.items()
+                    )
                 )
-            )
             for name, prof in profiles.items():
                 print_stages(f"{name}, {ERAS[era]}", prof)
             report["eras"][era] = {

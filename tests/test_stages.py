@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,28 @@ def test_the_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
             assert figures["paths"][proxy]["calls_per_s"] > 0
         cpu = figures["cpu_us_per_call"]
         assert cpu["shipped policy -> HTTP"]["middle"] > 0 and cpu["null proxy -> HTTP"]["echo"] > 0
+        budget = figures["cpu_budget_at_0_9"]
+        assert set(budget) == {"null proxy -> HTTP", "raw proxy -> HTTP", "allow-all -> HTTP", "shipped policy -> HTTP"}
+        assert budget["shipped policy -> HTTP"]["spent_us"] == cpu["shipped policy -> HTTP"]["middle"]
+    everywhere = sorted(os.sched_getaffinity(0))
+    assert set(map(tuple, report["cpus"].values())) == {tuple(everywhere)}  # nothing pinned
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_the_benchmark_pins_the_gateways_to_a_core_of_their_own(tmp_path: Path) -> None:
+    """--pin: the gateways with their upstream children, and the floors' forwarders, on the last CPU only; the HTTP
+    echo on the others (read back from the kernel)."""
+    stdout, report = run_bench(
+        "bench_calls.py",
+        tmp_path,
+        *("--pin", "--block", "2", "--eras", "modern", "--calls", "2", "--seconds", "0.2", "--rounds", "1"),
+        *("--concurrency", "2", "--sessions", "0", "--list-calls", "0"),
+    )
+    *others, last = sorted(os.sched_getaffinity(0))
+    middles = ("allow-all", "shipped policy", "null HTTP server", "null proxy", "raw proxy")
+    assert report["cpus"] == {name: [last] for name in middles} | {"echo": others}, stdout
+    assert f"the gateways pinned to CPU {last}" in stdout
+    assert report["eras"]["modern"]["paths"]["shipped policy -> stdio"]["calls_per_s"] > 0
 
 
 def test_the_stack_benchmark_runs_with_tiny_numbers(tmp_path: Path) -> None:
