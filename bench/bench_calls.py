@@ -344,8 +344,8 @@ def main() -> None:
     ap.add_argument(
         "--pin",
         action="store_true",
-        help="the gateways (and their upstream children) on the last CPU, everything else on the others: what the "
-        "gateway costs the agent and the tool server when it has a core of its own",
+        help="the gateways (with their upstream children) and the floors' forwarders on the last CPU, the client "
+        "and the HTTP echo on the others: what the gateway costs the agent and the tool server on a core of its own",
     )
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one throughput run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds per path")
@@ -374,6 +374,8 @@ def main() -> None:
     proxy_port = free_port()
     raw_port = free_port()
     echo_url = f"http://127.0.0.1:{echo_port}/mcp"
+    if args.block < 1:
+        ap.error("--block must be 1 or more")
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin:
         if len(cpus) < 2:
