@@ -311,20 +311,39 @@ def budget_at(cpu: dict[str, dict[str, float]], target: float = 0.9) -> dict[str
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a child is listed under the thread that started it)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []  # it has ended
+    tree = [pid]
+    for tid in tids:
+        try:
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except FileNotFoundError:
+            continue  # the thread has ended
+        for child in children:
+            tree += process_tree(int(child))
+    return tree
+
+
 def pin_tree(pid: int, cpus: set[int] | None = None) -> set[int]:
     """Every thread of ``pid`` and of its descendants onto ``cpus`` (children inherit it from then on), or with
     no ``cpus`` left as they are; the CPUs the tree may run on, read back."""
     allowed: set[int] = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for proc in process_tree(pid):
         try:
-            if cpus is not None:
-                os.sched_setaffinity(int(tid), cpus)
-            allowed |= os.sched_getaffinity(int(tid))
-            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-        except (ProcessLookupError, FileNotFoundError):
-            continue  # the thread has ended
-        for child in children:
-            allowed |= pin_tree(int(child), cpus)
+            tids = os.listdir(f"/proc/{proc}/task")
+        except FileNotFoundError:
+            continue  # it has ended
+        for tid in map(int, tids):
+            try:
+                if cpus is not None:
+                    os.sched_setaffinity(tid, cpus)
+                allowed |= os.sched_getaffinity(tid)
+            except ProcessLookupError:
+                continue  # the thread has ended
     return allowed
 
 

@@ -21,8 +21,13 @@ from typing import Any
 
 from null_server import read_body  # its directory is first on sys.path: run as a script
 
-_FORWARDED = (b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name")
-_RETURNED = ("content-type", "mcp-session-id")
+FORWARDED = frozenset(
+    {b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name"}
+)
+"""The request headers a forwarder passes on (``bench/raw_proxy.py`` too)."""
+RETURNED = (b"content-type", b"mcp-session-id")
+"""The response headers it hands back."""
+_RETURNED_NAMES = tuple(k.decode() for k in RETURNED)
 CLIENTS = ("aiohttp", "pyreqwest")
 
 
@@ -43,23 +48,25 @@ class NullProxy:
             await send({"type": "http.response.body", "body": b""})
             return
         body = await read_body(receive)
-        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _FORWARDED}
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in FORWARDED}
         if self.client == "aiohttp":
             async with self.session.request(scope["method"], self.upstream, data=body, headers=headers) as resp:
                 out = await resp.read()
                 status = resp.status
-                back = [(k.encode(), resp.headers[k].encode()) for k in _RETURNED if k in resp.headers]
+                back = [(k.encode(), resp.headers[k].encode()) for k in _RETURNED_NAMES if k in resp.headers]
         else:
             request = self.session.request(scope["method"], self.upstream).headers(headers).body_bytes(body)
             resp = await request.build().send()
             out = await resp.bytes()
             status = resp.status
-            back = [(k.encode(), v.encode()) for k in _RETURNED if (v := resp.get_header(k)) is not None]
+            back = [(k.encode(), v.encode()) for k in _RETURNED_NAMES if (v := resp.get_header(k)) is not None]
         back.append((b"content-length", str(len(out)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": back})
         await send({"type": "http.response.body", "body": bytes(out)})
 
     def _open(self) -> None:
+        if not self.upstream:
+            raise ValueError("no upstream: give its URL as the second argument, or in NULL_PROXY_UPSTREAM")
         if self.client == "aiohttp":
             import aiohttp
 
@@ -82,6 +89,8 @@ app = NullProxy(os.environ.get("NULL_PROXY_UPSTREAM", ""), os.environ.get("NULL_
 """For a server that imports its app by name (granian)."""
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python bench/null_proxy.py PORT UPSTREAM_URL")
     import uvicorn
 
     uvicorn.run(

@@ -66,4 +66,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/null_server.py PORT")
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

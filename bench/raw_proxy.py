@@ -18,6 +18,7 @@ from typing import Any
 
 import httptools
 import uvloop
+from null_proxy import FORWARDED, RETURNED  # its directory is first on sys.path: run as a script
 
 
 class _Messages(asyncio.Protocol):
@@ -51,7 +52,7 @@ class _Messages(asyncio.Protocol):
 class _Upstream(_Messages):
     """One keep-alive connection to the upstream; at most one request in flight on it."""
 
-    keep = frozenset({b"content-type", b"mcp-session-id"})
+    keep = frozenset(RETURNED)
 
     def __init__(self) -> None:
         super().__init__(httptools.HttpResponseParser)
@@ -100,9 +101,7 @@ class _Pool:
 class _Front(_Messages):
     """One agent-side connection."""
 
-    keep = frozenset(
-        {b"content-type", b"accept", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method", b"mcp-name"}
-    )
+    keep = FORWARDED
 
     def __init__(self, pool: _Pool) -> None:
         super().__init__(httptools.HttpRequestParser)
@@ -136,4 +135,6 @@ async def _serve(port: int, upstream_port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python bench/raw_proxy.py PORT UPSTREAM_PORT")
     uvloop.run(_serve(int(sys.argv[1]), int(sys.argv[2])))

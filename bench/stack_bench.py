@@ -28,19 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from bench_calls import CLIENT_MODE, ECHO, http_opener, measured_throughput, wait_http  # noqa: E402
+from bench_calls import CLIENT_MODE, ECHO, http_opener, measured_throughput, process_tree, wait_http  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 
 
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def tree_pids(pid: int) -> list[int]:
-    """The process and its children (granian serves from a worker process it starts)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(c) for c in children)]
 
 
 def main() -> None:
@@ -92,7 +86,9 @@ def main() -> None:
         cpu: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, (url, proc) in paths.items():
-                pids = {} if proc is None else {f"p{pid}": pid for pid in tree_pids(proc.pid)}
+                pids = (
+                    {} if proc is None else {f"p{pid}": pid for pid in process_tree(proc.pid)}
+                )  # granian serves from a worker
                 rate, per_call = measured_throughput(
                     http_opener(url), "echo", args.concurrency, args.seconds, mode, pids
                 )
